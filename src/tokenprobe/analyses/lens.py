@@ -1,0 +1,234 @@
+"""Logit lens: decode every layer's residual stream at every position through the final norm
+and unembedding, keeping only entropy, top-k and target statistics.
+
+One forward pass per batch gives all hidden states; the intermediate rows are unembedded in
+chunks sized by a memory budget, so a (layers x positions x vocabulary) array never exists.
+The last row is the model's own logits (its last hidden state is already normed: norming it
+again would be wrong).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..batching import pad_batch, pad_id_of, run_with_backoff, token_budget_batches
+from ..errors import TokenprobeError
+from ..model import LoadedModel
+from ..results import LensResult, now, versions
+from ..text import DEFAULT_MARKER, PreparedInput, prepare, token_texts
+
+
+@dataclass
+class _Stats:
+    entropy: torch.Tensor  # (n,)
+    top_ids: torch.Tensor  # (n, k)
+    top_probs: torch.Tensor  # (n, k)
+    target_probs: torch.Tensor  # (n, t)
+    target_ranks: torch.Tensor  # (n, t)
+
+
+def logit_stats(logits: torch.Tensor, top_k: int, target_ids: torch.Tensor) -> _Stats:
+    """Entropy (nats), top-k and target probability/rank of each row of logits, in float32."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    logp = x - lse
+    entropy = -(logp.exp() * logp).sum(dim=-1)
+    top_vals, top_ids = torch.topk(x, top_k, dim=-1)
+    top_probs = (top_vals - lse).exp()
+    if target_ids.numel():
+        t_logits = x[:, target_ids]  # (n, t)
+        t_probs = (t_logits - lse).exp()
+        # rank 1 = the most likely token; ties count in the target's favour
+        t_ranks = (x.unsqueeze(1) > t_logits.unsqueeze(-1)).sum(dim=-1) + 1
+    else:
+        t_probs = x.new_zeros((x.shape[0], 0))
+        t_ranks = torch.zeros((x.shape[0], 0), dtype=torch.long, device=x.device)
+    return _Stats(entropy, top_ids, top_probs, t_probs, t_ranks)
+
+
+def _stats_in_chunks(decode, rows: torch.Tensor, chunk: int, top_k: int, target_ids: torch.Tensor) -> _Stats:
+    parts = [logit_stats(decode(rows[i : i + chunk]), top_k, target_ids) for i in range(0, rows.shape[0], chunk)]
+    return _Stats(*(torch.cat([getattr(p, f) for p in parts]) for f in _Stats.__dataclass_fields__))
+
+
+def _target_ids(lm: LoadedModel, targets: Sequence[str]) -> list[int]:
+    ids = []
+    for target in targets:
+        if not target:
+            raise TokenprobeError("a --target is empty: give the token text, e.g. --target ' Canberra'")
+        enc = lm.tokenizer.encode(target, add_special_tokens=False)
+        if not enc:
+            raise TokenprobeError(f"--target {target!r} gives no token")
+        if len(enc) > 1:
+            first = token_texts(lm.tokenizer, enc[:1])[0]
+            warnings.warn(
+                f"target {target!r} is {len(enc)} tokens; the lens tracks its first token {first!r}",
+                UserWarning,
+                stacklevel=3,
+            )
+        ids.append(int(enc[0]))
+    return ids
+
+
+def _check_output_row(lm: LoadedModel, last_hidden: torch.Tensor, logits: torch.Tensor) -> str:
+    """Can the adapter rebuild the model's logits from its last hidden state? Warn if not."""
+    adapter = lm.require_adapter()
+    ref = logits.float()
+    tol = 1e-3 if lm.dtype == torch.float32 else 5e-2
+    scale = max(1.0, float(ref.abs().max()))
+    for apply_norm, verdict in ((False, "ok"), (True, "ok (last hidden state not normed by the model)")):
+        rebuilt = adapter.logits(last_hidden, apply_norm=apply_norm)
+        if float((rebuilt - ref).abs().max()) <= tol * scale:
+            return verdict
+    warnings.warn(
+        f"{type(lm.model).__name__}: final norm + unembedding ({adapter.final_norm_path}) do not reproduce "
+        "the model's own logits; intermediate lens rows may not be decoded the way the model decodes",
+        UserWarning,
+        stacklevel=3,
+    )
+    return "mismatch"
+
+
+def logit_lens(
+    lm: LoadedModel,
+    prompts: str | PreparedInput | Sequence[str | PreparedInput],
+    *,
+    chat: bool = False,
+    system: str | None = None,
+    dummy: int = 0,
+    dummy_token: str = DEFAULT_MARKER,
+    dummy_after: str | None = None,
+    dummy_before: str | None = None,
+    targets: Sequence[str] = (),
+    top_k: int = 5,
+    batch_tokens: int = 2048,
+    memory_mb: float = 512,
+    progress: bool | None = None,
+) -> LensResult | list[LensResult]:
+    """Logit lens of one prompt (returns a result) or many (returns a list, batched).
+
+    `memory_mb` bounds the float32 logits decoded at once; `batch_tokens` bounds the padded
+    tokens of one forward pass.
+    """
+    single = isinstance(prompts, (str, PreparedInput))
+    items = [prompts] if single else list(prompts)  # type: ignore[list-item]
+    if not items:
+        raise TokenprobeError("no prompts given")
+    if top_k < 1:
+        raise TokenprobeError(f"--top-k must be at least 1, not {top_k}")
+    adapter = lm.require_adapter()
+    inputs = [
+        p
+        if isinstance(p, PreparedInput)
+        else prepare(
+            lm, p, chat=chat, system=system, dummy=dummy, dummy_token=dummy_token,
+            dummy_after=dummy_after, dummy_before=dummy_before,
+        )
+        for p in items
+    ]
+    tids = _target_ids(lm, targets)
+    vocab = int(adapter.unembed.weight.shape[0])
+    top_k = min(top_k, vocab)
+    device = lm.device
+    target_t = torch.tensor(tids, dtype=torch.long, device=device)
+    # float32 logits plus ~3 temporaries of the same size per decoded row
+    chunk = max(1, int(memory_mb * 2**20) // (vocab * 4 * 4))
+    n_blocks = adapter.n_blocks
+    pad = pad_id_of(lm.tokenizer)
+    out: list[LensResult | None] = [None] * len(inputs)
+    check = "not run"
+
+    def run(batch: list[int]) -> list[_Stats]:
+        ids, mask = pad_batch([inputs[i].input_ids for i in batch], pad, device)
+        with torch.inference_mode():
+            fwd = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            hidden = fwd.hidden_states
+            if len(hidden) != n_blocks + 1:
+                raise TokenprobeError(
+                    f"{type(lm.model).__name__} returned {len(hidden)} hidden states for {n_blocks} blocks; "
+                    "cannot tell which is which"
+                )
+            valid = mask.bool()
+            n = int(valid.sum())
+            # layers 0..L-1: (L * n, hidden), layer-major
+            inner = torch.cat([hidden[layer][valid] for layer in range(n_blocks)])
+            stats_inner = _stats_in_chunks(adapter.logits, inner, chunk, top_k, target_t)
+            stats_out = _stats_in_chunks(lambda x: x, fwd.logits[valid], chunk, top_k, target_t)
+            nonlocal check
+            if check == "not run":
+                last = mask.sum(dim=1) - 1
+                rows = torch.arange(len(batch), device=device)
+                check = _check_output_row(lm, hidden[n_blocks][rows, last], fwd.logits[rows, last])
+        # split back per input: (rows, positions)
+        lengths = [len(inputs[i].input_ids) for i in batch]
+        results = []
+        offset = 0
+        for length in lengths:
+            per = {}
+            for f in _Stats.__dataclass_fields__:
+                a = getattr(stats_inner, f).reshape(n_blocks, n, *getattr(stats_inner, f).shape[1:])
+                b = getattr(stats_out, f)
+                per[f] = torch.cat([a[:, offset : offset + length], b[None, offset : offset + length]]).cpu()
+            results.append(_Stats(**per))
+            offset += length
+        return results
+
+    batches = token_budget_batches([len(x) for x in inputs], batch_tokens)
+    # progress: forced on/off, or by default shown on a terminal when there is more than one batch
+    disable = (not progress) if progress is not None else (True if len(batches) <= 1 else None)
+    bar = tqdm(total=len(inputs), desc="logit lens", unit="prompt", disable=disable)
+    layer_labels = [str(i) for i in range(n_blocks)] + ["output"]
+    model_info = lm.describe()
+    tokenizer = lm.tokenizer
+    target_texts = token_texts(tokenizer, tids)
+    with bar:
+        for batch in batches:
+            for sub, stats_list in run_with_backoff(batch, run):
+                for i, st in zip(sub, stats_list, strict=True):
+                    inp = inputs[i]
+                    top_ids = st.top_ids.numpy().astype(np.int64)
+                    uniq, inverse = np.unique(top_ids, return_inverse=True)
+                    texts = np.asarray(token_texts(tokenizer, uniq.tolist()), dtype=object)
+                    out[i] = LensResult(
+                        tokens=list(inp.tokens),
+                        token_ids=list(inp.input_ids),
+                        layer_labels=layer_labels,
+                        entropy=st.entropy.numpy().astype(np.float32),
+                        top_ids=top_ids,
+                        top_tokens=texts[inverse.reshape(top_ids.shape)],
+                        top_probs=st.top_probs.numpy().astype(np.float32),
+                        targets=list(targets),
+                        target_ids=tids,
+                        target_probs=st.target_probs.numpy().astype(np.float32) if tids else None,
+                        target_ranks=st.target_ranks.numpy().astype(np.int64) if tids else None,
+                        marked=inp.marked,
+                        meta={
+                            "analysis": "logit lens",
+                            "model": model_info,
+                            "prompt": inp.prompt,
+                            "text": inp.text,
+                            "token_ids": list(inp.input_ids),
+                            "options": {**inp.options, "top_k": top_k, "batch_tokens": batch_tokens},
+                            "targets": list(targets),
+                            "target_ids": tids,
+                            "target_tokens": target_texts,
+                            "marked": list(inp.marked) if inp.marked else None,
+                            "rows": "layer 0 = embeddings, layer i = block i output (final norm + unembedding), "
+                            "'output' = the model's logits",
+                            "softcap": adapter.softcap,
+                            "output_check": None,
+                            "versions": versions(),
+                            "created": now(),
+                        },
+                    )
+                bar.update(len(sub))
+    for r in out:
+        assert r is not None
+        r.meta["output_check"] = check
+    return out[0] if single else out  # type: ignore[return-value]

@@ -1,0 +1,73 @@
+"""Batches sized by a token budget, padding, and out-of-memory back-off.
+
+Sorting inputs by length before packing keeps padding small; the budget (batch size x longest
+length) bounds activation memory whatever the mix of lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int | None = None) -> list[list[int]]:
+    """Indices grouped so that len(batch) * longest <= max_tokens (one over-long input still runs alone)."""
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        too_many = max_batch is not None and len(current) >= max_batch
+        if current and (longest_if * (len(current) + 1) > max_tokens or too_many):
+            batches.append(current)
+            current, longest_if = [], lengths[i]
+        current.append(i)
+        longest = longest_if
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and the attention mask (right padding keeps each text's positions 0..n-1)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_id_of(tokenizer: object) -> int:
+    """The tokenizer's pad id, else its eos id, else 0 (padded positions are masked anyway)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_with_backoff(batch: list[int], fn: Callable[[list[int]], T]) -> Iterator[tuple[list[int], T]]:
+    """Run `fn(batch)`; on out-of-memory split the batch in halves and retry each half."""
+    try:
+        yield batch, fn(batch)
+    except (RuntimeError, torch.OutOfMemoryError) as exc:
+        if not _is_oom(exc) or len(batch) == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        yield from run_with_backoff(batch[:half], fn)
+        yield from run_with_backoff(batch[half:], fn)

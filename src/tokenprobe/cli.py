@@ -1,0 +1,201 @@
+"""The `tokenprobe` command: a thin layer over the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import TokenprobeError
+from .model import BUILTIN_MODELS, DEFAULT_MODEL
+from .results import FIGURE_FORMATS
+from .text import DEFAULT_MARKER
+
+log = logging.getLogger("tokenprobe")
+
+
+def _read_text_file(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise TokenprobeError(f"{flag} {path}: no such file") from exc
+    except UnicodeDecodeError as exc:
+        raise TokenprobeError(f"{flag} {path} is not UTF-8 text: save it as UTF-8") from exc
+    except OSError as exc:
+        raise TokenprobeError(f"{flag} {path}: cannot read it ({exc.strerror})") from exc
+
+
+def _common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+    g = parser.add_argument_group("model and output")
+    g.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a local Hugging Face folder, a .gguf file, "
+        f"or a hub id already in the local cache (default: {DEFAULT_MODEL})",
+    )
+    g.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N or mps")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model weights' dtype; auto = bfloat16 on a GPU, float32 on CPU. Statistics are always float32")
+    g.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    g.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    g.add_argument("--format", nargs="+", default=["png"], choices=FIGURE_FORMATS, metavar="FMT",
+                   help="figure formats: png svg pdf (default: png)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenprobe",
+        description="Token-level analysis of transformer language models. Every command writes a "
+        "table (Parquet), figures and meta.json into --out.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokenprobe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    lens = sub.add_parser(
+        "lens",
+        help="logit lens: entropy and top tokens of every layer at every position",
+        description="Decode every layer's hidden state at every position through the final norm and "
+        "unembedding. Rows: layer 0 = embeddings, layer i = output of block i, 'output' = the model's "
+        "own logits. Writes lens.parquet (one row per layer x position), lens.png and meta.json.",
+    )
+    _common(lens, default_out="out/lens")
+    g = lens.add_argument_group("input")
+    g.add_argument("--prompt", action="append", help="prompt text (repeat for several prompts; each gets a sub-folder)")
+    g.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the model's chat template")
+    g.add_argument("--system", help="system message for --chat (default: the template's own)")
+    g.add_argument("--dummy", type=int, default=0, metavar="N", help="insert N dummy marker tokens (default 0)")
+    g.add_argument("--dummy-token", default=DEFAULT_MARKER,
+                   help=f"the dummy marker (default {DEFAULT_MARKER}); added to the tokenizer if unknown")
+    g.add_argument("--dummy-after", metavar="TEXT", help="insert the dummies after the first TEXT (default: at the end, "
+                   "i.e. after the generation prompt with --chat)")
+    g.add_argument("--dummy-before", metavar="TEXT", help="insert the dummies before the first TEXT")
+    g = lens.add_argument_group("lens")
+    g.add_argument("--target", action="append", default=[], metavar="TEXT",
+                   help="track this token's probability and rank everywhere, e.g. --target ' Canberra' (repeatable)")
+    g.add_argument("--top-k", type=int, default=5, help="top tokens kept per cell (default 5)")
+    g.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per forward pass (default 2048)")
+    g.add_argument("--memory-mb", type=int, default=512, help="memory for logits decoded at once (default 512)")
+    g = lens.add_argument_group("figure")
+    g.add_argument("--zoom", metavar="START:END", help="draw only positions START..END-1")
+    g.add_argument("--frame", metavar="START:END", help="outline positions START..END-1 (default: the dummy tokens)")
+    g.add_argument("--no-frame", action="store_true", help="outline nothing")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the built-in demo (logit lens on two prompts) and print where the outputs are",
+        description="Runs the analyses on the built-in model with the project's demo prompts.",
+    )
+    _common(demo, default_out="out/demo")
+    return parser
+
+
+def _configure_output() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("tokenprobe: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    warnings.showwarning = lambda message, category, *a, **k: print(
+        f"tokenprobe: warning: {message}", file=sys.stderr
+    )
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _plot_options(args: argparse.Namespace) -> dict[str, Any]:
+    frame: Any = False if args.no_frame else args.frame
+    return {"zoom": args.zoom, "frame": frame}
+
+
+def cmd_lens(args: argparse.Namespace) -> int:
+    from .analyses.lens import logit_lens
+    from .model import load
+    from .plots import _clip_range, parse_range
+
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        prompts.append(_read_text_file(args.prompt_file, "--prompt-file"))
+    if not prompts:
+        raise TokenprobeError("no prompt: give --prompt TEXT or --prompt-file FILE")
+    for flag, value in (("--zoom", args.zoom), ("--frame", args.frame)):
+        parse_range(value, flag)  # fail on a malformed range before loading the model
+    lm = load(args.model, device=args.device, dtype=args.dtype)
+    results = logit_lens(
+        lm, prompts, chat=args.chat, system=args.system, dummy=args.dummy, dummy_token=args.dummy_token,
+        dummy_after=args.dummy_after, dummy_before=args.dummy_before, targets=args.target, top_k=args.top_k,
+        batch_tokens=args.batch_tokens, memory_mb=args.memory_mb,
+    )
+    assert isinstance(results, list)
+    for i, result in enumerate(results):
+        out = Path(args.out) if len(results) == 1 else Path(args.out) / f"prompt_{i + 1:02d}"
+        for flag, value in (("--zoom", args.zoom), ("--frame", args.frame)):
+            if value:
+                _clip_range(parse_range(value, flag), result.n_positions, flag)
+        written = result.save(out, formats=args.format, overwrite=args.overwrite, plot_options=_plot_options(args))
+        _report(result, written)
+    return 0
+
+
+def _report(result: Any, written: dict[str, Path]) -> None:
+    last = result.n_positions - 1
+    print(f"{result.meta.get('prompt', '')[:60]!r}: {result.n_positions} positions x {result.n_rows} rows; "
+          f"output top-1 at the last position: {result.top1[-1, last]!r} (p={result.top_probs[-1, last, 0]:.3f})")
+    for what, path in written.items():
+        print(f"  {what:>5}: {path}")
+
+
+def demo_prompts() -> list[dict[str, Any]]:
+    """The demo's lens prompts, shipped in the package."""
+    return json.loads(resources.files("tokenprobe").joinpath("data/demo.json").read_text(encoding="utf-8"))["lens"]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .analyses.lens import logit_lens
+    from .model import load
+
+    lm = load(args.model, device=args.device, dtype=args.dtype)
+    out = Path(args.out)
+    for spec in demo_prompts():
+        result = logit_lens(
+            lm, spec["prompt"], chat=spec.get("chat", False), dummy=spec.get("dummy", 0),
+            targets=spec.get("targets", []),
+        )
+        assert not isinstance(result, list)
+        written = result.save(out / spec["name"], formats=args.format, overwrite=args.overwrite)
+        _report(result, written)
+    print(f"demo outputs are in {out}/")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one line on stderr and exit status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_output()
+    handlers = {"lens": cmd_lens, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except TokenprobeError as exc:
+        print(f"tokenprobe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tokenprobe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

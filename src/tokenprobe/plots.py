@@ -1,0 +1,157 @@
+"""Static heatmaps of results (matplotlib), one function per figure kind.
+
+Figures grow with the data so labels never overlap: each position gets a fixed width while
+the cell text is shown, and past that the tick labels are thinned instead of shrunk.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files; no display needed
+import matplotlib.patheffects as pe  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from .errors import TokenprobeError  # noqa: E402
+from .text import display_token  # noqa: E402
+
+if TYPE_CHECKING:
+    from .results import LensResult
+
+# Token text can hold any script; a missing glyph shows as a box, which is no reason to warn.
+warnings.filterwarnings("ignore", message=r"Glyph .* missing from font", category=UserWarning)
+
+MAX_ANNOTATED_POSITIONS = 80
+MAX_FIGURE_WIDTH_IN = 60.0
+
+
+def parse_range(spec: str | tuple[int, int] | None, flag: str) -> tuple[int, int] | None:
+    """`START:END` (end exclusive, either side may be empty) to a tuple; None stays None."""
+    if spec is None or isinstance(spec, tuple):
+        return spec
+    try:
+        start_s, end_s = spec.split(":")
+        start = int(start_s) if start_s.strip() else 0
+        end = int(end_s) if end_s.strip() else -1
+    except ValueError as exc:
+        raise TokenprobeError(f"{flag} {spec!r} is not START:END (e.g. {flag} 10:30)") from exc
+    return start, end
+
+
+def _clip_range(rng: tuple[int, int], n: int, flag: str) -> tuple[int, int]:
+    start, end = rng
+    end = n if end == -1 else end
+    if start < 0:
+        start += n
+    if end < 0:
+        end += n
+    if not (0 <= start < end <= n):
+        raise TokenprobeError(f"{flag} {rng[0]}:{rng[1]} is outside the {n} positions (use START:END with 0 <= START < END <= {n})")
+    return start, end
+
+
+def _text_colours(values: np.ndarray, cmap: Any, norm: Normalize) -> np.ndarray:
+    """Black on light cells, white on dark ones (relative luminance of the cell colour)."""
+    rgba = cmap(norm(values))
+    lum = 0.2126 * rgba[..., 0] + 0.7152 * rgba[..., 1] + 0.0722 * rgba[..., 2]
+    return np.where(lum > 0.45, "black", "white")
+
+
+def plot_lens(
+    result: LensResult,
+    *,
+    zoom: str | tuple[int, int] | None = None,
+    frame: str | tuple[int, int] | bool | None = None,
+    annotate: bool | None = None,
+    label_chars: int = 7,
+    cmap: str = "RdYlBu_r",
+    vmax: float | None = None,
+    title: str | None = None,
+) -> Any:
+    """Entropy heatmap: x = input tokens, y = layers with "output" on top, top-1 token per cell.
+
+    `zoom` keeps positions START:END; `frame` outlines positions START:END (default: the
+    inserted dummy tokens; False for none). Colour runs from 0 to `vmax` nats (default: the
+    largest entropy drawn, rounded up to half a nat).
+    """
+    n_rows, n_pos = result.entropy.shape
+    start, end = _clip_range(parse_range(zoom, "--zoom") or (0, n_pos), n_pos, "--zoom")
+    ent = result.entropy[:, start:end]
+    top1 = result.top1[:, start:end]
+    tokens = result.tokens[start:end]
+    width = end - start
+    annotate = width <= MAX_ANNOTATED_POSITIONS if annotate is None else annotate
+
+    # default: the data's own range (more contrast than 0..ln V; pass vmax=ln V to compare figures)
+    top = vmax if vmax is not None else max(0.5, math.ceil(2 * float(np.nanmax(ent))) / 2)
+    norm = Normalize(vmin=0.0, vmax=top)
+    colormap = plt.get_cmap(cmap)
+
+    per_pos = 0.52 if annotate else 0.14
+    fig_w = min(MAX_FIGURE_WIDTH_IN, max(7.0, per_pos * width + 3.0))
+    fig_h = max(4.5, 0.27 * n_rows + 2.6)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
+    mesh = ax.pcolormesh(
+        np.arange(width + 1) - 0.5,
+        np.arange(n_rows + 1) - 0.5,
+        ent,
+        cmap=colormap,
+        norm=norm,
+        edgecolors="white",
+        linewidth=0.25 if annotate else 0.0,
+    )
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(-0.5, n_rows - 0.5)
+
+    if annotate:
+        colours = _text_colours(ent, colormap, norm)
+        fontsize = 6.5 if label_chars <= 7 else 5.5
+        for r in range(n_rows):
+            for c in range(width):
+                ax.text(
+                    c, r, display_token(str(top1[r, c]), label_chars),
+                    ha="center", va="center", fontsize=fontsize, color=colours[r, c], clip_on=True,
+                )
+
+    # x labels: every position while they fit, else every k-th one
+    usable_in = fig_w - 3.0
+    step = max(1, math.ceil(width * 0.11 / usable_in))
+    ticks = np.arange(0, width, step)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([display_token(tokens[i], 10) for i in ticks], rotation=90, fontsize=7)
+    if start or step > 1:
+        secondary = ax.secondary_xaxis("top")
+        pos_step = max(step, 5 if width > 20 else 1)
+        secondary.set_xticks(np.arange(0, width, pos_step))
+        secondary.set_xticklabels([str(start + i) for i in range(0, width, pos_step)], fontsize=6)
+        secondary.set_xlabel("position", fontsize=8)
+    ax.set_yticks(np.arange(n_rows))
+    ax.set_yticklabels(result.layer_labels, fontsize=7)
+    ax.set_xlabel("input token")
+    ax.set_ylabel("layer")
+
+    if frame is not False:
+        span = parse_range(frame, "--frame") if frame not in (None, True) else result.marked
+        if span is not None:
+            f0, f1 = _clip_range(span, n_pos, "--frame")
+            f0, f1 = max(f0, start), min(f1, end)
+            if f0 < f1:
+                rect = Rectangle(
+                    (f0 - start - 0.5, -0.5), f1 - f0, n_rows, fill=False, edgecolor="#7b1fa2", linewidth=2.6,
+                    clip_on=False, zorder=5,
+                )
+                rect.set_path_effects([pe.Stroke(linewidth=4.5, foreground="white"), pe.Normal()])
+                ax.add_patch(rect)
+
+    cbar = fig.colorbar(mesh, ax=ax, fraction=0.025 if fig_w > 12 else 0.05, pad=0.01)
+    cbar.set_label("Entropy (nats)")
+    model_name = (result.meta.get("model") or {}).get("name", "")
+    ax.set_title(title or f"Entropy of token predictions (logit lens){' — ' + model_name if model_name else ''}")
+    return fig

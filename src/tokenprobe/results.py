@@ -1,0 +1,261 @@
+"""Result types: arrays + labels + metadata, each with a table, a figure, save and load.
+
+A saved result is a folder: `<kind>.parquet` (the tidy table, also what `load` reads back),
+`meta.json` (model, inputs, options, versions) and figures. Saving never silently replaces
+an earlier result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from .errors import TokenprobeError
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+_REGISTRY: dict[str, type[Result]] = {}
+
+
+def versions() -> dict[str, str]:
+    """Versions that decide the numbers, recorded in every meta.json."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "tokenprobe": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class Result:
+    """Base of all results; subclasses set `kind` and implement the table and figure."""
+
+    kind: ClassVar[str] = ""
+    meta: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _REGISTRY[cls.kind] = cls
+
+    # -- implemented by each kind
+    def to_frame(self) -> pd.DataFrame:
+        raise NotImplementedError
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> Result:
+        raise NotImplementedError
+
+    def plot(self, **options: Any) -> Any:
+        raise NotImplementedError
+
+    # -- shared
+    def files(self, formats: Iterable[str] = ("png",)) -> list[str]:
+        return [f"{self.kind}.parquet", "meta.json", *(f"{self.kind}.{fmt}" for fmt in formats)]
+
+    def save(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        formats: Iterable[str] = ("png",),
+        overwrite: bool = False,
+        plot_options: dict[str, Any] | None = None,
+    ) -> dict[str, Path]:
+        """Write table, meta.json and figures into `out_dir`; refuse to replace files unless asked."""
+        formats = list(dict.fromkeys(formats))
+        bad = [f for f in formats if f not in FIGURE_FORMATS]
+        if bad:
+            raise TokenprobeError(f"unknown figure format {bad[0]!r}: use {', '.join(FIGURE_FORMATS)}")
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise TokenprobeError(f"{out} is a file, not a folder: choose another --out")
+        clash = [name for name in self.files(formats) if (out / name).exists()]
+        if clash and not overwrite:
+            raise TokenprobeError(
+                f"{out} already holds {', '.join(clash)}: choose another --out or pass --overwrite"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Path] = {}
+        table = out / f"{self.kind}.parquet"
+        _atomic_write(table, lambda p: self.to_frame().to_parquet(p, index=False))
+        written["table"] = table
+        meta = dict(self.meta)
+        meta["kind"] = self.kind
+        meta_path = out / "meta.json"
+        _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n"))
+        written["meta"] = meta_path
+        if formats:
+            import matplotlib.pyplot as plt
+
+            fig = self.plot(**(plot_options or {}))
+            try:
+                for fmt in formats:
+                    path = out / f"{self.kind}.{fmt}"
+                    _atomic_write(path, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=150, bbox_inches="tight"))
+                    written[fmt] = path
+            finally:
+                plt.close(fig)
+        return written
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> Result:
+        """Load any saved result from its folder (or its meta.json)."""
+        folder = Path(path)
+        if folder.name == "meta.json":
+            folder = folder.parent
+        meta_path = folder / "meta.json"
+        if not meta_path.exists():
+            raise TokenprobeError(f"{folder} holds no tokenprobe result (no meta.json): pass a folder written by save()")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TokenprobeError(f"{meta_path} is not readable JSON ({exc}): re-run the analysis") from exc
+        kind = meta.get("kind")
+        if kind not in _REGISTRY:
+            raise TokenprobeError(f"{meta_path} names an unknown result kind {kind!r}")
+        cls = _REGISTRY[kind]
+        table = folder / f"{kind}.parquet"
+        if not table.exists():
+            raise TokenprobeError(f"{folder} lacks {table.name}: re-run the analysis")
+        return cls.from_frame(pd.read_parquet(table), meta)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ----------------------------------------------------------------------------- logit lens
+
+
+@dataclass
+class LensResult(Result):
+    """Per (layer, position): entropy, top-k tokens and probabilities, target probability/rank.
+
+    Rows are layers 0..L: layer 0 is the embedding output, layer i the output of block i, and
+    the last row ("output") is the model's own logits.
+    """
+
+    kind: ClassVar[str] = "lens"
+
+    tokens: list[str]
+    token_ids: list[int]
+    layer_labels: list[str]
+    entropy: np.ndarray  # (rows, positions) float32, nats
+    top_ids: np.ndarray  # (rows, positions, k) int64
+    top_tokens: np.ndarray  # (rows, positions, k) str
+    top_probs: np.ndarray  # (rows, positions, k) float32
+    targets: list[str] = field(default_factory=list)
+    target_ids: list[int] = field(default_factory=list)
+    target_probs: np.ndarray | None = None  # (rows, positions, n_targets)
+    target_ranks: np.ndarray | None = None  # (rows, positions, n_targets), 1 = top
+    marked: tuple[int, int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.entropy.shape[0])
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.entropy.shape[1])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.top_ids.shape[2])
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self.top_tokens[:, :, 0]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (layer, position)."""
+        rows, positions = self.entropy.shape
+        layer = np.repeat(np.arange(rows), positions)
+        pos = np.tile(np.arange(positions), rows)
+        data: dict[str, Any] = {
+            "layer": layer,
+            "layer_label": np.asarray(self.layer_labels, dtype=object)[layer],
+            "position": pos,
+            "token": np.asarray(self.tokens, dtype=object)[pos],
+            "token_id": np.asarray(self.token_ids, dtype=np.int64)[pos],
+            "entropy": self.entropy.reshape(-1),
+        }
+        for j in range(self.top_k):
+            data[f"top{j + 1}"] = self.top_tokens[:, :, j].reshape(-1)
+            data[f"top{j + 1}_prob"] = self.top_probs[:, :, j].reshape(-1)
+            data[f"top{j + 1}_id"] = self.top_ids[:, :, j].reshape(-1)
+        for t, name in enumerate(self.targets):
+            assert self.target_probs is not None and self.target_ranks is not None
+            data[f"prob[{name}]"] = self.target_probs[:, :, t].reshape(-1)
+            data[f"rank[{name}]"] = self.target_ranks[:, :, t].reshape(-1)
+        return pd.DataFrame(data)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> LensResult:
+        frame = frame.sort_values(["layer", "position"])
+        rows = int(frame["layer"].max()) + 1
+        positions = int(frame["position"].max()) + 1
+        first_row = frame[frame["layer"] == 0]
+        k = sum(1 for c in frame.columns if c.startswith("top") and c.endswith("_id"))
+
+        def grid(col: str) -> np.ndarray:
+            return frame[col].to_numpy().reshape(rows, positions)
+
+        targets = list(meta.get("targets", []))
+        marked = meta.get("marked")
+        return cls(
+            tokens=[str(t) for t in first_row["token"]],
+            token_ids=[int(t) for t in first_row["token_id"]],
+            layer_labels=[str(x) for x in frame.groupby("layer")["layer_label"].first()],
+            entropy=grid("entropy").astype(np.float32),
+            top_ids=np.stack([grid(f"top{j + 1}_id") for j in range(k)], axis=-1).astype(np.int64),
+            top_tokens=np.stack([grid(f"top{j + 1}").astype(object) for j in range(k)], axis=-1),
+            top_probs=np.stack([grid(f"top{j + 1}_prob") for j in range(k)], axis=-1).astype(np.float32),
+            targets=targets,
+            target_ids=list(meta.get("target_ids", [])),
+            target_probs=np.stack([grid(f"prob[{t}]") for t in targets], axis=-1).astype(np.float32) if targets else None,
+            target_ranks=np.stack([grid(f"rank[{t}]") for t in targets], axis=-1).astype(np.int64) if targets else None,
+            marked=tuple(marked) if marked else None,
+            meta=meta,
+        )
+
+    def plot(self, **options: Any) -> Any:
+        """The entropy heatmap with the top-1 token in each cell; see `plots.plot_lens`."""
+        from .plots import plot_lens
+
+        return plot_lens(self, **options)
