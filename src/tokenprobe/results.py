@@ -73,8 +73,10 @@ class Result:
         raise NotImplementedError
 
     # -- shared
-    def files(self, formats: Iterable[str] = ("png",)) -> list[str]:
-        return [f"{self.kind}.parquet", "meta.json", *(f"{self.kind}.{fmt}" for fmt in formats)]
+    @classmethod
+    def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:
+        """The file names a saved result of this kind occupies."""
+        return [f"{cls.kind}.parquet", "meta.json", *(f"{cls.kind}.{fmt}" for fmt in formats)]
 
     def save(
         self,
@@ -90,13 +92,7 @@ class Result:
         if bad:
             raise TokenprobeError(f"unknown figure format {bad[0]!r}: use {', '.join(FIGURE_FORMATS)}")
         out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise TokenprobeError(f"{out} is a file, not a folder: choose another --out")
-        clash = [name for name in self.files(formats) if (out / name).exists()]
-        if clash and not overwrite:
-            raise TokenprobeError(
-                f"{out} already holds {', '.join(clash)}: choose another --out or pass --overwrite"
-            )
+        check_writable(out, self.files(formats), overwrite)
         out.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
         table = out / f"{self.kind}.parquet"
@@ -141,6 +137,15 @@ class Result:
         if not table.exists():
             raise TokenprobeError(f"{folder} lacks {table.name}: re-run the analysis")
         return cls.from_frame(pd.read_parquet(table), meta)
+
+
+def check_writable(out: Path, names: Iterable[str], overwrite: bool) -> None:
+    """Refuse to replace earlier outputs unless asked (called before long work, and at save)."""
+    if out.exists() and not out.is_dir():
+        raise TokenprobeError(f"{out} is a file, not a folder: choose another --out")
+    clash = [name for name in names if (out / name).exists()]
+    if clash and not overwrite:
+        raise TokenprobeError(f"{out} already holds {', '.join(clash)}: choose another --out or pass --overwrite")
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,0 +1,215 @@
+"""Benchmark the logit lens against the minimal by-hand version and against peers, in one run.
+
+    python bench/lens.py [--model smollm2] [--prompts 8] [--tokens 64] [--repeats 3]
+
+Prints, for the same prompts: a bare batched forward pass (the model alone), the by-hand lens
+(one forward with output_hidden_states, then final norm + unembedding + entropy/top-k of every
+layer in one batched call: the floor), tokenprobe's lens, and nnsight / TransformerLens when
+they are importable (bench-only extras: `make bench-peers`). Each line gives seconds, the
+ratio to the by-hand floor and to the bare forward, and peak memory (RSS growth on CPU,
+allocator peak on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+import tokenprobe
+from tokenprobe.batching import pad_batch
+
+BASE_TEXT = (
+    "The history of the city begins with a small settlement on the river, where traders met to exchange "
+    "grain, salt and cloth. Over the centuries the town grew into a busy port with markets, churches and "
+    "a university, and its people became known for their skill in building ships and bridges across the "
+    "wide water that divides the old quarter from the new."
+)
+
+
+def prompts_of(tokenizer, n: int, tokens: int) -> list[list[int]]:
+    """n different prompts of exactly `tokens` tokens each (shifted windows of one text)."""
+    ids = tokenizer.encode(BASE_TEXT * 4, add_special_tokens=False)
+    return [ids[i * 3 : i * 3 + tokens] for i in range(n)]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _PeakRSS:
+    """Samples this process's resident memory every few milliseconds; peak above the start."""
+
+    def __init__(self) -> None:
+        self.base = _rss_mb()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __enter__(self) -> _PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds over `repeats` runs after a warm-up, and peak memory above the start in MB
+    (sampled RSS on CPU, the allocator's peak on CUDA)."""
+    fn()  # warm-up
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    times = []
+    with _PeakRSS() as rss:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        return statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2**20
+    return statistics.median(times), rss.peak - rss.base
+
+
+def bare_forward(lm, batch: list[list[int]]) -> Callable[[], object]:
+    ids, mask = pad_batch(batch, 0, lm.device)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    return run
+
+
+def by_hand(lm, batch: list[list[int]], k: int = 5) -> Callable[[], object]:
+    """The floor: one forward with hidden states, one batched unembedding of all layers."""
+    ids, mask = pad_batch(batch, 0, lm.device)
+    norm, head = lm.model.model.norm, lm.model.lm_head
+
+    def run() -> object:
+        with torch.inference_mode():
+            out = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            h = torch.stack(out.hidden_states[:-1])  # (L, B, T, H)
+            logits = torch.cat([head(norm(h)), out.logits[None]]).float()
+            logp = torch.log_softmax(logits, dim=-1)
+            entropy = -(logp.exp() * logp).sum(-1)
+            top = logp.topk(k, dim=-1)
+            return entropy, top
+
+    return run
+
+
+def ours(lm, batch: list[list[int]], k: int = 5) -> Callable[[], object]:
+    inputs = [
+        tokenprobe.PreparedInput(prompt="", text="", input_ids=list(p), tokens=[""] * len(p)) for p in batch
+    ]
+    return lambda: tokenprobe.logit_lens(lm, inputs, top_k=k, progress=False)
+
+
+def nnsight_lens(lm, batch: list[list[int]], k: int = 5) -> Callable[[], object] | None:
+    try:
+        from nnsight import LanguageModel
+    except ImportError:
+        return None
+    wrapped = LanguageModel(lm.model, tokenizer=lm.tokenizer)
+    ids, mask = pad_batch(batch, 0, lm.device)
+    layers = wrapped.model.layers
+
+    def run() -> object:
+        saved = []
+        with torch.inference_mode(), wrapped.trace({"input_ids": ids, "attention_mask": mask}):
+            for layer in layers:
+                out = layer.output
+                hidden = out[0] if isinstance(out, tuple) else out
+                saved.append(wrapped.lm_head(wrapped.model.norm(hidden)).save())
+        logits = torch.stack([s.value if hasattr(s, "value") else s for s in saved]).float()
+        logp = torch.log_softmax(logits, dim=-1)
+        return -(logp.exp() * logp).sum(-1), logp.topk(k, dim=-1)
+
+    return run
+
+
+def transformer_lens(lm, batch: list[list[int]], k: int = 5) -> Callable[[], object] | None:
+    """TransformerLens 4 (TransformerBridge over the same HF model): cache resid streams, then
+    ln_final + unembed of the stack in one call, as its logit-lens tutorials do."""
+    try:
+        import transformer_lens.model_bridge.sources.transformers  # noqa: F401 - attaches boot_transformers
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        return None
+    bridge = TransformerBridge.boot_transformers(lm.folder, hf_model=lm.model, tokenizer=lm.tokenizer, device=str(lm.device))
+    ids, _ = pad_batch(batch, 0, lm.device)  # equal lengths: no padding
+    n = lm.n_layers
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n - 1)]
+
+    def run() -> object:
+        with torch.inference_mode():
+            out, cache = bridge.run_with_cache(ids, names_filter=lambda name: name in names)
+            resid = torch.stack([cache[name] for name in names])
+            logits = torch.cat([bridge.unembed(bridge.ln_final(resid)), out[None]]).float()
+            logp = torch.log_softmax(logits, dim=-1)
+            return -(logp.exp() * logp).sum(-1), logp.topk(k, dim=-1)
+
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args()
+
+    lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
+    batch = prompts_of(lm.tokenizer, args.prompts, args.tokens)
+    print(f"model {lm.name} ({lm.n_layers} blocks) on {lm.device}, {lm.dtype}; torch threads {torch.get_num_threads()}; "
+          f"{args.prompts} prompts x {args.tokens} tokens = {args.prompts * args.tokens} positions x {lm.n_layers + 1} rows")
+    methods: list[tuple[str, Callable[[], object] | None]] = [
+        ("bare forward", bare_forward(lm, batch)),
+        ("by hand (floor)", by_hand(lm, batch)),
+        ("tokenprobe", ours(lm, batch)),
+        ("nnsight", nnsight_lens(lm, batch)),
+        ("transformer_lens", transformer_lens(lm, batch)),
+    ]
+    results: dict[str, tuple[float, float]] = {}
+    for name, fn in methods:
+        if fn is None:
+            print(f"  {name:<18} not installed (make bench-peers)")
+            continue
+        results[name] = timed(fn, args.repeats, lm.device)
+    floor, bare = results["by hand (floor)"][0], results["bare forward"][0]
+    print(f"{'method':<20}{'seconds':>9}{'x by hand':>11}{'x forward':>11}{'peak MB':>10}")
+    for name, (sec, peak) in results.items():
+        print(f"{name:<20}{sec:>9.3f}{sec / floor:>11.2f}{sec / bare:>11.2f}{peak:>10.0f}")
+    ours_t = results["tokenprobe"][0]
+    for peer in ("nnsight", "transformer_lens"):
+        if peer in results:
+            print(f"tokenprobe vs {peer}: {results[peer][0] / ours_t:.2f}x faster")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

