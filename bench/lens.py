@@ -107,7 +107,9 @@ def by_hand(lm, batch: list[list[int]], k: int = 5) -> Callable[[], object]:
 
     def run() -> object:
         with torch.inference_mode():
-            out = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            out = lm.model(
+                input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+            )
             h = torch.stack(out.hidden_states[:-1])  # (L, B, T, H)
             logits = torch.cat([head(norm(h)), out.logits[None]]).float()
             logp = torch.log_softmax(logits, dim=-1)
@@ -120,7 +122,8 @@ def by_hand(lm, batch: list[list[int]], k: int = 5) -> Callable[[], object]:
 
 def ours(lm, batch: list[list[int]], k: int = 5) -> Callable[[], object]:
     inputs = [
-        tokenprobe.PreparedInput(prompt="", text="", input_ids=list(p), tokens=[""] * len(p)) for p in batch
+        tokenprobe.PreparedInput(prompt="", text="", input_ids=list(p), tokens=[""] * len(p))
+        for p in batch
     ]
     return lambda: tokenprobe.logit_lens(lm, inputs, top_k=k, progress=False)
 
@@ -156,7 +159,9 @@ def transformer_lens(lm, batch: list[list[int]], k: int = 5) -> Callable[[], obj
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:
         return None
-    bridge = TransformerBridge.boot_transformers(lm.folder, hf_model=lm.model, tokenizer=lm.tokenizer, device=str(lm.device))
+    bridge = TransformerBridge.boot_transformers(
+        lm.folder, hf_model=lm.model, tokenizer=lm.tokenizer, device=str(lm.device)
+    )
     ids, _ = pad_batch(batch, 0, lm.device)  # equal lengths: no padding
     n = lm.n_layers
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n - 1)]
@@ -184,8 +189,10 @@ def main() -> int:
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     batch = prompts_of(lm.tokenizer, args.prompts, args.tokens)
-    print(f"model {lm.name} ({lm.n_layers} blocks) on {lm.device}, {lm.dtype}; torch threads {torch.get_num_threads()}; "
-          f"{args.prompts} prompts x {args.tokens} tokens = {args.prompts * args.tokens} positions x {lm.n_layers + 1} rows")
+    print(
+        f"model {lm.name} ({lm.n_layers} blocks) on {lm.device}, {lm.dtype}; torch threads {torch.get_num_threads()}; "
+        f"{args.prompts} prompts x {args.tokens} tokens = {args.prompts * args.tokens} positions x {lm.n_layers + 1} rows"
+    )
     methods: list[tuple[str, Callable[[], object] | None]] = [
         ("bare forward", bare_forward(lm, batch)),
         ("by hand (floor)", by_hand(lm, batch)),

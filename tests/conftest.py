@@ -56,18 +56,33 @@ def tokenizer():
 def _configs(vocab: int) -> dict[str, Callable[[], object]]:
     from transformers import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=4, max_position_embeddings=128)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    )
     return {
         "llama": lambda: LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=False),
         "qwen2": lambda: Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True),
         "gemma2": lambda: Gemma2Config(
-            **common, num_key_value_heads=2, head_dim=8, final_logit_softcapping=2.0,
-            attn_logit_softcapping=50.0, tie_word_embeddings=True, query_pre_attn_scalar=8,
+            **common,
+            num_key_value_heads=2,
+            head_dim=8,
+            final_logit_softcapping=2.0,
+            attn_logit_softcapping=50.0,
+            tie_word_embeddings=True,
+            query_pre_attn_scalar=8,
             sliding_window=64,
         ),
-        "gpt2": lambda: GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=128),
-        "gpt_neox": lambda: GPTNeoXConfig(**common, tie_word_embeddings=False, use_parallel_residual=True),
+        "gpt2": lambda: GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=128
+        ),
+        "gpt_neox": lambda: GPTNeoXConfig(
+            **common, tie_word_embeddings=False, use_parallel_residual=True
+        ),
     }
 
 

@@ -31,9 +31,27 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_lens_command_writes_table_figures_and_meta(model_dir, tmp_path, capsys):
     out = tmp_path / "lens"
     code, stdout, _ = run(
-        capsys, "lens", "--model", str(model_dir), "--chat", "--prompt", "What is the capital of Australia?",
-        "--dummy", "3", "--target", " Canberra", "--target", " Sydney", "--out", str(out),
-        "--format", "png", "svg", "pdf", "--device", "cpu",
+        capsys,
+        "lens",
+        "--model",
+        str(model_dir),
+        "--chat",
+        "--prompt",
+        "What is the capital of Australia?",
+        "--dummy",
+        "3",
+        "--target",
+        " Canberra",
+        "--target",
+        " Sydney",
+        "--out",
+        str(out),
+        "--format",
+        "png",
+        "svg",
+        "pdf",
+        "--device",
+        "cpu",
     )
     assert code == 0
     for name in ["lens.parquet", "lens.png", "lens.svg", "lens.pdf", "meta.json"]:
@@ -42,9 +60,23 @@ def test_lens_command_writes_table_figures_and_meta(model_dir, tmp_path, capsys)
     meta = json.loads((out / "meta.json").read_text())
     n_pos = len(meta["token_ids"])
     assert len(table) == 4 * n_pos  # 3 blocks + output row
-    assert {"layer", "position", "token", "entropy", "top1", "top1_prob", "top5", "top5_prob",
-            "prob[ Canberra]", "rank[ Canberra]", "prob[ Sydney]", "rank[ Sydney]"} <= set(table.columns)
-    assert meta["kind"] == "lens" and meta["options"]["dummy"] == 3 and meta["options"]["chat"] is True
+    assert {
+        "layer",
+        "position",
+        "token",
+        "entropy",
+        "top1",
+        "top1_prob",
+        "top5",
+        "top5_prob",
+        "prob[ Canberra]",
+        "rank[ Canberra]",
+        "prob[ Sydney]",
+        "rank[ Sydney]",
+    } <= set(table.columns)
+    assert (
+        meta["kind"] == "lens" and meta["options"]["dummy"] == 3 and meta["options"]["chat"] is True
+    )
     assert meta["marked"] == [n_pos - 3, n_pos]
     assert meta["model"]["source"] == str(model_dir)
     assert "tokenprobe" in meta["versions"]
@@ -52,8 +84,18 @@ def test_lens_command_writes_table_figures_and_meta(model_dir, tmp_path, capsys)
 
 
 def test_several_prompts_get_one_folder_each(model_dir, tmp_path, capsys):
-    code, _, _ = run(capsys, "lens", "--model", str(model_dir), "--prompt", "Hello world", "--prompt",
-                     "The quick brown fox", "--out", str(tmp_path / "many"))
+    code, _, _ = run(
+        capsys,
+        "lens",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "Hello world",
+        "--prompt",
+        "The quick brown fox",
+        "--out",
+        str(tmp_path / "many"),
+    )
     assert code == 0
     assert (tmp_path / "many" / "prompt_01" / "lens.png").exists()
     assert (tmp_path / "many" / "prompt_02" / "lens.parquet").exists()
@@ -62,8 +104,19 @@ def test_several_prompts_get_one_folder_each(model_dir, tmp_path, capsys):
 def test_prompt_file(model_dir, tmp_path, capsys):
     path = tmp_path / "p.txt"
     path.write_text("Tools: hammer, wrench", encoding="utf-8")
-    code, _, _ = run(capsys, "lens", "--model", str(model_dir), "--prompt-file", str(path), "--out",
-                     str(tmp_path / "o"), "--zoom", "1:4", "--no-frame")
+    code, _, _ = run(
+        capsys,
+        "lens",
+        "--model",
+        str(model_dir),
+        "--prompt-file",
+        str(path),
+        "--out",
+        str(tmp_path / "o"),
+        "--zoom",
+        "1:4",
+        "--no-frame",
+    )
     assert code == 0
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert meta["prompt"] == "Tools: hammer, wrench"
@@ -79,11 +132,17 @@ def _bad_cases(model_dir, tmp_path):
     m = str(model_dir)
     return [
         (["--model", "no-such-model-xyz", "--prompt", "hi"], "unknown model 'no-such-model-xyz'"),
-        (["--model", "org/not-cached-model", "--prompt", "hi"], "not in the local Hugging Face cache"),
+        (
+            ["--model", "org/not-cached-model", "--prompt", "hi"],
+            "not in the local Hugging Face cache",
+        ),
         (["--model", str(tmp_path / "missing.gguf"), "--prompt", "hi"], "GGUF file not found"),
         (["--model", str(tmp_path), "--prompt", "hi"], "folder without config.json"),
         (["--model", str(latin1), "--prompt", "hi"], "is a file, not a model"),
-        (["--model", m, "--prompt", "hi", "--dummy", "2", "--dummy-after", "Canberra"], "is not in the prompt"),
+        (
+            ["--model", m, "--prompt", "hi", "--dummy", "2", "--dummy-after", "Canberra"],
+            "is not in the prompt",
+        ),
         (["--model", m, "--prompt", long_prompt], "longer than the model's context of 128"),
         (["--model", m, "--prompt", ""], "the prompt is empty"),
         (["--model", m], "no prompt: give --prompt"),
@@ -108,8 +167,18 @@ def test_bad_inputs_give_one_line(model_dir, tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_is_a_clear_error(model_dir, tmp_path, capsys):
-    code, _, err = run(capsys, "lens", "--model", str(model_dir), "--prompt", "hi", "--device", "cuda",
-                       "--out", str(tmp_path / "x"))
+    code, _, err = run(
+        capsys,
+        "lens",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "hi",
+        "--device",
+        "cuda",
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert code == 2 and "sees no CUDA GPU: use --device cpu" in err
 
 

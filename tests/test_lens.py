@@ -40,8 +40,17 @@ def by_hand(model, ids: list[int], k: int, targets: list[int], softcap: bool = T
     ent = torch.distributions.Categorical(logits=logits).entropy()
     probs = torch.softmax(logits, dim=-1)
     top_p, top_i = probs.topk(k, dim=-1)
-    ranks = (probs.argsort(dim=-1, descending=True) == torch.tensor(targets)[:, None, None, None]).float().argmax(-1) + 1
-    return ent.numpy(), top_i.numpy(), top_p.numpy(), probs[..., targets].numpy(), ranks.permute(1, 2, 0).numpy(), logits
+    ranks = (
+        probs.argsort(dim=-1, descending=True) == torch.tensor(targets)[:, None, None, None]
+    ).float().argmax(-1) + 1
+    return (
+        ent.numpy(),
+        top_i.numpy(),
+        top_p.numpy(),
+        probs[..., targets].numpy(),
+        ranks.permute(1, 2, 0).numpy(),
+        logits,
+    )
 
 
 def test_lens_matches_by_hand(tiny):
@@ -113,12 +122,18 @@ def test_adapter_error_names_the_class():
         def get_output_embeddings(self):
             return self.head
 
-    with pytest.raises(tokenprobe.TokenprobeError, match="cannot find the transformer blocks of Headless"):
+    with pytest.raises(
+        tokenprobe.TokenprobeError, match="cannot find the transformer blocks of Headless"
+    ):
         tokenprobe.Adapter.from_model(Headless())
 
 
 def test_batched_equals_one_at_a_time(llama):
-    prompts = ["Hello world!", PROMPT, "Tools: hammer, wrench, level, pliers. Fruits: orange, peach"]
+    prompts = [
+        "Hello world!",
+        PROMPT,
+        "Tools: hammer, wrench, level, pliers. Fruits: orange, peach",
+    ]
     together = logit_lens(llama, prompts, targets=[" the"], batch_tokens=4096)
     tiny_batches = logit_lens(llama, prompts, targets=[" the"], batch_tokens=8)
     for p, a, b in zip(prompts, together, tiny_batches, strict=True):
@@ -139,7 +154,9 @@ def test_memory_budget_chunks_give_the_same_numbers(llama):
 def test_multi_token_target_warns_and_uses_first_token(llama):
     with pytest.warns(UserWarning, match="tracks its first token"):
         res = logit_lens(llama, PROMPT, targets=["Canberra-Queanbeyan"])
-    assert res.target_ids == [llama.tokenizer.encode("Canberra-Queanbeyan", add_special_tokens=False)[0]]
+    assert res.target_ids == [
+        llama.tokenizer.encode("Canberra-Queanbeyan", add_special_tokens=False)[0]
+    ]
 
 
 def test_frame_roundtrip_and_save_load(llama, tmp_path):
@@ -155,7 +172,16 @@ def test_frame_roundtrip_and_save_load(llama, tmp_path):
     np.testing.assert_array_equal(back.top_tokens, res.top_tokens)
     np.testing.assert_array_equal(back.target_ranks, res.target_ranks)
     frame = back.to_frame()
-    for col in ["layer", "position", "token", "entropy", "top1", "top1_prob", "prob[ Canberra]", "rank[ Canberra]"]:
+    for col in [
+        "layer",
+        "position",
+        "token",
+        "entropy",
+        "top1",
+        "top1_prob",
+        "prob[ Canberra]",
+        "rank[ Canberra]",
+    ]:
         assert col in frame.columns
     assert len(frame) == res.n_rows * res.n_positions
     assert back.meta["model"]["name"] == "tiny-llama" and back.meta["versions"]["tokenprobe"]

@@ -66,7 +66,9 @@ def test_interrupted_build_leaves_nothing_to_trust(tmp_path):
         (folder / "model.safetensors").write_text("full")
 
     assert cached_build(target, good) == target
-    assert (target / COMPLETE_MARKER).exists() and (target / "model.safetensors").read_text() == "full"
+    assert (target / COMPLETE_MARKER).exists() and (
+        target / "model.safetensors"
+    ).read_text() == "full"
     cached_build(target, good)
     assert len(calls) == 1  # the second call used the cache
 

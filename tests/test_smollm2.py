@@ -24,8 +24,10 @@ def test_greedy_answer_and_lens_agree(smol):
     inp = tokenprobe.prepare(smol, QUESTION, chat=True)
     ids = torch.tensor([inp.input_ids])
     with torch.no_grad():
-        generated = smol.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
-    answer = smol.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+        generated = smol.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False
+        )
+    answer = smol.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
     assert "Canberra" in answer
     res = tokenprobe.logit_lens(smol, inp, targets=[" Canberra", " Sydney"])
     assert res.n_rows == 31 and res.layer_labels[-1] == "output"
@@ -38,7 +40,9 @@ def test_lens_matches_by_hand_on_smollm2(smol):
     res = tokenprobe.logit_lens(smol, inp, top_k=5)
     with torch.no_grad():
         out = smol.model(torch.tensor([inp.input_ids]), output_hidden_states=True)
-        rows = [smol.model.lm_head(smol.model.model.norm(h[0])) for h in out.hidden_states[:-1]] + [out.logits[0]]
+        rows = [smol.model.lm_head(smol.model.model.norm(h[0])) for h in out.hidden_states[:-1]] + [
+            out.logits[0]
+        ]
     logits = torch.stack(rows)
     ent = torch.distributions.Categorical(logits=logits).entropy().numpy()
     np.testing.assert_allclose(res.entropy, ent, atol=1e-4)
@@ -51,7 +55,9 @@ def test_converted_cache_matches_the_gguf(smol):
     from tokenprobe.model import builtin_gguf
 
     gguf = builtin_gguf("smollm2")
-    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    direct = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
     ids = torch.tensor([smol.tokenizer.encode("Hello, my name is")])
     with torch.no_grad():
         assert torch.equal(direct(ids).logits, smol.model(ids).logits)
@@ -59,11 +65,30 @@ def test_converted_cache_matches_the_gguf(smol):
 
 def test_cli_on_the_builtin_model(tmp_path, capsys, smol):
     out = tmp_path / "lens"
-    code = main(["lens", "--model", "smollm2", "--chat", "--prompt", QUESTION, "--dummy", "6",
-                 "--target", " Canberra", "--target", " Sydney", "--out", str(out)])
+    code = main(
+        [
+            "lens",
+            "--model",
+            "smollm2",
+            "--chat",
+            "--prompt",
+            QUESTION,
+            "--dummy",
+            "6",
+            "--target",
+            " Canberra",
+            "--target",
+            " Sydney",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["model"]["name"] == "SmolLM2-135M-Instruct" and meta["marked"][1] - meta["marked"][0] == 6
+    assert (
+        meta["model"]["name"] == "SmolLM2-135M-Instruct"
+        and meta["marked"][1] - meta["marked"][0] == 6
+    )
     assert (out / "lens.png").stat().st_size > 50_000
 
 

@@ -20,9 +20,13 @@ def test_plain_prompt_tokens_match_the_tokenizer(llama):
 def test_chat_prompt_has_one_bos(llama):
     tok = llama.tokenizer
     inp = prepare(llama, PROMPT, chat=True)
-    rendered = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False
+    )
     assert inp.text == rendered
-    assert inp.input_ids.count(tok.bos_token_id) == 2  # the user turn and the assistant turn, no extra
+    assert (
+        inp.input_ids.count(tok.bos_token_id) == 2
+    )  # the user turn and the assistant turn, no extra
     assert inp.input_ids[0] == tok.bos_token_id and inp.input_ids[1] != tok.bos_token_id
     assert "".join(inp.tokens) == rendered
 
@@ -83,8 +87,14 @@ def test_added_marker_is_one_token_with_a_mean_embedding(llama):
     [
         ({"prompt": ""}, "prompt is empty"),
         ({"prompt": "   \n"}, "prompt is empty"),
-        ({"prompt": PROMPT, "dummy": 2, "dummy_after": "Canberra"}, "--dummy-after 'Canberra' is not in the prompt"),
-        ({"prompt": PROMPT, "dummy": 2, "dummy_before": "Sydney"}, "--dummy-before 'Sydney' is not in the prompt"),
+        (
+            {"prompt": PROMPT, "dummy": 2, "dummy_after": "Canberra"},
+            "--dummy-after 'Canberra' is not in the prompt",
+        ),
+        (
+            {"prompt": PROMPT, "dummy": 2, "dummy_before": "Sydney"},
+            "--dummy-before 'Sydney' is not in the prompt",
+        ),
         ({"prompt": PROMPT, "dummy": -1}, "--dummy must be 0 or more"),
         ({"prompt": "word " * 200}, "longer than the model's context of 128: shorten it"),
     ],
@@ -114,4 +124,7 @@ def test_partial_utf8_tokens_show_their_bytes(tokenizer):
 
 def test_html_token_escapes_markup():
     assert html_token("<script>alert(1)</script>") == "&lt;script&gt;alert(1)&lt;/script&gt;"
-    assert html_token('"><img src=x onerror=alert(1)>') == "&quot;&gt;&lt;img▁src=x▁onerror=alert(1)&gt;"
+    assert (
+        html_token('"><img src=x onerror=alert(1)>')
+        == "&quot;&gt;&lt;img▁src=x▁onerror=alert(1)&gt;"
+    )

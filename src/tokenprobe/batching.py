@@ -14,7 +14,9 @@ import torch
 T = TypeVar("T")
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int | None = None) -> list[list[int]]:
+def token_budget_batches(
+    lengths: Sequence[int], max_tokens: int, max_batch: int | None = None
+) -> list[list[int]]:
     """Indices grouped so that len(batch) * longest <= max_tokens (one over-long input still runs alone)."""
     if max_tokens < 1:
         raise ValueError("max_tokens must be positive")
@@ -35,7 +37,9 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int
     return batches
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and the attention mask (right padding keeps each text's positions 0..n-1)."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -59,7 +63,9 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def run_with_backoff(batch: list[int], fn: Callable[[list[int]], T]) -> Iterator[tuple[list[int], T]]:
+def run_with_backoff(
+    batch: list[int], fn: Callable[[list[int]], T]
+) -> Iterator[tuple[list[int], T]]:
     """Run `fn(batch)`; on out-of-memory split the batch in halves and retry each half."""
     try:
         yield batch, fn(batch)

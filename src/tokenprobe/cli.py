@@ -35,17 +35,30 @@ def _read_text_file(path: str, flag: str) -> str:
 def _common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     g = parser.add_argument_group("model and output")
     g.add_argument(
-        "--model", default=DEFAULT_MODEL,
+        "--model",
+        default=DEFAULT_MODEL,
         help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a local Hugging Face folder, a .gguf file, "
         f"or a hub id already in the local cache (default: {DEFAULT_MODEL})",
     )
-    g.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N or mps")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="model weights' dtype; auto = bfloat16 on a GPU, float32 on CPU. Statistics are always float32")
+    g.add_argument(
+        "--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N or mps"
+    )
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="model weights' dtype; auto = bfloat16 on a GPU, float32 on CPU. Statistics are always float32",
+    )
     g.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     g.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    g.add_argument("--format", nargs="+", default=["png"], choices=FIGURE_FORMATS, metavar="FMT",
-                   help="figure formats: png svg pdf (default: png)")
+    g.add_argument(
+        "--format",
+        nargs="+",
+        default=["png"],
+        choices=FIGURE_FORMATS,
+        metavar="FMT",
+        help="figure formats: png svg pdf (default: png)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,25 +80,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(lens, default_out="out/lens")
     g = lens.add_argument_group("input")
-    g.add_argument("--prompt", action="append", help="prompt text (repeat for several prompts; each gets a sub-folder)")
+    g.add_argument(
+        "--prompt",
+        action="append",
+        help="prompt text (repeat for several prompts; each gets a sub-folder)",
+    )
     g.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
-    g.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the model's chat template")
+    g.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap the prompt as a user turn in the model's chat template",
+    )
     g.add_argument("--system", help="system message for --chat (default: the template's own)")
-    g.add_argument("--dummy", type=int, default=0, metavar="N", help="insert N dummy marker tokens (default 0)")
-    g.add_argument("--dummy-token", default=DEFAULT_MARKER,
-                   help=f"the dummy marker (default {DEFAULT_MARKER}); added to the tokenizer if unknown")
-    g.add_argument("--dummy-after", metavar="TEXT", help="insert the dummies after the first TEXT (default: at the end, "
-                   "i.e. after the generation prompt with --chat)")
-    g.add_argument("--dummy-before", metavar="TEXT", help="insert the dummies before the first TEXT")
+    g.add_argument(
+        "--dummy", type=int, default=0, metavar="N", help="insert N dummy marker tokens (default 0)"
+    )
+    g.add_argument(
+        "--dummy-token",
+        default=DEFAULT_MARKER,
+        help=f"the dummy marker (default {DEFAULT_MARKER}); added to the tokenizer if unknown",
+    )
+    g.add_argument(
+        "--dummy-after",
+        metavar="TEXT",
+        help="insert the dummies after the first TEXT (default: at the end, "
+        "i.e. after the generation prompt with --chat)",
+    )
+    g.add_argument(
+        "--dummy-before", metavar="TEXT", help="insert the dummies before the first TEXT"
+    )
     g = lens.add_argument_group("lens")
-    g.add_argument("--target", action="append", default=[], metavar="TEXT",
-                   help="track this token's probability and rank everywhere, e.g. --target ' Canberra' (repeatable)")
+    g.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="track this token's probability and rank everywhere, e.g. --target ' Canberra' (repeatable)",
+    )
     g.add_argument("--top-k", type=int, default=5, help="top tokens kept per cell (default 5)")
-    g.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per forward pass (default 2048)")
-    g.add_argument("--memory-mb", type=int, default=512, help="memory for logits decoded at once (default 512)")
+    g.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=2048,
+        help="padded tokens per forward pass (default 2048)",
+    )
+    g.add_argument(
+        "--memory-mb", type=int, default=512, help="memory for logits decoded at once (default 512)"
+    )
     g = lens.add_argument_group("figure")
     g.add_argument("--zoom", metavar="START:END", help="draw only positions START..END-1")
-    g.add_argument("--frame", metavar="START:END", help="outline positions START..END-1 (default: the dummy tokens)")
+    g.add_argument(
+        "--frame",
+        metavar="START:END",
+        help="outline positions START..END-1 (default: the dummy tokens)",
+    )
     g.add_argument("--no-frame", action="store_true", help="outline nothing")
 
     demo = sub.add_parser(
@@ -133,36 +181,55 @@ def cmd_lens(args: argparse.Namespace) -> int:
         raise TokenprobeError("no prompt: give --prompt TEXT or --prompt-file FILE")
     for flag, value in (("--zoom", args.zoom), ("--frame", args.frame)):
         parse_range(value, flag)  # fail on a malformed range before loading the model
-    outs = [Path(args.out)] if len(prompts) == 1 else [Path(args.out) / f"prompt_{i + 1:02d}" for i in range(len(prompts))]
+    outs = (
+        [Path(args.out)]
+        if len(prompts) == 1
+        else [Path(args.out) / f"prompt_{i + 1:02d}" for i in range(len(prompts))]
+    )
     for out in outs:  # before the model runs, not after
         check_writable(out, LensResult.files(args.format), args.overwrite)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     results = logit_lens(
-        lm, prompts, chat=args.chat, system=args.system, dummy=args.dummy, dummy_token=args.dummy_token,
-        dummy_after=args.dummy_after, dummy_before=args.dummy_before, targets=args.target, top_k=args.top_k,
-        batch_tokens=args.batch_tokens, memory_mb=args.memory_mb,
+        lm,
+        prompts,
+        chat=args.chat,
+        system=args.system,
+        dummy=args.dummy,
+        dummy_token=args.dummy_token,
+        dummy_after=args.dummy_after,
+        dummy_before=args.dummy_before,
+        targets=args.target,
+        top_k=args.top_k,
+        batch_tokens=args.batch_tokens,
+        memory_mb=args.memory_mb,
     )
     assert isinstance(results, list)
     for out, result in zip(outs, results, strict=True):
         for flag, value in (("--zoom", args.zoom), ("--frame", args.frame)):
             if value:
                 _clip_range(parse_range(value, flag), result.n_positions, flag)
-        written = result.save(out, formats=args.format, overwrite=args.overwrite, plot_options=_plot_options(args))
+        written = result.save(
+            out, formats=args.format, overwrite=args.overwrite, plot_options=_plot_options(args)
+        )
         _report(result, written)
     return 0
 
 
 def _report(result: Any, written: dict[str, Path]) -> None:
     last = result.n_positions - 1
-    print(f"{result.meta.get('prompt', '')[:60]!r}: {result.n_positions} positions x {result.n_rows} rows; "
-          f"output top-1 at the last position: {result.top1[-1, last]!r} (p={result.top_probs[-1, last, 0]:.3f})")
+    print(
+        f"{result.meta.get('prompt', '')[:60]!r}: {result.n_positions} positions x {result.n_rows} rows; "
+        f"output top-1 at the last position: {result.top1[-1, last]!r} (p={result.top_probs[-1, last, 0]:.3f})"
+    )
     for what, path in written.items():
         print(f"  {what:>5}: {path}")
 
 
 def demo_prompts() -> list[dict[str, Any]]:
     """The demo's lens prompts, shipped in the package."""
-    return json.loads(resources.files("tokenprobe").joinpath("data/demo.json").read_text(encoding="utf-8"))["lens"]
+    return json.loads(
+        resources.files("tokenprobe").joinpath("data/demo.json").read_text(encoding="utf-8")
+    )["lens"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -173,7 +240,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for spec in demo_prompts():
         result = logit_lens(
-            lm, spec["prompt"], chat=spec.get("chat", False), dummy=spec.get("dummy", 0),
+            lm,
+            spec["prompt"],
+            chat=spec.get("chat", False),
+            dummy=spec.get("dummy", 0),
             targets=spec.get("targets", []),
         )
         assert not isinstance(result, list)

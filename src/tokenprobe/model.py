@@ -71,17 +71,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps"
         ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TokenprobeError(f"device '{device}' asked for, but this torch sees no CUDA GPU: use --device cpu")
+        raise TokenprobeError(
+            f"device '{device}' asked for, but this torch sees no CUDA GPU: use --device cpu"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise TokenprobeError(
             f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
         )
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TokenprobeError("device 'mps' asked for, but MPS is not available here: use --device cpu")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise TokenprobeError(
+            "device 'mps' asked for, but MPS is not available here: use --device cpu"
+        )
     return dev
 
 
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+def resolve_dtype(
+    dtype: str | torch.dtype = "auto", device: torch.device | None = None
+) -> torch.dtype:
     """`auto` is bfloat16 (float16 where bf16 is unsupported) on a CUDA GPU, float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -143,7 +151,9 @@ class Adapter:
         get_in = getattr(model, "get_input_embeddings", None)
         embed = get_in() if callable(get_in) else None
         if embed is None:
-            raise TokenprobeError(f"cannot find the input embeddings of {name}: it has no get_input_embeddings()")
+            raise TokenprobeError(
+                f"cannot find the input embeddings of {name}: it has no get_input_embeddings()"
+            )
         get_out = getattr(model, "get_output_embeddings", None)
         unembed = get_out() if callable(get_out) else None
         if unembed is None:
@@ -153,7 +163,9 @@ class Adapter:
             )
 
         n_layers = getattr(config, "num_hidden_layers", None)
-        lists = [(p, m) for p, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+        lists = [
+            (p, m) for p, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0
+        ]
         if n_layers is not None:
             matches = [(p, m) for p, m in lists if len(m) == n_layers]
         else:
@@ -228,11 +240,19 @@ class LoadedModel:
     folder: str = ""  # the Hugging Face folder (or hub id) the weights were read from
 
     @classmethod
-    def wrap(cls, model: nn.Module, tokenizer: Any, name: str | None = None, source: str = "") -> LoadedModel:
+    def wrap(
+        cls, model: nn.Module, tokenizer: Any, name: str | None = None, source: str = ""
+    ) -> LoadedModel:
         """Wrap an already-built model and tokenizer (e.g. one made in a notebook or a test)."""
         model.eval()
         adapter = Adapter.from_model(model) if model.get_output_embeddings() is not None else None
-        return cls(model=model, tokenizer=tokenizer, name=name or type(model).__name__, source=source, adapter=adapter)
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            name=name or type(model).__name__,
+            source=source,
+            adapter=adapter,
+        )
 
     def require_adapter(self) -> Adapter:
         if self.adapter is None:
@@ -329,10 +349,16 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     """De-quantise a GGUF into a plain safetensors folder (transformers refuses to save it as is)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.warning("converting %s to safetensors once (cached in %s); later loads take seconds", gguf.name, dest.parent)
+    log.warning(
+        "converting %s to safetensors once (cached in %s); later loads take seconds",
+        gguf.name,
+        dest.parent,
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise TokenprobeError(f"cannot read GGUF file {gguf}: {str(exc).splitlines()[0]}") from exc
     config = loaded.config
@@ -345,7 +371,9 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     fresh.generation_config = loaded.generation_config
     fresh.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
-    (dest / "tokenprobe_source.json").write_text(json.dumps({"gguf": str(gguf.resolve())}, indent=2))
+    (dest / "tokenprobe_source.json").write_text(
+        json.dumps({"gguf": str(gguf.resolve())}, indent=2)
+    )
 
 
 def builtin_gguf(name: str) -> Path:
@@ -353,20 +381,29 @@ def builtin_gguf(name: str) -> Path:
     spec = BUILTIN_MODELS[name]
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
-        raise TokenprobeError(f"the built-in model '{name}' is not installed: run `{spec.install_hint}`")
+        raise TokenprobeError(
+            f"the built-in model '{name}' is not installed: run `{spec.install_hint}`"
+        )
     path = Path(next(iter(found.submodule_search_locations))) / spec.filename
     if not path.exists():
-        raise TokenprobeError(f"the built-in model '{name}' lacks {spec.filename}: reinstall it with `{spec.install_hint}`")
+        raise TokenprobeError(
+            f"the built-in model '{name}' lacks {spec.filename}: reinstall it with `{spec.install_hint}`"
+        )
     return path
 
 
 # ----------------------------------------------------------------------------- load
 
 
-def _from_folder(folder: str, task: str, dtype: torch.dtype, local_only: bool) -> tuple[nn.Module, Any]:
+def _from_folder(
+    folder: str, task: str, dtype: torch.dtype, local_only: bool
+) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    auto = {"causal-lm": AutoModelForCausalLM, "sequence-classification": AutoModelForSequenceClassification}
+    auto = {
+        "causal-lm": AutoModelForCausalLM,
+        "sequence-classification": AutoModelForSequenceClassification,
+    }
     if task not in auto:
         raise TokenprobeError(f"unknown task '{task}': use causal-lm or sequence-classification")
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=local_only)
@@ -404,7 +441,9 @@ def load(
     elif Path(name).expanduser().is_dir():
         folder = str(Path(name).expanduser())
         if not (Path(folder) / "config.json").exists():
-            raise TokenprobeError(f"{name} is a folder without config.json: point --model at a Hugging Face model folder")
+            raise TokenprobeError(
+                f"{name} is a folder without config.json: point --model at a Hugging Face model folder"
+            )
     elif Path(name).expanduser().is_file():
         raise TokenprobeError(
             f"{name} is a file, not a model: pass a model folder, a .gguf file, a cached hub id or "
@@ -423,7 +462,9 @@ def load(
                 f"Hugging Face cache (no downloads here), and not a built-in name "
                 f"({', '.join(BUILTIN_MODELS)}); download it where there is network or pass a local path"
             ) from exc
-        raise TokenprobeError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from exc
+        raise TokenprobeError(
+            f"cannot load model from {folder}: {str(exc).splitlines()[0]}"
+        ) from exc
     model.to(dev)
     lm = LoadedModel.wrap(model, tokenizer, name=display, source=source)
     lm.folder = folder

@@ -53,7 +53,9 @@ def _clip_range(rng: tuple[int, int], n: int, flag: str) -> tuple[int, int]:
     if end < 0:
         end += n
     if not (0 <= start < end <= n):
-        raise TokenprobeError(f"{flag} {rng[0]}:{rng[1]} is outside the {n} positions (use START:END with 0 <= START < END <= {n})")
+        raise TokenprobeError(
+            f"{flag} {rng[0]}:{rng[1]} is outside the {n} positions (use START:END with 0 <= START < END <= {n})"
+        )
     return start, end
 
 
@@ -116,8 +118,14 @@ def plot_lens(
         for r in range(n_rows):
             for c in range(width):
                 ax.text(
-                    c, r, display_token(str(top1[r, c]), label_chars),
-                    ha="center", va="center", fontsize=fontsize, color=colours[r, c], clip_on=True,
+                    c,
+                    r,
+                    display_token(str(top1[r, c]), label_chars),
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color=colours[r, c],
+                    clip_on=True,
                 )
 
     # x labels: every position while they fit, else every k-th one
@@ -144,8 +152,14 @@ def plot_lens(
             f0, f1 = max(f0, start), min(f1, end)
             if f0 < f1:
                 rect = Rectangle(
-                    (f0 - start - 0.5, -0.5), f1 - f0, n_rows, fill=False, edgecolor="#7b1fa2", linewidth=2.6,
-                    clip_on=False, zorder=5,
+                    (f0 - start - 0.5, -0.5),
+                    f1 - f0,
+                    n_rows,
+                    fill=False,
+                    edgecolor="#7b1fa2",
+                    linewidth=2.6,
+                    clip_on=False,
+                    zorder=5,
                 )
                 rect.set_path_effects([pe.Stroke(linewidth=4.5, foreground="white"), pe.Normal()])
                 ax.add_patch(rect)
@@ -153,5 +167,8 @@ def plot_lens(
     cbar = fig.colorbar(mesh, ax=ax, fraction=0.025 if fig_w > 12 else 0.05, pad=0.01)
     cbar.set_label("Entropy (nats)")
     model_name = (result.meta.get("model") or {}).get("name", "")
-    ax.set_title(title or f"Entropy of token predictions (logit lens){' — ' + model_name if model_name else ''}")
+    ax.set_title(
+        title
+        or f"Entropy of token predictions (logit lens){' — ' + model_name if model_name else ''}"
+    )
     return fig

@@ -90,7 +90,9 @@ class Result:
         formats = list(dict.fromkeys(formats))
         bad = [f for f in formats if f not in FIGURE_FORMATS]
         if bad:
-            raise TokenprobeError(f"unknown figure format {bad[0]!r}: use {', '.join(FIGURE_FORMATS)}")
+            raise TokenprobeError(
+                f"unknown figure format {bad[0]!r}: use {', '.join(FIGURE_FORMATS)}"
+            )
         out = Path(out_dir)
         check_writable(out, self.files(formats), overwrite)
         out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +103,10 @@ class Result:
         meta = dict(self.meta)
         meta["kind"] = self.kind
         meta_path = out / "meta.json"
-        _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n"))
+        _atomic_write(
+            meta_path,
+            lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n"),
+        )
         written["meta"] = meta_path
         if formats:
             import matplotlib.pyplot as plt
@@ -110,7 +115,10 @@ class Result:
             try:
                 for fmt in formats:
                     path = out / f"{self.kind}.{fmt}"
-                    _atomic_write(path, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=150, bbox_inches="tight"))
+                    _atomic_write(
+                        path,
+                        lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=150, bbox_inches="tight"),
+                    )
                     written[fmt] = path
             finally:
                 plt.close(fig)
@@ -124,11 +132,15 @@ class Result:
             folder = folder.parent
         meta_path = folder / "meta.json"
         if not meta_path.exists():
-            raise TokenprobeError(f"{folder} holds no tokenprobe result (no meta.json): pass a folder written by save()")
+            raise TokenprobeError(
+                f"{folder} holds no tokenprobe result (no meta.json): pass a folder written by save()"
+            )
         try:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TokenprobeError(f"{meta_path} is not readable JSON ({exc}): re-run the analysis") from exc
+            raise TokenprobeError(
+                f"{meta_path} is not readable JSON ({exc}): re-run the analysis"
+            ) from exc
         kind = meta.get("kind")
         if kind not in _REGISTRY:
             raise TokenprobeError(f"{meta_path} names an unknown result kind {kind!r}")
@@ -145,7 +157,9 @@ def check_writable(out: Path, names: Iterable[str], overwrite: bool) -> None:
         raise TokenprobeError(f"{out} is a file, not a folder: choose another --out")
     clash = [name for name in names if (out / name).exists()]
     if clash and not overwrite:
-        raise TokenprobeError(f"{out} already holds {', '.join(clash)}: choose another --out or pass --overwrite")
+        raise TokenprobeError(
+            f"{out} already holds {', '.join(clash)}: choose another --out or pass --overwrite"
+        )
 
 
 def _json_default(obj: Any) -> Any:
@@ -250,11 +264,17 @@ class LensResult(Result):
             entropy=grid("entropy").astype(np.float32),
             top_ids=np.stack([grid(f"top{j + 1}_id") for j in range(k)], axis=-1).astype(np.int64),
             top_tokens=np.stack([grid(f"top{j + 1}").astype(object) for j in range(k)], axis=-1),
-            top_probs=np.stack([grid(f"top{j + 1}_prob") for j in range(k)], axis=-1).astype(np.float32),
+            top_probs=np.stack([grid(f"top{j + 1}_prob") for j in range(k)], axis=-1).astype(
+                np.float32
+            ),
             targets=targets,
             target_ids=list(meta.get("target_ids", [])),
-            target_probs=np.stack([grid(f"prob[{t}]") for t in targets], axis=-1).astype(np.float32) if targets else None,
-            target_ranks=np.stack([grid(f"rank[{t}]") for t in targets], axis=-1).astype(np.int64) if targets else None,
+            target_probs=np.stack([grid(f"prob[{t}]") for t in targets], axis=-1).astype(np.float32)
+            if targets
+            else None,
+            target_ranks=np.stack([grid(f"rank[{t}]") for t in targets], axis=-1).astype(np.int64)
+            if targets
+            else None,
             marked=tuple(marked) if marked else None,
             meta=meta,
         )

@@ -41,7 +41,11 @@ class PreparedInput:
 
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's byte-to-unicode table used by byte-level BPE vocabularies."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -60,7 +64,9 @@ def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     out = []
     raw = tokenizer.convert_ids_to_tokens(list(ids))
     for tid, piece in zip(ids, raw, strict=True):
-        text = tokenizer.decode([tid], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = tokenizer.decode(
+            [tid], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         if "\ufffd" in text and piece:
             if all(ch in _BYTE_DECODER for ch in piece):
                 text = "".join(f"\\x{_BYTE_DECODER[ch]:02x}" for ch in piece)
@@ -154,7 +160,9 @@ def render(tokenizer: Any, prompt: str, *, chat: bool = False, system: str | Non
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def _encode(tokenizer: Any, text: str, *, chat: bool) -> tuple[list[int], list[tuple[int, int]] | None]:
+def _encode(
+    tokenizer: Any, text: str, *, chat: bool
+) -> tuple[list[int], list[tuple[int, int]] | None]:
     """Ids (and character offsets when the tokenizer gives them) without a doubled BOS."""
     # A chat template writes its own special tokens; a plain prompt gets the tokenizer's BOS.
     add_special = not chat
@@ -187,7 +195,9 @@ def _insert_position(
     at = text.find(needle)
     if at < 0 or not needle:
         flag = "--dummy-after" if after is not None else "--dummy-before"
-        raise TokenprobeError(f"{flag} {needle!r} is not in the prompt: give a substring of the (rendered) prompt")
+        raise TokenprobeError(
+            f"{flag} {needle!r} is not in the prompt: give a substring of the (rendered) prompt"
+        )
     cut = at + len(needle) if after is not None else at
     if offsets is None:
         return len(_encode(tokenizer, text[:cut], chat=chat)[0])
@@ -225,10 +235,14 @@ def prepare(
     text = render(tok, prompt, chat=chat, system=system)
     ids, offsets = _encode(tok, text, chat=chat)
     if not ids:
-        raise TokenprobeError("the prompt gives no tokens: give some text with --prompt or --prompt-file")
+        raise TokenprobeError(
+            "the prompt gives no tokens: give some text with --prompt or --prompt-file"
+        )
     marked = None
     if dummy:
-        pos = _insert_position(tok, text, ids, offsets, chat=chat, after=dummy_after, before=dummy_before)
+        pos = _insert_position(
+            tok, text, ids, offsets, chat=chat, after=dummy_after, before=dummy_before
+        )
         marker_id = ensure_marker(lm, dummy_token)
         ids = ids[:pos] + [marker_id] * dummy + ids[pos:]
         marked = (pos, pos + dummy)

@@ -52,8 +52,13 @@ def logit_stats(logits: torch.Tensor, top_k: int, target_ids: torch.Tensor) -> _
     return _Stats(entropy, top_ids, top_probs, t_probs, t_ranks)
 
 
-def _stats_in_chunks(decode, rows: torch.Tensor, chunk: int, top_k: int, target_ids: torch.Tensor) -> _Stats:
-    parts = [logit_stats(decode(rows[i : i + chunk]), top_k, target_ids) for i in range(0, rows.shape[0], chunk)]
+def _stats_in_chunks(
+    decode, rows: torch.Tensor, chunk: int, top_k: int, target_ids: torch.Tensor
+) -> _Stats:
+    parts = [
+        logit_stats(decode(rows[i : i + chunk]), top_k, target_ids)
+        for i in range(0, rows.shape[0], chunk)
+    ]
     return _Stats(*(torch.cat([getattr(p, f) for p in parts]) for f in _Stats.__dataclass_fields__))
 
 
@@ -61,7 +66,9 @@ def _target_ids(lm: LoadedModel, targets: Sequence[str]) -> list[int]:
     ids = []
     for target in targets:
         if not target:
-            raise TokenprobeError("a --target is empty: give the token text, e.g. --target ' Canberra'")
+            raise TokenprobeError(
+                "a --target is empty: give the token text, e.g. --target ' Canberra'"
+            )
         enc = lm.tokenizer.encode(target, add_special_tokens=False)
         if not enc:
             raise TokenprobeError(f"--target {target!r} gives no token")
@@ -82,7 +89,10 @@ def _check_output_row(lm: LoadedModel, last_hidden: torch.Tensor, logits: torch.
     ref = logits.float()
     tol = 1e-3 if lm.dtype == torch.float32 else 5e-2
     scale = max(1.0, float(ref.abs().max()))
-    for apply_norm, verdict in ((False, "ok"), (True, "ok (last hidden state not normed by the model)")):
+    for apply_norm, verdict in (
+        (False, "ok"),
+        (True, "ok (last hidden state not normed by the model)"),
+    ):
         rebuilt = adapter.logits(last_hidden, apply_norm=apply_norm)
         if float((rebuilt - ref).abs().max()) <= tol * scale:
             return verdict
@@ -127,8 +137,14 @@ def logit_lens(
         p
         if isinstance(p, PreparedInput)
         else prepare(
-            lm, p, chat=chat, system=system, dummy=dummy, dummy_token=dummy_token,
-            dummy_after=dummy_after, dummy_before=dummy_before,
+            lm,
+            p,
+            chat=chat,
+            system=system,
+            dummy=dummy,
+            dummy_token=dummy_token,
+            dummy_after=dummy_after,
+            dummy_before=dummy_before,
         )
         for p in items
     ]
@@ -147,7 +163,9 @@ def logit_lens(
     def run(batch: list[int]) -> list[_Stats]:
         ids, mask = pad_batch([inputs[i].input_ids for i in batch], pad, device)
         with torch.inference_mode():
-            fwd = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            fwd = lm.model(
+                input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+            )
             hidden = fwd.hidden_states
             if len(hidden) != n_blocks + 1:
                 raise TokenprobeError(
@@ -174,7 +192,9 @@ def logit_lens(
             for f in _Stats.__dataclass_fields__:
                 a = getattr(stats_inner, f).reshape(n_blocks, n, *getattr(stats_inner, f).shape[1:])
                 b = getattr(stats_out, f)
-                per[f] = torch.cat([a[:, offset : offset + length], b[None, offset : offset + length]]).cpu()
+                per[f] = torch.cat(
+                    [a[:, offset : offset + length], b[None, offset : offset + length]]
+                ).cpu()
             results.append(_Stats(**per))
             offset += length
         return results
@@ -214,7 +234,11 @@ def logit_lens(
                             "prompt": inp.prompt,
                             "text": inp.text,
                             "token_ids": list(inp.input_ids),
-                            "options": {**inp.options, "top_k": top_k, "batch_tokens": batch_tokens},
+                            "options": {
+                                **inp.options,
+                                "top_k": top_k,
+                                "batch_tokens": batch_tokens,
+                            },
                             "targets": list(targets),
                             "target_ids": tids,
                             "target_tokens": target_texts,
