@@ -35,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/lens.py
+	$(BIN)/python bench/similarity.py
 
 # Peers (nnsight, TransformerLens) live in their own virtualenv, never in the runtime one;
 # torch is pinned first so they cannot pull a CUDA build.

@@ -98,6 +98,8 @@ def make_model(arch: str, tokenizer, seed: int = 0):
     torch.manual_seed(seed)
     config = _configs(len(tokenizer))[arch]()
     config.pad_token_id = tokenizer.pad_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # larger weights than the default init so the logits are far from uniform
     with torch.no_grad():

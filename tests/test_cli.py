@@ -187,3 +187,59 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "lens" in out and "demo" in out
+
+
+def test_similarity_command_on_a_data_set(model_dir, tmp_path, capsys):
+    data = tmp_path / "texts.csv"
+    pd.DataFrame({"body": ["a b _PAUSE_ c _PAUSE_", "x _PAUSE_ y _PAUSE_ z", "no markers"]}).to_csv(
+        data, index=False
+    )
+    out = tmp_path / "sim"
+    code, stdout, err = run(
+        capsys,
+        "similarity",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--text-column",
+        "body",
+        "--occurrence",
+        "2",
+        "--window",
+        "4",
+        "--centre",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert "1 of 3 texts have fewer than 2" in err
+    table = pd.read_parquet(out / "similarity.parquet")
+    assert {"layer", "distance", "token", "cosine", "count"} <= set(table.columns)
+    assert table["count"].max() == 2
+    meta = json.loads((out / "meta.json").read_text())
+    assert (
+        meta["texts_used"] == 2 and meta["options"]["centre"] is True and meta["data"] == str(data)
+    )
+    assert (out / "similarity.png").exists()
+
+
+def test_similarity_bad_inputs(model_dir, tmp_path, capsys):
+    data = tmp_path / "t.csv"
+    pd.DataFrame({"body": ["a _PAUSE_"], "label": [1]}).to_csv(data, index=False)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    m = str(model_dir)
+    cases = [
+        (["--data", str(data)], "has no column 'text'; its columns are: body, label"),
+        (["--data", str(empty)], "is empty"),
+        (["--data", str(tmp_path / "none.jsonl")], "no such file"),
+        (["--text", "no marker", "--window", "3"], "the text has 0 '_PAUSE_' marker(s)"),
+        (["--text", "a _PAUSE_", "--occurrence", "2"], "fewer than --occurrence 2"),
+        (["--text", "a _PAUSE_", "--window", "0"], "--window must be at least 1"),
+        ([], "give one of --text TEXT or --data FILE"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, "similarity", "--model", m, "--out", str(tmp_path / "o"), *argv)
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)

@@ -100,3 +100,33 @@ def test_a_gguf_path_loads_through_the_same_cache(smol):
     ids = torch.tensor([[28120, 30, 957]])
     with torch.no_grad():
         assert torch.equal(lm.model(ids).logits, smol.model(ids).logits)
+
+
+def test_similarity_command_on_the_builtin_model(tmp_path, capsys):
+    out = tmp_path / "sim"
+    text = (
+        "Tools: hammer, wrench, level, pliers _PAUSE_ Fruits: orange, peach, banana, plum _PAUSE_"
+    )
+    code = main(
+        [
+            "similarity",
+            "--model",
+            "smollm2",
+            "--text",
+            text,
+            "--marker",
+            "_PAUSE_",
+            "--occurrence",
+            "2",
+            "--window",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    result = tokenprobe.Result.load(out)
+    assert result.cosine.shape == (31, 16)
+    # the first marker is 11 tokens back; at layer 0 both markers share one embedding
+    d = result.tokens.index("_PAUSE_")
+    assert result.cosine[0, d] == pytest.approx(1.0, abs=1e-5)

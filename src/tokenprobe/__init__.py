@@ -3,9 +3,10 @@
 __version__ = "0.1.0"
 
 from .analyses.lens import logit_lens  # noqa: E402
+from .analyses.similarity import past_similarity  # noqa: E402
 from .errors import TokenprobeError  # noqa: E402
 from .model import Adapter, LoadedModel, load  # noqa: E402
-from .results import LensResult, Result  # noqa: E402
+from .results import LensResult, Result, SimilarityResult  # noqa: E402
 from .text import PreparedInput, prepare  # noqa: E402
 
 __all__ = [
@@ -14,9 +15,11 @@ __all__ = [
     "LoadedModel",
     "PreparedInput",
     "Result",
+    "SimilarityResult",
     "TokenprobeError",
     "__version__",
     "load",
     "logit_lens",
+    "past_similarity",
     "prepare",
 ]

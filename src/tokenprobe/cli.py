@@ -136,6 +136,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--no-frame", action="store_true", help="outline nothing")
 
+    sim = sub.add_parser(
+        "similarity",
+        help="past similarity: cosine between a marker token and the tokens before it, per layer",
+        description="For the k-th occurrence of a marker token (e.g. _PAUSE_) and every layer (0 = embeddings, "
+        "i = output of block i), the cosine similarity between the marker's hidden state and each of the "
+        "--window tokens before it (or after it with --direction future); over a data set, the mean over the "
+        "texts that have the k-th marker, with the count behind each cell. A marker the tokenizer lacks is "
+        "added as one token (untrained embedding); a marker of several tokens (--no-add-marker) is "
+        "represented by its last token. Writes similarity.parquet, similarity.png and meta.json.",
+    )
+    _common(sim, default_out="out/similarity")
+    g = sim.add_argument_group("input")
+    g.add_argument("--text", help="one text containing the marker")
+    g.add_argument("--data", help="a data set (.csv, .jsonl, .parquet); averages over its texts")
+    g.add_argument(
+        "--text-column", default="text", help="column of --data holding the texts (default: text)"
+    )
+    g.add_argument(
+        "--marker", default=DEFAULT_MARKER, help=f"the marker token (default {DEFAULT_MARKER})"
+    )
+    g.add_argument(
+        "--no-add-marker",
+        action="store_true",
+        help="do not add the marker to the tokenizer; match its ordinary tokens and use the last one",
+    )
+    g.add_argument(
+        "--insert-every",
+        type=int,
+        metavar="N",
+        help="write a marker after every N tokens of each text (for texts without markers)",
+    )
+    g.add_argument(
+        "--insert-after", metavar="TEXT", help="write a marker after each occurrence of TEXT"
+    )
+    g = sim.add_argument_group("similarity")
+    g.add_argument(
+        "--occurrence",
+        type=int,
+        default=1,
+        metavar="K",
+        help="use the K-th marker of each text (default 1)",
+    )
+    g.add_argument(
+        "--window",
+        type=int,
+        default=16,
+        metavar="T",
+        help="how many tokens before the marker (default 16)",
+    )
+    g.add_argument(
+        "--direction",
+        choices=["past", "future"],
+        default="past",
+        help="compare with the tokens before (past, default) or after (future) the marker",
+    )
+    g.add_argument(
+        "--centre",
+        action="store_true",
+        help="subtract each layer's mean hidden state over the text's positions before the cosine: "
+        "raw residual streams are highly anisotropic (one large shared direction makes every cosine "
+        "close to 1), and centring shows what a token has in common beyond that. The mean leaves out "
+        "the first position, whose attention-sink activations can be 100x larger than the rest",
+    )
+    g.add_argument(
+        "--centre-include-first",
+        action="store_true",
+        help="with --centre, include the first position in the mean",
+    )
+    g.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=4096,
+        help="padded tokens per forward pass (default 4096)",
+    )
+
     demo = sub.add_parser(
         "demo",
         help="run the built-in demo (logit lens on two prompts) and print where the outputs are",
@@ -216,29 +291,59 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
 
 def _report(result: Any, written: dict[str, Path]) -> None:
-    last = result.n_positions - 1
-    print(
-        f"{result.meta.get('prompt', '')[:60]!r}: {result.n_positions} positions x {result.n_rows} rows; "
-        f"output top-1 at the last position: {result.top1[-1, last]!r} (p={result.top_probs[-1, last, 0]:.3f})"
-    )
+    print(result.summary())
     for what, path in written.items():
         print(f"  {what:>5}: {path}")
 
 
-def demo_prompts() -> list[dict[str, Any]]:
-    """The demo's lens prompts, shipped in the package."""
-    return json.loads(
-        resources.files("tokenprobe").joinpath("data/demo.json").read_text(encoding="utf-8")
-    )["lens"]
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from .analyses.similarity import past_similarity
+    from .data import read_texts
+    from .model import load
+    from .results import SimilarityResult
+
+    if (args.text is None) == (args.data is None):
+        raise TokenprobeError("give one of --text TEXT or --data FILE")
+    texts: str | list[str] = (
+        args.text if args.text is not None else read_texts(args.data, args.text_column)
+    )
+    check_writable(Path(args.out), SimilarityResult.files(args.format), args.overwrite)
+    lm = load(args.model, device=args.device, dtype=args.dtype)
+    result = past_similarity(
+        lm,
+        texts,
+        marker=args.marker,
+        occurrence=args.occurrence,
+        window=args.window,
+        centre=args.centre,
+        centre_skip_first=not args.centre_include_first,
+        direction=args.direction,
+        insert_every=args.insert_every,
+        insert_after=args.insert_after,
+        add_marker=not args.no_add_marker,
+        batch_tokens=args.batch_tokens,
+    )
+    if args.data:
+        result.meta["data"] = args.data
+    _report(result, result.save(args.out, formats=args.format, overwrite=args.overwrite))
+    return 0
+
+
+def demo_specs() -> dict[str, list[dict[str, Any]]]:
+    """The demo's inputs per analysis, shipped in the package."""
+    path = resources.files("tokenprobe").joinpath("data/demo.json")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .analyses.lens import logit_lens
+    from .analyses.similarity import past_similarity
     from .model import load
 
     lm = load(args.model, device=args.device, dtype=args.dtype)
     out = Path(args.out)
-    for spec in demo_prompts():
+    specs = demo_specs()
+    for spec in specs["lens"]:
         result = logit_lens(
             lm,
             spec["prompt"],
@@ -249,6 +354,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         assert not isinstance(result, list)
         written = result.save(out / spec["name"], formats=args.format, overwrite=args.overwrite)
         _report(result, written)
+    for spec in specs["similarity"]:
+        sim = past_similarity(
+            lm,
+            spec["text"],
+            marker=spec["marker"],
+            occurrence=spec["occurrence"],
+            window=spec["window"],
+            centre=spec["centre"],
+        )
+        _report(sim, sim.save(out / spec["name"], formats=args.format, overwrite=args.overwrite))
     print(f"demo outputs are in {out}/")
     return 0
 
@@ -258,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_output()
-    handlers = {"lens": cmd_lens, "demo": cmd_demo}
+    handlers = {"lens": cmd_lens, "similarity": cmd_similarity, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except TokenprobeError as exc:

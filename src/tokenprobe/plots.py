@@ -23,7 +23,7 @@ from .errors import TokenprobeError  # noqa: E402
 from .text import display_token  # noqa: E402
 
 if TYPE_CHECKING:
-    from .results import LensResult
+    from .results import LensResult, SimilarityResult
 
 # Token text can hold any script; a missing glyph shows as a box, which is no reason to warn.
 warnings.filterwarnings("ignore", message=r"Glyph .* missing from font", category=UserWarning)
@@ -171,4 +171,63 @@ def plot_lens(
         title
         or f"Entropy of token predictions (logit lens){' — ' + model_name if model_name else ''}"
     )
+    return fig
+
+
+def plot_similarity(
+    result: SimilarityResult,
+    *,
+    cmap: str = "viridis",
+    vmax: float | None = None,
+    title: str | None = None,
+) -> Any:
+    """Layer x distance heatmap of cosine similarity: layer 0 at the bottom, distance 1 on the left,
+    a colour range symmetric about 0, padded cells (no text reaches that far) left blank."""
+    n_layers, window = result.cosine.shape
+    values = np.ma.masked_invalid(result.cosine)
+    finite = result.cosine[np.isfinite(result.cosine)]
+    top = vmax if vmax is not None else (float(np.abs(finite).max()) if finite.size else 1.0) or 1.0
+    colormap = plt.get_cmap(cmap).with_extremes(bad="white")
+    fig_w = min(MAX_FIGURE_WIDTH_IN, max(6.5, 0.42 * window + 3.0))
+    fig_h = max(4.0, 0.24 * n_layers + 2.4)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
+    mesh = ax.pcolormesh(
+        np.arange(window + 1) + 0.5,
+        np.arange(n_layers + 1) - 0.5,
+        values,
+        cmap=colormap,
+        vmin=-top,
+        vmax=top,
+        edgecolors="face",
+    )
+    ax.set_xlim(0.5, window + 0.5)
+    ax.set_ylim(-0.5, n_layers - 0.5)
+    where = "past" if result.direction == "past" else "future"
+    name = f"{result.marker} #{result.occurrence}"
+    step = max(1, math.ceil(window * 0.11 / max(1.0, fig_w - 3.0)))
+    ticks = np.arange(1, window + 1, step)
+    ax.set_xticks(ticks)
+    if any(t is not None for t in result.tokens):
+        ax.set_xticklabels(
+            [
+                display_token(result.tokens[d - 1], 10) if result.tokens[d - 1] is not None else ""
+                for d in ticks
+            ],
+            rotation=90,
+            fontsize=8,
+        )
+        ax.set_xlabel(f"Token {where} of {name} (at T distance; T = 1 on the left)")
+    else:
+        ax.set_xticklabels([str(d) for d in ticks], fontsize=8)
+        ax.set_xlabel(f"distance from {name} (tokens, {where})")
+    ystep = max(1, math.ceil(n_layers / 40))
+    ax.set_yticks(np.arange(0, n_layers, ystep))
+    ax.set_yticklabels([result.layer_labels[i] for i in range(0, n_layers, ystep)], fontsize=8)
+    ax.set_ylabel("Layer")
+    cbar = fig.colorbar(mesh, ax=ax, fraction=0.04, pad=0.01)
+    cbar.set_label("cosine similarity")
+    texts = result.meta.get("texts_used")
+    tags = "Padded, centred" if result.centre else "Padded"
+    over = f" — mean over {texts} texts" if texts and texts > 1 else ""
+    ax.set_title(title or f"{name} • {where.capitalize()} Cosine-Sim ({tags}){over}")
     return fig

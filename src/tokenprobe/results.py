@@ -72,6 +72,10 @@ class Result:
     def plot(self, **options: Any) -> Any:
         raise NotImplementedError
 
+    def summary(self) -> str:
+        """One line saying what the result holds."""
+        return f"{self.kind} result"
+
     # -- shared
     @classmethod
     def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:
@@ -279,8 +283,95 @@ class LensResult(Result):
             meta=meta,
         )
 
+    def summary(self) -> str:
+        last = self.n_positions - 1
+        return (
+            f"lens of {str(self.meta.get('prompt', ''))[:50]!r}: {self.n_positions} positions x {self.n_rows} rows; "
+            f"output top-1 at the last position {self.top1[-1, last]!r} (p={self.top_probs[-1, last, 0]:.3f})"
+        )
+
     def plot(self, **options: Any) -> Any:
         """The entropy heatmap with the top-1 token in each cell; see `plots.plot_lens`."""
         from .plots import plot_lens
 
         return plot_lens(self, **options)
+
+
+# ----------------------------------------------------------------------------- past similarity
+
+
+@dataclass
+class SimilarityResult(Result):
+    """Cosine similarity of a marker's hidden state with the tokens before (or after) it.
+
+    `cosine[layer, d-1]` is the mean over texts at distance d; NaN where no text reaches that
+    far (padded). `count[d-1]` is the number of texts behind each distance.
+    """
+
+    kind: ClassVar[str] = "similarity"
+
+    layer_labels: list[str]
+    cosine: np.ndarray  # (layers, window) float32, NaN = padded
+    count: np.ndarray  # (window,) int64
+    tokens: list[str | None]  # text of the token at each distance (one text), else None
+    marker: str
+    occurrence: int
+    direction: str = "past"
+    centre: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def window(self) -> int:
+        return int(self.cosine.shape[1])
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (layer, distance)."""
+        layers, window = self.cosine.shape
+        layer = np.repeat(np.arange(layers), window)
+        dist = np.tile(np.arange(1, window + 1), layers)
+        return pd.DataFrame(
+            {
+                "layer": layer,
+                "layer_label": np.asarray(self.layer_labels, dtype=object)[layer],
+                "distance": dist,
+                "token": np.asarray(self.tokens, dtype=object)[dist - 1],
+                "cosine": self.cosine.reshape(-1),
+                "count": self.count[dist - 1],
+            }
+        )
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> SimilarityResult:
+        frame = frame.sort_values(["layer", "distance"])
+        layers = int(frame["layer"].max()) + 1
+        window = int(frame["distance"].max())
+        first = frame[frame["layer"] == 0]
+        opts = meta.get("options", {})
+        return cls(
+            layer_labels=[str(x) for x in frame.groupby("layer")["layer_label"].first()],
+            cosine=frame["cosine"].to_numpy(dtype=np.float32).reshape(layers, window),
+            count=first["count"].to_numpy(dtype=np.int64),
+            tokens=[
+                None if t is None or (isinstance(t, float) and np.isnan(t)) else str(t)
+                for t in first["token"]
+            ],
+            marker=opts.get("marker", ""),
+            occurrence=int(opts.get("occurrence", 1)),
+            direction=opts.get("direction", "past"),
+            centre=bool(opts.get("centre", False)),
+            meta=meta,
+        )
+
+    def summary(self) -> str:
+        texts = self.meta.get("texts_used", 1)
+        kind = "centred " if self.centre else ""
+        return (
+            f"{kind}{self.direction} similarity of {self.marker} #{self.occurrence}: {len(self.layer_labels)} layers x "
+            f"{self.window} distances over {texts} text(s)"
+        )
+
+    def plot(self, **options: Any) -> Any:
+        """The layer x distance heatmap; see `plots.plot_similarity`."""
+        from .plots import plot_similarity
+
+        return plot_similarity(self, **options)

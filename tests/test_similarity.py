@@ -1,0 +1,182 @@
+"""Past similarity against a brute-force numpy computation from the model's hidden states."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tokenprobe import TokenprobeError, past_similarity
+from tokenprobe.analyses.similarity import insert_markers
+
+# Named by hand so the reference does not share the adapter's discovery.
+BLOCKS = {
+    "LlamaForCausalLM": "model.layers",
+    "Qwen2ForCausalLM": "model.layers",
+    "Gemma2ForCausalLM": "model.layers",
+    "GPT2LMHeadModel": "transformer.h",
+    "GPTNeoXForCausalLM": "gpt_neox.layers",
+}
+TEXT = "Tools: hammer, wrench, level, pliers _PAUSE_ Fruits: orange, peach, banana, plum _PAUSE_"
+
+
+def layer_states(lm, ids: list[int]) -> np.ndarray:
+    """(layers, positions, hidden): hidden_states[0..L-1] plus the last block's own output."""
+    captured = []
+    handle = lm.model.get_submodule(BLOCKS[type(lm.model).__name__])[-1].register_forward_hook(
+        lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o)
+    )
+    with torch.no_grad():
+        hs = lm.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    handle.remove()
+    return np.stack([h[0].numpy() for h in hs[:-1]] + [captured[0][0].numpy()]).astype(np.float64)
+
+
+def brute(lm, ids, anchor, window, centre=False, skip_first=True, future=False):
+    h = layer_states(lm, ids)
+    if centre:
+        h = h - (h[:, 1:] if skip_first else h).mean(axis=1, keepdims=True)
+    out = np.full((h.shape[0], window), np.nan)
+    for layer in range(h.shape[0]):
+        for d in range(1, window + 1):
+            q = anchor + d if future else anchor - d
+            if 0 <= q < h.shape[1]:
+                a, b = h[layer, anchor], h[layer, q]
+                out[layer, d - 1] = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    return out
+
+
+def ids_and_marker(lm, text):
+    ids = lm.tokenizer(text)["input_ids"]
+    return ids, lm.tokenizer.convert_tokens_to_ids("_PAUSE_")
+
+
+@pytest.mark.parametrize("centre", [False, True])
+def test_matches_brute_force(tiny, centre):
+    with pytest.warns(UserWarning, match="untrained"):
+        res = past_similarity(tiny, TEXT, occurrence=2, window=12, centre=centre)
+    ids, marker = ids_and_marker(tiny, TEXT)
+    anchor = [i for i, t in enumerate(ids) if t == marker][1]
+    np.testing.assert_allclose(res.cosine, brute(tiny, ids, anchor, 12, centre=centre), atol=2e-5)
+    assert res.tokens[anchor - [i for i, t in enumerate(ids) if t == marker][0] - 1] == "_PAUSE_"
+    assert list(res.count) == [1] * 12
+    assert res.layer_labels == [str(i) for i in range(tiny.model.config.num_hidden_layers + 1)]
+
+
+def test_centre_with_first_position_and_future_direction(llama):
+    res = past_similarity(
+        llama,
+        TEXT,
+        occurrence=1,
+        window=6,
+        centre=True,
+        centre_skip_first=False,
+        direction="future",
+    )
+    ids, marker = ids_and_marker(llama, TEXT)
+    anchor = ids.index(marker)
+    np.testing.assert_allclose(
+        res.cosine, brute(llama, ids, anchor, 6, True, False, future=True), atol=2e-5
+    )
+
+
+def test_padding_is_masked_not_zero(llama):
+    text = "Tools _PAUSE_ hammer"
+    res = past_similarity(llama, text, window=10)
+    ids, marker = ids_and_marker(llama, text)
+    anchor = ids.index(marker)
+    assert anchor < 10
+    assert np.isnan(res.cosine[:, anchor:]).all() and np.isfinite(res.cosine[:, :anchor]).all()
+    assert list(res.count) == [1] * anchor + [0] * (10 - anchor)
+    assert res.tokens[anchor:] == [None] * (10 - anchor)
+    frame = res.to_frame()
+    assert frame["cosine"].isna().sum() == (10 - anchor) * len(res.layer_labels)
+
+
+def test_occurrence_counts_markers_in_order(llama):
+    text = "a _PAUSE_ b c _PAUSE_ d e f _PAUSE_"
+    res3 = past_similarity(llama, text, occurrence=3, window=3)
+    ids, marker = ids_and_marker(llama, text)
+    third = [i for i, t in enumerate(ids) if t == marker][2]
+    np.testing.assert_allclose(res3.cosine, brute(llama, ids, third, 3), atol=2e-5)
+    with pytest.raises(
+        TokenprobeError, match="3 '_PAUSE_' marker\\(s\\), fewer than --occurrence 4"
+    ):
+        past_similarity(llama, text, occurrence=4)
+
+
+def test_mean_over_texts_keeps_counts(llama):
+    texts = ["a b c d _PAUSE_ e", "Tools _PAUSE_", "no marker here", "x y _PAUSE_ z _PAUSE_"]
+    with pytest.warns(UserWarning, match="1 of 4 texts have fewer than 1"):
+        res = past_similarity(llama, texts, window=6)
+    per_text = []
+    for text in texts:
+        ids, marker = ids_and_marker(llama, text)
+        if marker in ids:
+            per_text.append(brute(llama, ids, ids.index(marker), 6))
+    stack = np.stack(per_text)
+    counts = np.isfinite(stack[:, 0, :]).sum(axis=0)
+    np.testing.assert_array_equal(res.count, counts)
+    with np.errstate(invalid="ignore"):
+        expected = np.nansum(stack, axis=0) / counts
+    expected[:, counts == 0] = np.nan
+    np.testing.assert_allclose(res.cosine, expected, atol=2e-5)
+    assert res.meta["texts_skipped"] == 1 and res.meta["texts_used"] == 3
+    assert res.tokens == [None] * 6  # over a data set the x axis is distances
+
+
+def test_inserted_markers_are_one_token_each(llama):
+    text = "Tools: hammer, wrench. Fruits: orange, peach."
+    every = insert_markers(llama, text, "_PAUSE_", every=3)
+    after = insert_markers(llama, text, "_PAUSE_", after=".")
+    past_similarity(llama, after, window=2)  # adds the marker to the tokenizer
+    marker = llama.tokenizer.convert_tokens_to_ids("_PAUSE_")
+    n_tokens = len(llama.tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = llama.tokenizer(every, add_special_tokens=False)["input_ids"]
+    assert ids.count(marker) == n_tokens // 3 == every.count("_PAUSE_")
+    assert [t for t in ids if t != marker] == llama.tokenizer(text, add_special_tokens=False)[
+        "input_ids"
+    ]
+    assert llama.tokenizer(after, add_special_tokens=False)["input_ids"].count(marker) == 2
+    res = past_similarity(llama, text, insert_after=".", occurrence=2, window=4)
+    assert res.meta["options"]["insert_after"] == "."
+
+
+def test_multi_token_marker_uses_its_last_token(llama):
+    text = "one two ### three four ###"
+    res = past_similarity(llama, text, marker="###", add_marker=False, window=3)
+    ids = llama.tokenizer(text)["input_ids"]
+    pattern = llama.tokenizer.encode("###", add_special_tokens=False)
+    start = next(i for i in range(len(ids)) if ids[i : i + len(pattern)] == pattern)
+    np.testing.assert_allclose(
+        res.cosine, brute(llama, ids, start + len(pattern) - 1, 3), atol=2e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"texts": "no marker at all"}, "the text has 0 '_PAUSE_' marker\\(s\\)"),
+        ({"texts": ["none here", "nor here"]}, "none of the 2 texts has 1 '_PAUSE_' marker"),
+        ({"texts": TEXT, "window": 0}, "--window must be at least 1"),
+        ({"texts": TEXT, "occurrence": 0}, "--occurrence counts from 1"),
+        ({"texts": [], "window": 3}, "the data set is empty"),
+        ({"texts": TEXT, "direction": "sideways"}, "--direction must be past or future"),
+        ({"texts": "x " * 200 + "_PAUSE_"}, "longer than the model's context of 128"),
+    ],
+)
+def test_bad_inputs(llama, kwargs, message):
+    with pytest.raises(TokenprobeError, match=message):
+        past_similarity(llama, **kwargs)
+
+
+def test_save_load_roundtrip(llama, tmp_path):
+    res = past_similarity(llama, "a b _PAUSE_ c", window=5, centre=True)
+    res.save(tmp_path / "sim", formats=["png"])
+    from tokenprobe import Result
+
+    back = Result.load(tmp_path / "sim")
+    np.testing.assert_array_equal(back.cosine, res.cosine)
+    np.testing.assert_array_equal(back.count, res.count)
+    assert back.tokens == res.tokens and back.centre and back.marker == "_PAUSE_"
+    assert (tmp_path / "sim" / "similarity.png").stat().st_size > 10_000
