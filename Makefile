@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/lens.py
 	$(BIN)/python bench/similarity.py
+	$(BIN)/python bench/attribution.py
 
 # Peers (nnsight, TransformerLens) live in their own virtualenv, never in the runtime one;
 # torch is pinned first so they cannot pull a CUDA build.

@@ -243,3 +243,55 @@ def test_similarity_bad_inputs(model_dir, tmp_path, capsys):
         code, _, err = run(capsys, "similarity", "--model", m, "--out", str(tmp_path / "o"), *argv)
         lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
         assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+
+
+def test_attribute_command(model_dir, tmp_path, capsys):
+    out = tmp_path / "attr"
+    code, stdout, err = run(
+        capsys,
+        "attribute",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "Tools: hammer, wrench. Fruits: orange",
+        "--span",
+        "hammer",
+        "--span",
+        "wrench",
+        "--target",
+        ", peach",
+        "--method",
+        "shapley",
+        "--samples",
+        "8",
+        "--out",
+        str(out),
+        "--format",
+        "png",
+        "pdf",
+    )
+    assert code == 0, err
+    table = pd.read_parquet(out / "attr.parquet")
+    assert list(table["feature_text"].unique()) == ["hammer", "wrench"]
+    assert table["method"].unique().tolist() == ["shapley"] and table["stderr"].notna().all()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["options"]["samples"] == 8 and meta["target"] == ", peach"
+    assert (out / "attr.pdf").exists()
+
+
+def test_attribute_bad_inputs(model_dir, tmp_path, capsys):
+    m = str(model_dir)
+    base = ["--prompt", "Tools: hammer, wrench", "--target", " level"]
+    cases = [
+        ([*base, "--span", "drill"], "--span 'drill' is not in the prompt"),
+        ([*base, "--span", "hammer, wrench", "--span", "wrench"], "overlap"),
+        ([*base, "--method", "lime"], "unknown method 'lime': use one of ablation, shapley"),
+        (["--prompt", "Tools: hammer", "--target", ""], "the target is empty"),
+        (["--prompt", "Tools: hammer"], "give a --target to score or --generate N"),
+        (["--target", " x"], "give one of --prompt TEXT or --prompt-file FILE"),
+        (["--prompt", "Tools", "--target", " x" * 200], "longer than the model's context"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, "attribute", "--model", m, "--out", str(tmp_path / "o"), *argv)
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)

@@ -130,3 +130,18 @@ def test_similarity_command_on_the_builtin_model(tmp_path, capsys):
     # the first marker is 11 tokens back; at layer 0 both markers share one embedding
     d = result.tokens.index("_PAUSE_")
     assert result.cosine[0, d] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_operator_token_is_driven_by_examples_with_the_same_operator(smol):
+    """The seed's finding on the demo prompt: the answer's ' x' comes from the x examples."""
+    from importlib import resources
+
+    prompt = resources.files("tokenprobe").joinpath("data/cot.txt").read_text(encoding="utf-8")
+    spans = ["8 x 48 = 384", "3 x 4 = 12", "6 - 4 = 2", "$85 - $50 = $35"]
+    res = tokenprobe.attribute(
+        smol, prompt, generate=6, features=spans, method="shapley", samples=24
+    )
+    assert res.meta["target"].strip().startswith("7 x 5")
+    row = res.rows.index(" x")
+    times, minus = res.scores[row, :2], res.scores[row, 2:]
+    assert times.min() > 2 * minus.max()

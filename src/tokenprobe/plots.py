@@ -23,7 +23,7 @@ from .errors import TokenprobeError  # noqa: E402
 from .text import display_token  # noqa: E402
 
 if TYPE_CHECKING:
-    from .results import LensResult, SimilarityResult
+    from .results import AttributionResult, LensResult, SimilarityResult
 
 # Token text can hold any script; a missing glyph shows as a box, which is no reason to warn.
 warnings.filterwarnings("ignore", message=r"Glyph .* missing from font", category=UserWarning)
@@ -230,4 +230,86 @@ def plot_similarity(
     tags = "Padded, centred" if result.centre else "Padded"
     over = f" — mean over {texts} texts" if texts and texts > 1 else ""
     ax.set_title(title or f"{name} • {where.capitalize()} Cosine-Sim ({tags}){over}")
+    return fig
+
+
+MAX_ANNOTATED_CELLS = 1600
+
+
+def plot_attribution(
+    result: AttributionResult,
+    *,
+    cmap: str = "RdYlGn",
+    annotate: bool | None = None,
+    title: str | None = None,
+) -> Any:
+    """Features as columns (labels on top), target rows as rows, each value written with 4
+    decimals; RdYlGn centred on 0 with limits at +-max|value|; colourbar "Token Attribution"."""
+    scores = result.scores
+    n_rows, n_feat = scores.shape
+    annotate = (
+        n_rows * n_feat <= MAX_ANNOTATED_CELLS and n_feat <= 60 if annotate is None else annotate
+    )
+    top = float(np.abs(scores).max()) or 1.0
+    norm = Normalize(vmin=-top, vmax=top)
+    colormap = plt.get_cmap(cmap)
+    spans = bool((result.meta.get("options") or {}).get("spans"))
+    labels = [display_token(f["text"], 18, show_spaces=not spans) for f in result.features]
+    per_col = 0.95 if annotate else 0.18
+    fig_w = min(MAX_FIGURE_WIDTH_IN, max(6.0, per_col * n_feat + 3.0))
+    fig_h = max(3.5, (0.36 if annotate else 0.16) * n_rows + 2.8)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
+    mesh = ax.pcolormesh(
+        np.arange(n_feat + 1) - 0.5,
+        np.arange(n_rows + 1) - 0.5,
+        scores,
+        cmap=colormap,
+        norm=norm,
+        edgecolors="white",
+        linewidth=0.4 if annotate else 0.0,
+    )
+    ax.set_xlim(-0.5, n_feat - 0.5)
+    ax.set_ylim(n_rows - 0.5, -0.5)  # first target row on top
+    if annotate:
+        colours = _text_colours(scores, colormap, norm)
+        for r in range(n_rows):
+            for c in range(n_feat):
+                ax.text(
+                    c,
+                    r,
+                    f"{scores[r, c]:.4f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=colours[r, c],
+                )
+    xstep = max(1, math.ceil(n_feat * 0.11 / max(1.0, fig_w - 3.0)))
+    ax.xaxis.tick_top()
+    ax.xaxis.set_label_position("top")
+    ax.set_xticks(np.arange(0, n_feat, xstep))
+    ax.set_xticklabels(
+        [labels[i] for i in range(0, n_feat, xstep)], rotation=60, ha="left", fontsize=8
+    )
+    ystep = max(1, math.ceil(n_rows * 0.13 / max(1.0, fig_h - 2.8)))
+    ax.set_yticks(np.arange(0, n_rows, ystep))
+    row_spans = bool((result.meta.get("options") or {}).get("target_spans"))
+    ax.set_yticklabels(
+        [
+            display_token(result.rows[i], 18, show_spaces=not row_spans)
+            for i in range(0, n_rows, ystep)
+        ],
+        fontsize=8,
+    )
+    ax.set_xlabel("input feature")
+    ax.set_ylabel(
+        "target token" if all(len(p) <= 1 for p in result.row_positions) else "target span"
+    )
+    cbar = fig.colorbar(mesh, ax=ax, fraction=0.04, pad=0.01)
+    cbar.set_label("Token Attribution")
+    model_name = (result.meta.get("model") or {}).get("name", "")
+    fig.suptitle(
+        title
+        or f"Token Attribution ({result.method.replace('_', ' ')}){' — ' + model_name if model_name else ''}",
+        fontsize=11,
+    )
     return fig

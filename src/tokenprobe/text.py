@@ -79,11 +79,16 @@ def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
 _VISIBLE = {" ": "▁", "\n": "↵", "\t": "→", "\r": "␍"}
 
 
-def display_token(text: str, max_chars: int | None = 8) -> str:
-    """Token text for a figure: whitespace made visible, control bytes escaped, long ones cut."""
+def display_token(text: str, max_chars: int | None = 8, *, show_spaces: bool = True) -> str:
+    """Token text for a figure: whitespace made visible, control bytes escaped, long ones cut.
+
+    `show_spaces=False` keeps plain spaces (for user-chosen spans, which are text, not tokens).
+    """
     shown = []
     for ch in text:
-        if ch in _VISIBLE:
+        if ch == " " and not show_spaces:
+            shown.append(ch)
+        elif ch in _VISIBLE:
             shown.append(_VISIBLE[ch])
         elif not ch.isprintable():
             shown.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
