@@ -66,6 +66,47 @@ def _text_colours(values: np.ndarray, cmap: Any, norm: Normalize) -> np.ndarray:
     return np.where(lum > 0.45, "black", "white")
 
 
+def _heatmap(
+    values: np.ndarray,
+    size: tuple[float, float],
+    cmap: Any,
+    norm: Normalize,
+    *,
+    x0: float = -0.5,
+    gridlines: float = 0.0,
+) -> tuple[Any, Any, Any]:
+    """Figure, axes and mesh of a (rows x columns) grid with cell centres at integers (x from x0 + 0.5)."""
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=size, layout="constrained")
+    mesh = ax.pcolormesh(
+        np.arange(cols + 1) + x0,
+        np.arange(rows + 1) - 0.5,
+        values,
+        cmap=cmap,
+        norm=norm,
+        edgecolors="white" if gridlines else "face",
+        linewidth=gridlines,
+    )
+    ax.set_xlim(x0, cols + x0)
+    return fig, ax, mesh
+
+
+def _write_cells(ax: Any, texts: np.ndarray, colours: np.ndarray, fontsize: float) -> None:
+    """Write one string per cell, centred, in the colour chosen for that cell."""
+    for r in range(texts.shape[0]):
+        for c in range(texts.shape[1]):
+            ax.text(
+                c,
+                r,
+                texts[r, c],
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color=colours[r, c],
+                clip_on=True,
+            )
+
+
 def plot_lens(
     result: LensResult,
     *,
@@ -99,34 +140,16 @@ def plot_lens(
     per_pos = 0.52 if annotate else 0.14
     fig_w = min(MAX_FIGURE_WIDTH_IN, max(7.0, per_pos * width + 3.0))
     fig_h = max(4.5, 0.27 * n_rows + 2.6)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
-    mesh = ax.pcolormesh(
-        np.arange(width + 1) - 0.5,
-        np.arange(n_rows + 1) - 0.5,
-        ent,
-        cmap=colormap,
-        norm=norm,
-        edgecolors="white",
-        linewidth=0.25 if annotate else 0.0,
+    fig, ax, mesh = _heatmap(
+        ent, (fig_w, fig_h), colormap, norm, gridlines=0.25 if annotate else 0.0
     )
-    ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(-0.5, n_rows - 0.5)
 
     if annotate:
-        colours = _text_colours(ent, colormap, norm)
-        fontsize = 6.5 if label_chars <= 7 else 5.5
-        for r in range(n_rows):
-            for c in range(width):
-                ax.text(
-                    c,
-                    r,
-                    display_token(str(top1[r, c]), label_chars),
-                    ha="center",
-                    va="center",
-                    fontsize=fontsize,
-                    color=colours[r, c],
-                    clip_on=True,
-                )
+        labels = np.vectorize(lambda t: display_token(str(t), label_chars), otypes=[object])(top1)
+        _write_cells(
+            ax, labels, _text_colours(ent, colormap, norm), 6.5 if label_chars <= 7 else 5.5
+        )
 
     # x labels: every position while they fit, else every k-th one
     usable_in = fig_w - 3.0
@@ -190,17 +213,7 @@ def plot_similarity(
     colormap = plt.get_cmap(cmap).with_extremes(bad="white")
     fig_w = min(MAX_FIGURE_WIDTH_IN, max(6.5, 0.42 * window + 3.0))
     fig_h = max(4.0, 0.24 * n_layers + 2.4)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
-    mesh = ax.pcolormesh(
-        np.arange(window + 1) + 0.5,
-        np.arange(n_layers + 1) - 0.5,
-        values,
-        cmap=colormap,
-        vmin=-top,
-        vmax=top,
-        edgecolors="face",
-    )
-    ax.set_xlim(0.5, window + 0.5)
+    fig, ax, mesh = _heatmap(values, (fig_w, fig_h), colormap, Normalize(-top, top), x0=0.5)
     ax.set_ylim(-0.5, n_layers - 0.5)
     where = "past" if result.direction == "past" else "future"
     name = f"{result.marker} #{result.occurrence}"
@@ -258,31 +271,13 @@ def plot_attribution(
     per_col = 0.95 if annotate else 0.18
     fig_w = min(MAX_FIGURE_WIDTH_IN, max(6.0, per_col * n_feat + 3.0))
     fig_h = max(3.5, (0.36 if annotate else 0.16) * n_rows + 2.8)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h), layout="constrained")
-    mesh = ax.pcolormesh(
-        np.arange(n_feat + 1) - 0.5,
-        np.arange(n_rows + 1) - 0.5,
-        scores,
-        cmap=colormap,
-        norm=norm,
-        edgecolors="white",
-        linewidth=0.4 if annotate else 0.0,
+    fig, ax, mesh = _heatmap(
+        scores, (fig_w, fig_h), colormap, norm, gridlines=0.4 if annotate else 0.0
     )
-    ax.set_xlim(-0.5, n_feat - 0.5)
     ax.set_ylim(n_rows - 0.5, -0.5)  # first target row on top
     if annotate:
-        colours = _text_colours(scores, colormap, norm)
-        for r in range(n_rows):
-            for c in range(n_feat):
-                ax.text(
-                    c,
-                    r,
-                    f"{scores[r, c]:.4f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color=colours[r, c],
-                )
+        values = np.vectorize(lambda v: f"{v:.4f}", otypes=[object])(scores)
+        _write_cells(ax, values, _text_colours(scores, colormap, norm), 7)
     xstep = max(1, math.ceil(n_feat * 0.11 / max(1.0, fig_w - 3.0)))
     ax.xaxis.tick_top()
     ax.xaxis.set_label_position("top")
