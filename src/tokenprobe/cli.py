@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .analyses.flips import DEFAULT_TEMPLATE as DEFAULT_FLIP_TEMPLATE
 from .errors import TokenprobeError
 from .model import BUILTIN_MODELS, DEFAULT_MODEL
 from .results import FIGURE_FORMATS, LensResult, check_writable
@@ -293,6 +294,88 @@ def build_parser() -> argparse.ArgumentParser:
         help="padded tokens per forward pass (default 4096)",
     )
 
+    flips = sub.add_parser(
+        "flips",
+        help="flip rates: which words, at which relative position, flip a classifier's prediction",
+        description="For every word occurrence of every text: perturb it (delete by default), re-classify, and "
+        "record whether the predicted label changed. Rates per (class, word, position bucket), bucket = "
+        "floor(B * i / n) for the i-th of n words, with Wilson 95%% intervals. The classifier is a sequence "
+        "classifier (a model with a classification head) or a causal LM used as a prompted classifier: the "
+        "template with the text in it, and one verbaliser per label; the prediction is the argmax of the "
+        "verbalisers' next-token scores, each verbaliser counting by its first token. Writes flips.parquet "
+        "(one row per word occurrence), rates.parquet, flips_<class>.png per class and meta.json.",
+    )
+    _common(flips, default_out="out/flips")
+    g = flips.add_argument_group("data")
+    g.add_argument(
+        "--data", required=True, help="a data set (.csv, .jsonl, .parquet) or sample:emotion"
+    )
+    g.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
+    g.add_argument(
+        "--label-column", help="column holding gold labels (default: label, when present)"
+    )
+    g.add_argument("--limit", type=int, metavar="N", help="use only the first N texts")
+    g = flips.add_argument_group("classifier")
+    g.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="LABEL",
+        help="label names, or label=verbaliser pairs for a prompted classifier (default: the model's "
+        "labels, or the labels found in --label-column)",
+    )
+    g.add_argument(
+        "--template",
+        default=None,
+        help="prompted classifier template with {text} (and optionally {labels}); default: "
+        + repr(DEFAULT_FLIP_TEMPLATE),
+    )
+    g.add_argument(
+        "--chat",
+        action="store_true",
+        help="render the template as a user turn of the chat template",
+    )
+    g.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="run the whole prompt for every input instead of reusing the cached prefix (slower; same result)",
+    )
+    g = flips.add_argument_group("perturbation and figure")
+    g.add_argument(
+        "--perturb",
+        nargs="+",
+        default=["delete"],
+        metavar="KIND",
+        help="delete (default), mask (the mask or unk token), or filler WORD",
+    )
+    g.add_argument("--buckets", type=int, default=10, help="relative position buckets (default 10)")
+    g.add_argument(
+        "--group",
+        choices=["predicted", "gold"],
+        default="predicted",
+        help="group texts by the prediction on the unperturbed text (default) or by gold label",
+    )
+    g.add_argument("--top", type=int, default=40, help="words per heatmap (default 40)")
+    g.add_argument(
+        "--rank",
+        choices=["support", "rate", "frequency"],
+        default="support",
+        help="support: Wilson lower bound of the word's flip rate (default); rate: flip rate of words with "
+        "at least --min-count occurrences; frequency: occurrences",
+    )
+    g.add_argument(
+        "--min-count",
+        type=int,
+        default=3,
+        help="cells with fewer occurrences are masked (default 3)",
+    )
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    g.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=4096,
+        help="padded tokens per forward pass (default 4096)",
+    )
+
     demo = sub.add_parser(
         "demo",
         help="run the built-in demo (logit lens on two prompts) and print where the outputs are",
@@ -451,6 +534,108 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_sequence_classifier(name: str) -> bool:
+    """Does `name` (a folder or cached hub id) hold a model with a classification head?"""
+    from .model import BUILTIN_MODELS
+
+    if name in BUILTIN_MODELS or name.lower().endswith(".gguf"):
+        return False
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        return False  # load() will say what is wrong with the name
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+def build_classifier(args: argparse.Namespace, gold: list[str] | None) -> Any:
+    """A sequence classifier or a prompted classifier, from the command's flags."""
+    from .analyses.flips import PromptedClassifier, SequenceClassifier
+    from .model import load
+
+    pairs = [
+        label.split("=", 1) if "=" in label else [label, None] for label in (args.labels or [])
+    ]
+    names = [p[0] for p in pairs]
+    if _is_sequence_classifier(args.model):
+        lm = load(args.model, device=args.device, dtype=args.dtype, task="sequence-classification")
+        return SequenceClassifier(lm, names or None)
+    if not names:
+        if gold is None:
+            raise TokenprobeError(
+                "give the labels with --labels (e.g. --labels anger joy optimism sadness)"
+            )
+        names = sorted(set(gold))
+        pairs = [[n, None] for n in names]
+    verbalisers = [v if v is not None else f" {n}" for n, v in pairs]
+    lm = load(args.model, device=args.device, dtype=args.dtype)
+    return PromptedClassifier(
+        lm,
+        names,
+        verbalisers,
+        template=args.template or DEFAULT_FLIP_TEMPLATE,
+        chat=args.chat,
+        reuse_prefix=not args.no_prefix_cache,
+    )
+
+
+def cmd_flips(args: argparse.Namespace) -> int:
+    from .analyses.flips import flip_rates
+    from .data import read_table
+    from .results import FlipResult
+
+    how, *rest = args.perturb
+    if len(rest) > 1 or (how != "filler" and rest) or (how == "filler" and not rest):
+        raise TokenprobeError("--perturb takes delete, mask, or filler WORD")
+    frame = read_table(args.data)
+    if args.text_column not in frame.columns:
+        raise TokenprobeError(
+            f"--data {args.data} has no column {args.text_column!r}; its columns are: "
+            f"{', '.join(map(str, frame.columns))} (choose one with --text-column)"
+        )
+    label_column = args.label_column or ("label" if "label" in frame.columns else None)
+    if label_column is not None and label_column not in frame.columns:
+        raise TokenprobeError(
+            f"--data {args.data} has no column {label_column!r}; its columns are: {', '.join(map(str, frame.columns))}"
+        )
+    frame = frame[frame[args.text_column].notna()]
+    if args.limit is not None:
+        frame = frame.head(args.limit)
+    if frame.empty:
+        raise TokenprobeError(f"--data {args.data} has no texts in column {args.text_column!r}")
+    texts = [str(t) for t in frame[args.text_column]]
+    gold = [str(g) for g in frame[label_column]] if label_column is not None else None
+    out = Path(args.out)
+    if not args.resume:
+        check_writable(out, FlipResult.files(args.format), args.overwrite)
+    classifier = build_classifier(args, gold)
+    result = flip_rates(
+        classifier,
+        texts,
+        gold,
+        perturbation=how,
+        filler=rest[0] if rest else None,
+        buckets=args.buckets,
+        group=args.group,
+        batch_tokens=args.batch_tokens,
+        checkpoint=out,
+        resume=args.resume,
+    )
+    result.meta["data"] = args.data
+    plot_options = {"top": args.top, "rank": args.rank, "min_count": args.min_count}
+    _report(
+        result,
+        result.save(
+            out,
+            formats=args.format,
+            overwrite=args.overwrite or args.resume,
+            plot_options=plot_options,
+        ),
+    )
+    return 0
+
+
 def demo_specs() -> dict[str, list[dict[str, Any]]]:
     """The demo's inputs per analysis, shipped in the package."""
     path = resources.files("tokenprobe").joinpath("data/demo.json")
@@ -513,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lens": cmd_lens,
         "similarity": cmd_similarity,
         "attribute": cmd_attribute,
+        "flips": cmd_flips,
         "demo": cmd_demo,
     }
     try:

@@ -23,7 +23,7 @@ from .errors import TokenprobeError  # noqa: E402
 from .text import display_token  # noqa: E402
 
 if TYPE_CHECKING:
-    from .results import AttributionResult, LensResult, SimilarityResult
+    from .results import AttributionResult, FlipResult, LensResult, SimilarityResult
 
 # Token text can hold any script; a missing glyph shows as a box, which is no reason to warn.
 warnings.filterwarnings("ignore", message=r"Glyph .* missing from font", category=UserWarning)
@@ -306,5 +306,78 @@ def plot_attribution(
         title
         or f"Token Attribution ({result.method.replace('_', ' ')}){' — ' + model_name if model_name else ''}",
         fontsize=11,
+    )
+    return fig
+
+
+RANKINGS = ("support", "rate", "frequency")
+
+
+def top_words(rates: Any, top: int, rank: str, min_count: int) -> list[str]:
+    """The class's words to show: `support` ranks by the Wilson lower bound of the word's flip
+    rate (a high rate that enough occurrences back), `rate` by the flip rate of words with at
+    least `min_count` occurrences, `frequency` by occurrences."""
+    from .stats import wilson
+
+    if rank not in RANKINGS:
+        raise TokenprobeError(f"unknown --rank {rank!r}: use {', '.join(RANKINGS)}")
+    per_word = rates.groupby("word")[["flips", "occurrences"]].sum()
+    if rank == "support":
+        key = wilson(per_word["flips"].to_numpy(), per_word["occurrences"].to_numpy())[0]
+    elif rank == "rate":
+        per_word = per_word[per_word["occurrences"] >= min_count]
+        key = (per_word["flips"] / per_word["occurrences"]).to_numpy()
+    else:
+        key = per_word["occurrences"].to_numpy()
+    order = sorted(
+        range(len(per_word)),
+        key=lambda i: (-key[i], -per_word["occurrences"].iloc[i], per_word.index[i]),
+    )
+    return [per_word.index[i] for i in order[:top]]
+
+
+def plot_flips(
+    result: FlipResult,
+    *,
+    label: str,
+    top: int = 40,
+    rank: str = "support",
+    min_count: int = 3,
+    cmap: str = "viridis",
+    title: str | None = None,
+) -> Any:
+    """Words x position buckets, colour = flip rate (viridis, 0..1); cells with fewer than
+    `min_count` occurrences are masked (grey)."""
+    rates = result.rates[result.rates["class"] == label]
+    if rates.empty:
+        raise TokenprobeError(
+            f"no texts of class {label!r}: choose one of {', '.join(result.classes())}"
+        )
+    words = top_words(rates, top, rank, min_count)
+    grid = np.full((len(words), result.buckets), np.nan)
+    index = {w: r for r, w in enumerate(words)}
+    for row in rates.itertuples():
+        r = index.get(row.word)
+        if r is not None and row.occurrences >= min_count:
+            grid[r, int(row.bucket)] = row.rate
+    colormap = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
+    fig_h = max(3.5, 0.22 * len(words) + 1.8)
+    fig_w = max(5.5, 0.45 * result.buckets + 3.0)
+    fig, ax, mesh = _heatmap(np.ma.masked_invalid(grid), (fig_w, fig_h), colormap, Normalize(0, 1))
+    ax.set_ylim(len(words) - 0.5, -0.5)  # highest ranked on top
+    ax.set_xticks(np.arange(result.buckets))
+    ax.set_yticks(np.arange(len(words)))
+    ax.set_yticklabels(words, fontsize=8)
+    ax.set_xlabel("position bucket")
+    ax.set_ylabel("token")
+    cbar = fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02)
+    cbar.set_label("flip rate")
+    n_texts = int(
+        result.occurrences.loc[result.occurrences["original"] == label, "text_id"].nunique()
+    )
+    ax.set_title(
+        title
+        or f"Token Flip Rate by Position Bucket — {label} ({n_texts} texts; grey: < {min_count} occurrences)",
+        fontsize=10,
     )
     return fig

@@ -121,7 +121,9 @@ class Result:
                     path = out / f"{self.kind}.{fmt}"
                     _atomic_write(
                         path,
-                        lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=150, bbox_inches="tight"),
+                        lambda p, fmt=fmt, fig=fig: fig.savefig(
+                            p, format=fmt, dpi=150, bbox_inches="tight"
+                        ),
                     )
                     written[fmt] = path
             finally:
@@ -152,7 +154,10 @@ class Result:
         table = folder / f"{kind}.parquet"
         if not table.exists():
             raise TokenprobeError(f"{folder} lacks {table.name}: re-run the analysis")
-        return cls.from_frame(pd.read_parquet(table), meta)
+        meta["_folder"] = str(folder)
+        result = cls.from_frame(pd.read_parquet(table), meta)
+        result.meta.pop("_folder", None)
+        return result
 
 
 def check_writable(out: Path, names: Iterable[str], overwrite: bool) -> None:
@@ -466,3 +471,112 @@ class AttributionResult(Result):
         from .plots import plot_attribution
 
         return plot_attribution(self, **options)
+
+
+# ----------------------------------------------------------------------------- flip rates
+
+
+@dataclass
+class FlipResult(Result):
+    """Per word occurrence: did perturbing it flip the prediction; and the rates per (class, word, bucket).
+
+    Saved as `flips.parquet` (occurrences), `rates.parquet`, `meta.json` and one figure per
+    class, `flips_<class>.<fmt>`.
+    """
+
+    kind: ClassVar[str] = "flips"
+
+    occurrences: pd.DataFrame
+    rates: pd.DataFrame
+    labels: list[str]
+    buckets: int = 10
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The per-occurrence rows."""
+        return self.occurrences
+
+    def classes(self) -> list[str]:
+        """Classes that have rows, in label order."""
+        present = set(self.rates["class"])
+        return [label for label in self.labels if label in present]
+
+    def figure_files(self, formats: Iterable[str]) -> list[str]:
+        return [f"flips_{_safe(c)}.{fmt}" for c in self.classes() for fmt in formats]
+
+    @classmethod
+    def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:
+        return ["flips.parquet", "rates.parquet", "meta.json"]
+
+    def save(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        formats: Iterable[str] = ("png",),
+        overwrite: bool = False,
+        plot_options: dict[str, Any] | None = None,
+    ) -> dict[str, Path]:
+        """Write both tables, meta.json and one heatmap per class."""
+        formats = list(dict.fromkeys(formats))
+        out = Path(out_dir)
+        check_writable(out, [*self.files(formats), *self.figure_files(formats)], overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Path] = {}
+        for name, frame in (("flips", self.occurrences), ("rates", self.rates)):
+            path = out / f"{name}.parquet"
+            _atomic_write(path, lambda p, frame=frame: frame.to_parquet(p, index=False))
+            written[name] = path
+        meta = {**self.meta, "kind": self.kind, "labels": self.labels, "buckets": self.buckets}
+        _atomic_write(
+            out / "meta.json",
+            lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n"),
+        )
+        written["meta"] = out / "meta.json"
+        import matplotlib.pyplot as plt
+
+        for cls_name in self.classes():
+            fig = self.plot(label=cls_name, **(plot_options or {}))
+            try:
+                for fmt in formats:
+                    path = out / f"flips_{_safe(cls_name)}.{fmt}"
+                    _atomic_write(
+                        path,
+                        lambda p, fmt=fmt, fig=fig: fig.savefig(
+                            p, format=fmt, dpi=150, bbox_inches="tight"
+                        ),
+                    )
+                    written[f"{cls_name}.{fmt}"] = path
+            finally:
+                plt.close(fig)
+        return written
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> FlipResult:
+        folder = Path(meta.pop("_folder"))
+        return cls(
+            occurrences=frame,
+            rates=pd.read_parquet(folder / "rates.parquet"),
+            labels=list(meta.get("labels", [])),
+            buckets=int(meta.get("buckets", 10)),
+            meta=meta,
+        )
+
+    def summary(self) -> str:
+        acc = self.meta.get("accuracy")
+        acc_text = f"; accuracy on the unperturbed texts {acc:.1%}" if acc is not None else ""
+        rate = float(self.occurrences["flipped"].mean()) if len(self.occurrences) else float("nan")
+        return (
+            f"flip rates over {self.meta.get('texts')} texts, {len(self.occurrences)} word occurrences, "
+            f"overall flip rate {rate:.1%}{acc_text}"
+        )
+
+    def plot(self, label: str | None = None, **options: Any) -> Any:
+        """The (word x bucket) heatmap of one class; see `plots.plot_flips`."""
+        from .plots import plot_flips
+
+        return plot_flips(self, label=label or self.classes()[0], **options)
+
+
+def _safe(name: str) -> str:
+    """A class name usable in a file name."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(name)) or "class"

@@ -1,0 +1,471 @@
+"""Flip rates: perturb each word occurrence of each text, re-classify, and count label flips per
+(word, relative position bucket).
+
+Words are lowercase runs of word characters ("couldn't" gives "couldn" and "t"), each mapped to
+the model tokens its characters fall in; perturbing a word perturbs all of its tokens. The
+bucket of the i-th of n words is floor(B * i / n). Every perturbed text of a chunk of texts
+goes through the model in length-sorted token-budget batches; finished chunks are written to
+disk so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..batching import pad_batch, pad_id_of, token_budget_batches
+from ..errors import TokenprobeError
+from ..model import LoadedModel
+from ..results import FlipResult, now, versions
+from ..stats import wilson
+from ..text import render, token_texts
+
+PERTURBATIONS = ("delete", "mask", "filler")
+WORD = re.compile(r"\w+")
+DEFAULT_TEMPLATE = (
+    "Classify the emotion expressed in the text as one of: {labels}.\n\nText: {text}\nEmotion:"
+)
+
+
+@dataclass
+class TextInput:
+    """A text's own tokens (no template, no special tokens) and its words' token positions."""
+
+    text: str
+    ids: list[int]
+    words: list[str]
+    word_tokens: list[list[int]]
+
+
+def tokenize_words(tokenizer: Any, text: str) -> TextInput:
+    """Tokens of `text` and, for each lowercase word, the tokens its characters fall in."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    words, word_tokens = [], []
+    for match in WORD.finditer(text):
+        s, e = match.span()
+        toks = [i for i, (a, b) in enumerate(offsets) if b > a and a < e and b > s]
+        if toks:
+            words.append(match.group().lower())
+            word_tokens.append(toks)
+    return TextInput(text, ids, words, word_tokens)
+
+
+def bucket_of(i: int, n: int, buckets: int) -> int:
+    """Relative position bucket of the i-th (0-based) of n words."""
+    return (buckets * i) // n
+
+
+class Classifier:
+    """Turns text-token sequences into predicted label indices, in batches."""
+
+    labels: list[str]
+    lm: LoadedModel
+
+    def predict(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class SequenceClassifier(Classifier):
+    """An AutoModelForSequenceClassification; labels from its config unless given."""
+
+    def __init__(self, lm: LoadedModel, labels: Sequence[str] | None = None) -> None:
+        self.lm = lm
+        config_labels = [lm.model.config.id2label[i] for i in range(lm.model.config.num_labels)]
+        if labels is not None and len(labels) != len(config_labels):
+            raise TokenprobeError(
+                f"--labels gives {len(labels)} labels but the model has {len(config_labels)} ({', '.join(config_labels)})"
+            )
+        self.labels = list(labels) if labels is not None else config_labels
+
+    def _full(self, ids: list[int]) -> list[int]:
+        build = getattr(self.lm.tokenizer, "build_inputs_with_special_tokens", None)
+        return list(build(ids)) if callable(build) else ids
+
+    def predict(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
+        seqs = [self._full(t) for t in texts]
+        out = np.empty(len(seqs), dtype=np.int64)
+        pad = pad_id_of(self.lm.tokenizer)
+        for batch in token_budget_batches([len(s) for s in seqs], batch_tokens):
+            ids, mask = pad_batch([seqs[i] for i in batch], pad, self.lm.device)
+            with torch.inference_mode():
+                logits = self.lm.model(input_ids=ids, attention_mask=mask).logits
+            out[batch] = logits.float().argmax(-1).cpu().numpy()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "sequence classifier", "labels": self.labels}
+
+
+class PromptedClassifier(Classifier):
+    """A causal LM asked a question: the argmax over the verbalisers' next-token scores.
+
+    The template holds `{text}` (and optionally `{labels}`); with `chat` it is the user turn of
+    the chat template. Each verbaliser counts by its first token. The part of the prompt before
+    the text is run once and its key/value cache reused for every input (`reuse_prefix`).
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        labels: Sequence[str],
+        verbalisers: Sequence[str] | None = None,
+        *,
+        template: str = DEFAULT_TEMPLATE,
+        chat: bool = False,
+        reuse_prefix: bool = True,
+    ) -> None:
+        if not labels:
+            raise TokenprobeError(
+                "give the labels with --labels (e.g. --labels anger joy optimism sadness)"
+            )
+        if "{text}" not in template:
+            raise TokenprobeError(
+                "the template has no {text} placeholder: put {text} where the text goes"
+            )
+        self.lm = lm
+        self.labels = list(labels)
+        self.verbalisers = (
+            list(verbalisers) if verbalisers is not None else [f" {label}" for label in labels]
+        )
+        self.template = template
+        self.chat = chat
+        self.reuse_prefix = reuse_prefix
+        tok = lm.tokenizer
+        marker = "\x00TEXT\x00"
+        filled = template.replace("{labels}", ", ".join(self.labels)).replace("{text}", marker)
+        rendered = render(tok, filled, chat=chat)
+        prefix_text, suffix_text = rendered.split(marker)
+        self.prefix_ids = list(tok(prefix_text, add_special_tokens=not chat)["input_ids"])
+        self.suffix_ids = list(tok(suffix_text, add_special_tokens=False)["input_ids"])
+        self.rendered = rendered
+        first = []
+        for label, verb in zip(self.labels, self.verbalisers, strict=True):
+            ids = tok.encode(verb, add_special_tokens=False)
+            if not ids:
+                raise TokenprobeError(f"the verbaliser {verb!r} for {label!r} gives no tokens")
+            if len(ids) > 1:
+                pieces = token_texts(tok, ids)
+                warnings.warn(
+                    f"verbaliser {verb!r} is split into {len(ids)} tokens {pieces}; its first token {pieces[0]!r} "
+                    "stands for it",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            first.append(int(ids[0]))
+        dupes = {t for t in first if first.count(t) > 1}
+        if dupes:
+            clash = [v for v, t in zip(self.verbalisers, first, strict=True) if t in dupes]
+            raise TokenprobeError(
+                f"verbalisers {clash} begin with the same token: choose words whose first tokens differ (label=word)"
+            )
+        self.verbaliser_ids = first
+        self._cache = None
+
+    def _prefix_cache(self) -> Any:
+        if self._cache is None:
+            ids = torch.tensor([self.prefix_ids], device=self.lm.device)
+            with torch.inference_mode():
+                self._cache = self.lm.model(input_ids=ids, use_cache=True).past_key_values
+        return self._cache
+
+    def predict(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
+        return self.scores(texts, batch_tokens).argmax(-1)
+
+    def scores(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
+        """(texts, labels) next-token logits of the verbalisers' first tokens, float32."""
+        lm = self.lm
+        pad = pad_id_of(lm.tokenizer)
+        p = len(self.prefix_ids)
+        verb = torch.tensor(self.verbaliser_ids, device=lm.device)
+        if self.reuse_prefix:
+            seqs = [list(t) + self.suffix_ids for t in texts]
+        else:
+            seqs = [self.prefix_ids + list(t) + self.suffix_ids for t in texts]
+        out = np.empty((len(seqs), len(self.labels)), dtype=np.float32)
+        for batch in token_budget_batches(
+            [len(s) + (p if self.reuse_prefix else 0) for s in seqs], batch_tokens
+        ):
+            ids, mask = pad_batch([seqs[i] for i in batch], pad, lm.device)
+            last = mask.sum(dim=1) - 1
+            with torch.inference_mode():
+                if self.reuse_prefix:
+                    cache = copy.deepcopy(self._prefix_cache())
+                    cache.batch_repeat_interleave(len(batch))
+                    full_mask = torch.cat(
+                        [torch.ones((len(batch), p), dtype=mask.dtype, device=lm.device), mask], 1
+                    )
+                    positions = torch.arange(p, p + ids.shape[1], device=lm.device).expand(
+                        len(batch), -1
+                    )
+                    logits = lm.model(
+                        input_ids=ids,
+                        attention_mask=full_mask,
+                        position_ids=positions,
+                        past_key_values=cache,
+                        use_cache=True,
+                    ).logits
+                else:
+                    logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            rows = torch.arange(len(batch), device=lm.device)
+            out[batch] = logits[rows, last][:, verb].float().cpu().numpy()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "prompted classifier",
+            "labels": self.labels,
+            "verbalisers": self.verbalisers,
+            "verbaliser_token_ids": self.verbaliser_ids,
+            "template": self.template,
+            "chat": self.chat,
+            "prompt": self.rendered,
+            "prefix_tokens": len(self.prefix_ids),
+            "prefix_cache_reused": self.reuse_prefix,
+        }
+
+
+def perturb(inp: TextInput, word: int, how: str, replacement: list[int]) -> list[int]:
+    """The text's ids with all tokens of word `word` deleted or replaced (once) by `replacement`."""
+    positions = inp.word_tokens[word]
+    head, tail = positions[0], positions[-1]
+    keep_between = [inp.ids[i] for i in range(head, tail + 1) if i not in positions]
+    new = [] if how == "delete" else replacement
+    return inp.ids[:head] + new + keep_between + inp.ids[tail + 1 :]
+
+
+def _replacement(lm: LoadedModel, how: str, filler: str | None) -> list[int]:
+    tok = lm.tokenizer
+    if how == "delete":
+        return []
+    if how == "mask":
+        for attr in ("mask_token_id", "unk_token_id"):
+            tid = getattr(tok, attr, None)
+            if tid is not None:
+                return [int(tid)]
+        raise TokenprobeError(
+            "this tokenizer has neither a mask nor an unk token: use --perturb delete or filler WORD"
+        )
+    if how == "filler":
+        if not filler or not filler.strip():
+            raise TokenprobeError("--perturb filler needs a word: --perturb filler WORD")
+        return tok.encode(" " + filler.strip(), add_special_tokens=False)
+    raise TokenprobeError(f"unknown --perturb {how!r}: use {', '.join(PERTURBATIONS)}")
+
+
+def rates_table(occurrences: pd.DataFrame, labels: Sequence[str], group: str) -> pd.DataFrame:
+    """Flips, occurrences, rate and Wilson interval per (class, word, bucket)."""
+    col = "original" if group == "predicted" else "gold"
+    frame = occurrences[occurrences[col].notna()]
+    grouped = (
+        frame.groupby([col, "word", "bucket"], sort=True)["flipped"]
+        .agg(flips="sum", occurrences="count")
+        .reset_index()
+    )
+    grouped = grouped.rename(columns={col: "class"})
+    grouped["flips"] = grouped["flips"].astype(np.int64)
+    grouped["rate"] = grouped["flips"] / grouped["occurrences"]
+    low, high = wilson(grouped["flips"].to_numpy(), grouped["occurrences"].to_numpy())
+    grouped["wilson_low"], grouped["wilson_high"] = low, high
+    return grouped
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def flip_rates(
+    classifier: Classifier,
+    texts: Sequence[str],
+    gold: Sequence[str] | None = None,
+    *,
+    perturbation: str = "delete",
+    filler: str | None = None,
+    buckets: int = 10,
+    group: str = "predicted",
+    batch_tokens: int = 4096,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    chunk_texts: int = 32,
+    progress: bool | None = None,
+    _after_chunk: Callable[[int], None] | None = None,
+) -> FlipResult:
+    """Flip rate of every (word, bucket) over `texts`, with per-occurrence rows.
+
+    `gold` labels (optional) give accuracy and `group="gold"`. With `checkpoint`, each finished
+    chunk of texts is written there; `resume=True` reuses the chunks already written.
+    """
+    if not texts:
+        raise TokenprobeError("the data set is empty: give at least one text")
+    if buckets < 1:
+        raise TokenprobeError(f"--buckets must be at least 1, not {buckets}")
+    if group not in ("predicted", "gold"):
+        raise TokenprobeError(f"--group must be predicted or gold, not {group!r}")
+    if group == "gold" and gold is None:
+        raise TokenprobeError("--group gold needs gold labels: give --label-column")
+    labels = classifier.labels
+    if gold is not None:
+        unknown = sorted({g for g in gold if g not in labels})
+        if unknown:
+            raise TokenprobeError(
+                f"labels in the data are not in --labels: {', '.join(map(str, unknown[:5]))}; the labels are {', '.join(labels)}"
+            )
+    lm = classifier.lm
+    replacement = _replacement(lm, perturbation, filler)
+    inputs = [tokenize_words(lm.tokenizer, t) for t in texts]
+    empty = [i for i, inp in enumerate(inputs) if not inp.ids or not inp.words]
+    if len(empty) == len(inputs):
+        raise TokenprobeError("every text is empty after tokenization: check --text-column")
+
+    parts_dir = Path(checkpoint) / "flips.partial" if checkpoint is not None else None
+    done: dict[int, pd.DataFrame] = {}
+    if parts_dir is not None:
+        if parts_dir.exists() and not resume:
+            raise TokenprobeError(
+                f"{parts_dir} holds an unfinished run: pass --resume to continue it, or delete it"
+            )
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        for part in sorted(parts_dir.glob("part-*.parquet")):
+            done[int(part.stem.split("-")[1])] = pd.read_parquet(part)
+    chunks = _chunks(len(inputs), chunk_texts)
+    todo = [k for k in range(len(chunks)) if k not in done]
+    disable = (not progress) if progress is not None else None
+    with tqdm(
+        total=len(inputs),
+        initial=sum(len(chunks[k]) for k in done),
+        desc="flip rates",
+        unit="text",
+        disable=disable,
+    ) as bar:
+        for k in todo:
+            done[k] = _run_chunk(
+                classifier,
+                inputs,
+                chunks[k],
+                gold,
+                perturbation,
+                replacement,
+                buckets,
+                batch_tokens,
+            )
+            if parts_dir is not None:
+                tmp = parts_dir / f".part-{k:05d}.tmp"
+                done[k].to_parquet(tmp, index=False)
+                tmp.rename(parts_dir / f"part-{k:05d}.parquet")
+            bar.update(len(chunks[k]))
+            if _after_chunk is not None:
+                _after_chunk(k)
+    occurrences = pd.concat([done[k] for k in range(len(chunks))], ignore_index=True)
+    originals = occurrences.drop_duplicates("text_id")
+    accuracy = None
+    if gold is not None:
+        per_text = _original_predictions(occurrences, len(inputs))
+        scored = [(p, g) for p, g in zip(per_text, gold, strict=True) if p is not None]
+        accuracy = float(np.mean([p == g for p, g in scored])) if scored else None
+    rates = rates_table(occurrences, labels, group)
+    result = FlipResult(
+        occurrences=occurrences,
+        rates=rates,
+        labels=list(labels),
+        buckets=buckets,
+        meta={
+            "analysis": "flip rates",
+            "model": lm.describe(),
+            "classifier": classifier.describe(),
+            "texts": len(inputs),
+            "texts_empty_skipped": len(empty),
+            "word_occurrences": int(len(occurrences)),
+            "accuracy": accuracy,
+            "predicted_distribution": originals["original"].value_counts().to_dict(),
+            "options": {
+                "perturbation": perturbation,
+                "filler": filler,
+                "buckets": buckets,
+                "group": group,
+                "batch_tokens": batch_tokens,
+            },
+            "words": "lowercase runs of word characters (regex \\w+), each mapped to the tokens its characters fall in",
+            "versions": versions(),
+            "created": now(),
+        },
+    )
+    if parts_dir is not None:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return result
+
+
+def _original_predictions(occurrences: pd.DataFrame, n: int) -> list[str | None]:
+    first = occurrences.drop_duplicates("text_id").set_index("text_id")["original"]
+    return [first.get(i) for i in range(n)]
+
+
+def _run_chunk(
+    classifier: Classifier,
+    inputs: list[TextInput],
+    chunk: range,
+    gold: Sequence[str] | None,
+    perturbation: str,
+    replacement: list[int],
+    buckets: int,
+    batch_tokens: int,
+) -> pd.DataFrame:
+    """Predictions for the chunk's texts and every perturbed copy, in one batched call."""
+    ids_list: list[list[int]] = []
+    owners: list[tuple[int, int]] = []  # (text, word) ; word -1 = the unperturbed text
+    for i in chunk:
+        inp = inputs[i]
+        if not inp.ids or not inp.words:
+            continue
+        ids_list.append(inp.ids)
+        owners.append((i, -1))
+        for w in range(len(inp.words)):
+            ids_list.append(perturb(inp, w, perturbation, replacement))
+            owners.append((i, w))
+    labels = classifier.labels
+    preds = classifier.predict(ids_list, batch_tokens) if ids_list else np.empty(0, dtype=np.int64)
+    original = {i: int(p) for (i, w), p in zip(owners, preds, strict=True) if w == -1}
+    rows = []
+    for (i, w), p in zip(owners, preds, strict=True):
+        if w == -1:
+            continue
+        n = len(inputs[i].words)
+        rows.append(
+            {
+                "text_id": i,
+                "word": inputs[i].words[w],
+                "word_index": w,
+                "n_words": n,
+                "bucket": bucket_of(w, n, buckets),
+                "original": labels[original[i]],
+                "gold": gold[i] if gold is not None else None,
+                "perturbed": labels[int(p)],
+                "flipped": int(p) != original[i],
+            }
+        )
+    columns = [
+        "text_id",
+        "word",
+        "word_index",
+        "n_words",
+        "bucket",
+        "original",
+        "gold",
+        "perturbed",
+        "flipped",
+    ]
+    return pd.DataFrame(rows, columns=columns)
