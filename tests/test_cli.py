@@ -295,3 +295,90 @@ def test_attribute_bad_inputs(model_dir, tmp_path, capsys):
         code, _, err = run(capsys, "attribute", "--model", m, "--out", str(tmp_path / "o"), *argv)
         lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
         assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+
+
+def test_flips_command_with_a_prompted_classifier(model_dir, tmp_path, capsys):
+    data = tmp_path / "t.jsonl"
+    pd.DataFrame(
+        {
+            "body": [
+                "Tools: hammer, wrench",
+                "The quick brown fox",
+                "Hello world",
+                "Fruits: orange, peach",
+            ],
+            "label": ["joy", "anger", "joy", "anger"],
+        }
+    ).to_json(data, orient="records", lines=True)
+    out = tmp_path / "flips"
+    code, stdout, err = run(
+        capsys,
+        "flips",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--text-column",
+        "body",
+        "--labels",
+        "joy= the",
+        "anger= of",
+        "--template",
+        "Text: {text}\nAnswer:",
+        "--buckets",
+        "4",
+        "--out",
+        str(out),
+        "--perturb",
+        "filler",
+        "the",
+    )
+    assert code == 0, err
+    occ = pd.read_parquet(out / "flips.parquet")
+    rates = pd.read_parquet(out / "rates.parquet")
+    assert {"text_id", "word", "word_index", "bucket", "original", "perturbed", "flipped"} <= set(
+        occ.columns
+    )
+    assert {
+        "class",
+        "word",
+        "bucket",
+        "flips",
+        "occurrences",
+        "rate",
+        "wilson_low",
+        "wilson_high",
+    } <= set(rates.columns)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["accuracy"] is not None and meta["classifier"]["verbalisers"] == [" the", " of"]
+    assert meta["options"]["perturbation"] == "filler" and meta["options"]["filler"] == "the"
+    assert any(p.name.startswith("flips_") and p.suffix == ".png" for p in out.iterdir())
+
+
+def test_flips_bad_inputs(model_dir, tmp_path, capsys):
+    data = tmp_path / "t.csv"
+    pd.DataFrame({"body": ["a b", "c d"], "label": ["joy", "fear"]}).to_csv(data, index=False)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9,joy\n".encode("latin-1"))
+    m = str(model_dir)
+    cases = [
+        (["--data", str(data)], "has no column 'text'; its columns are: body, label"),
+        (
+            ["--data", str(data), "--text-column", "body", "--labels", "joy", "anger"],
+            "labels in the data are not in --labels: fear",
+        ),
+        (
+            ["--data", str(data), "--text-column", "body", "--label-column", "gold"],
+            "has no column 'gold'",
+        ),
+        (["--data", str(latin), "--labels", "joy"], "is not UTF-8 text"),
+        (["--data", str(tmp_path / "nothing.csv")], "no such file"),
+        (
+            ["--data", str(data), "--text-column", "body", "--perturb", "filler"],
+            "--perturb takes delete, mask, or filler WORD",
+        ),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, "flips", "--model", m, "--out", str(tmp_path / "o"), *argv)
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)

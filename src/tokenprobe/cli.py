@@ -644,8 +644,10 @@ def demo_specs() -> dict[str, list[dict[str, Any]]]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .analyses.attribution import attribute
+    from .analyses.flips import PromptedClassifier, flip_rates
     from .analyses.lens import logit_lens
     from .analyses.similarity import past_similarity
+    from .data import read_table
     from .model import load
 
     lm = load(args.model, device=args.device, dtype=args.dtype)
@@ -685,6 +687,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             samples=spec["samples"],
         )
         _report(att, att.save(out / spec["name"], formats=args.format, overwrite=args.overwrite))
+    for spec in specs["flips"]:
+        frame = read_table(spec["data"]).head(spec["limit"])
+        classifier = PromptedClassifier(lm, spec["labels"])
+        flips = flip_rates(
+            classifier, frame["text"].astype(str).tolist(), frame["label"].astype(str).tolist()
+        )
+        flips.meta["data"] = f"{spec['data']} (first {spec['limit']} rows)"
+        # 200 texts leave ~50 per class: cells backed by 2 occurrences are drawn too
+        saved = flips.save(
+            out / spec["name"],
+            formats=args.format,
+            overwrite=args.overwrite,
+            plot_options={"min_count": 2},
+        )
+        _report(flips, saved)
     print(f"demo outputs are in {out}/")
     return 0
 

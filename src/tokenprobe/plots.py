@@ -314,18 +314,20 @@ RANKINGS = ("support", "rate", "frequency")
 
 
 def top_words(rates: Any, top: int, rank: str, min_count: int) -> list[str]:
-    """The class's words to show: `support` ranks by the Wilson lower bound of the word's flip
-    rate (a high rate that enough occurrences back), `rate` by the flip rate of words with at
-    least `min_count` occurrences, `frequency` by occurrences."""
+    """The class's words to show, among those with a cell of at least `min_count` occurrences:
+    `support` ranks by the Wilson lower bound of the word's flip rate (a high rate that enough
+    occurrences back), `rate` by the flip rate, `frequency` by occurrences."""
     from .stats import wilson
 
     if rank not in RANKINGS:
         raise TokenprobeError(f"unknown --rank {rank!r}: use {', '.join(RANKINGS)}")
+    # only words with at least one cell that will be drawn (min_count occurrences in a bucket)
+    shown = rates.groupby("word")["occurrences"].max()
+    rates = rates[rates["word"].isin(shown[shown >= min_count].index)]
     per_word = rates.groupby("word")[["flips", "occurrences"]].sum()
     if rank == "support":
         key = wilson(per_word["flips"].to_numpy(), per_word["occurrences"].to_numpy())[0]
     elif rank == "rate":
-        per_word = per_word[per_word["occurrences"] >= min_count]
         key = (per_word["flips"] / per_word["occurrences"]).to_numpy()
     else:
         key = per_word["occurrences"].to_numpy()
