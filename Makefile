@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/lens.py
 	$(BIN)/python bench/similarity.py
 	$(BIN)/python bench/attribution.py
+	$(BIN)/python bench/flips.py
 
 # Peers (nnsight, TransformerLens) live in their own virtualenv, never in the runtime one;
 # torch is pinned first so they cannot pull a CUDA build.
