@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: venv demo test test-fast lint bench bench-peers clean
+.PHONY: venv browser demo test test-fast lint bench bench-peers clean
 
 venv: $(STAMP)
 
@@ -23,7 +23,14 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/tokenprobe demo --out $(OUT) --overwrite
 
-test: $(STAMP)
+# Debian's Chromium for the HTML report's browser tests (playwright drives it; it never
+# downloads a browser). Installing needs root, as on CI; without it those tests skip and say so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "note: could not install chromium; the browser tests will be skipped"
+
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 

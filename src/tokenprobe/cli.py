@@ -376,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="padded tokens per forward pass (default 4096)",
     )
 
+    rep = sub.add_parser(
+        "report",
+        help="one self-contained interactive HTML page of every result under a folder",
+        description="Collects every saved result under FOLDER (any mix of lens, similarity, attribute and flips) "
+        "into one HTML file that opens offline: hover a cell for its numbers, wheel to zoom the long axis, "
+        "drag to pan. Prints the file's path and size.",
+    )
+    rep.add_argument("folder", help="folder holding results (searched recursively)")
+    rep.add_argument("--html", help="the page to write (default: FOLDER/report.html)")
+    rep.add_argument("--title", default="tokenprobe report", help="page title")
+    rep.add_argument("--overwrite", action="store_true", help="replace an existing page")
+
     demo = sub.add_parser(
         "demo",
         help="run the built-in demo (logit lens on two prompts) and print where the outputs are",
@@ -636,6 +648,24 @@ def cmd_flips(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_report(folder: Path, html_path: Path, title: str, overwrite: bool) -> Path:
+    from .report import collect, write_report
+
+    found = collect(folder)
+    path = write_report([r for _, r in found], html_path, title=title, overwrite=overwrite)
+    size = path.stat().st_size
+    print(f"report of {len(found)} result(s): {path} ({size / 2**20:.1f} MB)")
+    return path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    _write_report(
+        folder, Path(args.html) if args.html else folder / "report.html", args.title, args.overwrite
+    )
+    return 0
+
+
 def demo_specs() -> dict[str, list[dict[str, Any]]]:
     """The demo's inputs per analysis, shipped in the package."""
     path = resources.files("tokenprobe").joinpath("data/demo.json")
@@ -702,7 +732,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             plot_options={"min_count": 2},
         )
         _report(flips, saved)
-    print(f"demo outputs are in {out}/")
+    _write_report(out, out / "report.html", "tokenprobe demo", args.overwrite)
+    print(f"demo outputs are in {out}/; open {out / 'report.html'} in a browser")
     return 0
 
 
@@ -716,6 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "similarity": cmd_similarity,
         "attribute": cmd_attribute,
         "flips": cmd_flips,
+        "report": cmd_report,
         "demo": cmd_demo,
     }
     try:

@@ -76,6 +76,12 @@ class Result:
         """One line saying what the result holds."""
         return f"{self.kind} result"
 
+    def _repr_html_(self) -> str:
+        """Notebooks show the same interactive heatmap as the HTML report."""
+        from .report import render
+
+        return render([self], title=f"tokenprobe {self.kind}")
+
     # -- shared
     @classmethod
     def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:
