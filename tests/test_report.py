@@ -229,3 +229,24 @@ def test_flip_rates_page_has_one_section_per_class(all_kinds):
     page = render([res])
     classes = pd.unique(res.rates["class"])
     assert page.count("Token Flip Rate by Position Bucket") == len(classes)
+
+
+@pytest.mark.slow
+def test_the_demo_report_in_chromium(browser, tmp_path, capsys):
+    """The main job end to end: `tokenprobe demo` (about 3 minutes), then its report in a browser."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    page, requests, dialogs, seconds = _open(browser, out / "report.html")
+    sections = page.query_selector_all("section.heatmap")
+    kinds = [s.get_attribute("data-kind") for s in sections]
+    assert (
+        sorted(set(kinds)) == ["attr", "flips", "lens", "similarity"] and kinds.count("flips") == 4
+    )
+    words = {"lens": "entropy", "similarity": "cosine", "attr": "attribution", "flips": "bucket"}
+    for kind, word in words.items():
+        assert word in _hover(page, sections[kinds.index(kind)], 300, 30), kind
+    assert [u for u in requests if not u.startswith("file://")] == [] and dialogs == []
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / "demo-report.png"), full_page=True)
+    page.close()
