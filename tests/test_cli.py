@@ -28,6 +28,15 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def assert_one_line_errors(capsys, command: str, model: str, out, cases) -> None:
+    """Each (argv, message) case exits with status 2 and exactly one error line holding message."""
+    for argv, message in cases:
+        code, _, err = run(capsys, command, "--model", model, "--out", str(out), *argv)
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+        assert "Traceback" not in err
+
+
 def test_lens_command_writes_table_figures_and_meta(model_dir, tmp_path, capsys):
     out = tmp_path / "lens"
     code, stdout, _ = run(
@@ -239,10 +248,7 @@ def test_similarity_bad_inputs(model_dir, tmp_path, capsys):
         (["--text", "a _PAUSE_", "--window", "0"], "--window must be at least 1"),
         ([], "give one of --text TEXT or --data FILE"),
     ]
-    for argv, message in cases:
-        code, _, err = run(capsys, "similarity", "--model", m, "--out", str(tmp_path / "o"), *argv)
-        lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
-        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+    assert_one_line_errors(capsys, "similarity", m, tmp_path / "o", cases)
 
 
 def test_attribute_command(model_dir, tmp_path, capsys):
@@ -291,10 +297,7 @@ def test_attribute_bad_inputs(model_dir, tmp_path, capsys):
         (["--target", " x"], "give one of --prompt TEXT or --prompt-file FILE"),
         (["--prompt", "Tools", "--target", " x" * 200], "longer than the model's context"),
     ]
-    for argv, message in cases:
-        code, _, err = run(capsys, "attribute", "--model", m, "--out", str(tmp_path / "o"), *argv)
-        lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
-        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+    assert_one_line_errors(capsys, "attribute", m, tmp_path / "o", cases)
 
 
 def test_flips_command_with_a_prompted_classifier(model_dir, tmp_path, capsys):
@@ -378,7 +381,4 @@ def test_flips_bad_inputs(model_dir, tmp_path, capsys):
             "--perturb takes delete, mask, or filler WORD",
         ),
     ]
-    for argv, message in cases:
-        code, _, err = run(capsys, "flips", "--model", m, "--out", str(tmp_path / "o"), *argv)
-        lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
-        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+    assert_one_line_errors(capsys, "flips", m, tmp_path / "o", cases)

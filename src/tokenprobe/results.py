@@ -69,8 +69,13 @@ class Result:
     def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> Result:
         raise NotImplementedError
 
+    plotter: ClassVar[str] = ""  # name of the figure function in plots.py
+
     def plot(self, **options: Any) -> Any:
-        raise NotImplementedError
+        """The static figure (a matplotlib Figure); options as in `plots.<plotter>`."""
+        from . import plots
+
+        return getattr(plots, self.plotter)(self, **options)
 
     def summary(self) -> str:
         """One line saying what the result holds."""
@@ -205,6 +210,7 @@ class LensResult(Result):
     """
 
     kind: ClassVar[str] = "lens"
+    plotter: ClassVar[str] = "plot_lens"
 
     tokens: list[str]
     token_ids: list[int]
@@ -301,12 +307,6 @@ class LensResult(Result):
             f"output top-1 at the last position {self.top1[-1, last]!r} (p={self.top_probs[-1, last, 0]:.3f})"
         )
 
-    def plot(self, **options: Any) -> Any:
-        """The entropy heatmap with the top-1 token in each cell; see `plots.plot_lens`."""
-        from .plots import plot_lens
-
-        return plot_lens(self, **options)
-
 
 # ----------------------------------------------------------------------------- past similarity
 
@@ -320,6 +320,7 @@ class SimilarityResult(Result):
     """
 
     kind: ClassVar[str] = "similarity"
+    plotter: ClassVar[str] = "plot_similarity"
 
     layer_labels: list[str]
     cosine: np.ndarray  # (layers, window) float32, NaN = padded
@@ -381,12 +382,6 @@ class SimilarityResult(Result):
             f"{self.window} distances over {texts} text(s)"
         )
 
-    def plot(self, **options: Any) -> Any:
-        """The layer x distance heatmap; see `plots.plot_similarity`."""
-        from .plots import plot_similarity
-
-        return plot_similarity(self, **options)
-
 
 # ----------------------------------------------------------------------------- attribution
 
@@ -400,6 +395,7 @@ class AttributionResult(Result):
     """
 
     kind: ClassVar[str] = "attr"
+    plotter: ClassVar[str] = "plot_attribution"
 
     features: list[dict[str, Any]]  # text, start, end (character range in the prompt), positions
     rows: list[str]
@@ -472,12 +468,6 @@ class AttributionResult(Result):
         self.meta["row_positions"] = self.row_positions
         return super().save(out_dir, **kwargs)
 
-    def plot(self, **options: Any) -> Any:
-        """Captum-style token attribution grid; see `plots.plot_attribution`."""
-        from .plots import plot_attribution
-
-        return plot_attribution(self, **options)
-
 
 # ----------------------------------------------------------------------------- flip rates
 
@@ -491,6 +481,7 @@ class FlipResult(Result):
     """
 
     kind: ClassVar[str] = "flips"
+    plotter: ClassVar[str] = "plot_flips"
 
     occurrences: pd.DataFrame
     rates: pd.DataFrame
@@ -578,9 +569,7 @@ class FlipResult(Result):
 
     def plot(self, label: str | None = None, **options: Any) -> Any:
         """The (word x bucket) heatmap of one class; see `plots.plot_flips`."""
-        from .plots import plot_flips
-
-        return plot_flips(self, label=label or self.classes()[0], **options)
+        return super().plot(label=label or self.classes()[0], **options)
 
 
 def _safe(name: str) -> str:
