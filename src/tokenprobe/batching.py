@@ -38,16 +38,27 @@ def token_budget_batches(
 
 
 def pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device, side: str = "right"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and the attention mask (right padding keeps each text's positions 0..n-1)."""
+    """Padded ids and the attention mask.
+
+    Right padding keeps each text's positions 0..n-1. Left padding puts every text's last token
+    in the last column (so `logits_to_keep` can skip the rest); pass
+    `left_positions(mask)` as `position_ids` with it.
+    """
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = 1
+        span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[row, span] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, span] = 1
     return ids.to(device), mask.to(device)
+
+
+def left_positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Position ids for a left-padded batch: each text counts from `offset` at its first token."""
+    return (mask.cumsum(dim=1) - 1).clamp(min=0) + offset
 
 
 def pad_id_of(tokenizer: object) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batching import token_budget_batches
+from ..batching import left_positions, pad_batch, token_budget_batches
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import AttributionResult, now, versions
@@ -108,19 +108,13 @@ class Problem:
         out = torch.empty((len(prompts), len(self.rows)), dtype=torch.float64)
         seqs = [list(p) + self.target_ids for p in prompts]
         for batch in token_budget_batches([len(s) for s in seqs], self.batch_tokens):
-            width = max(len(seqs[i]) for i in batch)
-            pad = 0
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # left padding: targets end every row
-                ids[row, width - len(seqs[i]) :] = torch.tensor(seqs[i])
-                mask[row, width - len(seqs[i]) :] = 1
-            ids, mask = ids.to(lm.device), mask.to(lm.device)
+            # left padding: the targets end every row, so only the last m + 1 columns are unembedded
+            ids, mask = pad_batch([seqs[i] for i in batch], 0, lm.device, side="left")
             with torch.inference_mode():
                 logits = lm.model(
                     input_ids=ids,
                     attention_mask=mask,
-                    position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                    position_ids=left_positions(mask),
                     logits_to_keep=m + 1,
                     use_cache=False,
                 ).logits[:, :m]

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..batching import pad_batch, pad_id_of, token_budget_batches
+from ..batching import left_positions, pad_batch, pad_id_of, token_budget_batches
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import FlipResult, now, versions
@@ -201,29 +201,30 @@ class PromptedClassifier(Classifier):
         for batch in token_budget_batches(
             [len(s) + (p if self.reuse_prefix else 0) for s in seqs], batch_tokens
         ):
-            ids, mask = pad_batch([seqs[i] for i in batch], pad, lm.device)
-            last = mask.sum(dim=1) - 1
+            # left padding: every row ends in the last column, so only that column is unembedded
+            ids, mask = pad_batch([seqs[i] for i in batch], pad, lm.device, side="left")
             with torch.inference_mode():
                 if self.reuse_prefix:
                     cache = copy.deepcopy(self._prefix_cache())
                     cache.batch_repeat_interleave(len(batch))
-                    full_mask = torch.cat(
-                        [torch.ones((len(batch), p), dtype=mask.dtype, device=lm.device), mask], 1
-                    )
-                    positions = torch.arange(p, p + ids.shape[1], device=lm.device).expand(
-                        len(batch), -1
-                    )
+                    ones = torch.ones((len(batch), p), dtype=mask.dtype, device=lm.device)
                     logits = lm.model(
                         input_ids=ids,
-                        attention_mask=full_mask,
-                        position_ids=positions,
+                        attention_mask=torch.cat([ones, mask], 1),
+                        position_ids=left_positions(mask, p),
                         past_key_values=cache,
                         use_cache=True,
+                        logits_to_keep=1,
                     ).logits
                 else:
-                    logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            rows = torch.arange(len(batch), device=lm.device)
-            out[batch] = logits[rows, last][:, verb].float().cpu().numpy()
+                    logits = lm.model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=left_positions(mask),
+                        use_cache=False,
+                        logits_to_keep=1,
+                    ).logits
+            out[batch] = logits[:, -1, verb].float().cpu().numpy()
         return out
 
     def describe(self) -> dict[str, Any]:
