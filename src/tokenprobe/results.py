@@ -93,6 +93,18 @@ class Result:
         """The file names a saved result of this kind occupies."""
         return [f"{cls.kind}.parquet", "meta.json", *(f"{cls.kind}.{fmt}" for fmt in formats)]
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables a saved result holds, by file stem; the first is what `load` reads."""
+        return {self.kind: self.to_frame()}
+
+    def figure_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(file stem, plot options) of each figure a saved result holds."""
+        return [(self.kind, {})]
+
+    def extra_meta(self) -> dict[str, Any]:
+        """What `from_frame` needs beyond the table, stored in meta.json."""
+        return {}
+
     def save(
         self,
         out_dir: str | os.PathLike[str],
@@ -101,7 +113,7 @@ class Result:
         overwrite: bool = False,
         plot_options: dict[str, Any] | None = None,
     ) -> dict[str, Path]:
-        """Write table, meta.json and figures into `out_dir`; refuse to replace files unless asked."""
+        """Write tables, meta.json and figures into `out_dir`; refuse to replace files unless asked."""
         formats = list(dict.fromkeys(formats))
         bad = [f for f in formats if f not in FIGURE_FORMATS]
         if bad:
@@ -109,36 +121,41 @@ class Result:
                 f"unknown figure format {bad[0]!r}: use {', '.join(FIGURE_FORMATS)}"
             )
         out = Path(out_dir)
-        check_writable(out, self.files(formats), overwrite)
+        tables = self.tables()
+        figures = self.figure_specs() if formats else []
+        names = [f"{t}.parquet" for t in tables] + ["meta.json"]
+        names += [f"{stem}.{fmt}" for stem, _ in figures for fmt in formats]
+        check_writable(out, names, overwrite)
         out.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
-        table = out / f"{self.kind}.parquet"
-        _atomic_write(table, lambda p: self.to_frame().to_parquet(p, index=False))
-        written["table"] = table
-        meta = dict(self.meta)
-        meta["kind"] = self.kind
+        for name, frame in tables.items():
+            path = out / f"{name}.parquet"
+            _atomic_write(path, lambda p, frame=frame: frame.to_parquet(p, index=False))
+            written["table" if len(tables) == 1 else name] = path
+        meta = {**self.meta, **self.extra_meta(), "kind": self.kind}
         meta_path = out / "meta.json"
         _atomic_write(
             meta_path,
             lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n"),
         )
         written["meta"] = meta_path
-        if formats:
+        if figures:
             import matplotlib.pyplot as plt
 
-            fig = self.plot(**(plot_options or {}))
-            try:
-                for fmt in formats:
-                    path = out / f"{self.kind}.{fmt}"
-                    _atomic_write(
-                        path,
-                        lambda p, fmt=fmt, fig=fig: fig.savefig(
-                            p, format=fmt, dpi=150, bbox_inches="tight"
-                        ),
-                    )
-                    written[fmt] = path
-            finally:
-                plt.close(fig)
+            for stem, options in figures:
+                fig = self.plot(**options, **(plot_options or {}))
+                try:
+                    for fmt in formats:
+                        path = out / f"{stem}.{fmt}"
+                        _atomic_write(
+                            path,
+                            lambda p, fmt=fmt, fig=fig: fig.savefig(
+                                p, format=fmt, dpi=150, bbox_inches="tight"
+                            ),
+                        )
+                        written[f"{stem}.{fmt}" if len(figures) > 1 else fmt] = path
+                finally:
+                    plt.close(fig)
         return written
 
     @staticmethod
@@ -463,10 +480,11 @@ class AttributionResult(Result):
         n_rows, n_feat = self.scores.shape
         return f"{self.method} attribution: {n_rows} target rows x {n_feat} features; max |score| {np.abs(self.scores).max():.4f}"
 
-    def save(self, out_dir: Any, **kwargs: Any) -> dict[str, Path]:
-        self.meta["feature_positions"] = [f["positions"] for f in self.features]
-        self.meta["row_positions"] = self.row_positions
-        return super().save(out_dir, **kwargs)
+    def extra_meta(self) -> dict[str, Any]:
+        return {
+            "feature_positions": [f["positions"] for f in self.features],
+            "row_positions": self.row_positions,
+        }
 
 
 # ----------------------------------------------------------------------------- flip rates
@@ -498,54 +516,19 @@ class FlipResult(Result):
         present = set(self.rates["class"])
         return [label for label in self.labels if label in present]
 
-    def figure_files(self, formats: Iterable[str]) -> list[str]:
-        return [f"flips_{_safe(c)}.{fmt}" for c in self.classes() for fmt in formats]
-
     @classmethod
     def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:
+        """The tables and meta.json (the figures' names depend on the classes found)."""
         return ["flips.parquet", "rates.parquet", "meta.json"]
 
-    def save(
-        self,
-        out_dir: str | os.PathLike[str],
-        *,
-        formats: Iterable[str] = ("png",),
-        overwrite: bool = False,
-        plot_options: dict[str, Any] | None = None,
-    ) -> dict[str, Path]:
-        """Write both tables, meta.json and one heatmap per class."""
-        formats = list(dict.fromkeys(formats))
-        out = Path(out_dir)
-        check_writable(out, [*self.files(formats), *self.figure_files(formats)], overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        written: dict[str, Path] = {}
-        for name, frame in (("flips", self.occurrences), ("rates", self.rates)):
-            path = out / f"{name}.parquet"
-            _atomic_write(path, lambda p, frame=frame: frame.to_parquet(p, index=False))
-            written[name] = path
-        meta = {**self.meta, "kind": self.kind, "labels": self.labels, "buckets": self.buckets}
-        _atomic_write(
-            out / "meta.json",
-            lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n"),
-        )
-        written["meta"] = out / "meta.json"
-        import matplotlib.pyplot as plt
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"flips": self.occurrences, "rates": self.rates}
 
-        for cls_name in self.classes():
-            fig = self.plot(label=cls_name, **(plot_options or {}))
-            try:
-                for fmt in formats:
-                    path = out / f"flips_{_safe(cls_name)}.{fmt}"
-                    _atomic_write(
-                        path,
-                        lambda p, fmt=fmt, fig=fig: fig.savefig(
-                            p, format=fmt, dpi=150, bbox_inches="tight"
-                        ),
-                    )
-                    written[f"{cls_name}.{fmt}"] = path
-            finally:
-                plt.close(fig)
-        return written
+    def figure_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(f"flips_{_safe(c)}", {"label": c}) for c in self.classes()]
+
+    def extra_meta(self) -> dict[str, Any]:
+        return {"labels": self.labels, "buckets": self.buckets}
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> FlipResult:
