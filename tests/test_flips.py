@@ -268,3 +268,9 @@ def test_verbaliser_problems(llama):
         PromptedClassifier(llama, ["a", "b"], [" the", " the"])
     with pytest.raises(TokenprobeError, match="no \\{text\\} placeholder"):
         PromptedClassifier(llama, ["a"], template="no slot")
+
+
+def test_a_class_with_too_few_occurrences_gets_a_clear_figure(seq_clf):
+    res = flip_rates(seq_clf, TEXTS[:2], buckets=4)
+    fig = res.plot(label=res.classes()[0], min_count=50)
+    assert "lower --min-count" in fig.axes[0].texts[0].get_text()

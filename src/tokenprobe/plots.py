@@ -356,6 +356,18 @@ def plot_flips(
             f"no texts of class {label!r}: choose one of {', '.join(result.classes())}"
         )
     words = top_words(rates, top, rank, min_count)
+    if not words:  # too few texts of this class for any cell to reach min_count
+        fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
+        ax.axis("off")
+        ax.text(
+            0.5,
+            0.5,
+            f"{label}: no word has a bucket with {min_count} or more occurrences\n"
+            "(more texts, or a lower --min-count)",
+            ha="center",
+            va="center",
+        )
+        return fig
     grid = np.full((len(words), result.buckets), np.nan)
     index = {w: r for r, w in enumerate(words)}
     for row in rates.itertuples():
