@@ -70,6 +70,13 @@ def pad_id_of(tokenizer: object) -> int:
     return 0
 
 
+def progress_disabled(progress: bool | None, n_batches: int | None = None) -> bool | None:
+    """tqdm's `disable`: forced by `progress`, else shown on a terminal (None) unless one batch."""
+    if progress is not None:
+        return not progress
+    return True if n_batches is not None and n_batches <= 1 else None
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 

@@ -62,6 +62,23 @@ def _common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     )
 
 
+def _prompt_flags(group: Any, *, several: bool) -> None:
+    """--prompt, --prompt-file, --chat and --system, the same for every prompt-taking command."""
+    group.add_argument(
+        "--prompt",
+        action="append" if several else "store",
+        help="prompt text"
+        + (" (repeat for several prompts; each gets a sub-folder)" if several else ""),
+    )
+    group.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    group.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap the prompt as a user turn in the model's chat template",
+    )
+    group.add_argument("--system", help="system message for --chat (default: the template's own)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenprobe",
@@ -81,18 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(lens, default_out="out/lens")
     g = lens.add_argument_group("input")
-    g.add_argument(
-        "--prompt",
-        action="append",
-        help="prompt text (repeat for several prompts; each gets a sub-folder)",
-    )
-    g.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
-    g.add_argument(
-        "--chat",
-        action="store_true",
-        help="wrap the prompt as a user turn in the model's chat template",
-    )
-    g.add_argument("--system", help="system message for --chat (default: the template's own)")
+    _prompt_flags(g, several=True)
     g.add_argument(
         "--dummy", type=int, default=0, metavar="N", help="insert N dummy marker tokens (default 0)"
     )
@@ -225,12 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(att, default_out="out/attr")
     g = att.add_argument_group("input")
-    g.add_argument("--prompt", help="the prompt text")
-    g.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
-    g.add_argument(
-        "--chat", action="store_true", help="wrap the prompt as a user turn in the chat template"
-    )
-    g.add_argument("--system", help="system message for --chat")
+    _prompt_flags(g, several=False)
     g.add_argument("--target", help="the continuation to attribute (scored by teacher forcing)")
     g.add_argument(
         "--generate",
@@ -595,23 +596,17 @@ def build_classifier(args: argparse.Namespace, gold: list[str] | None) -> Any:
 
 def cmd_flips(args: argparse.Namespace) -> int:
     from .analyses.flips import flip_rates
-    from .data import read_table
+    from .data import read_table, require_column
     from .results import FlipResult
 
     how, *rest = args.perturb
     if len(rest) > 1 or (how != "filler" and rest) or (how == "filler" and not rest):
         raise TokenprobeError("--perturb takes delete, mask, or filler WORD")
     frame = read_table(args.data)
-    if args.text_column not in frame.columns:
-        raise TokenprobeError(
-            f"--data {args.data} has no column {args.text_column!r}; its columns are: "
-            f"{', '.join(map(str, frame.columns))} (choose one with --text-column)"
-        )
+    require_column(frame, args.data, args.text_column, "--text-column")
     label_column = args.label_column or ("label" if "label" in frame.columns else None)
-    if label_column is not None and label_column not in frame.columns:
-        raise TokenprobeError(
-            f"--data {args.data} has no column {label_column!r}; its columns are: {', '.join(map(str, frame.columns))}"
-        )
+    if label_column is not None:
+        require_column(frame, args.data, label_column, "--label-column")
     frame = frame[frame[args.text_column].notna()]
     if args.limit is not None:
         frame = frame.head(args.limit)

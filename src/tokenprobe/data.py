@@ -56,14 +56,19 @@ def read_table(path: str) -> pd.DataFrame:
     return frame
 
 
+def require_column(frame: pd.DataFrame, path: str, column: str, flag: str) -> None:
+    """One clear error naming the missing column, the columns there are, and the flag to fix it."""
+    if column not in frame.columns:
+        raise TokenprobeError(
+            f"--data {path} has no column {column!r}; its columns are: {', '.join(map(str, frame.columns))} "
+            f"(choose one with {flag})"
+        )
+
+
 def read_texts(path: str, text_column: str = "text") -> list[str]:
     """The texts of a data set's `text_column`, missing values dropped."""
     frame = read_table(path)
-    if text_column not in frame.columns:
-        raise TokenprobeError(
-            f"--data {path} has no column {text_column!r}; its columns are: {', '.join(map(str, frame.columns))} "
-            "(choose one with --text-column)"
-        )
+    require_column(frame, path, text_column, "--text-column")
     texts = [str(t) for t in frame[text_column].dropna().tolist()]
     if not texts:
         raise TokenprobeError(f"--data {path}: column {text_column!r} holds no text")

@@ -165,7 +165,7 @@ def render(tokenizer: Any, prompt: str, *, chat: bool = False, system: str | Non
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def _encode(
+def encode(
     tokenizer: Any, text: str, *, chat: bool
 ) -> tuple[list[int], list[tuple[int, int]] | None]:
     """Ids (and character offsets when the tokenizer gives them) without a doubled BOS."""
@@ -205,7 +205,7 @@ def _insert_position(
         )
     cut = at + len(needle) if after is not None else at
     if offsets is None:
-        return len(_encode(tokenizer, text[:cut], chat=chat)[0])
+        return len(encode(tokenizer, text[:cut], chat=chat)[0])
     # Special tokens added by the tokenizer have empty offsets: they stay where they are.
     for i, (start, end) in enumerate(offsets):
         if end <= start:
@@ -238,7 +238,7 @@ def prepare(
         raise TokenprobeError("give --dummy-after or --dummy-before, not both")
     tok = lm.tokenizer
     text = render(tok, prompt, chat=chat, system=system)
-    ids, offsets = _encode(tok, text, chat=chat)
+    ids, offsets = encode(tok, text, chat=chat)
     if not ids:
         raise TokenprobeError(
             "the prompt gives no tokens: give some text with --prompt or --prompt-file"

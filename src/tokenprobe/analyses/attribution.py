@@ -25,7 +25,7 @@ from ..batching import left_positions, pad_batch, token_budget_batches
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import AttributionResult, now, versions
-from ..text import render, token_texts
+from ..text import encode, render, token_texts
 
 BASELINES = ("remove", "pad", "unk", "mask")
 # unk first: an all-zero baseline sends the path through the point where RMSNorm divides by
@@ -436,15 +436,14 @@ def build_features(
 def _prompt_with_offsets(
     lm: LoadedModel, prompt: str, chat: bool, system: str | None
 ) -> tuple[str, list[int], list[tuple[int, int]]]:
-    tok = lm.tokenizer
-    text = render(tok, prompt, chat=chat, system=system)
-    enc = tok(text, add_special_tokens=not chat, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
-    bos = getattr(tok, "bos_token_id", None)
-    if bos is not None and len(ids) >= 2 and ids[0] == ids[1] == bos:
-        ids, offsets = ids[1:], offsets[1:]
-    return text, ids, offsets  # type: ignore[return-value]
+    """The rendered prompt, its ids and their character ranges (offsets are needed for spans)."""
+    text = render(lm.tokenizer, prompt, chat=chat, system=system)
+    ids, offsets = encode(lm.tokenizer, text, chat=chat)
+    if offsets is None:
+        raise TokenprobeError(
+            "attribution needs a fast tokenizer (one that reports character offsets)"
+        )
+    return text, ids, offsets
 
 
 def _generate(lm: LoadedModel, prompt_ids: list[int], n: int) -> list[int]:

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..batching import left_positions, pad_batch, pad_id_of, token_budget_batches
+from ..batching import left_positions, pad_batch, pad_id_of, progress_disabled, token_budget_batches
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import FlipResult, now, versions
@@ -345,7 +345,7 @@ def flip_rates(
             done[int(part.stem.split("-")[1])] = pd.read_parquet(part)
     chunks = _chunks(len(inputs), chunk_texts)
     todo = [k for k in range(len(chunks)) if k not in done]
-    disable = (not progress) if progress is not None else None
+    disable = progress_disabled(progress)
     with tqdm(
         total=len(inputs),
         initial=sum(len(chunks[k]) for k in done),

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..batching import pad_batch, pad_id_of, run_with_backoff, token_budget_batches
+from ..batching import (
+    pad_batch,
+    pad_id_of,
+    progress_disabled,
+    run_with_backoff,
+    token_budget_batches,
+)
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import LensResult, now, versions
@@ -201,7 +207,7 @@ def logit_lens(
 
     batches = token_budget_batches([len(x) for x in inputs], batch_tokens)
     # progress: forced on/off, or by default shown on a terminal when there is more than one batch
-    disable = (not progress) if progress is not None else (True if len(batches) <= 1 else None)
+    disable = progress_disabled(progress, len(batches))
     bar = tqdm(total=len(inputs), desc="logit lens", unit="prompt", disable=disable)
     layer_labels = [str(i) for i in range(n_blocks)] + ["output"]
     model_info = lm.describe()

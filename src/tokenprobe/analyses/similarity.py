@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..batching import pad_batch, pad_id_of, run_with_backoff, token_budget_batches
+from ..batching import (
+    pad_batch,
+    pad_id_of,
+    progress_disabled,
+    run_with_backoff,
+    token_budget_batches,
+)
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import SimilarityResult, now, versions
@@ -198,7 +204,7 @@ def past_similarity(
         return rows
 
     batches = token_budget_batches([len(encoded[i]) for i in used], batch_tokens)
-    disable = (not progress) if progress is not None else (True if len(batches) <= 1 else None)
+    disable = progress_disabled(progress, len(batches))
     with tqdm(total=len(used), desc="past similarity", unit="text", disable=disable) as bar:
         for batch in batches:
             for sub, rows in run_with_backoff([used[j] for j in batch], run):
