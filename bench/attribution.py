@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib.metadata import version
 
 import numpy as np
 import torch
@@ -33,6 +34,11 @@ def main() -> int:
     parser.add_argument("--target-tokens", type=int, default=10)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--jobs",
+        default="ablation,integrated_gradients,inseq",
+        help="comma-separated subset of: ablation, integrated_gradients, inseq",
+    )
     args = parser.parse_args()
 
     lm = tokenprobe.load(args.model, device="cpu")
@@ -114,6 +120,8 @@ def main() -> int:
         ),
     ]
     for method, label, peers in jobs:
+        if method not in args.jobs:
+            continue
         t_bare, _ = timed(bare(method), args.repeats, lm.device)
         t_ours, mem_ours = timed(lambda method=method: ours(method), args.repeats, lm.device)
         print(
@@ -129,16 +137,84 @@ def main() -> int:
             print(
                 f"{'':<34}{name:<30}{t_peer:>9.2f}{mem_peer:>9.0f}{t_peer / t_ours:>9.1f}x{t_peer / t_bare:>10.1f}x  {diff}"
             )
+    if "inseq" in args.jobs:
+        t_bare, _ = timed(bare("integrated_gradients"), args.repeats, lm.device)
+        inseq_job(lm, prompt, target, args.steps, args.repeats, t_bare)
     print(
         "speed-up = peer seconds / tokenprobe seconds; x forward = seconds / one bare batched forward of the same inputs"
     )
+    return 0
+
+
+def inseq_job(
+    lm: tokenprobe.LoadedModel,
+    prompt: str,
+    target: str,
+    steps: int,
+    repeats: int,
+    t_bare: float,
+) -> None:
+    """inseq's integrated gradients on the same prompt and target, where inseq is installed.
+
+    inseq attributes each generated token's probability (it has no log-probability step
+    function), interpolates the earlier generated tokens too, and starts from the unk token:
+    so it computes a different matrix, and the line prints its correlation with ours (scored
+    by probability) instead of a difference.
+    """
     try:
-        import inseq  # noqa: F401
+        import inseq
     except ImportError:
         print(
-            "inseq: not installed (it pins typeguard<=2.13.3, which transformer-lens 4 cannot share)"
+            "inseq: not installed here; `make bench-peers` runs this benchmark in .venv-inseq, "
+            "where it is (its typeguard pin cannot share an environment with transformer-lens)"
         )
-    return 0
+        return
+    wrapped = inseq.load_model(lm.model, "integrated_gradients", tokenizer=lm.tokenizer)
+
+    def run() -> object:
+        return wrapped.attribute(
+            prompt,
+            prompt + target,
+            n_steps=steps,
+            internal_batch_size=steps,
+            show_progress=False,
+        )
+
+    t_peer, mem_peer = timed(run, repeats, lm.device)
+
+    def ours() -> tokenprobe.AttributionResult:
+        return tokenprobe.attribute(
+            lm,
+            prompt,
+            target=target,
+            method="integrated_gradients",
+            steps=steps,
+            ig_baseline="unk",
+            score="prob",
+        )
+
+    t_ours, mem_ours = timed(ours, repeats, lm.device)
+    mine = ours().scores
+    seq = run().sequence_attributions[0]
+    attr = seq.target_attributions  # (every position, generated tokens, embedding dims)
+    n, m = mine.shape[1], mine.shape[0]
+    theirs = attr.sum(-1)[:n, :m].T.double().numpy() if attr.shape[1] == m else None
+    if theirs is None:
+        note = f"shapes differ ({tuple(attr.shape)})"
+    else:
+        ok = np.isfinite(theirs)
+        r = np.corrcoef(mine[ok], theirs[ok])[0, 1]
+        note = f"corr {r:.2f} with ours scored by probability (different definition, see docstring)"
+    label = "integrated gradients, probability"
+    peer = "inseq " + version("inseq")
+    print(
+        f"{label:<34}{'tokenprobe':<30}{t_ours:>9.2f}{mem_ours:>9.0f}{'':>10}"
+        f"{t_ours / t_bare:>10.1f}x"
+    )
+    print(
+        f"{'':<34}{peer:<30}{t_peer:>9.2f}{mem_peer:>9.0f}{t_peer / t_ours:>9.1f}x"
+        f"{t_peer / t_bare:>10.1f}x  {note}"
+    )
 
 
 if __name__ == "__main__":

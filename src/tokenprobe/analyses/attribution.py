@@ -98,8 +98,16 @@ class Problem:
     # -- scoring
     def row_scores(self, token_logprobs: torch.Tensor) -> torch.Tensor:
         """(B, m) target-token log-probabilities to (B, rows) scores."""
-        rows = torch.stack([token_logprobs[:, r].sum(dim=1) for r in self.rows], dim=1)
-        return rows.exp() if self.score == "prob" else rows
+        cols = token_logprobs.unbind(dim=1)
+        return torch.stack([self.row_score(cols, r) for r in range(len(self.rows))], dim=1)
+
+    def row_score(self, cols: Sequence[torch.Tensor], r: int) -> torch.Tensor:
+        """(B,) score of row r from per-target-token (B,) log-probability columns.
+
+        Taking columns, not one stacked tensor, lets a backward from one row skip the others.
+        """
+        s = torch.stack([cols[j] for j in self.rows[r]]).sum(dim=0)
+        return s.exp() if self.score == "prob" else s
 
     def score_prompts(self, prompts: Sequence[list[int]], progress: Any = None) -> torch.Tensor:
         """Scores (len(prompts), rows) of many perturbed prompts, batched by a token budget."""
@@ -290,11 +298,12 @@ def _gradients(
         a = torch.tensor(alphas[lo : lo + per_batch], dtype=emb.dtype, device=device)
         w = torch.tensor(weights[lo : lo + per_batch], dtype=torch.float32, device=device)
         prompt_part = (base[None] + a[:, None, None] * delta[None]).requires_grad_(True)
-        x = torch.cat([prompt_part, emb[None, n:].expand(len(a), -1, -1)], dim=1)
+        # the last target token predicts nothing that is scored, so it is left out
+        x = torch.cat([prompt_part, emb[None, n : n + m - 1].expand(len(a), -1, -1)], dim=1)
         with torch.enable_grad():
-            scores = pb.row_scores(_differentiable_token_logprobs(pb, x))  # (S_b, rows)
+            cols = _differentiable_token_logprobs(pb, x)
             pb.forward_passes += 1
-            grads = _per_row_grads(scores, prompt_part)  # (rows, S_b, n, D)
+            grads = _per_row_grads([pb.row_score(cols, r) for r in range(rows)], prompt_part)
         if method == "saliency":
             grad_sum += (grads.abs() * w[None, :, None, None]).sum(dim=1)
         else:
@@ -325,30 +334,36 @@ def _gradients(
     return attr, None, extra
 
 
-def _per_row_grads(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """d scores[:, r] / d inputs for every row r, one backward each through the kept graph.
+def _per_row_grads(scores: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+    """(rows, *inputs.shape): d scores[r].sum() / d inputs for every row r, one backward each
+    through the kept graph.
 
-    (A single vmapped backward, `is_grads_batched=True`, was 1.45x slower than this loop on
-    the CPU for SmolLM2 with 10 rows x 32 steps.)"""
-    rows = scores.shape[1]
+    Per-row backwards cost about one forward pass each on the CPU (matrix products run near
+    peak, so batching them cannot help); a single vmapped backward (`is_grads_batched=True`) was
+    1.45x slower than this loop for SmolLM2 with 10 rows x 32 steps.
+    """
+    last = len(scores) - 1
     return torch.stack(
         [
-            torch.autograd.grad(scores[:, r].sum(), inputs, retain_graph=r < rows - 1)[0]
-            for r in range(rows)
+            torch.autograd.grad(s.sum(), inputs, retain_graph=r < last)[0]
+            for r, s in enumerate(scores)
         ]
     )
 
 
-def _differentiable_token_logprobs(pb: Problem, x: torch.Tensor) -> torch.Tensor:
-    """(S, m) target log-probabilities of input embeddings `x`, keeping the graph.
+def _differentiable_token_logprobs(pb: Problem, x: torch.Tensor) -> list[torch.Tensor]:
+    """m columns (S,) of target log-probabilities of input embeddings `x` (prompt and all but
+    the last target token), keeping the graph.
 
-    Each target position is unembedded on its own, so the backward of one row passes through
-    one row of the unembedding instead of all of them (the vocabulary matmul dominates
-    otherwise). Used only where the adapter reproduces the model's own logits.
+    Each target position is unembedded on its own where the adapter reproduces the model's own
+    logits, so the backward of one row passes through its own unembedding rows only (the
+    vocabulary matmul dominates otherwise).
     """
-    lm, n, m = pb.lm, len(pb.prompt_ids), len(pb.target_ids)
+    lm, n = pb.lm, len(pb.prompt_ids)
     model = lm.model
     adapter = lm.require_adapter()
+    if pb.head_ok is False:
+        return _fallback_token_logprobs(pb, x)
     out = model(inputs_embeds=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
     hidden = out.hidden_states[-1]
     if pb.head_ok is None:
@@ -361,13 +376,19 @@ def _differentiable_token_logprobs(pb: Problem, x: torch.Tensor) -> torch.Tensor
                 )
             )
     if not pb.head_ok:
-        logits = model(inputs_embeds=x, logits_to_keep=m + 1, use_cache=False).logits[:, :m]
-        return _target_logprobs(logits, pb.target_ids)
+        return _fallback_token_logprobs(pb, x)
     cols = []
     for j, t in enumerate(pb.target_ids):
         logp = torch.log_softmax(adapter.logits(hidden[:, n - 1 + j], apply_norm=False), dim=-1)
         cols.append(logp[:, t])
-    return torch.stack(cols, dim=1)
+    return cols
+
+
+def _fallback_token_logprobs(pb: Problem, x: torch.Tensor) -> list[torch.Tensor]:
+    """The same columns from the model's own logits, for heads the adapter cannot rebuild."""
+    m = len(pb.target_ids)
+    logits = pb.lm.model(inputs_embeds=x, logits_to_keep=m, use_cache=False).logits
+    return list(_target_logprobs(logits, pb.target_ids).unbind(dim=1))
 
 
 METHODS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray | None, dict[str, Any]]]] = {
