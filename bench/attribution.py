@@ -1,12 +1,14 @@
-"""Benchmark attribution against captum's LLMAttribution / LLMGradientAttribution, in one run.
+"""Benchmark attribution against captum's LLMAttribution / LLMGradientAttribution (and inseq), in one run.
 
-    python bench/attribution.py [--model smollm2] [--repeats 2]
+    python bench/attribution.py [--model smollm2] [--repeats 2] [--jobs ablation,integrated_gradients,inseq]
 
-The same job for both: a 20-token prompt (every token a feature), a 10-token target,
+The same job for every tool: a 20-token prompt (every token a feature), a 10-token target,
 (1) feature ablation replacing a token by id 0 (captum's default baseline), (2) integrated
-gradients with 32 steps from the embedding of id 0. Prints seconds, peak memory, the ratio
-to captum, the ratio to a bare batched forward pass over the same inputs, and the largest
-difference between the two tools' matrices (they compute the same numbers).
+gradients with 32 steps from the embedding of id 0, and (3) where inseq is installed (`make
+bench-peers` puts it in .venv-inseq), inseq's integrated gradients against ours scored by
+probability. Prints seconds, peak memory, the ratio to the peer, the ratio to a bare batched
+forward pass over the same inputs, and the largest difference between the matrices (or, for
+inseq, which defines the quantity differently, their correlation).
 """
 
 from __future__ import annotations
