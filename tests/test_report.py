@@ -231,6 +231,20 @@ def test_flip_rates_page_has_one_section_per_class(all_kinds):
     assert page.count("Token Flip Rate by Position Bucket") == len(classes)
 
 
+def test_flip_sections_mask_cells_as_the_saved_figures_did(all_kinds, tmp_path):
+    from tokenprobe.report import sections_of
+
+    res = tokenprobe.Result.load(all_kinds / "flips")
+
+    # every word occurs 3 times: drawn with the default min_count 3, hidden with min_count 4
+    assert all(s["rows"] for s in sections_of(res))
+    res.save(tmp_path / "flips", plot_options={"min_count": 4})
+    saved = tokenprobe.Result.load(tmp_path / "flips")
+    assert saved.meta["plot_options"] == {"min_count": 4}
+    assert not any(s["rows"] for s in sections_of(saved))
+    assert all(any("nothing to draw" in a for a in s["about"]) for s in sections_of(saved))
+
+
 @pytest.mark.slow
 def test_the_demo_report_in_chromium(browser, tmp_path, capsys):
     """The main job end to end: `tokenprobe demo` (about 3 minutes), then its report in a browser."""

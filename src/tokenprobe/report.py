@@ -162,13 +162,17 @@ def _attribution_section(res: AttributionResult) -> dict[str, Any]:
     }
 
 
-def _flip_sections(res: FlipResult, top: int = 40, min_count: int = 3) -> list[dict[str, Any]]:
+def _flip_sections(res: FlipResult) -> list[dict[str, Any]]:
+    """One section per class, with the words, ranking and masking its saved figures used."""
     from .plots import top_words
 
+    options = res.meta.get("plot_options") or {}
+    top, rank = int(options.get("top", 40)), str(options.get("rank", "support"))
+    min_count = int(options.get("min_count", 3))
     sections = []
     for label in res.classes():
         rates = res.rates[res.rates["class"] == label]
-        words = top_words(rates, top, "support", min_count)
+        words = top_words(rates, top, rank, min_count)
         values = np.full((len(words), res.buckets), np.nan)
         tips = [[f"{w}, bucket {b}\nno occurrences" for b in range(res.buckets)] for w in words]
         index = {w: i for i, w in enumerate(words)}
@@ -194,6 +198,13 @@ def _flip_sections(res: FlipResult, top: int = 40, min_count: int = 3) -> list[d
                 "about": [
                     f"data: {res.meta.get('data', '')}",
                     f"accuracy: {res.meta.get('accuracy')}",
+                    *(
+                        []
+                        if words
+                        else [
+                            f"nothing to draw: no word has a bucket with {min_count}+ occurrences"
+                        ]
+                    ),
                 ],
                 "rows": words,
                 "cols": [str(b) for b in range(res.buckets)],

@@ -133,6 +133,8 @@ class Result:
             _atomic_write(path, lambda p, frame=frame: frame.to_parquet(p, index=False))
             written["table" if len(tables) == 1 else name] = path
         meta = {**self.meta, **self.extra_meta(), "kind": self.kind}
+        if plot_options:  # so that the HTML report draws what the figures drew
+            meta["plot_options"] = plot_options
         meta_path = out / "meta.json"
         _atomic_write(
             meta_path,
