@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
+import tokenprobe
+from tokenprobe import TokenprobeError
 from tokenprobe.cli import main
 
 
@@ -172,6 +174,21 @@ def test_bad_inputs_give_one_line(model_dir, tmp_path, capsys):
         assert code == 2, (argv, err)
         assert len(lines) == 1 and message in lines[0], (argv, err)
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["lens", "similarity", "attribute", "flips"])
+def test_batch_tokens_below_one_is_refused_by_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--batch-tokens", "0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "argument --batch-tokens: must be at least 1, not 0" in err.splitlines()[-1]
+
+
+def test_a_token_budget_below_one_is_a_clear_error_from_python(model_dir):
+    lm = tokenprobe.load(str(model_dir), device="cpu")
+    with pytest.raises(TokenprobeError, match="--batch-tokens.*at least 1, not 0"):
+        tokenprobe.logit_lens(lm, "Tools: hammer", batch_tokens=0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

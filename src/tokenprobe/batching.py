@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import torch
 
+from .errors import TokenprobeError
+
 T = TypeVar("T")
 
 
@@ -19,7 +21,9 @@ def token_budget_batches(
 ) -> list[list[int]]:
     """Indices grouped so that len(batch) * longest <= max_tokens (one over-long input still runs alone)."""
     if max_tokens < 1:
-        raise ValueError("max_tokens must be positive")
+        raise TokenprobeError(
+            f"the token budget per batch (--batch-tokens) must be at least 1, not {max_tokens}"
+        )
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []

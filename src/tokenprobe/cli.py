@@ -33,7 +33,22 @@ def _read_text_file(path: str, flag: str) -> str:
         raise TokenprobeError(f"{flag} {path}: cannot read it ({exc.strerror})") from exc
 
 
-def _common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+def _positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _common(
+    parser: argparse.ArgumentParser, *, default_out: str, batch_tokens: int | None = 4096
+) -> None:
+    """Model, device, output and (where `batch_tokens` is given) batching flags, the same for
+    every command."""
     g = parser.add_argument_group("model and output")
     g.add_argument(
         "--model",
@@ -50,6 +65,13 @@ def _common(parser: argparse.ArgumentParser, *, default_out: str) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="model weights' dtype; auto = bfloat16 on a GPU, float32 on CPU. Statistics are always float32",
     )
+    if batch_tokens is not None:
+        g.add_argument(
+            "--batch-tokens",
+            type=_positive_int,
+            default=batch_tokens,
+            help=f"padded tokens per forward pass (default {batch_tokens})",
+        )
     g.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     g.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     g.add_argument(
@@ -96,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unembedding. Rows: layer 0 = embeddings, layer i = output of block i, 'output' = the model's "
         "own logits. Writes lens.parquet (one row per layer x position), lens.png and meta.json.",
     )
-    _common(lens, default_out="out/lens")
+    _common(lens, default_out="out/lens", batch_tokens=2048)
     g = lens.add_argument_group("input")
     _prompt_flags(g, several=True)
     g.add_argument(
@@ -125,12 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="track this token's probability and rank everywhere, e.g. --target ' Canberra' (repeatable)",
     )
     g.add_argument("--top-k", type=int, default=5, help="top tokens kept per cell (default 5)")
-    g.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=2048,
-        help="padded tokens per forward pass (default 2048)",
-    )
     g.add_argument(
         "--memory-mb", type=int, default=512, help="memory for logits decoded at once (default 512)"
     )
@@ -211,12 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --centre, include the first position in the mean",
     )
-    g.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=4096,
-        help="padded tokens per forward pass (default 4096)",
-    )
 
     att = sub.add_parser(
         "attribute",
@@ -287,12 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="logprob",
         choices=["logprob", "prob"],
         help="a row's score: log-probability (default) or probability",
-    )
-    g.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=4096,
-        help="padded tokens per forward pass (default 4096)",
     )
 
     flips = sub.add_parser(
@@ -370,12 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="cells with fewer occurrences are masked (default 3)",
     )
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    g.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=4096,
-        help="padded tokens per forward pass (default 4096)",
-    )
 
     rep = sub.add_parser(
         "report",
@@ -395,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Logit lens (two prompts), past similarity (raw and centred), attribution (a few-shot arithmetic "
         "prompt), flip rates (200 sample texts) and report.html in --out, on the built-in model: about 3 minutes on 2 cores.",
     )
-    _common(demo, default_out="out/demo")
+    _common(demo, default_out="out/demo", batch_tokens=None)
     return parser
 
 
