@@ -10,6 +10,7 @@ import torch
 
 import tokenprobe
 from tokenprobe import TokenprobeError
+from tokenprobe.checkpoint import Checkpoint
 from tokenprobe.cli import main
 
 
@@ -248,6 +249,59 @@ def test_similarity_command_on_a_data_set(model_dir, tmp_path, capsys):
         meta["texts_used"] == 2 and meta["options"]["centre"] is True and meta["data"] == str(data)
     )
     assert (out / "similarity.png").exists()
+    code, _, err = run(
+        capsys,
+        "similarity",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--text-column",
+        "body",
+        "--out",
+        str(out),
+        "--resume",
+    )
+    assert code == 2 and "pass --overwrite" in err  # nothing to resume: finished outputs stay
+
+
+def test_similarity_command_resumes_an_interrupted_run(model_dir, tmp_path, capsys, monkeypatch):
+    texts = [f"{w} a _PAUSE_ b" for w in ("one", "two", "three")]
+    data = tmp_path / "texts.csv"
+    pd.DataFrame({"text": texts}).to_csv(data, index=False)
+    out = tmp_path / "sim"
+    lm = tokenprobe.load(str(model_dir))
+
+    def stop(k):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # as the command would run it, stopped after 1 text
+        tokenprobe.past_similarity(
+            lm, texts, window=3, checkpoint=out, chunk_texts=1, _after_chunk=stop
+        )
+    argv = ["similarity", "--model", str(model_dir), "--data", str(data), "--window", "3"]
+    code, _, err = run(capsys, *argv, "--out", str(out))
+    assert code == 2 and "pass --resume" in err
+    original = Checkpoint.write
+
+    def write_then_stop(self, *a, **kw):
+        original(self, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "write", write_then_stop)
+    code, _, err = run(capsys, *argv, "--out", str(out), "--resume")
+    assert code == 130
+    assert f"finished work is kept in {out / 'similarity.partial'}" in err and "--resume" in err
+    monkeypatch.undo()
+    code, _, err = run(capsys, *argv, "--out", str(out), "--resume")
+    assert code == 0, err
+    assert not (out / "similarity.partial").exists()
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path / "whole"))
+    assert code == 0, err
+    resumed = pd.read_parquet(out / "similarity.parquet")
+    whole = pd.read_parquet(tmp_path / "whole" / "similarity.parquet")
+    assert resumed["count"].tolist() == whole["count"].tolist() and whole["count"].max() == 3
+    assert abs(resumed["cosine"] - whole["cosine"]).max() < 1e-6
 
 
 def test_similarity_bad_inputs(model_dir, tmp_path, capsys):
@@ -264,6 +318,7 @@ def test_similarity_bad_inputs(model_dir, tmp_path, capsys):
         (["--text", "a _PAUSE_", "--occurrence", "2"], "fewer than --occurrence 2"),
         (["--text", "a _PAUSE_", "--window", "0"], "--window must be at least 1"),
         ([], "give one of --text TEXT or --data FILE"),
+        (["--text", "a _PAUSE_", "--resume"], "--resume continues a --data run"),
     ]
     assert_one_line_errors(capsys, "similarity", m, tmp_path / "o", cases)
 
@@ -331,8 +386,7 @@ def test_flips_command_with_a_prompted_classifier(model_dir, tmp_path, capsys):
         }
     ).to_json(data, orient="records", lines=True)
     out = tmp_path / "flips"
-    code, stdout, err = run(
-        capsys,
+    argv = [
         "flips",
         "--model",
         str(model_dir),
@@ -352,7 +406,8 @@ def test_flips_command_with_a_prompted_classifier(model_dir, tmp_path, capsys):
         "--perturb",
         "filler",
         "the",
-    )
+    ]
+    code, stdout, err = run(capsys, *argv)
     assert code == 0, err
     occ = pd.read_parquet(out / "flips.parquet")
     rates = pd.read_parquet(out / "rates.parquet")
@@ -373,6 +428,8 @@ def test_flips_command_with_a_prompted_classifier(model_dir, tmp_path, capsys):
     assert meta["accuracy"] is not None and meta["classifier"]["verbalisers"] == [" the", " of"]
     assert meta["options"]["perturbation"] == "filler" and meta["options"]["filler"] == "the"
     assert any(p.name.startswith("flips_") and p.suffix == ".png" for p in out.iterdir())
+    code, _, err = run(capsys, *argv, "--resume")
+    assert code == 2 and "pass --overwrite" in err  # nothing to resume: finished outputs stay
 
 
 def test_flips_bad_inputs(model_dir, tmp_path, capsys):

@@ -125,6 +125,33 @@ def test_mean_over_texts_keeps_counts(llama):
     assert res.tokens == [None] * 6  # over a data set the x axis is distances
 
 
+def test_resume_after_interruption_gives_the_same_mean(llama, tmp_path):
+    texts = [f"{w} a b _PAUSE_ c {w}" for w in ("one", "two", "three", "four", "five")]
+    full = past_similarity(llama, texts, window=4, centre=True)
+
+    def stop(k):
+        if k == 1:
+            raise KeyboardInterrupt
+
+    run = dict(window=4, centre=True, chunk_texts=2, checkpoint=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        past_similarity(llama, texts, **run, _after_chunk=stop)
+    assert len(list((tmp_path / "similarity.partial").glob("part-*.npz"))) == 2
+    with pytest.raises(TokenprobeError, match="pass --resume"):
+        past_similarity(llama, texts, **run)
+    with pytest.raises(TokenprobeError, match=r"other settings \(different centre\)"):
+        past_similarity(llama, texts, **{**run, "centre": False}, resume=True)
+    with pytest.raises(TokenprobeError, match=r"other settings \(different texts\)"):
+        past_similarity(llama, texts[::-1], **run, resume=True)
+    seen = []
+    resumed = past_similarity(llama, texts, **run, resume=True, _after_chunk=seen.append)
+    assert seen == [2]  # only the fifth text was left
+    # other batches pad differently, which moves float32 results by ~1e-7
+    np.testing.assert_allclose(resumed.cosine, full.cosine, atol=1e-6)
+    np.testing.assert_array_equal(resumed.count, full.count)
+    assert not (tmp_path / "similarity.partial").exists()
+
+
 def test_inserted_markers_are_one_token_each(llama):
     text = "Tools: hammer, wrench. Fruits: orange, peach."
     every = insert_markers(llama, text, "_PAUSE_", every=3)

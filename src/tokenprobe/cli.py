@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--centre-include-first",
         action="store_true",
         help="with --centre, include the first position in the mean",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted --data run in --out (finished chunks are kept there)",
     )
 
     att = sub.add_parser(
@@ -467,6 +472,15 @@ def cmd_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_unfinished_or_writable(
+    out: Path, partial: str, names: Iterable[str], args: argparse.Namespace
+) -> None:
+    """Before long work: --resume with an unfinished run in `out` goes on; anything else must
+    not replace finished outputs unless --overwrite (so --resume never reruns over them)."""
+    if not (args.resume and (out / partial).is_dir()):
+        check_writable(out, names, args.overwrite)
+
+
 def _report(result: Any, written: dict[str, Path]) -> None:
     print(result.summary())
     for what, path in written.items():
@@ -474,17 +488,22 @@ def _report(result: Any, written: dict[str, Path]) -> None:
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
-    from .analyses.similarity import past_similarity
+    from .analyses.similarity import PARTIAL, past_similarity
     from .data import read_texts
     from .model import load
     from .results import SimilarityResult
 
     if (args.text is None) == (args.data is None):
         raise TokenprobeError("give one of --text TEXT or --data FILE")
+    if args.resume and args.data is None:
+        raise TokenprobeError(
+            "--resume continues a --data run; a single --text is not checkpointed"
+        )
     texts: str | list[str] = (
         args.text if args.text is not None else read_texts(args.data, args.text_column)
     )
-    check_writable(Path(args.out), SimilarityResult.files(args.format), args.overwrite)
+    out = Path(args.out)
+    check_unfinished_or_writable(out, PARTIAL, SimilarityResult.files(args.format), args)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     result = past_similarity(
         lm,
@@ -499,10 +518,13 @@ def cmd_similarity(args: argparse.Namespace) -> int:
         insert_after=args.insert_after,
         add_marker=not args.no_add_marker,
         batch_tokens=args.batch_tokens,
+        checkpoint=out if args.data is not None else None,
+        resume=args.resume,
     )
     if args.data:
         result.meta["data"] = args.data
-    _report(result, result.save(args.out, formats=args.format, overwrite=args.overwrite))
+    written = result.save(out, formats=args.format, overwrite=args.overwrite or args.resume)
+    _report(result, written)
     return 0
 
 
@@ -593,7 +615,7 @@ def build_classifier(args: argparse.Namespace, gold: list[str] | None) -> Any:
 
 
 def cmd_flips(args: argparse.Namespace) -> int:
-    from .analyses.flips import flip_rates
+    from .analyses.flips import PARTIAL, flip_rates
     from .data import read_table, require_column
     from .results import FlipResult
 
@@ -613,8 +635,7 @@ def cmd_flips(args: argparse.Namespace) -> int:
     texts = [str(t) for t in frame[args.text_column]]
     gold = [str(g) for g in frame[label_column]] if label_column is not None else None
     out = Path(args.out)
-    if not args.resume:
-        check_writable(out, FlipResult.files(args.format), args.overwrite)
+    check_unfinished_or_writable(out, PARTIAL, FlipResult.files(args.format), args)
     classifier = build_classifier(args, gold)
     result = flip_rates(
         classifier,
@@ -750,7 +771,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tokenprobe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tokenprobe: interrupted", file=sys.stderr)
+        hint = ""
+        if getattr(args, "resume", None) is not None:  # the commands that checkpoint
+            kept = sorted(Path(args.out).glob("*.partial"))
+            if kept:
+                hint = f": finished work is kept in {kept[0]}; run the same command with --resume"
+        print(f"tokenprobe: interrupted{hint}", file=sys.stderr)
         return 130
 
 

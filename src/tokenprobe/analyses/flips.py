@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batching import left_positions, pad_batch, pad_id_of, progress_disabled, token_budget_batches
+from ..checkpoint import Checkpoint, model_settings, texts_digest
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import FlipResult, now, versions
@@ -36,6 +36,9 @@ WORD = re.compile(r"\w+")
 DEFAULT_TEMPLATE = (
     "Classify the emotion expressed in the text as one of: {labels}.\n\nText: {text}\nEmotion:"
 )
+
+
+PARTIAL = "flips.partial"  # the checkpoint folder inside --out
 
 
 @dataclass
@@ -333,17 +336,25 @@ def flip_rates(
     if len(empty) == len(inputs):
         raise TokenprobeError("every text is empty after tokenization: check --text-column")
 
-    parts_dir = Path(checkpoint) / "flips.partial" if checkpoint is not None else None
-    done: dict[int, pd.DataFrame] = {}
-    if parts_dir is not None:
-        if parts_dir.exists() and not resume:
-            raise TokenprobeError(
-                f"{parts_dir} holds an unfinished run: pass --resume to continue it, or delete it"
-            )
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        for part in sorted(parts_dir.glob("part-*.parquet")):
-            done[int(part.stem.split("-")[1])] = pd.read_parquet(part)
     chunks = _chunks(len(inputs), chunk_texts)
+    ckpt = None
+    done: dict[int, pd.DataFrame] = {}
+    if checkpoint is not None:
+        settings = {
+            "analysis": "flip rates",
+            "model": model_settings(lm),
+            # the prefix cache changes speed, not predictions
+            "classifier": {
+                k: v for k, v in classifier.describe().items() if k != "prefix_cache_reused"
+            },
+            "texts": texts_digest(texts, gold),
+            "perturbation": perturbation,
+            "filler": filler,
+            "buckets": buckets,
+            "chunk_texts": chunk_texts,
+        }
+        ckpt = Checkpoint(Path(checkpoint) / PARTIAL, settings, resume)
+        done = {k: pd.read_parquet(p) for k, p in ckpt.parts(".parquet").items()}
     todo = [k for k in range(len(chunks)) if k not in done]
     disable = progress_disabled(progress)
     with tqdm(
@@ -364,10 +375,8 @@ def flip_rates(
                 buckets,
                 batch_tokens,
             )
-            if parts_dir is not None:
-                tmp = parts_dir / f".part-{k:05d}.tmp"
-                done[k].to_parquet(tmp, index=False)
-                tmp.rename(parts_dir / f"part-{k:05d}.parquet")
+            if ckpt is not None:
+                ckpt.write(k, ".parquet", lambda p, part=done[k]: part.to_parquet(p, index=False))
             bar.update(len(chunks[k]))
             if _after_chunk is not None:
                 _after_chunk(k)
@@ -405,8 +414,8 @@ def flip_rates(
             "created": now(),
         },
     )
-    if parts_dir is not None:
-        shutil.rmtree(parts_dir, ignore_errors=True)
+    if ckpt is not None:
+        ckpt.finish()
     return result
 
 

@@ -9,7 +9,9 @@ final-normed state instead, which is not a block output.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,12 +25,14 @@ from ..batching import (
     run_with_backoff,
     token_budget_batches,
 )
+from ..checkpoint import Checkpoint, model_settings, texts_digest
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import SimilarityResult, now, versions
 from ..text import DEFAULT_MARKER, ensure_marker, token_texts
 
 DIRECTIONS = ("past", "future")
+PARTIAL = "similarity.partial"  # the checkpoint folder inside --out
 
 
 def insert_markers(
@@ -84,7 +88,11 @@ def past_similarity(
     insert_after: str | None = None,
     add_marker: bool = True,
     batch_tokens: int = 4096,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    chunk_texts: int = 256,
     progress: bool | None = None,
+    _after_chunk: Callable[[int], None] | None = None,
 ) -> SimilarityResult:
     """Cosine similarity of the `occurrence`-th `marker` with each of the `window` tokens before it
     (`direction="future"`: after it), per layer; over several texts, the mean with its count.
@@ -94,9 +102,12 @@ def past_similarity(
     the mean leaves out the first position unless `centre_skip_first=False`, because that
     position often holds massive attention-sink activations that would swamp it.
     A marker that is several tokens (with `add_marker=False`) is represented by its last token.
+    With `checkpoint`, the sums over each finished chunk of `chunk_texts` texts are written
+    there; `resume=True` skips the texts already summed.
     """
     single = isinstance(texts, str)
     items = [texts] if single else list(texts)  # type: ignore[list-item]
+    given = list(items)
     if not items:
         raise TokenprobeError("the data set is empty: give at least one text")
     if window < 1:
@@ -203,15 +214,61 @@ def past_similarity(
             rows.append((cos.cpu(), len(others)))
         return rows
 
-    batches = token_budget_batches([len(encoded[i]) for i in used], batch_tokens)
-    disable = progress_disabled(progress, len(batches))
-    with tqdm(total=len(used), desc="past similarity", unit="text", disable=disable) as bar:
-        for batch in batches:
-            for sub, rows in run_with_backoff([used[j] for j in batch], run):
-                for cos, m in rows:
-                    total[:, :m] += cos.double()
-                    count[:m] += 1
-                bar.update(len(sub))
+    ckpt = None
+    done: set[int] = set()
+    finished: list[int] = []
+    if checkpoint is not None:
+        settings = {
+            "analysis": "past similarity",
+            "model": model_settings(lm),
+            "texts": texts_digest(given),
+            "marker": marker,
+            "add_marker": add_marker,
+            "occurrence": occurrence,
+            "window": window,
+            "centre": centre,
+            "centre_skip_first": centre_skip_first,
+            "direction": direction,
+            "insert_every": insert_every,
+            "insert_after": insert_after,
+        }
+        ckpt = Checkpoint(Path(checkpoint) / PARTIAL, settings, resume)
+        for k, path in ckpt.parts(".npz").items():
+            with np.load(path) as part:
+                total += torch.from_numpy(part["total"])
+                count += part["count"]
+                done.update(int(i) for i in part["texts"])
+            finished.append(k)
+    todo = [i for i in used if i not in done]
+    chunks = [
+        todo[lo : lo + max(1, chunk_texts)] for lo in range(0, len(todo), max(1, chunk_texts))
+    ]
+    n_batches = len(token_budget_batches([len(encoded[i]) for i in todo], batch_tokens))
+    disable = progress_disabled(progress, n_batches if not done else None)
+    with tqdm(
+        total=len(used),
+        initial=len(used) - len(todo),
+        desc="past similarity",
+        unit="text",
+        disable=disable,
+    ) as bar:
+        for k, chunk in enumerate(chunks, start=max(finished, default=-1) + 1):
+            part_total = torch.zeros_like(total)
+            part_count = np.zeros_like(count)
+            for batch in token_budget_batches([len(encoded[i]) for i in chunk], batch_tokens):
+                for sub, rows in run_with_backoff([chunk[j] for j in batch], run):
+                    for cos, m in rows:
+                        part_total[:, :m] += cos.double()
+                        part_count[:m] += 1
+                    bar.update(len(sub))
+            total += part_total
+            count += part_count
+            if ckpt is not None:
+                ckpt.write(k, ".npz", partial(_save_part, part_total, part_count, chunk))
+            if _after_chunk is not None:
+                _after_chunk(k)
+    if ckpt is not None:
+        ckpt.finish()
 
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (total.numpy() / count[None, :]).astype(np.float32)
@@ -260,3 +317,9 @@ def past_similarity(
             "created": now(),
         },
     )
+
+
+def _save_part(total: torch.Tensor, count: np.ndarray, texts: list[int], path: Path) -> None:
+    """One chunk's sums, counts and text indices, as a checkpoint part."""
+    with open(path, "wb") as f:
+        np.savez(f, total=total.numpy(), count=count, texts=np.asarray(texts, dtype=np.int64))
