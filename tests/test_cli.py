@@ -222,23 +222,9 @@ def test_similarity_command_on_a_data_set(model_dir, tmp_path, capsys):
         data, index=False
     )
     out = tmp_path / "sim"
-    code, stdout, err = run(
-        capsys,
-        "similarity",
-        "--model",
-        str(model_dir),
-        "--data",
-        str(data),
-        "--text-column",
-        "body",
-        "--occurrence",
-        "2",
-        "--window",
-        "4",
-        "--centre",
-        "--out",
-        str(out),
-    )
+    argv = ["similarity", "--model", str(model_dir), "--data", str(data), "--text-column", "body"]
+    argv += ["--out", str(out)]
+    code, stdout, err = run(capsys, *argv, "--occurrence", "2", "--window", "4", "--centre")
     assert code == 0, err
     assert "1 of 3 texts have fewer than 2" in err
     table = pd.read_parquet(out / "similarity.parquet")
@@ -249,19 +235,7 @@ def test_similarity_command_on_a_data_set(model_dir, tmp_path, capsys):
         meta["texts_used"] == 2 and meta["options"]["centre"] is True and meta["data"] == str(data)
     )
     assert (out / "similarity.png").exists()
-    code, _, err = run(
-        capsys,
-        "similarity",
-        "--model",
-        str(model_dir),
-        "--data",
-        str(data),
-        "--text-column",
-        "body",
-        "--out",
-        str(out),
-        "--resume",
-    )
+    code, _, err = run(capsys, *argv, "--resume")
     assert code == 2 and "pass --overwrite" in err  # nothing to resume: finished outputs stay
 
 

@@ -214,23 +214,29 @@ def past_similarity(
             rows.append((cos.cpu(), len(others)))
         return rows
 
+    options = {
+        "marker": marker,
+        "marker_token_ids": pattern,
+        "add_marker": add_marker,
+        "occurrence": occurrence,
+        "window": window,
+        "centre": centre,
+        "centre_skip_first": centre_skip_first,
+        "direction": direction,
+        "insert_every": insert_every,
+        "insert_after": insert_after,
+        "batch_tokens": batch_tokens,
+    }
     ckpt = None
     done: set[int] = set()
     finished: list[int] = []
     if checkpoint is not None:
+        # batching changes speed, not the numbers
         settings = {
             "analysis": "past similarity",
             "model": model_settings(lm),
             "texts": texts_digest(given),
-            "marker": marker,
-            "add_marker": add_marker,
-            "occurrence": occurrence,
-            "window": window,
-            "centre": centre,
-            "centre_skip_first": centre_skip_first,
-            "direction": direction,
-            "insert_every": insert_every,
-            "insert_after": insert_after,
+            **{k: v for k, v in options.items() if k != "batch_tokens"},
         }
         ckpt = Checkpoint(Path(checkpoint) / PARTIAL, settings, resume)
         for k, path in ckpt.parts(".npz").items():
@@ -300,18 +306,7 @@ def past_similarity(
             "text": items[0] if single else None,
             "token_ids": encoded[0] if single else None,
             "anchor_position": anchors[0] if single else None,
-            "options": {
-                "marker": marker,
-                "marker_token_ids": pattern,
-                "occurrence": occurrence,
-                "window": window,
-                "centre": centre,
-                "centre_skip_first": centre_skip_first,
-                "direction": direction,
-                "insert_every": insert_every,
-                "insert_after": insert_after,
-                "batch_tokens": batch_tokens,
-            },
+            "options": options,
             "layers": "layer 0 = embeddings, layer i = output of block i (the last one before the final norm)",
             "versions": versions(),
             "created": now(),
