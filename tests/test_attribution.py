@@ -194,6 +194,47 @@ def test_sampled_shapley_is_efficient_and_within_its_error(llama):
     np.testing.assert_array_equal(again.scores, res.scores)  # seeded
 
 
+class StopAfter:
+    """A batch hook that interrupts the run after `n` model batches, as Ctrl-C would."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "stop", "changed"),
+    [
+        ("shapley", {"samples": 12, "seed": 1, "batch_tokens": 60}, 4, {"seed": 2}),
+        ("integrated_gradients", {"steps": 8, "batch_tokens": 100}, 2, {"steps": 16}),
+    ],
+)
+def test_interrupted_attribution_resumes_without_recomputing(
+    llama, tmp_path, method, kwargs, stop, changed
+):
+    run = dict(target=TARGET, features=SPANS + ["pliers"], method=method, **kwargs)
+    full = attribute(llama, PROMPT, **run)
+    with pytest.raises(KeyboardInterrupt):
+        attribute(llama, PROMPT, **run, checkpoint=tmp_path, _after_batch=StopAfter(stop))
+    partial = tmp_path / "attr.partial"
+    assert list(partial.glob("part-*.npz"))  # what was finished is on disk
+    with pytest.raises(TokenprobeError, match="pass --resume"):
+        attribute(llama, PROMPT, **run, checkpoint=tmp_path)
+    name = next(iter(changed))
+    with pytest.raises(TokenprobeError, match=f"other settings \\(different {name}\\)"):
+        attribute(llama, PROMPT, **{**run, **changed}, checkpoint=tmp_path, resume=True)
+    resumed = attribute(llama, PROMPT, **run, checkpoint=tmp_path, resume=True)
+    assert 0 < resumed.meta["forward_passes"] < full.meta["forward_passes"] - stop + 2
+    # other batches pad differently, which moves float32 results by ~1e-7
+    np.testing.assert_allclose(resumed.scores, full.scores, atol=1e-5)
+    np.testing.assert_allclose(resumed.target_scores, full.target_scores, atol=1e-5)
+    assert not partial.exists()
+
+
 def test_occlusion_window_one_equals_token_ablation(llama):
     occ = attribute(llama, PROMPT, target=TARGET, method="occlusion", window=1, baseline="unk")
     abl = attribute(llama, PROMPT, target=TARGET, method="ablation", baseline="unk")

@@ -331,6 +331,34 @@ def test_attribute_command(model_dir, tmp_path, capsys):
     assert (out / "attr.pdf").exists()
 
 
+def test_attribute_command_resumes_an_interrupted_run(model_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "attr"
+    argv = ["attribute", "--model", str(model_dir), "--prompt", "Tools: hammer, wrench, level"]
+    argv += ["--target", ", peach", "--method", "shapley", "--samples", "6", "--out", str(out)]
+    argv += ["--batch-tokens", "40"]
+    original = Checkpoint.append
+
+    def append_then_stop(self, *a, **kw):  # Ctrl-C right after the first scores are written
+        original(self, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tokenprobe.analyses.attribution.FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(Checkpoint, "append", append_then_stop)
+    code, _, err = run(capsys, *argv)
+    assert code == 130 and f"finished work is kept in {out / 'attr.partial'}" in err
+    monkeypatch.undo()
+    code, _, err = run(capsys, *argv, "--resume")
+    assert code == 0, err
+    assert not (out / "attr.partial").exists()
+    resumed = pd.read_parquet(out / "attr.parquet")
+    code, _, err = run(capsys, *argv[:-2], "--out", str(tmp_path / "whole"))
+    assert code == 0, err
+    whole = pd.read_parquet(tmp_path / "whole" / "attr.parquet")
+    assert abs(resumed["score"] - whole["score"]).max() < 1e-5
+    code, _, err = run(capsys, *argv, "--resume")
+    assert code == 2 and "pass --overwrite" in err  # nothing to resume: finished outputs stay
+
+
 def test_attribute_bad_inputs(model_dir, tmp_path, capsys):
     m = str(model_dir)
     base = ["--prompt", "Tools: hammer, wrench", "--target", " level"]

@@ -71,6 +71,11 @@ class Checkpoint:
         """Write part `k` through a temporary file, so a part on disk is always complete."""
         return self._atomic(self.folder / f"part-{k:05d}{suffix}", writer)
 
+    def append(self, suffix: str, writer: Callable[[Path], object]) -> Path:
+        """Write the next part, numbered after every part already there."""
+        taken = [int(p.name[5:10]) for p in self.folder.glob("part-[0-9]*")]
+        return self.write(max(taken, default=-1) + 1, suffix, writer)
+
     def finish(self) -> None:
         """Remove the folder once the run's result is built."""
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -227,10 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --centre, include the first position in the mean",
     )
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted --data run in --out (finished chunks are kept there)",
+    _resume_flag(
+        g, "continue an interrupted --data run in --out (its finished texts are kept there)"
     )
 
     att = sub.add_parser(
@@ -302,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="logprob",
         choices=["logprob", "prob"],
         help="a row's score: log-probability (default) or probability",
+    )
+    _resume_flag(
+        g, "continue an interrupted run in --out (its scored inputs and steps are kept there)"
     )
 
     flips = sub.add_parser(
@@ -378,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="cells with fewer occurrences are masked (default 3)",
     )
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _resume_flag(g, "continue an interrupted run in --out (its finished texts are kept there)")
 
     rep = sub.add_parser(
         "report",
@@ -472,6 +473,11 @@ def cmd_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_flag(group: Any, help_text: str) -> None:
+    """--resume, for the commands that keep their finished work in OUT/*.partial as they go."""
+    group.add_argument("--resume", action="store_true", help=help_text)
+
+
 def check_unfinished_or_writable(
     out: Path, partial: str, names: Iterable[str], args: argparse.Namespace
 ) -> None:
@@ -529,7 +535,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from .analyses.attribution import METHODS, attribute
+    from .analyses.attribution import METHODS, PARTIAL, attribute
     from .model import load
     from .results import AttributionResult
 
@@ -542,7 +548,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         if args.prompt is not None
         else _read_text_file(args.prompt_file, "--prompt-file")
     )
-    check_writable(Path(args.out), AttributionResult.files(args.format), args.overwrite)
+    out = Path(args.out)
+    check_unfinished_or_writable(out, PARTIAL, AttributionResult.files(args.format), args)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     result = attribute(
         lm,
@@ -563,8 +570,11 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         chat=args.chat,
         system=args.system,
         batch_tokens=args.batch_tokens,
+        checkpoint=out,
+        resume=args.resume,
     )
-    _report(result, result.save(args.out, formats=args.format, overwrite=args.overwrite))
+    written = result.save(out, formats=args.format, overwrite=args.overwrite or args.resume)
+    _report(result, written)
     return 0
 
 

@@ -12,16 +12,21 @@ embedding dimensions and over a feature's tokens. Saliency is the sum of |gradie
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ..batching import left_positions, pad_batch, token_budget_batches
+from ..batching import left_positions, pad_batch, progress_disabled, token_budget_batches
+from ..checkpoint import Checkpoint, model_settings, texts_digest
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import AttributionResult, now, versions
@@ -31,6 +36,8 @@ BASELINES = ("remove", "pad", "unk", "mask")
 # unk first: an all-zero baseline sends the path through the point where RMSNorm divides by
 # ~0, and integrated gradients then never converge (the completeness gap stays large).
 IG_BASELINES = ("unk", "pad", "zero")
+PARTIAL = "attr.partial"  # the checkpoint folder inside --out
+FLUSH_SECONDS = 30.0  # how often finished work is written to the checkpoint during a run
 
 
 @dataclass
@@ -59,6 +66,13 @@ class Problem:
     cache: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     forward_passes: int = 0
     head_ok: bool | None = None  # does the adapter rebuild the model's logits (gradient path)?
+    bar: Any = None  # a tqdm bar counting model inputs (or integration steps)
+    store: Checkpoint | None = None  # where finished scores go, so an interrupted run resumes
+    stored: dict[bytes, torch.Tensor] = field(default_factory=dict)
+    pending: list[tuple[bytes, torch.Tensor]] = field(default_factory=list)
+    flushed_at: float = field(default_factory=time.monotonic)
+    after_batch: Callable[[], None] | None = None  # test hook: called after each model batch
+    step_parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # resumed IG
 
     # -- perturbation
     def replacement(self) -> list[int] | None:
@@ -109,12 +123,21 @@ class Problem:
         s = torch.stack([cols[j] for j in self.rows[r]]).sum(dim=0)
         return s.exp() if self.score == "prob" else s
 
-    def score_prompts(self, prompts: Sequence[list[int]], progress: Any = None) -> torch.Tensor:
-        """Scores (len(prompts), rows) of many perturbed prompts, batched by a token budget."""
+    def score_prompts(self, prompts: Sequence[list[int]]) -> torch.Tensor:
+        """Scores (len(prompts), rows) of many perturbed prompts, batched by a token budget;
+        prompts already scored by an interrupted run are taken from its checkpoint."""
         lm = self.lm
         m = len(self.target_ids)
         out = torch.empty((len(prompts), len(self.rows)), dtype=torch.float64)
-        seqs = [list(p) + self.target_ids for p in prompts]
+        keys = [_prompt_key(p) for p in prompts]
+        todo = []
+        for i, key in enumerate(keys):
+            if key in self.stored:
+                out[i] = self.stored[key]
+            else:
+                todo.append(i)
+        self._grow_bar(len(prompts), len(prompts) - len(todo))
+        seqs = [list(prompts[i]) + self.target_ids for i in todo]
         for batch in token_budget_batches([len(s) for s in seqs], self.batch_tokens):
             # left padding: the targets end every row, so only the last m + 1 columns are unembedded
             ids, mask = pad_batch([seqs[i] for i in batch], 0, lm.device, side="left")
@@ -127,23 +150,59 @@ class Problem:
                     use_cache=False,
                 ).logits[:, :m]
             self.forward_passes += 1
-            out[batch] = self.row_scores(_target_logprobs(logits, self.target_ids)).double().cpu()
-            if progress is not None:
-                progress.update(len(batch))
+            scores = self.row_scores(_target_logprobs(logits, self.target_ids)).double().cpu()
+            for j, i in enumerate(batch):
+                out[todo[i]] = scores[j]
+            if self.store is not None:
+                self.pending += [(keys[todo[i]], scores[j]) for j, i in enumerate(batch)]
+            self._batch_done(len(batch))
         return out
 
-    def coalition_scores(
-        self, coalitions: Sequence[tuple[int, ...]], progress: Any = None
-    ) -> list[torch.Tensor]:
+    # -- progress and checkpoint
+    def _grow_bar(self, total: int, done: int) -> None:
+        if self.bar is not None:
+            self.bar.total = (self.bar.total or 0) + total
+            self.bar.update(done)
+            self.bar.refresh()
+
+    def _batch_done(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.store is not None and time.monotonic() - self.flushed_at > FLUSH_SECONDS:
+            self.flush()
+        if self.after_batch is not None:
+            self.after_batch()
+
+    def flush(self) -> None:
+        """Write the scores computed since the last flush as one checkpoint part."""
+        if self.store is None or not self.pending:
+            return
+        keys = np.array([k for k, _ in self.pending], dtype="S16")
+        scores = torch.stack([v for _, v in self.pending]).numpy()
+        self.store.append(".scores.npz", lambda p: _save_npz(p, keys=keys, scores=scores))
+        self.pending.clear()
+        self.flushed_at = time.monotonic()
+
+    def coalition_scores(self, coalitions: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
         """Scores with only the features in each coalition present (cached across calls)."""
         repl = self.replacement()
         todo = sorted({c for c in coalitions if c not in self.cache})
         if todo:
             every = range(len(self.features))
             prompts = [self.perturbed([f for f in every if f not in set(c)], repl) for c in todo]
-            for c, s in zip(todo, self.score_prompts(prompts, progress), strict=True):
+            for c, s in zip(todo, self.score_prompts(prompts), strict=True):
                 self.cache[c] = s
         return [self.cache[c] for c in coalitions]
+
+
+def _prompt_key(ids: Sequence[int]) -> bytes:
+    """A 16-byte digest of a prompt's ids: the key of its scores in a checkpoint."""
+    return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=16).digest()
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _target_logprobs(logits: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
@@ -290,32 +349,51 @@ def _gradients(
         alphas, weights = np.array([1.0]), np.array([1.0])
     rows = len(pb.rows)
     delta = emb[:n] - base
-    grad_sum = torch.zeros((rows, n, emb.shape[1]), dtype=torch.float32, device=device)
+    # per-token sums (rows, n) of each finished batch of steps add up to the integral, so a
+    # batch is written to the checkpoint as soon as it is done and skipped on resume
+    if method == "saliency":
+        factor = None
+    elif method == "input_x_gradient":
+        factor = emb[None, :n].float()
+    else:
+        factor = delta[None].float()
+    per_token = np.zeros((rows, n))
+    done: set[int] = set()
+    for steps_done, part in pb.step_parts:
+        done.update(int(i) for i in steps_done)
+        per_token += part
+    todo = [i for i in range(len(alphas)) if i not in done]
+    pb._grow_bar(len(alphas), len(alphas) - len(todo))
     per_batch = max(1, pb.batch_tokens // (n + m))
     was_training = model.training
     model.eval()
-    for lo in range(0, len(alphas), per_batch):
-        a = torch.tensor(alphas[lo : lo + per_batch], dtype=emb.dtype, device=device)
-        w = torch.tensor(weights[lo : lo + per_batch], dtype=torch.float32, device=device)
-        prompt_part = (base[None] + a[:, None, None] * delta[None]).requires_grad_(True)
-        # the last target token predicts nothing that is scored, so it is left out
-        x = torch.cat([prompt_part, emb[None, n : n + m - 1].expand(len(a), -1, -1)], dim=1)
-        with torch.enable_grad():
-            cols = _differentiable_token_logprobs(pb, x)
-            pb.forward_passes += 1
-            grads = _per_row_grads([pb.row_score(cols, r) for r in range(rows)], prompt_part)
-        if method == "saliency":
-            grad_sum += (grads.abs() * w[None, :, None, None]).sum(dim=1)
-        else:
-            grad_sum += (grads * w[None, :, None, None]).sum(dim=1)
-    model.train(was_training)
-    if method == "saliency":
-        per_token = grad_sum.sum(dim=-1)
-    elif method == "input_x_gradient":
-        per_token = (grad_sum * emb[None, :n].float()).sum(dim=-1)
-    else:
-        per_token = (grad_sum * delta[None].float()).sum(dim=-1)
-    per_token = per_token.double().cpu().numpy()
+    try:
+        for lo in range(0, len(todo), per_batch):
+            idx = todo[lo : lo + per_batch]
+            a = torch.tensor(alphas[idx], dtype=emb.dtype, device=device)
+            w = torch.tensor(weights[idx], dtype=torch.float32, device=device)
+            prompt_part = (base[None] + a[:, None, None] * delta[None]).requires_grad_(True)
+            # the last target token predicts nothing that is scored, so it is left out
+            x = torch.cat([prompt_part, emb[None, n : n + m - 1].expand(len(a), -1, -1)], dim=1)
+            with torch.enable_grad():
+                cols = _differentiable_token_logprobs(pb, x)
+                pb.forward_passes += 1
+                grads = _per_row_grads([pb.row_score(cols, r) for r in range(rows)], prompt_part)
+            if factor is None:  # saliency
+                part = (grads.abs() * w[None, :, None, None]).sum(dim=1).sum(dim=-1)
+            else:
+                part = ((grads * w[None, :, None, None]).sum(dim=1) * factor).sum(dim=-1)
+            part64 = part.double().cpu().numpy()
+            per_token += part64
+            if pb.store is not None:
+                steps_done = np.asarray(idx, dtype=np.int64)
+                pb.store.append(
+                    ".steps.npz",
+                    lambda f, s=steps_done, v=part64: _save_npz(f, steps=s, per_token=v),
+                )
+            pb._batch_done(len(idx))
+    finally:
+        model.train(was_training)
     attr = np.stack([per_token[:, f.positions].sum(axis=1) for f in pb.features], axis=1)
     extra: dict[str, Any] = {}
     if method == "integrated_gradients":
@@ -506,13 +584,19 @@ def attribute(
     chat: bool = False,
     system: str | None = None,
     batch_tokens: int = 4096,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    _after_batch: Callable[[], None] | None = None,
 ) -> AttributionResult:
     """Attribution of each target row's score to each input feature.
 
     `features` are substrings of the (rendered) prompt, one feature each; without them every
     prompt token is a feature. The target is `target` (scored by teacher forcing) or the
     model's greedy continuation of `generate` tokens. `target_spans` group target tokens into
-    rows (a row's score is the sum of its tokens' log-probabilities).
+    rows (a row's score is the sum of its tokens' log-probabilities). With `checkpoint`, scored
+    inputs (and finished integration steps) are written there as the run goes;
+    `resume=True` takes them from an interrupted run instead of computing them again.
     """
     if method not in METHODS:
         raise TokenprobeError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
@@ -572,18 +656,64 @@ def attribute(
         score=score,
         baseline=baseline,
         batch_tokens=batch_tokens,
+        after_batch=_after_batch,
     )
-    with torch.inference_mode():
-        full = pb.score_prompts([prompt_ids])[0].numpy()
-    attr, stderr, extra = METHODS[method](
-        pb,
-        samples=samples,
-        seed=seed,
-        window=window,
-        stride=stride,
-        steps=steps,
-        ig_baseline=ig_baseline,
-    )
+    options = {
+        "method": method,
+        "score": score,
+        "baseline": baseline,
+        "samples": samples,
+        "seed": seed,
+        "window": window,
+        "stride": stride,
+        "steps": steps,
+        "ig_baseline": ig_baseline,
+        "chat": chat,
+        "system": system,
+        "spans": list(features or []),
+        "target_spans": list(target_spans or []),
+        "batch_tokens": batch_tokens,
+    }
+    if checkpoint is not None:
+        # batching changes speed, not the numbers; the prompt and target are kept as ids
+        skip = ("batch_tokens", "chat", "system", "spans", "target_spans")
+        settings = {
+            "analysis": "attribution",
+            "model": model_settings(lm),
+            "prompt_ids": texts_digest(prompt_ids),
+            "target_ids": texts_digest(target_ids),
+            "rows": rows,
+            "features": [f.positions for f in feats],
+            **{k: v for k, v in options.items() if k not in skip},
+        }
+        pb.store = Checkpoint(Path(checkpoint) / PARTIAL, settings, resume)
+        for path in pb.store.parts(".scores.npz").values():
+            with np.load(path) as part:
+                for key, value in zip(part["keys"], part["scores"], strict=True):
+                    pb.stored[bytes(key)] = torch.from_numpy(value.copy())
+        for path in pb.store.parts(".steps.npz").values():
+            with np.load(path) as part:
+                pb.step_parts.append((part["steps"], part["per_token"]))
+    unit = "step" if method in ("saliency", "input_x_gradient", "integrated_gradients") else "input"
+    try:
+        with torch.inference_mode():
+            full = pb.score_prompts([prompt_ids])[0].numpy()
+        bar = tqdm(desc=f"attribution ({method})", unit=unit, disable=progress_disabled(progress))
+        with bar:
+            pb.bar = bar
+            attr, stderr, extra = METHODS[method](
+                pb,
+                samples=samples,
+                seed=seed,
+                window=window,
+                stride=stride,
+                steps=steps,
+                ig_baseline=ig_baseline,
+            )
+    finally:
+        pb.flush()
+    if pb.store is not None:
+        pb.store.finish()
     return AttributionResult(
         features=[
             {"text": f.text, "start": f.start, "end": f.end, "positions": f.positions}
@@ -604,22 +734,7 @@ def attribute(
             "target": target_text,
             "target_ids": target_ids,
             "generated": generate is not None,
-            "options": {
-                "method": method,
-                "score": score,
-                "baseline": baseline,
-                "samples": samples,
-                "seed": seed,
-                "window": window,
-                "stride": stride,
-                "steps": steps,
-                "ig_baseline": ig_baseline,
-                "chat": chat,
-                "system": system,
-                "spans": list(features or []),
-                "target_spans": list(target_spans or []),
-                "batch_tokens": batch_tokens,
-            },
+            "options": options,
             "method_details": extra,
             "forward_passes": pb.forward_passes,
             "definition": "row score = sum of the row's target-token log-probabilities under teacher forcing "
