@@ -466,10 +466,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
         for flag, value in (("--zoom", args.zoom), ("--frame", args.frame)):
             if value:
                 _clip_range(parse_range(value, flag), result.n_positions, flag)
-        written = result.save(
-            out, formats=args.format, overwrite=args.overwrite, plot_options=_plot_options(args)
-        )
-        _report(result, written)
+        _save_and_report(result, out, args, plot_options=_plot_options(args))
     return 0
 
 
@@ -487,7 +484,11 @@ def check_unfinished_or_writable(
         check_writable(out, names, args.overwrite)
 
 
-def _report(result: Any, written: dict[str, Path]) -> None:
+def _save_and_report(result: Any, out: Path, args: argparse.Namespace, **save_options: Any) -> None:
+    """Save `result` in the --format formats and print its summary and files. A --resume run
+    replaces the outputs of the run it finishes."""
+    overwrite = args.overwrite or getattr(args, "resume", False)
+    written = result.save(out, formats=args.format, overwrite=overwrite, **save_options)
     print(result.summary())
     for what, path in written.items():
         print(f"  {what:>5}: {path}")
@@ -529,8 +530,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     )
     if args.data:
         result.meta["data"] = args.data
-    written = result.save(out, formats=args.format, overwrite=args.overwrite or args.resume)
-    _report(result, written)
+    _save_and_report(result, out, args)
     return 0
 
 
@@ -573,8 +573,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         checkpoint=out,
         resume=args.resume,
     )
-    written = result.save(out, formats=args.format, overwrite=args.overwrite or args.resume)
-    _report(result, written)
+    _save_and_report(result, out, args)
     return 0
 
 
@@ -661,15 +660,7 @@ def cmd_flips(args: argparse.Namespace) -> int:
     )
     result.meta["data"] = args.data
     plot_options = {"top": args.top, "rank": args.rank, "min_count": args.min_count}
-    _report(
-        result,
-        result.save(
-            out,
-            formats=args.format,
-            overwrite=args.overwrite or args.resume,
-            plot_options=plot_options,
-        ),
-    )
+    _save_and_report(result, out, args, plot_options=plot_options)
     return 0
 
 
@@ -717,8 +708,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             targets=spec.get("targets", []),
         )
         assert not isinstance(result, list)
-        written = result.save(out / spec["name"], formats=args.format, overwrite=args.overwrite)
-        _report(result, written)
+        _save_and_report(result, out / spec["name"], args)
     for spec in specs["similarity"]:
         sim = past_similarity(
             lm,
@@ -728,7 +718,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             window=spec["window"],
             centre=spec["centre"],
         )
-        _report(sim, sim.save(out / spec["name"], formats=args.format, overwrite=args.overwrite))
+        _save_and_report(sim, out / spec["name"], args)
     for spec in specs["attribution"]:
         prompt = (
             resources.files("tokenprobe").joinpath(spec["prompt_file"]).read_text(encoding="utf-8")
@@ -741,7 +731,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             method=spec["method"],
             samples=spec["samples"],
         )
-        _report(att, att.save(out / spec["name"], formats=args.format, overwrite=args.overwrite))
+        _save_and_report(att, out / spec["name"], args)
     for spec in specs["flips"]:
         frame = read_table(spec["data"]).head(spec["limit"])
         classifier = PromptedClassifier(lm, spec["labels"])
@@ -750,13 +740,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         flips.meta["data"] = f"{spec['data']} (first {spec['limit']} rows)"
         # 200 texts leave ~50 per class: cells backed by 2 occurrences are drawn too
-        saved = flips.save(
-            out / spec["name"],
-            formats=args.format,
-            overwrite=args.overwrite,
-            plot_options={"min_count": 2},
-        )
-        _report(flips, saved)
+        _save_and_report(flips, out / spec["name"], args, plot_options={"min_count": 2})
     _write_report(out, out / "report.html", "tokenprobe demo", args.overwrite)
     print(f"demo outputs are in {out}/; open {out / 'report.html'} in a browser")
     return 0

@@ -12,6 +12,7 @@ embedding dimensions and over a feature's tokens. Saliency is the sum of |gradie
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -469,13 +470,12 @@ def _fallback_token_logprobs(pb: Problem, x: torch.Tensor) -> list[torch.Tensor]
     return list(_target_logprobs(logits, pb.target_ids).unbind(dim=1))
 
 
+GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
 METHODS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray | None, dict[str, Any]]]] = {
     "ablation": _ablation,
     "shapley": _shapley,
     "occlusion": _occlusion,
-    "saliency": lambda pb, **kw: _gradients(pb, method="saliency", **kw),
-    "input_x_gradient": lambda pb, **kw: _gradients(pb, method="input_x_gradient", **kw),
-    "integrated_gradients": lambda pb, **kw: _gradients(pb, method="integrated_gradients", **kw),
+    **{name: functools.partial(_gradients, method=name) for name in GRADIENT_METHODS},
 }
 
 
@@ -694,7 +694,7 @@ def attribute(
         for path in pb.store.parts(".steps.npz").values():
             with np.load(path) as part:
                 pb.step_parts.append((part["steps"], part["per_token"]))
-    unit = "step" if method in ("saliency", "input_x_gradient", "integrated_gradients") else "input"
+    unit = "step" if method in GRADIENT_METHODS else "input"
     try:
         with torch.inference_mode():
             full = pb.score_prompts([prompt_ids])[0].numpy()
