@@ -152,6 +152,27 @@ def test_resume_after_interruption_gives_the_same_mean(llama, tmp_path):
     assert not (tmp_path / "similarity.partial").exists()
 
 
+def test_a_damaged_checkpoint_is_one_clear_error(llama, tmp_path):
+    texts = ["a _PAUSE_ b", "c d _PAUSE_"]
+
+    def stop(k):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        past_similarity(
+            llama, texts, window=2, checkpoint=tmp_path, chunk_texts=1, _after_chunk=stop
+        )
+    folder = tmp_path / "similarity.partial"
+    (folder / "part-00000.npz").write_bytes(b"cut off")
+    with pytest.raises(
+        TokenprobeError, match=r"part-00000.npz is damaged .* run again without --resume"
+    ):
+        past_similarity(llama, texts, window=2, checkpoint=tmp_path, resume=True)
+    (folder / "settings.json").write_text("{", encoding="utf-8")
+    with pytest.raises(TokenprobeError, match=r"settings.json is damaged"):
+        past_similarity(llama, texts, window=2, checkpoint=tmp_path, resume=True)
+
+
 def test_inserted_markers_are_one_token_each(llama):
     text = "Tools: hammer, wrench. Fruits: orange, peach."
     every = insert_markers(llama, text, "_PAUSE_", every=3)

@@ -1,4 +1,4 @@
-"""Checkpoints for long runs over a data set.
+"""Checkpoints for long runs (over a data set, or over many perturbed inputs).
 
 Each finished piece of work is written to a folder as soon as it is done, next to the settings
 of the run, so an interrupted run resumes where it stopped and a resume with other settings
@@ -10,16 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import TokenprobeError
 from .model import LoadedModel
 
+# what reading a damaged part or settings file raises (pyarrow's errors are ValueErrors)
+_DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
-def texts_digest(*columns: Sequence[object] | None) -> str:
-    """A short hash of the texts (and labels) a run works on, to tell two data sets apart."""
+
+def digest(*columns: Sequence[object] | None) -> str:
+    """A short hash of what a run works on (texts, labels, token ids), to tell two runs apart."""
     h = hashlib.sha256()
     for column in columns:
         h.update(b"\x1e" if column is None else json.dumps([str(v) for v in column]).encode())
@@ -50,7 +56,7 @@ class Checkpoint:
                     f"{folder} holds an unfinished run: pass --resume to continue it, or delete it"
                 )
             if path.exists():
-                old = json.loads(path.read_text(encoding="utf-8"))
+                old = self._read(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
                 differ = sorted(
                     k for k in old.keys() | settings.keys() if old.get(k) != settings.get(k)
                 )
@@ -63,9 +69,11 @@ class Checkpoint:
         if not path.exists():
             self._atomic(path, lambda p: p.write_text(json.dumps(settings, indent=1), "utf-8"))
 
-    def parts(self, suffix: str) -> dict[int, Path]:
-        """The finished parts, by number."""
-        return {int(p.name[5:10]): p for p in sorted(self.folder.glob(f"part-[0-9]*{suffix}"))}
+    def read(self, suffix: str, reader: Callable[[Path], Any] | None = None) -> dict[int, Any]:
+        """The finished parts with this suffix, by number, each read by `reader` (by default
+        the arrays of an .npz file)."""
+        parts = sorted(self.folder.glob(f"part-[0-9]*{suffix}"))
+        return {int(p.name[5:10]): self._read(p, reader or _read_npz) for p in parts}
 
     def write(self, k: int, suffix: str, writer: Callable[[Path], object]) -> Path:
         """Write part `k` through a temporary file, so a part on disk is always complete."""
@@ -80,9 +88,33 @@ class Checkpoint:
         """Remove the folder once the run's result is built."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def _read(self, path: Path, reader: Callable[[Path], Any]) -> Any:
+        try:
+            return reader(path)
+        except _DAMAGED as exc:
+            raise TokenprobeError(
+                f"{path} is damaged and cannot be read ({type(exc).__name__}): delete {self.folder} "
+                "and run again without --resume"
+            ) from exc
+
     @staticmethod
     def _atomic(path: Path, writer: Callable[[Path], object]) -> Path:
         tmp = path.with_name(f".{path.name}.tmp")
         writer(tmp)
         tmp.replace(path)
         return path
+
+
+def npz_writer(**arrays: Any) -> Callable[[Path], None]:
+    """A part writer that stores `arrays` as one .npz file."""
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:  # a file object: np.savez would add .npz to a path
+            np.savez(f, **arrays)
+
+    return write
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as part:
+        return {name: part[name] for name in part.files}

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batching import left_positions, pad_batch, progress_disabled, token_budget_batches
-from ..checkpoint import Checkpoint, model_settings, texts_digest
+from ..checkpoint import Checkpoint, digest, model_settings, npz_writer
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import AttributionResult, now, versions
@@ -180,7 +180,7 @@ class Problem:
             return
         keys = np.array([k for k, _ in self.pending], dtype="S16")
         scores = torch.stack([v for _, v in self.pending]).numpy()
-        self.store.append(".scores.npz", lambda p: _save_npz(p, keys=keys, scores=scores))
+        self.store.append(".scores.npz", npz_writer(keys=keys, scores=scores))
         self.pending.clear()
         self.flushed_at = time.monotonic()
 
@@ -199,11 +199,6 @@ class Problem:
 def _prompt_key(ids: Sequence[int]) -> bytes:
     """A 16-byte digest of a prompt's ids: the key of its scores in a checkpoint."""
     return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=16).digest()
-
-
-def _save_npz(path: Path, **arrays: Any) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
 
 
 def _target_logprobs(logits: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
@@ -388,10 +383,7 @@ def _gradients(
             per_token += part64
             if pb.store is not None:
                 steps_done = np.asarray(idx, dtype=np.int64)
-                pb.store.append(
-                    ".steps.npz",
-                    lambda f, s=steps_done, v=part64: _save_npz(f, steps=s, per_token=v),
-                )
+                pb.store.append(".steps.npz", npz_writer(steps=steps_done, per_token=part64))
             pb._batch_done(len(idx))
     finally:
         model.train(was_training)
@@ -680,20 +672,18 @@ def attribute(
         settings = {
             "analysis": "attribution",
             "model": model_settings(lm),
-            "prompt_ids": texts_digest(prompt_ids),
-            "target_ids": texts_digest(target_ids),
+            "prompt_ids": digest(prompt_ids),
+            "target_ids": digest(target_ids),
             "rows": rows,
             "features": [f.positions for f in feats],
             **{k: v for k, v in options.items() if k not in skip},
         }
         pb.store = Checkpoint(Path(checkpoint) / PARTIAL, settings, resume)
-        for path in pb.store.parts(".scores.npz").values():
-            with np.load(path) as part:
-                for key, value in zip(part["keys"], part["scores"], strict=True):
-                    pb.stored[bytes(key)] = torch.from_numpy(value.copy())
-        for path in pb.store.parts(".steps.npz").values():
-            with np.load(path) as part:
-                pb.step_parts.append((part["steps"], part["per_token"]))
+        for part in pb.store.read(".scores.npz").values():
+            for key, value in zip(part["keys"], part["scores"], strict=True):
+                pb.stored[bytes(key)] = torch.from_numpy(value)
+        for part in pb.store.read(".steps.npz").values():
+            pb.step_parts.append((part["steps"], part["per_token"]))
     unit = "step" if method in GRADIENT_METHODS else "input"
     try:
         with torch.inference_mode():

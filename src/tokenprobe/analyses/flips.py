@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batching import left_positions, pad_batch, pad_id_of, progress_disabled, token_budget_batches
-from ..checkpoint import Checkpoint, model_settings, texts_digest
+from ..checkpoint import Checkpoint, digest, model_settings
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import FlipResult, now, versions
@@ -347,14 +347,14 @@ def flip_rates(
             "classifier": {
                 k: v for k, v in classifier.describe().items() if k != "prefix_cache_reused"
             },
-            "texts": texts_digest(texts, gold),
+            "texts": digest(texts, gold),
             "perturbation": perturbation,
             "filler": filler,
             "buckets": buckets,
             "chunk_texts": chunk_texts,
         }
         ckpt = Checkpoint(Path(checkpoint) / PARTIAL, settings, resume)
-        done = {k: pd.read_parquet(p) for k, p in ckpt.parts(".parquet").items()}
+        done = ckpt.read(".parquet", pd.read_parquet)
     todo = [k for k in range(len(chunks)) if k not in done]
     disable = progress_disabled(progress)
     with tqdm(

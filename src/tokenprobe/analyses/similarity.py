@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from ..batching import (
     run_with_backoff,
     token_budget_batches,
 )
-from ..checkpoint import Checkpoint, model_settings, texts_digest
+from ..checkpoint import Checkpoint, digest, model_settings, npz_writer
 from ..errors import TokenprobeError
 from ..model import LoadedModel
 from ..results import SimilarityResult, now, versions
@@ -235,15 +234,14 @@ def past_similarity(
         settings = {
             "analysis": "past similarity",
             "model": model_settings(lm),
-            "texts": texts_digest(given),
+            "texts": digest(given),
             **{k: v for k, v in options.items() if k != "batch_tokens"},
         }
         ckpt = Checkpoint(Path(checkpoint) / PARTIAL, settings, resume)
-        for k, path in ckpt.parts(".npz").items():
-            with np.load(path) as part:
-                total += torch.from_numpy(part["total"])
-                count += part["count"]
-                done.update(int(i) for i in part["texts"])
+        for k, part in ckpt.read(".npz").items():
+            total += torch.from_numpy(part["total"])
+            count += part["count"]
+            done.update(int(i) for i in part["texts"])
             finished.append(k)
     todo = [i for i in used if i not in done]
     chunks = [
@@ -270,7 +268,12 @@ def past_similarity(
             total += part_total
             count += part_count
             if ckpt is not None:
-                ckpt.write(k, ".npz", partial(_save_part, part_total, part_count, chunk))
+                texts_done = np.asarray(chunk, dtype=np.int64)
+                ckpt.write(
+                    k,
+                    ".npz",
+                    npz_writer(total=part_total.numpy(), count=part_count, texts=texts_done),
+                )
             if _after_chunk is not None:
                 _after_chunk(k)
     if ckpt is not None:
@@ -312,9 +315,3 @@ def past_similarity(
             "created": now(),
         },
     )
-
-
-def _save_part(total: torch.Tensor, count: np.ndarray, texts: list[int], path: Path) -> None:
-    """One chunk's sums, counts and text indices, as a checkpoint part."""
-    with open(path, "wb") as f:
-        np.savez(f, total=total.numpy(), count=count, texts=np.asarray(texts, dtype=np.int64))
