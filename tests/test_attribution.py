@@ -235,6 +235,14 @@ def test_interrupted_attribution_resumes_without_recomputing(
     assert not partial.exists()
 
 
+def test_bad_method_options_leave_no_checkpoint_behind(llama, tmp_path):
+    run = dict(target=TARGET, features=SPANS, method="integrated_gradients", checkpoint=tmp_path)
+    with pytest.raises(TokenprobeError, match="--steps must be at least 1"):
+        attribute(llama, PROMPT, **run, steps=0)
+    assert not (tmp_path / "attr.partial").exists()
+    attribute(llama, PROMPT, **run, steps=4)  # the corrected command needs no --resume
+
+
 def test_occlusion_window_one_equals_token_ablation(llama):
     occ = attribute(llama, PROMPT, target=TARGET, method="occlusion", window=1, baseline="unk")
     abl = attribute(llama, PROMPT, target=TARGET, method="ablation", baseline="unk")

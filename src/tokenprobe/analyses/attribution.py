@@ -700,6 +700,13 @@ def attribute(
                 steps=steps,
                 ig_baseline=ig_baseline,
             )
+    except TokenprobeError:
+        # bad options (--steps 0, a tokenizer without the baseline token) can never finish:
+        # keeping their checkpoint would only make the corrected command ask for --resume
+        pb.pending.clear()
+        if pb.store is not None:
+            pb.store.finish()
+        raise
     finally:
         pb.flush()
     if pb.store is not None:
