@@ -9,6 +9,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tiny models live here: `TOKENPROBE_TEST_DEVICE=cuda pytest -m "not slow"` runs the fast
+# suite on a GPU (CI has none, so the default is the CPU).
+TEST_DEVICE = torch.device(os.environ.get("TOKENPROBE_TEST_DEVICE", "cpu"))
 
 CORPUS = [
     "What is the capital of Australia? The capital of Australia is Canberra, not Sydney.",
@@ -90,7 +93,8 @@ ARCHS = ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"]
 
 
 def make_model(arch: str, tokenizer, seed: int = 0):
-    """A tiny random causal LM of one family, wrapped as a LoadedModel, float32, eval mode."""
+    """A tiny random causal LM of one family, wrapped as a LoadedModel, float32, eval mode, on
+    TEST_DEVICE."""
     from transformers import AutoModelForCausalLM
 
     from tokenprobe import LoadedModel
@@ -106,7 +110,7 @@ def make_model(arch: str, tokenizer, seed: int = 0):
         for p in model.parameters():
             if p.dim() >= 2:
                 p.mul_(8.0)
-    return LoadedModel.wrap(model.eval(), tokenizer, name=f"tiny-{arch}")
+    return LoadedModel.wrap(model.eval().to(TEST_DEVICE), tokenizer, name=f"tiny-{arch}")
 
 
 @pytest.fixture(params=ARCHS)

@@ -19,7 +19,7 @@ SPANS = ["hammer", "wrench", "level", "orange"]
 
 def teacher_forced(model, prompt_ids: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
     """(B, m) log-probabilities of the target tokens after each prompt, by hand."""
-    tgt = torch.tensor(target_ids).expand(prompt_ids.shape[0], -1)
+    tgt = torch.tensor(target_ids, device=prompt_ids.device).expand(prompt_ids.shape[0], -1)
     logits = model(torch.cat([prompt_ids, tgt], dim=1)).logits
     n = prompt_ids.shape[1]
     logp = torch.log_softmax(logits[:, n - 1 : -1].float(), dim=-1)
@@ -30,9 +30,9 @@ def ids_of(lm, text):
     return lm.tokenizer(text)["input_ids"]
 
 
-def feature_mask(res, n: int) -> torch.Tensor:
+def feature_mask(res, n: int, device: torch.device) -> torch.Tensor:
     """captum's feature mask: our features 0..F-1, every other token in group F."""
-    mask = torch.full((1, n), len(res.features), dtype=torch.long)
+    mask = torch.full((1, n), len(res.features), dtype=torch.long, device=device)
     for f, feat in enumerate(res.features):
         mask[0, feat["positions"]] = f
     return mask
@@ -42,11 +42,11 @@ def test_ablation_equals_captum_feature_ablation(tiny):
     from captum.attr import FeatureAblation
 
     res = attribute(tiny, PROMPT, target=TARGET, features=SPANS, method="ablation", baseline="pad")
-    prompt = torch.tensor([ids_of(tiny, PROMPT)])
+    prompt = torch.tensor([ids_of(tiny, PROMPT)], device=tiny.device)
     target = tiny.tokenizer.encode(TARGET, add_special_tokens=False)
     with torch.no_grad():
         fa = FeatureAblation(lambda ids: teacher_forced(tiny.model, ids, target))
-        mask = feature_mask(res, prompt.shape[1])
+        mask = feature_mask(res, prompt.shape[1], tiny.device)
         for r in range(len(target)):
             theirs = fa.attribute(
                 prompt, baselines=tiny.tokenizer.pad_token_id, target=r, feature_mask=mask
@@ -63,7 +63,7 @@ def test_integrated_gradients_match_captum_layer_ig(tiny):
     res = attribute(
         tiny, PROMPT, target=TARGET, method="integrated_gradients", steps=16, ig_baseline="pad"
     )
-    prompt = torch.tensor([ids_of(tiny, PROMPT)])
+    prompt = torch.tensor([ids_of(tiny, PROMPT)], device=tiny.device)
     target = tiny.tokenizer.encode(TARGET, add_special_tokens=False)
     lig = LayerIntegratedGradients(
         lambda ids: teacher_forced(tiny.model, ids, target), tiny.model.get_input_embeddings()
@@ -74,7 +74,7 @@ def test_integrated_gradients_match_captum_layer_ig(tiny):
             prompt, baselines=baseline, target=r, n_steps=16, method="gausslegendre"
         )
         # the layer's output covers the target tokens too; they are not interpolated (zero)
-        per_token = theirs[0].sum(-1).detach().numpy()
+        per_token = theirs[0].sum(-1).detach().cpu().numpy()
         assert np.all(per_token[prompt.shape[1] :] == 0)
         per_token = per_token[: prompt.shape[1]]
         scale = max(1.0, float(np.abs(per_token).max()))
@@ -101,17 +101,25 @@ def test_gradients_fall_back_to_the_models_own_logits(llama, monkeypatch):
 def test_gradient_methods_against_autograd_by_hand(llama):
     prompt = ids_of(llama, PROMPT)
     target = llama.tokenizer.encode(TARGET, add_special_tokens=False)
-    emb = llama.model.get_input_embeddings()(torch.tensor([prompt])).detach().requires_grad_(True)
-    tgt_emb = llama.model.get_input_embeddings()(torch.tensor([target])).detach()
+    emb = (
+        llama.model.get_input_embeddings()(torch.tensor([prompt], device=llama.device))
+        .detach()
+        .requires_grad_(True)
+    )
+    tgt_emb = llama.model.get_input_embeddings()(
+        torch.tensor([target], device=llama.device)
+    ).detach()
     logits = llama.model(inputs_embeds=torch.cat([emb, tgt_emb], dim=1)).logits
     n = len(prompt)
     logp = torch.log_softmax(logits[0, n - 1 : -1], dim=-1)
     (grad,) = torch.autograd.grad(logp[2, target[2]], emb)
     sal = attribute(llama, PROMPT, target=TARGET, method="saliency")
     ixg = attribute(llama, PROMPT, target=TARGET, method="input_x_gradient")
-    np.testing.assert_allclose(sal.scores[2], grad[0].abs().sum(-1).numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
-        ixg.scores[2], (grad[0] * emb[0]).sum(-1).detach().numpy(), rtol=1e-4, atol=1e-6
+        sal.scores[2], grad[0].abs().sum(-1).cpu().numpy(), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        ixg.scores[2], (grad[0] * emb[0]).sum(-1).detach().cpu().numpy(), rtol=1e-4, atol=1e-6
     )
 
 
@@ -145,9 +153,11 @@ def _subset_values(lm, features, target) -> dict[frozenset, np.ndarray]:
             drop = {
                 p for f in range(len(features)) if f not in subset for p in features[f]["positions"]
             }
-            ids = torch.tensor([[t for i, t in enumerate(prompt) if i not in drop]])
+            ids = torch.tensor(
+                [[t for i, t in enumerate(prompt) if i not in drop]], device=lm.device
+            )
             with torch.no_grad():
-                out[frozenset(subset)] = teacher_forced(lm.model, ids, target)[0].numpy()
+                out[frozenset(subset)] = teacher_forced(lm.model, ids, target)[0].cpu().numpy()
     return out
 
 
@@ -262,7 +272,8 @@ def test_batched_scores_equal_one_at_a_time(tiny):
     together = pb.score_prompts(prompts).numpy()
     for p, row in zip(prompts, together, strict=True):
         with torch.no_grad():
-            alone = teacher_forced(tiny.model, torch.tensor([p]), target)[0].numpy()
+            alone = teacher_forced(tiny.model, torch.tensor([p], device=tiny.device), target)
+            alone = alone[0].cpu().numpy()
         np.testing.assert_allclose(row, alone, atol=2e-5)
 
 
@@ -285,7 +296,7 @@ def test_target_spans_group_rows(llama):
 
 def test_generate_uses_the_greedy_continuation(llama):
     res = attribute(llama, PROMPT, generate=4, method="ablation", features=SPANS)
-    ids = torch.tensor([ids_of(llama, PROMPT)])
+    ids = torch.tensor([ids_of(llama, PROMPT)], device=llama.device)
     with torch.no_grad():
         out = llama.model.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False

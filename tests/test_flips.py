@@ -89,7 +89,7 @@ def brute_force(classify, tokenizer, texts, buckets, how="delete", replacement=(
 def seq_classify(clf):
     def run(ids):
         with torch.no_grad():
-            return int(clf.lm.model(torch.tensor([ids])).logits.argmax(-1))
+            return int(clf.lm.model(torch.tensor([ids], device=clf.lm.device)).logits.argmax(-1))
 
     return run
 
@@ -98,7 +98,7 @@ def prompted_classify(clf):
     def run(ids):
         full = clf.prefix_ids + list(ids) + clf.suffix_ids
         with torch.no_grad():
-            logits = clf.lm.model(torch.tensor([full])).logits[0, -1]
+            logits = clf.lm.model(torch.tensor([full], device=clf.lm.device)).logits[0, -1]
         return int(logits[clf.verbaliser_ids].argmax())
 
     return run

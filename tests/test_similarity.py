@@ -27,9 +27,12 @@ def layer_states(lm, ids: list[int]) -> np.ndarray:
         lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o)
     )
     with torch.no_grad():
-        hs = lm.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+        hs = lm.model(
+            torch.tensor([ids], device=lm.device), output_hidden_states=True
+        ).hidden_states
     handle.remove()
-    return np.stack([h[0].numpy() for h in hs[:-1]] + [captured[0][0].numpy()]).astype(np.float64)
+    states = [h[0] for h in hs[:-1]] + [captured[0][0]]
+    return np.stack([h.cpu().numpy() for h in states]).astype(np.float64)
 
 
 def brute(lm, ids, anchor, window, centre=False, skip_first=True, future=False):
