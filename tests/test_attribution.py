@@ -81,6 +81,13 @@ def test_integrated_gradients_match_captum_layer_ig(tiny):
         np.testing.assert_allclose(res.scores[r], per_token, atol=2e-4 * scale, rtol=2e-3)
 
 
+def test_16_bit_weights_warn_that_rounding_blurs_small_scores(llama):
+    llama.model.to(torch.bfloat16)
+    with pytest.warns(UserWarning, match="load the model in float32"):
+        res = attribute(llama, PROMPT, target=TARGET, features=SPANS, method="ablation")
+    assert res.scores.dtype == np.float64 and np.isfinite(res.scores).all()
+
+
 def test_gradients_fall_back_to_the_models_own_logits(llama, monkeypatch):
     """Where the adapter cannot rebuild the model's logits, the gradient path decodes with the
     model itself and gets the same attributions (rows grouped, so row sums are covered too)."""

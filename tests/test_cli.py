@@ -458,3 +458,25 @@ def test_flips_bad_inputs(model_dir, tmp_path, capsys):
         ),
     ]
     assert_one_line_errors(capsys, "flips", m, tmp_path / "o", cases)
+
+
+def test_attribute_dtype_auto_means_float32(model_dir, tmp_path, capsys, monkeypatch):
+    """attribute loads float32 for --dtype auto (on a GPU too: auto elsewhere means bfloat16
+    there), and an explicit 16-bit dtype runs with a warning about what rounding costs."""
+    import tokenprobe.model
+
+    seen = []
+    real_load = tokenprobe.model.load
+
+    def recording_load(name, **kwargs):
+        seen.append(kwargs.get("dtype"))
+        return real_load(name, **kwargs)
+
+    monkeypatch.setattr(tokenprobe.model, "load", recording_load)
+    argv = ["attribute", "--model", str(model_dir), "--prompt", "Tools: hammer", "--target", " x"]
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    assert seen == ["float32"] and "rounding" not in err
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path / "b"), "--dtype", "bfloat16")
+    assert code == 0, err
+    assert seen[-1] == "bfloat16" and "--dtype float32" in err

@@ -28,7 +28,7 @@ def by_hand(model, ids: list[int], k: int, targets: list[int], softcap: bool = T
     norm, head = model.get_submodule(norm_name), model.get_submodule(head_name)
     cap = getattr(model.config, "final_logit_softcapping", None) if softcap else None
     with torch.no_grad():
-        out = model(torch.tensor([ids]), output_hidden_states=True)
+        out = model(torch.tensor([ids], device=model.device), output_hidden_states=True)
         rows = []
         for h in out.hidden_states[:-1]:
             logits = head(norm(h[0]))
@@ -36,7 +36,7 @@ def by_hand(model, ids: list[int], k: int, targets: list[int], softcap: bool = T
                 logits = torch.tanh(logits / cap) * cap
             rows.append(logits)
         rows.append(out.logits[0])
-    logits = torch.stack(rows)  # (L+1, T, V)
+    logits = torch.stack(rows).cpu()  # (L+1, T, V)
     ent = torch.distributions.Categorical(logits=logits).entropy()
     probs = torch.softmax(logits, dim=-1)
     top_p, top_i = probs.topk(k, dim=-1)
@@ -74,7 +74,7 @@ def test_lens_matches_by_hand(tiny):
 def test_output_row_is_the_model_logits(tiny):
     res = logit_lens(tiny, PROMPT, top_k=3)
     with torch.no_grad():
-        logits = tiny.model(torch.tensor([res.token_ids])).logits[0]
+        logits = tiny.model(torch.tensor([res.token_ids], device=tiny.device)).logits[0].cpu()
     probs = torch.softmax(logits.float(), dim=-1)
     np.testing.assert_allclose(res.top_probs[-1], probs.topk(3, dim=-1).values.numpy(), atol=1e-6)
     np.testing.assert_array_equal(res.top_ids[-1, :, 0], logits.argmax(-1).numpy())
@@ -149,6 +149,8 @@ def test_memory_budget_chunks_give_the_same_numbers(llama):
     small = logit_lens(llama, PROMPT, memory_mb=0.01)  # one row of logits at a time
     np.testing.assert_allclose(small.entropy, big.entropy, atol=1e-5)
     np.testing.assert_array_equal(small.top_ids, big.top_ids)
+    with pytest.raises(tokenprobe.TokenprobeError, match="--memory-mb must be positive"):
+        logit_lens(llama, PROMPT, memory_mb=0)
 
 
 def test_multi_token_target_warns_and_uses_first_token(llama):

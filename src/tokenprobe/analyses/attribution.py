@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -607,6 +608,14 @@ def attribute(
     if baseline not in BASELINES and not baseline:
         raise TokenprobeError(
             f"--baseline must be one of {', '.join(BASELINES)} or a replacement string"
+        )
+    if lm.dtype in (torch.bfloat16, torch.float16):
+        warnings.warn(
+            f"attribution with {str(lm.dtype).removeprefix('torch.')} weights: rounding moves each "
+            "score by a few hundredths of a nat (and on a GPU with the batching), as much as a small "
+            "attribution; load the model in float32 (--dtype float32) to resolve small effects",
+            UserWarning,
+            stacklevel=2,
         )
     tok = lm.tokenizer
     text, prompt_ids, offsets = _prompt_with_offsets(lm, prompt, chat, system)

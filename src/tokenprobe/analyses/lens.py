@@ -29,6 +29,10 @@ from ..model import LoadedModel
 from ..results import LensResult, now, versions
 from ..text import DEFAULT_MARKER, PreparedInput, prepare, token_texts
 
+# logits decoded at once (MB) when not given; on an H100, 2048 made the lens as fast as decoding
+# every layer at once (512 was 1.7x slower there) in a seventh of the memory
+DEFAULT_MEMORY_MB = {"cpu": 512, "cuda": 2048}
+
 
 @dataclass
 class _Stats:
@@ -124,13 +128,14 @@ def logit_lens(
     targets: Sequence[str] = (),
     top_k: int = 5,
     batch_tokens: int = 2048,
-    memory_mb: float = 512,
+    memory_mb: float | None = None,
     progress: bool | None = None,
 ) -> LensResult | list[LensResult]:
     """Logit lens of one prompt (returns a result) or many (returns a list, batched).
 
-    `memory_mb` bounds the float32 logits decoded at once; `batch_tokens` bounds the padded
-    tokens of one forward pass.
+    `memory_mb` bounds the float32 logits decoded at once (default 512 on the CPU, 2048 on a
+    GPU, where fewer and larger kernels pay);
+    `batch_tokens` bounds the padded tokens of one forward pass.
     """
     single = isinstance(prompts, (str, PreparedInput))
     items = [prompts] if single else list(prompts)  # type: ignore[list-item]
@@ -158,6 +163,10 @@ def logit_lens(
     vocab = int(adapter.unembed.weight.shape[0])
     top_k = min(top_k, vocab)
     device = lm.device
+    if memory_mb is None:
+        memory_mb = DEFAULT_MEMORY_MB["cuda" if device.type == "cuda" else "cpu"]
+    if memory_mb <= 0:
+        raise TokenprobeError(f"--memory-mb must be positive, not {memory_mb:g}")
     target_t = torch.tensor(tids, dtype=torch.long, device=device)
     # float32 logits plus ~3 temporaries of the same size per decoded row
     chunk = max(1, int(memory_mb * 2**20) // (vocab * 4 * 4))
