@@ -128,3 +128,26 @@ def test_html_token_escapes_markup():
         html_token('"><img src=x onerror=alert(1)>')
         == "&quot;&gt;&lt;img▁src=x▁onerror=alert(1)&gt;"
     )
+
+
+def test_token_texts_equal_one_decode_per_token(tokenizer):
+    """The batched backend decode gives what decoding each token alone gives, specials included;
+    so does the fallback for tokenizers without a Rust backend."""
+    ids = list(range(len(tokenizer)))
+    alone = [
+        tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        for i in ids
+    ]
+    texts = token_texts(tokenizer, ids)
+    assert [t for t, a in zip(texts, alone, strict=True) if "\ufffd" not in a] == [
+        a for a in alone if "\ufffd" not in a
+    ]
+    assert texts[:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+    class Slow:  # the same tokenizer seen without its backend
+        def __getattr__(self, name):
+            if name == "backend_tokenizer":
+                raise AttributeError(name)
+            return getattr(tokenizer, name)
+
+    assert token_texts(Slow(), ids) == texts
