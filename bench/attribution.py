@@ -1,6 +1,7 @@
 """Benchmark attribution against captum's LLMAttribution / LLMGradientAttribution (and inseq), in one run.
 
-    python bench/attribution.py [--model smollm2] [--repeats 2] [--jobs ablation,integrated_gradients,inseq]
+    python bench/attribution.py [--model smollm2] [--repeats 2] [--device auto]
+        [--jobs ablation,integrated_gradients,inseq]
 
 The same job for every tool: a 20-token prompt (every token a feature), a 10-token target,
 (1) feature ablation replacing a token by id 0 (captum's default baseline), (2) integrated
@@ -32,6 +33,8 @@ TARGET = " 7 x 5 = 35 and 35 - 3 = 32. The answer is 32."
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--target-tokens", type=int, default=10)
     parser.add_argument("--steps", type=int, default=32)
@@ -43,14 +46,14 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    lm = tokenprobe.load(args.model, device="cpu")
+    lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     tok = lm.tokenizer
     prompt = tok.decode(tok.encode(PROMPT, add_special_tokens=False)[: args.features])
     target = tok.decode(tok.encode(TARGET, add_special_tokens=False)[: args.target_tokens])
     n = len(tok.encode(prompt, add_special_tokens=False))
     m = len(tok.encode(target, add_special_tokens=False))
     print(
-        f"model {lm.name}; torch threads {torch.get_num_threads()}; prompt {n} tokens (features), target {m} tokens"
+        f"model {lm.name} on {lm.device}, {lm.dtype}; torch threads {torch.get_num_threads()}; prompt {n} tokens (features), target {m} tokens"
     )
 
     try:

@@ -1,7 +1,7 @@
 """Benchmark flip rates: texts/s, the ratio to a bare forward pass over the same perturbed
 inputs, and the ratio to the same job done with captum's FeatureAblation, in one run.
 
-    python bench/flips.py [--model smollm2] [--texts 24]
+    python bench/flips.py [--model smollm2] [--texts 24] [--device auto] [--dtype auto]
 
 The job: the built-in prompted classifier on the first N texts of sample:emotion, every word
 replaced by the unk token (captum replaces, it cannot delete), flips counted. captum runs one
@@ -31,10 +31,12 @@ LABELS = ["anger", "joy", "optimism", "sadness"]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--texts", type=int, default=24)
     args = parser.parse_args()
 
-    lm = tokenprobe.load(args.model, device="cpu")
+    lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     frame = read_table("sample:emotion").head(args.texts)
     texts = frame["text"].astype(str).tolist()
     clf = tokenprobe.PromptedClassifier(lm, LABELS)
@@ -42,7 +44,7 @@ def main() -> int:
     inputs = [tokenize_words(lm.tokenizer, t) for t in texts]
     n_words = sum(len(i.words) for i in inputs)
     print(
-        f"model {lm.name}; torch threads {torch.get_num_threads()}; {len(texts)} texts, {n_words} word occurrences"
+        f"model {lm.name} on {lm.device}, {lm.dtype}; torch threads {torch.get_num_threads()}; {len(texts)} texts, {n_words} word occurrences"
     )
 
     start = time.perf_counter()
@@ -61,6 +63,8 @@ def main() -> int:
         ids, mask = pad_batch([seqs[i] for i in batch], pad_id_of(lm.tokenizer), lm.device)
         with torch.inference_mode():
             lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize()
     t_bare = time.perf_counter() - start
 
     try:
@@ -68,13 +72,13 @@ def main() -> int:
     except ImportError:
         print("captum is not installed: pip install captum")
         return 1
-    verb = torch.tensor(clf.verbaliser_ids)
+    verb = torch.tensor(clf.verbaliser_ids, device=lm.device)
     p, s = len(clf.prefix_ids), len(clf.suffix_ids)
     start = time.perf_counter()
     captum_flips: list[bool] = []
     single: list[bool] = []
     for inp in inputs:
-        full = torch.tensor([clf.prefix_ids + inp.ids + clf.suffix_ids])
+        full = torch.tensor([clf.prefix_ids + inp.ids + clf.suffix_ids], device=lm.device)
         with torch.inference_mode():
             original = int(lm.model(full).logits[0, -1, verb].argmax())
 
