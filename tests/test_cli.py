@@ -480,3 +480,40 @@ def test_attribute_dtype_auto_means_float32(model_dir, tmp_path, capsys, monkeyp
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "b"), "--dtype", "bfloat16")
     assert code == 0, err
     assert seen[-1] == "bfloat16" and "--dtype float32" in err
+
+
+def test_demo_attributes_in_float32_when_auto_loads_16_bits(
+    model_dir, tmp_path, capsys, monkeypatch
+):
+    """As on a GPU, where --dtype auto loads bfloat16: the demo's attribution runs on a float32
+    copy (like `attribute`), the other analyses on the bfloat16 model."""
+    import json
+    import shutil
+
+    import tokenprobe.cli
+    import tokenprobe.model
+
+    folder = tmp_path / "long-context"  # the demo's few-shot prompt is longer than 128 tokens
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    real_load = tokenprobe.model.load
+    seen = []
+
+    def gpu_like_load(name, **kwargs):
+        seen.append(kwargs.get("dtype"))
+        if kwargs.get("dtype") == "auto":
+            kwargs["dtype"] = "bfloat16"
+        return real_load(name, **kwargs)
+
+    monkeypatch.setattr(tokenprobe.model, "load", gpu_like_load)
+    specs = tokenprobe.cli.demo_specs()
+    # the tiny tokenizer gives two of the demo's verbalisers the same first token
+    monkeypatch.setattr(tokenprobe.cli, "demo_specs", lambda: {**specs, "flips": []})
+    out = tmp_path / "demo"
+    code, _, err = run(capsys, "demo", "--model", str(folder), "--out", str(out))
+    assert code == 0, err
+    assert seen == ["auto", "float32"]
+    meta = {d.name: json.loads((d / "meta.json").read_text()) for d in out.iterdir() if d.is_dir()}
+    assert meta["attr_cot"]["model"]["dtype"] == "float32"
+    assert meta["lens_australia"]["model"]["dtype"] == "bfloat16"

@@ -545,6 +545,12 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attribution_dtype(dtype: str) -> str:
+    """--dtype for attribution: scores are differences of log-probabilities, which bfloat16
+    rounds by about as much as a small attribution, so auto means float32, on a GPU too."""
+    return "float32" if dtype == "auto" else dtype
+
+
 def cmd_attribute(args: argparse.Namespace) -> int:
     from .analyses.attribution import METHODS, PARTIAL, attribute
     from .model import load
@@ -561,10 +567,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     check_unfinished_or_writable(out, PARTIAL, AttributionResult.files(args.format), args)
-    # scores are differences of log-probabilities: bfloat16 rounds them by about as much as a
-    # small attribution, so auto means float32 here, on a GPU too
-    dtype = "float32" if args.dtype == "auto" else args.dtype
-    lm = load(args.model, device=args.device, dtype=dtype)
+    lm = load(args.model, device=args.device, dtype=_attribution_dtype(args.dtype))
     result = attribute(
         lm,
         prompt,
@@ -733,12 +736,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             centre=spec["centre"],
         )
         _save_and_report(sim, out / spec["name"], args)
+    # on a GPU auto loads bfloat16: attribution gets a float32 copy, as `attribute` would
+    att_lm = lm
+    if specs["attribution"] and args.dtype == "auto" and str(lm.dtype) != "torch.float32":
+        att_lm = load(args.model, device=args.device, dtype=_attribution_dtype(args.dtype))
     for spec in specs["attribution"]:
         prompt = (
             resources.files("tokenprobe").joinpath(spec["prompt_file"]).read_text(encoding="utf-8")
         )
         att = attribute(
-            lm,
+            att_lm,
             prompt,
             generate=spec["generate"],
             features=spec["spans"],

@@ -134,8 +134,8 @@ def logit_lens(
     """Logit lens of one prompt (returns a result) or many (returns a list, batched).
 
     `memory_mb` bounds the float32 logits decoded at once (default 512 on the CPU, 2048 on a
-    GPU, where fewer and larger kernels pay);
-    `batch_tokens` bounds the padded tokens of one forward pass.
+    GPU, where fewer and larger kernels pay); `batch_tokens` bounds the padded tokens of one
+    forward pass.
     """
     single = isinstance(prompts, (str, PreparedInput))
     items = [prompts] if single else list(prompts)  # type: ignore[list-item]
