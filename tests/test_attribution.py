@@ -88,6 +88,20 @@ def test_16_bit_weights_warn_that_rounding_blurs_small_scores(llama):
     assert res.scores.dtype == np.float64 and np.isfinite(res.scores).all()
 
 
+def test_batched_backward_gives_the_per_row_gradients(llama, monkeypatch):
+    """The GPU's single vmapped backward (forced here on the CPU) equals one backward per row,
+    for grouped rows and for probability scores too."""
+    from tokenprobe.analyses import attribution as attr_module
+
+    kwargs = dict(target=TARGET, features=SPANS, target_spans=[", banana", " plum."], steps=4)
+    for score in ("logprob", "prob"):
+        loop = attribute(llama, PROMPT, method="integrated_gradients", score=score, **kwargs)
+        monkeypatch.setattr(attr_module, "_batched_backward", lambda device: True)
+        batched = attribute(llama, PROMPT, method="integrated_gradients", score=score, **kwargs)
+        monkeypatch.undo()
+        np.testing.assert_allclose(batched.scores, loop.scores, rtol=1e-5, atol=1e-7)
+
+
 def test_gradients_fall_back_to_the_models_own_logits(llama, monkeypatch):
     """Where the adapter cannot rebuild the model's logits, the gradient path decodes with the
     model itself and gets the same attributions (rows grouped, so row sums are covered too)."""
