@@ -268,8 +268,9 @@ def test_verbaliser_problems(llama):
         PromptedClassifier(llama, ["a", "b"], [" Queanbeyan", " the"])
     with pytest.raises(TokenprobeError, match="begin with the same token"):
         PromptedClassifier(llama, ["a", "b"], [" the", " the"])
-    with pytest.raises(TokenprobeError, match="no \\{text\\} placeholder"):
-        PromptedClassifier(llama, ["a"], template="no slot")
+    for template in ("no slot", "{text} and {text}"):
+        with pytest.raises(TokenprobeError, match="placeholder exactly once"):
+            PromptedClassifier(llama, ["a"], template=template)
 
 
 def test_a_class_with_too_few_occurrences_gets_a_clear_figure(seq_clf):

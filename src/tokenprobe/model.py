@@ -15,7 +15,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,18 +116,30 @@ def _is_norm(module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower()
 
 
+def _block_output(output: Any) -> torch.Tensor:
+    """A block's residual-stream output (older blocks return a tuple with it first)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 @dataclass
 class Adapter:
-    """Where the residual stream lives in a model and how the model turns it into logits."""
+    """Where the residual stream lives in a model and how the model turns it into logits.
+
+    The residual stream is read with hooks on the blocks themselves (the input of the first
+    block, then each block's output), not from `output_hidden_states`, whose layout differs
+    between families: Mamba's has no embedding entry, and its last entry is usually normed.
+    """
 
     embed: nn.Module
     blocks: nn.ModuleList
     blocks_path: str
-    final_norm: nn.Module
+    final_norm: nn.Module  # nn.Identity() for models without one (OPT-350m's post-norm blocks)
     final_norm_path: str
     unembed: nn.Module
     softcap: float | None = None
     logit_multiplier: float = 1.0
+    projection: nn.Module | None = None  # applied after the final norm (OPT's project_out)
+    projection_path: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -134,8 +147,15 @@ class Adapter:
         return len(self.blocks)
 
     def logits(self, hidden: torch.Tensor, *, apply_norm: bool = True) -> torch.Tensor:
-        """Decode residual-stream states the way the model decodes its last one; float32 out."""
+        """Decode residual-stream states the way the model decodes its last one; float32 out.
+
+        `apply_norm=False` is for states the model has already normed. The projection applies
+        to states of the blocks' width only, so a state the model already projected is not
+        projected twice.
+        """
         h = self.final_norm(hidden) if apply_norm else hidden
+        if self.projection is not None and h.shape[-1] == self.projection.in_features:
+            h = self.projection(h)
         logits = self.unembed(h).float()
         if self.logit_multiplier != 1.0:
             logits = logits * self.logit_multiplier
@@ -143,9 +163,33 @@ class Adapter:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    @contextmanager
+    def record(self, last_only: bool = False) -> Iterator[list[torch.Tensor]]:
+        """Collect the residual stream of the forward passes run inside the block: layer 0 =
+        the input of the first block (embeddings, with whatever the model adds or scales),
+        layer i = the output of block i. `last_only` keeps only the last block's output."""
+        states: list[torch.Tensor] = []
+
+        def first_input(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            states.append(args[0] if args else kwargs["hidden_states"])
+
+        def output(_m: nn.Module, _args: tuple, out: Any) -> None:
+            states.append(_block_output(out))
+
+        blocks = list(self.blocks)
+        handles = [b.register_forward_hook(output) for b in (blocks[-1:] if last_only else blocks)]
+        if not last_only:
+            handles.append(blocks[0].register_forward_pre_hook(first_input, with_kwargs=True))
+        try:
+            yield states
+        finally:
+            for h in handles:
+                h.remove()
+
     @classmethod
     def from_model(cls, model: nn.Module) -> Adapter:
-        """Find embeddings, blocks, final norm, unembedding and logit post-processing."""
+        """Find embeddings, blocks, final norm, output projection, unembedding and logit
+        post-processing."""
         name = type(model).__name__
         config = text_config(getattr(model, "config", None))
         get_in = getattr(model, "get_input_embeddings", None)
@@ -177,35 +221,21 @@ class Adapter:
                 f"{n_layers if n_layers is not None else 'uniform'} blocks"
             )
         blocks_path, blocks = min(matches, key=lambda pm: pm[0].count("."))
-
-        # The final norm is a norm module beside the blocks, registered after them.
-        parent_path = blocks_path.rpartition(".")[0]
-        parent = model.get_submodule(parent_path) if parent_path else model
-        seen_blocks = False
-        after: list[tuple[str, nn.Module]] = []
-        for child_name, child in parent.named_children():
-            if child is blocks:
-                seen_blocks = True
-            elif seen_blocks and _is_norm(child):
-                after.append((child_name, child))
-        if not after:
-            outside = [
-                (p, m)
-                for p, m in model.named_modules()
-                if _is_norm(m) and not p.startswith(blocks_path + ".") and m is not embed
-            ]
-            after = outside[-1:]
-            parent_path = ""
-        if not after:
-            raise TokenprobeError(
-                f"cannot find the final norm of {name}: no norm module after its blocks ({blocks_path})"
-            )
-        norm_name, final_norm = after[0]
-        norm_path = f"{parent_path}.{norm_name}" if parent_path else norm_name
+        notes = []
+        norm_path, final_norm = _final_norm(model, blocks_path, blocks, embed)
+        if final_norm is None:
+            if getattr(config, "do_layer_norm_before", True) is not False:
+                raise TokenprobeError(
+                    f"cannot find the final norm of {name}: no norm module after its blocks ({blocks_path})"
+                )
+            final_norm, norm_path = nn.Identity(), ""
+            notes.append("no final norm: the blocks norm their own outputs (post-norm)")
+        proj_path, projection = _output_projection(model, blocks_path, blocks, unembed)
+        if projection is not None:
+            notes.append(f"states projected by {proj_path} before the unembedding")
 
         softcap = getattr(config, "final_logit_softcapping", None)
         multiplier = 1.0
-        notes = []
         if getattr(config, "logit_scale", None) is not None:  # Cohere multiplies its logits
             multiplier *= float(config.logit_scale)
             notes.append(f"logits multiplied by config.logit_scale={config.logit_scale}")
@@ -221,8 +251,71 @@ class Adapter:
             unembed=unembed,
             softcap=float(softcap) if softcap else None,
             logit_multiplier=multiplier,
+            projection=projection,
+            projection_path=proj_path,
             notes=notes,
         )
+
+
+def _final_norm(
+    model: nn.Module, blocks_path: str, blocks: nn.ModuleList, embed: nn.Module
+) -> tuple[str, nn.Module | None]:
+    """The norm module beside the blocks and registered after them, else the last norm outside
+    the blocks; None when the model has none."""
+    parent_path = blocks_path.rpartition(".")[0]
+    parent = model.get_submodule(parent_path) if parent_path else model
+    seen_blocks = False
+    after: list[tuple[str, nn.Module]] = []
+    for child_name, child in parent.named_children():
+        if child is blocks:
+            seen_blocks = True
+        elif seen_blocks and _is_norm(child):
+            after.append((child_name, child))
+    if not after:
+        outside = [
+            (p, m)
+            for p, m in model.named_modules()
+            if _is_norm(m) and not p.startswith(blocks_path + ".") and m is not embed
+        ]
+        after = outside[-1:]
+        parent_path = ""
+    if not after:
+        return "", None
+    norm_name, final_norm = after[0]
+    return (f"{parent_path}.{norm_name}" if parent_path else norm_name), final_norm
+
+
+def _output_projection(
+    model: nn.Module, blocks_path: str, blocks: nn.ModuleList, unembed: nn.Module
+) -> tuple[str | None, nn.Module | None]:
+    """A linear map outside the blocks from their width to the unembedding's narrower width
+    (OPT's `project_out` when `word_embed_proj_dim` differs from the hidden size)."""
+    width = _state_width(blocks)
+    unembed_in = getattr(unembed, "in_features", None)
+    if width is None or unembed_in is None or unembed_in == width:
+        return None, None
+    for path, module in model.named_modules():
+        if (
+            isinstance(module, nn.Linear)
+            and module is not unembed
+            and not path.startswith(blocks_path + ".")
+            and module.in_features == width
+            and module.out_features == unembed_in
+        ):
+            return path, module
+    return None, None
+
+
+def _state_width(blocks: nn.ModuleList) -> int | None:
+    """The residual stream's width: the size of the blocks' norms (or of any 1-d weight)."""
+    for module in blocks[0].modules():
+        weight = getattr(module, "weight", None)
+        if _is_norm(module) and isinstance(weight, torch.Tensor) and weight.dim() == 1:
+            return int(weight.shape[0])
+    for module in blocks[0].modules():
+        if isinstance(module, nn.Linear):
+            return int(module.in_features)
+    return None
 
 
 # ----------------------------------------------------------------------------- loaded model
@@ -274,7 +367,8 @@ class LoadedModel:
     @property
     def context_length(self) -> int | None:
         cfg = text_config(self.model.config)
-        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        # MPT names it max_seq_len; ALiBi and state-space models without one have no limit
+        for attr in ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length"):
             value = getattr(cfg, attr, None)
             if isinstance(value, int) and value > 0:
                 return value
@@ -315,12 +409,15 @@ def cached_build(target: Path, build: Callable[[Path], None]) -> Path:
     """Return `target`, building it first with `build(tmpdir)` when it is not complete.
 
     The build writes into a private temporary folder that is renamed into place only after it
-    finished, so an interrupted build never leaves a folder that a later load would trust.
+    finished, so an interrupted build never leaves a folder that a later load would trust. The
+    temporary folders that killed builds left beside it (a de-quantised model is hundreds of
+    MB) are removed at every call: see `remove_stale_builds`.
     """
+    remove_stale_builds(target.parent)
     if (target / COMPLETE_MARKER).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f".{target.name}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         build(tmp)
         (tmp / COMPLETE_MARKER).write_text("ok\n")
@@ -334,6 +431,60 @@ def cached_build(target: Path, build: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+STALE_BUILD_HOURS = 6.0  # a build's temporary folder untouched this long is left over
+
+
+def _host() -> str:
+    """This machine's name as it goes into a temporary folder's name."""
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (PermissionError), or no way to tell
+        return True
+    return True
+
+
+def remove_stale_builds(folder: Path) -> list[Path]:
+    """Remove the temporary folders (`.NAME.tmp-[HOST-]PID-XXXXXXXX`) that interrupted
+    `cached_build`s left in `folder`: those of a process of this machine that is gone, and any
+    untouched for STALE_BUILD_HOURS (a build on another machine sharing the cache, or a PID
+    taken by another process since). Returns what was removed; never fails a load."""
+    import re
+    import time
+
+    pattern = re.compile(r"^\..+\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)-[0-9a-f]{8}$")
+    removed: list[Path] = []
+    try:
+        entries = [p for p in folder.iterdir() if pattern.match(p.name) and p.is_dir()]
+    except OSError:
+        return removed
+    for path in entries:
+        match = pattern.match(path.name)
+        assert match is not None
+        try:  # the newest change in it: a build writes its files one after another
+            changed = max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.iterdir())])
+        except OSError:
+            continue
+        old = time.time() - changed > STALE_BUILD_HOURS * 3600
+        here = match.group("host") in (None, _host())
+        if old or (here and not _process_alive(int(match.group("pid")))):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                log.info("removed %s, left by an interrupted model conversion", path)
+                removed.append(path)
+    return removed
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -420,8 +571,55 @@ def load(
 ) -> LoadedModel:
     """Load `name`: the built-in `smollm2`, a local HF folder, a `.gguf` file, or a cached hub id.
 
-    Nothing is downloaded: a hub id must already be in the local Hugging Face cache.
+    Nothing is downloaded: a hub id must already be in the local Hugging Face cache. Loading
+    makes no network connection at all (see `offline`).
     """
+    with offline():
+        return _load(name, device=device, dtype=dtype, task=task)
+
+
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@contextmanager
+def offline() -> Iterator[None]:
+    """No network connection from Hugging Face libraries inside this block.
+
+    `local_files_only=True` is not enough: huggingface_hub 2.x fetches an agent registry from
+    the hub when it builds request headers, even for a cached hub id. Only its offline mode
+    stops every connection, and it reads HF_HUB_OFFLINE once, at its first import, into
+    `huggingface_hub.constants.HF_HUB_OFFLINE`, which it checks before each request. So the
+    block sets the variables (for a first import inside it) and that constant (for an earlier
+    import), and restores both when it ends, so a program that imports tokenprobe keeps its
+    own setting outside it. tokenprobe never downloads; a future opt-in to the network (an
+    --online flag) would load without this block.
+    """
+    import sys
+
+    saved = {k: os.environ.get(k) for k in _OFFLINE_VARIABLES}
+    imported = sys.modules.get("huggingface_hub.constants")
+    before = getattr(imported, "HF_HUB_OFFLINE", None)
+    os.environ.update({k: "1" for k in _OFFLINE_VARIABLES})
+    import huggingface_hub.constants as hub  # a first import reads the variables set above
+
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if before is None:  # first imported in the block: what the caller's environment says
+            value = saved["HF_HUB_OFFLINE"] or saved["TRANSFORMERS_OFFLINE"] or ""
+            before = value.upper() in ("1", "ON", "YES", "TRUE")
+        hub.HF_HUB_OFFLINE = before
+
+
+def _load(
+    name: str, *, device: str | torch.device, dtype: str | torch.dtype, task: str
+) -> LoadedModel:
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     source = name

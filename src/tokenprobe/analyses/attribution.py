@@ -40,6 +40,7 @@ BASELINES = ("remove", "pad", "unk", "mask")
 IG_BASELINES = ("unk", "pad", "zero")
 PARTIAL = "attr.partial"  # the checkpoint folder inside --out
 FLUSH_SECONDS = 30.0  # how often finished work is written to the checkpoint during a run
+IG_GAP_WARN = 0.1  # warn when |completeness gap| > this fraction of |f(x) - f(baseline)|
 
 
 @dataclass
@@ -458,11 +459,12 @@ def _differentiable_token_logprobs(pb: Problem, x: torch.Tensor) -> list[torch.T
     adapter = lm.require_adapter()
     if pb.head_ok is False:
         return _fallback_token_logprobs(pb, x)
-    out = model(inputs_embeds=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    hidden = out.hidden_states[-1]
+    with adapter.record(last_only=True) as states:
+        out = model(inputs_embeds=x, logits_to_keep=1, use_cache=False)
+    hidden = states[-1]  # the last block's output, before the final norm
     if pb.head_ok is None:
         with torch.no_grad():
-            rebuilt = adapter.logits(hidden[:, -1], apply_norm=False)
+            rebuilt = adapter.logits(hidden[:, -1])
             ref = out.logits[:, -1].float()
             pb.head_ok = bool(
                 torch.allclose(
@@ -473,7 +475,7 @@ def _differentiable_token_logprobs(pb: Problem, x: torch.Tensor) -> list[torch.T
         return _fallback_token_logprobs(pb, x)
     cols = []
     for j, t in enumerate(pb.target_ids):
-        logp = torch.log_softmax(adapter.logits(hidden[:, n - 1 + j], apply_norm=False), dim=-1)
+        logp = torch.log_softmax(adapter.logits(hidden[:, n - 1 + j]), dim=-1)
         cols.append(logp[:, t])
     return cols
 
@@ -736,13 +738,26 @@ def attribute(
         # keeping their checkpoint would only make the corrected command ask for --resume
         pb.pending.clear()
         if pb.store is not None:
-            pb.store.finish()
+            pb.store.discard()
         raise
     finally:
         pb.flush()
-    if pb.store is not None:
-        pb.store.finish()
-    return AttributionResult(
+    if method == "integrated_gradients":
+        # attributions should add up to f(x) - f(baseline): a large gap means too few steps
+        gaps = np.abs(np.asarray(extra["completeness_gap"], dtype=np.float64))
+        diffs = np.abs(np.asarray(extra["score_difference"], dtype=np.float64))
+        worst = int(np.argmax(gaps - IG_GAP_WARN * diffs))
+        if gaps[worst] > IG_GAP_WARN * diffs[worst] + 1e-6:
+            warnings.warn(
+                f"integrated gradients have not converged: the attributions of row "
+                f"{row_texts[worst]!r} miss f(x) - f(baseline) = {diffs[worst]:.3g} by "
+                f"{gaps[worst]:.3g} (more than {IG_GAP_WARN:.0%}; the gaps are in meta.json's "
+                f"method_details); rerun with more --steps than {steps}"
+                + (" or with --ig-baseline unk" if ig_baseline == "zero" else ""),
+                UserWarning,
+                stacklevel=2,
+            )
+    result = AttributionResult(
         features=[
             {"text": f.text, "start": f.start, "end": f.end, "positions": f.positions}
             for f in feats
@@ -772,3 +787,6 @@ def attribute(
             "created": now(),
         },
     )
+    if pb.store is not None:
+        pb.store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
+    return result

@@ -51,9 +51,11 @@ class TextInput:
     word_tokens: list[list[int]]
 
 
-def tokenize_words(tokenizer: Any, text: str) -> TextInput:
-    """Tokens of `text` and, for each lowercase word, the tokens its characters fall in."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+def tokenize_words(tokenizer: Any, text: str, *, add_special_tokens: bool = False) -> TextInput:
+    """Tokens of `text` and, for each lowercase word, the tokens its characters fall in, from one
+    tokenizer call (with the tokenizer's own special tokens when `add_special_tokens`: they
+    cover no characters, so they belong to no word and survive every perturbation)."""
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     words, word_tokens = [], []
@@ -72,43 +74,81 @@ def bucket_of(i: int, n: int, buckets: int) -> int:
 
 
 class Classifier:
-    """Turns text-token sequences into predicted label indices, in batches."""
+    """Turns text-token sequences into label scores and predicted label indices, in batches."""
 
     labels: list[str]
     lm: LoadedModel
+    special_tokens = False  # do a text's ids carry the tokenizer's special tokens?
+
+    def encode(self, text: str) -> TextInput:
+        """The ids this classifier is given for `text`, and its words' token positions."""
+        return tokenize_words(self.lm.tokenizer, text, add_special_tokens=self.special_tokens)
+
+    def input_length(self, n_text_tokens: int) -> int:
+        """Tokens the model runs over for a text of `n_text_tokens` (template included)."""
+        return n_text_tokens
+
+    def scores(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
+        raise NotImplementedError
 
     def predict(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
-        raise NotImplementedError
+        return self.scores(texts, batch_tokens).argmax(-1)
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
 
 
 class SequenceClassifier(Classifier):
-    """An AutoModelForSequenceClassification; labels from its config unless given."""
+    """An AutoModelForSequenceClassification; labels from its config unless given.
+
+    A text's ids are exactly what the tokenizer gives for it (`tokenizer(text)`, with
+    `[CLS]`/`[SEP]` or `<s>`/`</s>`), as in the model's own pipeline.
+    """
+
+    special_tokens = True
 
     def __init__(self, lm: LoadedModel, labels: Sequence[str] | None = None) -> None:
         self.lm = lm
-        config_labels = [lm.model.config.id2label[i] for i in range(lm.model.config.num_labels)]
+        config = lm.model.config
+        config_labels = [config.id2label[i] for i in range(config.num_labels)]
         if labels is not None and len(labels) != len(config_labels):
             raise TokenprobeError(
                 f"--labels gives {len(labels)} labels but the model has {len(config_labels)} ({', '.join(config_labels)})"
             )
         self.labels = list(labels) if labels is not None else config_labels
+        if getattr(config, "pad_token_id", None) is None:
+            # decoder classifiers (GPT-2's hub config has none) find each row's last token by
+            # its padding: without a pad id they refuse batches of more than one text
+            pad = next(
+                (
+                    v
+                    for v in (lm.tokenizer.pad_token_id, lm.tokenizer.eos_token_id)
+                    if isinstance(v, int)
+                ),
+                None,
+            )
+            if pad is None:
+                raise TokenprobeError(
+                    f"{type(lm.model).__name__} has no pad_token_id in its config and its tokenizer has no pad or "
+                    "eos token: set config.pad_token_id (e.g. model.config.pad_token_id = tokenizer.pad_token_id)"
+                )
+            config.pad_token_id = pad
+            warnings.warn(
+                f"the model's config has no pad_token_id: padding with token {pad} "
+                f"({token_texts(lm.tokenizer, [pad])[0]!r}) from the tokenizer",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.pad_id = int(config.pad_token_id)
 
-    def _full(self, ids: list[int]) -> list[int]:
-        build = getattr(self.lm.tokenizer, "build_inputs_with_special_tokens", None)
-        return list(build(ids)) if callable(build) else ids
-
-    def predict(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
-        seqs = [self._full(t) for t in texts]
-        out = np.empty(len(seqs), dtype=np.int64)
-        pad = pad_id_of(self.lm.tokenizer)
-        for batch in token_budget_batches([len(s) for s in seqs], batch_tokens):
-            ids, mask = pad_batch([seqs[i] for i in batch], pad, self.lm.device)
+    def scores(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
+        """(texts, labels) logits of the classification head, float32."""
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for batch in token_budget_batches([len(s) for s in texts], batch_tokens):
+            ids, mask = pad_batch([texts[i] for i in batch], self.pad_id, self.lm.device)
             with torch.inference_mode():
                 logits = self.lm.model(input_ids=ids, attention_mask=mask).logits
-            out[batch] = logits.float().argmax(-1).cpu().numpy()
+            out[batch] = logits.float().cpu().numpy()
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -137,9 +177,9 @@ class PromptedClassifier(Classifier):
             raise TokenprobeError(
                 "give the labels with --labels (e.g. --labels anger joy optimism sadness)"
             )
-        if "{text}" not in template:
+        if template.count("{text}") != 1:
             raise TokenprobeError(
-                "the template has no {text} placeholder: put {text} where the text goes"
+                "the template must hold the {text} placeholder exactly once: put one {text} where the text goes"
             )
         self.lm = lm
         self.labels = list(labels)
@@ -180,19 +220,46 @@ class PromptedClassifier(Classifier):
         self.verbaliser_ids = first
         self._cache = None
 
+    def input_length(self, n_text_tokens: int) -> int:
+        return len(self.prefix_ids) + n_text_tokens + len(self.suffix_ids)
+
     def _prefix_cache(self) -> Any:
+        """The prefix's key/value cache; None (and a warning, once) where the model has no cache
+        that can be copied across a batch (state-space and hybrid models)."""
         if self._cache is None:
             ids = torch.tensor([self.prefix_ids], device=self.lm.device)
             with torch.inference_mode():
-                self._cache = self.lm.model(input_ids=ids, use_cache=True).past_key_values
+                cache = getattr(
+                    self.lm.model(input_ids=ids, use_cache=True), "past_key_values", None
+                )
+            try:  # Jamba's cache has the method, but its state-space layers lack it
+                copy.deepcopy(cache).batch_repeat_interleave(2)
+            except (AttributeError, NotImplementedError, TypeError, RuntimeError):
+                cache = None
+            if cache is None:
+                self.reuse_prefix = False
+                warnings.warn(
+                    f"{type(self.lm.model).__name__} has no key/value cache that can be shared by a batch: "
+                    "the whole prompt runs for every input (the same predictions, slower)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                return None
+            self._cache = cache
         return self._cache
 
-    def predict(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
-        return self.scores(texts, batch_tokens).argmax(-1)
-
     def scores(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
-        """(texts, labels) next-token logits of the verbalisers' first tokens, float32."""
+        """(texts, labels) next-token logits of the verbalisers' first tokens, float32.
+
+        With the prefix cache, each text follows the cached prefix directly and the padding goes
+        after it (right padding): padding between the prefix and the text would shift the text
+        away from the prefix, which changes ALiBi scores and pushes the prefix out of sliding
+        windows. Without it, the batch is left-padded with explicit position ids, which is exact
+        because every text keeps its own slots' distances.
+        """
         lm = self.lm
+        if self.reuse_prefix and texts:
+            self._prefix_cache()  # may turn reuse_prefix off for models without a usable cache
         pad = pad_id_of(lm.tokenizer)
         p = len(self.prefix_ids)
         verb = torch.tensor(self.verbaliser_ids, device=lm.device)
@@ -204,31 +271,43 @@ class PromptedClassifier(Classifier):
         for batch in token_budget_batches(
             [len(s) + (p if self.reuse_prefix else 0) for s in seqs], batch_tokens
         ):
-            # left padding: every row ends in the last column, so only that column is unembedded
-            ids, mask = pad_batch([seqs[i] for i in batch], pad, lm.device, side="left")
             with torch.inference_mode():
                 if self.reuse_prefix:
-                    cache = copy.deepcopy(self._prefix_cache())
-                    cache.batch_repeat_interleave(len(batch))
-                    ones = torch.ones((len(batch), p), dtype=mask.dtype, device=lm.device)
-                    logits = lm.model(
-                        input_ids=ids,
-                        attention_mask=torch.cat([ones, mask], 1),
-                        position_ids=left_positions(mask, p),
-                        past_key_values=cache,
-                        use_cache=True,
-                        logits_to_keep=1,
-                    ).logits
+                    logits = self._cached_last_logits([seqs[i] for i in batch], pad)
                 else:
+                    # left padding: every row ends in the last column, so only it is unembedded
+                    ids, mask = pad_batch([seqs[i] for i in batch], pad, lm.device, side="left")
                     logits = lm.model(
                         input_ids=ids,
                         attention_mask=mask,
                         position_ids=left_positions(mask),
                         use_cache=False,
                         logits_to_keep=1,
-                    ).logits
-            out[batch] = logits[:, -1, verb].float().cpu().numpy()
+                    ).logits[:, -1]
+            out[batch] = logits[:, verb].float().cpu().numpy()
         return out
+
+    def _cached_last_logits(self, seqs: list[list[int]], pad: int) -> torch.Tensor:
+        """(B, V) logits at each sequence's last token, run after a copy of the prefix cache."""
+        lm, p = self.lm, len(self.prefix_ids)
+        cache = copy.deepcopy(self._prefix_cache())
+        cache.batch_repeat_interleave(len(seqs))
+        ids, mask = pad_batch(seqs, pad, lm.device, side="right")
+        width = ids.shape[1]
+        last = mask.sum(dim=1) - 1
+        keep = torch.unique(last)  # sorted; rows of similar length share a few columns
+        ones = torch.ones((len(seqs), p), dtype=mask.dtype, device=lm.device)
+        positions = torch.arange(p, p + width, device=lm.device).expand(len(seqs), -1)
+        logits = lm.model(
+            input_ids=ids,
+            attention_mask=torch.cat([ones, mask], 1),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        ).logits
+        rows = torch.arange(len(seqs), device=lm.device)
+        return logits[rows, torch.searchsorted(keep, last)]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -289,6 +368,24 @@ def rates_table(occurrences: pd.DataFrame, labels: Sequence[str], group: str) ->
     return grouped
 
 
+def _check_context(classifier: Classifier, inputs: Sequence[TextInput], replacement: int) -> None:
+    """Refuse, naming the first one, a text whose longest perturbed copy (template included)
+    does not fit the model's context."""
+    limit = classifier.lm.context_length
+    if limit is None:
+        return
+    for i, inp in enumerate(inputs):
+        if not inp.words:
+            continue
+        grow = max(0, replacement - min(len(w) for w in inp.word_tokens))
+        need = classifier.input_length(len(inp.ids) + grow)
+        if need > limit:
+            raise TokenprobeError(
+                f"text {i + 1} needs {need} tokens (with the prompt template and the longest perturbation), "
+                f"longer than the model's context of {limit}: shorten it or leave it out"
+            )
+
+
 def _chunks(n: int, size: int) -> list[range]:
     return [range(i, min(n, i + size)) for i in range(0, n, size)]
 
@@ -331,8 +428,9 @@ def flip_rates(
             )
     lm = classifier.lm
     replacement = _replacement(lm, perturbation, filler)
-    inputs = [tokenize_words(lm.tokenizer, t) for t in texts]
+    inputs = [classifier.encode(t) for t in texts]
     empty = [i for i, inp in enumerate(inputs) if not inp.ids or not inp.words]
+    _check_context(classifier, inputs, len(replacement))
     if len(empty) == len(inputs):
         raise TokenprobeError("every text is empty after tokenization: check --text-column")
 
@@ -415,7 +513,7 @@ def flip_rates(
         },
     )
     if ckpt is not None:
-        ckpt.finish()
+        ckpt.finish(result)  # removed now, or by result.save() inside kept_until_saved()
     return result
 
 

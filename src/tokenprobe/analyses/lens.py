@@ -32,6 +32,7 @@ from ..text import DEFAULT_MARKER, PreparedInput, prepare, token_texts
 # logits decoded at once (MB) when not given; on an H100, 2048 brought the lens to 1.07-1.19x the
 # time of decoding every layer at once (512: 1.66x) in a seventh of that one's memory
 DEFAULT_MEMORY_MB = {"cpu": 512, "cuda": 2048}
+MAX_TOP_K = 100  # each kept token is three columns of the table, per cell
 
 
 @dataclass
@@ -93,22 +94,19 @@ def _target_ids(lm: LoadedModel, targets: Sequence[str]) -> list[int]:
     return ids
 
 
-def _check_output_row(lm: LoadedModel, last_hidden: torch.Tensor, logits: torch.Tensor) -> str:
-    """Can the adapter rebuild the model's logits from its last hidden state? Warn if not."""
+def _check_output_row(lm: LoadedModel, last_block: torch.Tensor, logits: torch.Tensor) -> str:
+    """Do the adapter's final norm, projection and unembedding turn the last block's output
+    into the model's own logits? Warn if not: then the other rows are not decoded as the model
+    decodes."""
     adapter = lm.require_adapter()
     ref = logits.float()
     tol = 1e-3 if lm.dtype == torch.float32 else 5e-2
     scale = max(1.0, float(ref.abs().max()))
-    for apply_norm, verdict in (
-        (False, "ok"),
-        (True, "ok (last hidden state not normed by the model)"),
-    ):
-        rebuilt = adapter.logits(last_hidden, apply_norm=apply_norm)
-        if float((rebuilt - ref).abs().max()) <= tol * scale:
-            return verdict
+    if float((adapter.logits(last_block) - ref).abs().max()) <= tol * scale:
+        return "ok"
     warnings.warn(
-        f"{type(lm.model).__name__}: final norm + unembedding ({adapter.final_norm_path}) do not reproduce "
-        "the model's own logits; intermediate lens rows may not be decoded the way the model decodes",
+        f"{type(lm.model).__name__}: final norm + unembedding ({adapter.final_norm_path or 'no norm'}) do not "
+        "reproduce the model's own logits; intermediate lens rows may not be decoded the way the model decodes",
         UserWarning,
         stacklevel=3,
     )
@@ -143,6 +141,16 @@ def logit_lens(
         raise TokenprobeError("no prompts given")
     if top_k < 1:
         raise TokenprobeError(f"--top-k must be at least 1, not {top_k}")
+    if top_k > MAX_TOP_K:
+        raise TokenprobeError(
+            f"--top-k must be at most {MAX_TOP_K}, not {top_k}: each kept token is three columns "
+            "per cell; track particular tokens with --target instead"
+        )
+    for flag, value in (("--dummy-after", dummy_after), ("--dummy-before", dummy_before)):
+        if value is not None and dummy == 0:
+            raise TokenprobeError(
+                f"{flag} has no effect without --dummy N: give the number of dummy tokens to insert"
+            )
     adapter = lm.require_adapter()
     inputs = [
         p
@@ -178,14 +186,12 @@ def logit_lens(
     def run(batch: list[int]) -> list[_Stats]:
         ids, mask = pad_batch([inputs[i].input_ids for i in batch], pad, device)
         with torch.inference_mode():
-            fwd = lm.model(
-                input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
-            )
-            hidden = fwd.hidden_states
+            with adapter.record() as hidden:  # input of block 0, then each block's output
+                fwd = lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
             if len(hidden) != n_blocks + 1:
                 raise TokenprobeError(
-                    f"{type(lm.model).__name__} returned {len(hidden)} hidden states for {n_blocks} blocks; "
-                    "cannot tell which is which"
+                    f"{type(lm.model).__name__} ran its blocks {len(hidden) - 1} times for {n_blocks} blocks "
+                    "in one forward pass; cannot tell which state is which layer's"
                 )
             valid = mask.bool()
             n = int(valid.sum())

@@ -1,9 +1,10 @@
 """Past similarity: per layer, the cosine between a marker token's hidden state and the hidden
 states of the T tokens before (or after) it, for one text or averaged over a data set.
 
-Layer 0 is the embedding output and layer i the output of block i, as in the logit lens. The
-last block's output is taken from a hook on that block: `output_hidden_states` ends with the
-final-normed state instead, which is not a block output.
+Layer 0 is the embedding output (the first block's input) and layer i the output of block i,
+as in the logit lens, read by hooks on the blocks: `output_hidden_states` ends with the
+final-normed state instead, which is not a block output, and some families (Mamba) leave out
+the embeddings.
 """
 
 from __future__ import annotations
@@ -153,6 +154,16 @@ def past_similarity(
         else:
             anchors.append(hits[occurrence - 1])
     used = [i for i, a in enumerate(anchors) if a is not None]
+    # a marker with no token on the compared side would give an all-NaN table
+    side = "before" if direction == "past" else "after"
+    bare = [i for i in used if anchors[i] == (0 if direction == "past" else len(encoded[i]) - 1)]
+    if used and len(bare) == len(used):
+        where = "the text" if single else f"each of the {len(used)} texts that have it"
+        raise TokenprobeError(
+            f"marker {occurrence} ({marker!r}) has no tokens {side} it in {where} (--direction "
+            f"{direction}): choose another --occurrence, put text {side} the marker, or use --direction "
+            f"{'future' if direction == 'past' else 'past'}"
+        )
     if not used:
         raise TokenprobeError(
             f"none of the {len(items)} texts has {occurrence} {marker!r} marker(s): "
@@ -171,23 +182,12 @@ def past_similarity(
     total = torch.zeros((n_layers, window), dtype=torch.float64)
     count = np.zeros(window, dtype=np.int64)
     pad = pad_id_of(tok)
-    last_out: list[torch.Tensor] = []
-
-    def grab(_module: torch.nn.Module, _inputs: object, output: object) -> None:
-        last_out.append(output[0] if isinstance(output, tuple) else output)  # type: ignore[index]
 
     def run(batch: list[int]) -> list[tuple[torch.Tensor, int]]:
         ids, mask = pad_batch([encoded[i] for i in batch], pad, device)
-        last_out.clear()
-        handle = adapter.blocks[-1].register_forward_hook(grab)
-        try:
-            with torch.inference_mode():
-                hidden = lm.model(
-                    input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
-                ).hidden_states
-        finally:
-            handle.remove()
-        states = torch.stack([*hidden[: n_layers - 1], last_out[-1]])  # (layers, B, T, D)
+        with torch.inference_mode(), adapter.record() as hidden:
+            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        states = torch.stack(hidden)  # (layers, B, T, D): block 0's input, each block's output
         rows = []
         for b, i in enumerate(batch):
             n = len(encoded[i])
@@ -276,8 +276,6 @@ def past_similarity(
                 )
             if _after_chunk is not None:
                 _after_chunk(k)
-    if ckpt is not None:
-        ckpt.finish()
 
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (total.numpy() / count[None, :]).astype(np.float32)
@@ -291,7 +289,7 @@ def past_similarity(
         positions = [p + step * d for d in range(1, window + 1)]
         texts_at = token_texts(tok, [ids[q] for q in positions if 0 <= q < len(ids)])
         context_tokens = [*texts_at, *([None] * (window - len(texts_at)))]
-    return SimilarityResult(
+    result = SimilarityResult(
         layer_labels=[str(i) for i in range(n_layers)],
         cosine=mean,
         count=count,
@@ -315,3 +313,6 @@ def past_similarity(
             "created": now(),
         },
     )
+    if ckpt is not None:
+        ckpt.finish(result)  # removed now, or by result.save() inside kept_until_saved()
+    return result
