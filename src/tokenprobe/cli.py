@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
+import traceback
 import warnings
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -14,12 +17,26 @@ from typing import Any
 
 from . import __version__
 from .analyses.flips import DEFAULT_TEMPLATE as DEFAULT_FLIP_TEMPLATE
+from .analyses.lens import MAX_TOP_K
+from .checkpoint import interrupted_note, kept_until_saved
 from .errors import TokenprobeError
-from .model import BUILTIN_MODELS, DEFAULT_MODEL
+from .model import BUILTIN_MODELS, DEFAULT_MODEL, offline
 from .results import FIGURE_FORMATS, LensResult, check_writable
 from .text import DEFAULT_MARKER
 
 log = logging.getLogger("tokenprobe")
+
+BUG_REPORT_URL = "https://github.com/tokenprobe/tokenprobe/issues"
+DEBUG_ENV = "TOKENPROBE_DEBUG"
+DEBUG_HELP = f"on an error, print the Python traceback as well as the one-line message (or set {DEBUG_ENV}=1)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `tokenprobe: error: ...` and exit status 2, like every
+    other bad input (the usage is one --help away)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"tokenprobe: error: {message} (see {self.prog} --help)\n")
 
 
 def _read_text_file(path: str, flag: str) -> str:
@@ -42,6 +59,63 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _top_k(text: str) -> int:
+    """argparse type for --top-k: 1..MAX_TOP_K (each kept token is three columns per cell)."""
+    value = _positive_int(text)
+    if value > MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_TOP_K}, not {value}")
+    return value
+
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.pt", "*.h5", "*.msgpack")
+
+
+def _check_model_folder(name: str) -> None:
+    """A model folder with config.json but no tokenizer or no weights: one line saying what is
+    missing, instead of the tokenizer library's cut-off message (other names: load() checks)."""
+    folder = Path(name).expanduser()
+    if name in BUILTIN_MODELS or not (folder / "config.json").is_file():
+        return
+    missing = []
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        missing.append("no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
+    if not any(next(folder.glob(p), None) is not None for p in _WEIGHT_FILES):
+        missing.append("no weights (model.safetensors or pytorch_model.bin)")
+    if missing:
+        raise TokenprobeError(
+            f"--model {name} holds config.json but {' and '.join(missing)}: save both there with "
+            "model.save_pretrained(FOLDER) and tokenizer.save_pretrained(FOLDER)"
+        )
+
+
+def _check_can_write(path: Path, flag: str) -> None:
+    """Fail now, not after the model has run, when `path` (a folder or file to be written)
+    cannot be created: create and remove a probe file in its nearest existing ancestor."""
+    ancestor = path.expanduser().absolute()
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TokenprobeError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tokenprobe-write-check-", dir=ancestor)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise TokenprobeError(
+            f"{flag} {path}: cannot write in {ancestor} ({exc.strerror or exc}): "
+            "choose a folder you can write to"
+        ) from exc
 
 
 def _common(
@@ -106,12 +180,13 @@ def _prompt_flags(group: Any, *, several: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tokenprobe",
         description="Token-level analysis of transformer language models. Every command writes a "
         "table (Parquet), figures and meta.json into --out.",
     )
     parser.add_argument("--version", action="version", version=f"tokenprobe {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -150,7 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="track this token's probability and rank everywhere, e.g. --target ' Canberra' (repeatable)",
     )
-    g.add_argument("--top-k", type=int, default=5, help="top tokens kept per cell (default 5)")
+    g.add_argument(
+        "--top-k",
+        type=_top_k,
+        default=5,
+        help=f"top tokens kept per cell, 1 to {MAX_TOP_K} (default 5)",
+    )
     g.add_argument(
         "--memory-mb",
         type=_positive_int,
@@ -336,14 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--label-column", help="column holding gold labels (default: label, when present)"
     )
-    g.add_argument("--limit", type=int, metavar="N", help="use only the first N texts")
+    g.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="use only the first N texts (at least 1)"
+    )
     g = flips.add_argument_group("classifier")
     g.add_argument(
         "--labels",
         nargs="+",
         metavar="LABEL",
-        help="label names, or label=verbaliser pairs for a prompted classifier (default: the model's "
-        "labels, or the labels found in --label-column)",
+        help="at least two label names, or label=verbaliser pairs for a prompted classifier (default: "
+        "the model's labels, or the labels found in --label-column)",
     )
     g.add_argument(
         "--template",
@@ -369,14 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND",
         help="delete (default), mask (the mask or unk token), or filler WORD",
     )
-    g.add_argument("--buckets", type=int, default=10, help="relative position buckets (default 10)")
+    g.add_argument(
+        "--buckets",
+        type=_positive_int,
+        default=10,
+        help="relative position buckets, at least 1 (default 10)",
+    )
     g.add_argument(
         "--group",
         choices=["predicted", "gold"],
         default="predicted",
         help="group texts by the prediction on the unperturbed text (default) or by gold label",
     )
-    g.add_argument("--top", type=int, default=40, help="words per heatmap (default 40)")
+    g.add_argument(
+        "--top", type=_positive_int, default=40, help="words per heatmap, at least 1 (default 40)"
+    )
     g.add_argument(
         "--rank",
         choices=["support", "rate", "frequency"],
@@ -386,9 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--min-count",
-        type=int,
+        type=_positive_int,
         default=3,
-        help="cells with fewer occurrences are masked (default 3)",
+        help="cells with fewer occurrences are masked; at least 1 (default 3)",
     )
     _resume_flag(g, "continue an interrupted run in --out (its finished texts are kept there)")
 
@@ -411,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
         "prompt), flip rates (200 sample texts) and report.html in --out, on the built-in model: about 3 minutes on 2 cores.",
     )
     _common(demo, default_out="out/demo", batch_tokens=None)
+    for command in sub.choices.values():  # --debug after the command too (SUPPRESS: no override)
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
     return parser
 
 
@@ -457,6 +550,8 @@ def cmd_lens(args: argparse.Namespace) -> int:
     )
     for out in outs:  # before the model runs, not after
         check_writable(out, LensResult.files(args.format), args.overwrite)
+        _check_can_write(out, "--out")
+    _check_model_folder(args.model)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     results = logit_lens(
         lm,
@@ -493,6 +588,7 @@ def check_unfinished_or_writable(
     not replace finished outputs unless --overwrite (so --resume never reruns over them)."""
     if not (args.resume and (out / partial).is_dir()):
         check_writable(out, names, args.overwrite)
+    _check_can_write(out, "--out")
 
 
 def _save_and_report(result: Any, out: Path, args: argparse.Namespace, **save_options: Any) -> None:
@@ -522,6 +618,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     check_unfinished_or_writable(out, PARTIAL, SimilarityResult.files(args.format), args)
+    _check_model_folder(args.model)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     result = past_similarity(
         lm,
@@ -567,6 +664,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     check_unfinished_or_writable(out, PARTIAL, AttributionResult.files(args.format), args)
+    _check_model_folder(args.model)
     lm = load(args.model, device=args.device, dtype=_attribution_dtype(args.dtype))
     result = attribute(
         lm,
@@ -618,6 +716,12 @@ def build_classifier(args: argparse.Namespace, gold: list[str] | None) -> Any:
         label.split("=", 1) if "=" in label else [label, None] for label in (args.labels or [])
     ]
     names = [p[0] for p in pairs]
+    if names and len(set(names)) < 2:
+        raise TokenprobeError(
+            f"--labels names {len(set(names))} label: a classifier needs at least two labels to "
+            "flip between (e.g. --labels joy sadness)"
+        )
+    _check_model_folder(args.model)
     if _is_sequence_classifier(args.model):
         lm = load(args.model, device=args.device, dtype=args.dtype, task="sequence-classification")
         return SequenceClassifier(lm, names or None)
@@ -627,6 +731,11 @@ def build_classifier(args: argparse.Namespace, gold: list[str] | None) -> Any:
                 "give the labels with --labels (e.g. --labels anger joy optimism sadness)"
             )
         names = sorted(set(gold))
+        if len(names) < 2:
+            raise TokenprobeError(
+                f"every text used from --data is labelled {names[0]!r}: a one-class classifier can never "
+                "flip; pass --labels with at least two labels (e.g. --labels joy sadness)"
+            )
         pairs = [[n, None] for n in names]
     verbalisers = [v if v is not None else f" {n}" for n, v in pairs]
     lm = load(args.model, device=args.device, dtype=args.dtype)
@@ -648,6 +757,11 @@ def cmd_flips(args: argparse.Namespace) -> int:
     how, *rest = args.perturb
     if len(rest) > 1 or (how != "filler" and rest) or (how == "filler" and not rest):
         raise TokenprobeError("--perturb takes delete, mask, or filler WORD")
+    if args.template is not None and args.template.count("{text}") > 1:
+        raise TokenprobeError(
+            f"the --template holds {{text}} {args.template.count('{text}')} times: "
+            "put {text} once, where the text goes"
+        )
     frame = read_table(args.data)
     require_column(frame, args.data, args.text_column, "--text-column")
     label_column = args.label_column or ("label" if "label" in frame.columns else None)
@@ -681,6 +795,17 @@ def cmd_flips(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_report_path(html_path: Path, overwrite: bool, flag: str) -> None:
+    """Before collecting (or running) anything: the page can be written where it is asked for."""
+    if html_path.is_dir():
+        raise TokenprobeError(
+            f"{flag} {html_path} is a folder: give the .html file to write, e.g. {html_path / 'report.html'}"
+        )
+    if html_path.exists() and not overwrite:
+        raise TokenprobeError(f"{html_path} exists: choose another {flag} or pass --overwrite")
+    _check_can_write(html_path, flag)
+
+
 def _write_report(folder: Path, html_path: Path, title: str, overwrite: bool) -> Path:
     from .report import collect, write_report
 
@@ -693,9 +818,10 @@ def _write_report(folder: Path, html_path: Path, title: str, overwrite: bool) ->
 
 def cmd_report(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
-    _write_report(
-        folder, Path(args.html) if args.html else folder / "report.html", args.title, args.overwrite
-    )
+    html_path = Path(args.html) if args.html else folder / "report.html"
+    if folder.is_dir():  # else collect() says what is wrong with FOLDER
+        _check_report_path(html_path, args.overwrite, "--html")
+    _write_report(folder, html_path, args.title, args.overwrite)
     return 0
 
 
@@ -712,10 +838,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .analyses.similarity import past_similarity
     from .data import read_table
     from .model import load
+    from .results import AttributionResult, FlipResult, LensResult, SimilarityResult
 
-    lm = load(args.model, device=args.device, dtype=args.dtype)
     out = Path(args.out)
     specs = demo_specs()
+    if out.exists() and not out.is_dir():
+        raise TokenprobeError(f"--out {out} is a file, not a folder: choose another --out")
+    kinds = {
+        "lens": LensResult,
+        "similarity": SimilarityResult,
+        "attribution": AttributionResult,
+        "flips": FlipResult,
+    }
+    for kind, cls in kinds.items():  # before the model runs, not after
+        for spec in specs[kind]:
+            check_writable(out / spec["name"], cls.files(args.format), args.overwrite)
+    _check_report_path(out / "report.html", args.overwrite, "--out")
+    _check_model_folder(args.model)
+    lm = load(args.model, device=args.device, dtype=args.dtype)
     for spec in specs["lens"]:
         result = logit_lens(
             lm,
@@ -767,8 +907,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split("\n")).strip()
+
+
+def _error_line(exc: BaseException) -> tuple[str, int]:
+    """The one line a failure ends in, and the exit status: 2 for bad input (a TokenprobeError,
+    a file that cannot be read or written), 1 for anything else, which is tokenprobe's fault."""
+    if isinstance(exc, TokenprobeError):
+        return f"tokenprobe: error: {_one_line(str(exc))}", 2
+    if isinstance(exc, OSError) and exc.filename is not None:
+        paths = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        why = exc.strerror or type(exc).__name__
+        return f"tokenprobe: error: {paths}: {why} (check the path and its permissions)", 2
+    lines = str(exc).strip().splitlines()
+    first = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return (
+        f"tokenprobe: error: {first} (this looks like a bug in tokenprobe or an input it does not "
+        f"handle; rerun with --debug for the traceback and report it at {BUG_REPORT_URL})",
+        1,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends with one line on stderr and exit status 2."""
+    """Entry point. Every failure ends in one line on stderr: exit status 2 for bad input, 1 for
+    an internal error (--debug or TOKENPROBE_DEBUG=1 print the traceback too), 130 on Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_output()
@@ -780,17 +943,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": cmd_report,
         "demo": cmd_demo,
     }
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return handlers[args.command](args)
-    except TokenprobeError as exc:
-        print(f"tokenprobe: error: {exc}", file=sys.stderr)
-        return 2
+        # offline: no connection, even where a hub id is only looked up; kept_until_saved: a
+        # checkpoint goes only once the outputs are all written
+        with offline(), kept_until_saved():
+            return handlers[args.command](args)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        line, status = _error_line(exc)
+        print(line, file=sys.stderr)
+        return status
     except KeyboardInterrupt:
         hint = ""
         if getattr(args, "resume", None) is not None:  # the commands that checkpoint
-            kept = sorted(Path(args.out).glob("*.partial"))
-            if kept:
-                hint = f": finished work is kept in {kept[0]}; run the same command with --resume"
+            hint = interrupted_note(Path(args.out))  # what is kept, only if something is
         print(f"tokenprobe: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -321,6 +321,10 @@ def top_words(rates: Any, top: int, rank: str, min_count: int) -> list[str]:
 
     if rank not in RANKINGS:
         raise TokenprobeError(f"unknown --rank {rank!r}: use {', '.join(RANKINGS)}")
+    if top < 1:
+        raise TokenprobeError(f"--top must be at least 1, not {top}")
+    if min_count < 1:
+        raise TokenprobeError(f"--min-count must be at least 1, not {min_count}")
     # only words with at least one cell that will be drawn (min_count occurrences in a bucket)
     shown = rates.groupby("word")["occurrences"].max()
     rates = rates[rates["word"].isin(shown[shown >= min_count].index)]

@@ -261,16 +261,32 @@ def collect(root: str | Path) -> list[tuple[Path, Result]]:
             f"{root} is not a folder: pass the folder the results were written to"
         )
     found = []
+    skipped = 0
     for meta in sorted(base.rglob("meta.json")):
         try:
             found.append((meta.parent, Result.load(meta.parent)))
-        except TokenprobeError as exc:
-            warnings.warn(f"skipped {meta.parent}: {exc}", UserWarning, stacklevel=2)
+        except Exception as exc:  # a damaged folder must not stop the report of the others
+            skipped += 1
+            warnings.warn(f"skipped {meta.parent}: {_damage(exc)}", UserWarning, stacklevel=2)
     if not found:
+        if skipped:
+            raise TokenprobeError(
+                f"none of the {skipped} result folder(s) under {root} could be read (see the "
+                "warnings above): re-run the analyses"
+            )
         raise TokenprobeError(
             f"no tokenprobe results under {root}: run an analysis with --out there first"
         )
     return found
+
+
+def _damage(exc: Exception) -> str:
+    """One line saying why a saved result could not be read."""
+    lines = str(exc).strip().splitlines()
+    if isinstance(exc, TokenprobeError):
+        return " ".join(lines)
+    why = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return f"its table or meta.json is damaged or not written by this version ({why}); re-run the analysis"
 
 
 def write_report(
@@ -282,6 +298,10 @@ def write_report(
 ) -> Path:
     """Write the page; refuse to replace an existing file unless asked."""
     out = Path(path)
+    if out.is_dir():
+        raise TokenprobeError(
+            f"{out} is a folder: give the .html file to write, e.g. {out / 'report.html'}"
+        )
     if out.exists() and not overwrite:
         raise TokenprobeError(f"{out} exists: choose another --html or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
