@@ -3,15 +3,23 @@
 Each finished piece of work is written to a folder as soon as it is done, next to the settings
 of the run, so an interrupted run resumes where it stopped and a resume with other settings
 (another model, other texts, other options) is refused instead of mixing two runs.
+
+When the run is done, `Checkpoint.finish` removes the folder, except inside
+`kept_until_saved()` (the command line runs every command in it): there the folder is marked
+finished and handed to the result, whose `save()` removes it only once every output file is in
+place, so a crash while the outputs are written loses nothing and a resume writes them without
+recomputing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import shutil
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +30,39 @@ from .model import LoadedModel
 
 # what reading a damaged part or settings file raises (pyarrow's errors are ValueErrors)
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+FINISHED = "finished.json"  # in a checkpoint folder: the run is done, its outputs not yet saved
+_KEEP_UNTIL_SAVED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tokenprobe_keep_until_saved", default=False
+)
+
+
+@contextlib.contextmanager
+def kept_until_saved() -> Iterator[None]:
+    """Runs finished inside this block keep their checkpoint until their result is saved.
+
+    `Checkpoint.finish` then marks the folder finished instead of removing it, and
+    `Result.save` removes it once every output file is in place: a crash while saving loses
+    nothing, and the same run with `resume=True` (`--resume`) writes the outputs without
+    recomputing. Outside the block (the default for Python callers) a run removes its
+    checkpoint when it returns. The command line runs every command inside it.
+    """
+    token = _KEEP_UNTIL_SAVED.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_UNTIL_SAVED.reset(token)
+
+
+def is_finished(folder: Path) -> bool:
+    """Does the checkpoint `folder` hold a finished run (whose outputs may not be saved yet)?"""
+    return (folder / FINISHED).is_file()
+
+
+def remove_finished(folder: str | Path) -> None:
+    """Remove the checkpoint `folder` if its run is finished (never an unfinished one)."""
+    folder = Path(folder)
+    if is_finished(folder):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def digest(*columns: Sequence[object] | None) -> str:
@@ -51,6 +92,11 @@ class Checkpoint:
         settings = json.loads(json.dumps(settings, default=str))  # the form it has on disk
         path = folder / "settings.json"
         if folder.exists():
+            if not resume and is_finished(folder):
+                raise TokenprobeError(
+                    f"{folder} holds a finished run whose outputs were not all written: pass "
+                    "--resume to write them (nothing is recomputed), or delete it"
+                )
             if not resume:
                 raise TokenprobeError(
                     f"{folder} holds an unfinished run: pass --resume to continue it, or delete it"
@@ -84,8 +130,21 @@ class Checkpoint:
         taken = [int(p.name[5:10]) for p in self.folder.glob("part-[0-9]*")]
         return self.write(max(taken, default=-1) + 1, suffix, writer)
 
-    def finish(self) -> None:
-        """Remove the folder once the run's result is built."""
+    def finish(self, result: Any = None) -> None:
+        """The run is done and `result` built from it: remove the folder, or, inside
+        `kept_until_saved()`, mark it finished and hand it to `result` (as `result.checkpoint`),
+        whose `save()` removes it once every output file is in place."""
+        if result is None or not _KEEP_UNTIL_SAVED.get():
+            self.discard()
+            return
+        self._atomic(
+            self.folder / FINISHED,
+            lambda p: p.write_text(json.dumps({"finished": True}) + "\n", encoding="utf-8"),
+        )
+        result.checkpoint = self.folder.absolute()
+
+    def discard(self) -> None:
+        """Remove the folder now (a run that can never finish, or one whose result is kept)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _read(self, path: Path, reader: Callable[[Path], Any]) -> Any:
@@ -118,3 +177,71 @@ def npz_writer(**arrays: Any) -> Callable[[Path], None]:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as part:
         return {name: part[name] for name in part.files}
+
+
+def interrupted_note(out: Path) -> str:
+    """What an interrupted run in `out` left in its checkpoint, for the message on Ctrl-C.
+
+    Finished work is named only when a finished part is there: a run stopped before its first
+    part keeps nothing, and its folder (which holds only the settings) is removed so that the
+    same command starts afresh without --resume.
+    """
+    for folder in sorted(Path(out).glob("*.partial")):
+        if not folder.is_dir():
+            continue
+        if is_finished(folder):
+            return (
+                f": the run had finished, but its outputs were not all written; run the same "
+                f"command with --resume to write them from {folder} (nothing is recomputed)"
+            )
+        kept = _kept_work(folder)
+        if kept:
+            return (
+                f": finished work is kept in {folder} ({kept}); run the same command with "
+                "--resume to go on from it"
+            )
+        if {p.name for p in folder.iterdir()} <= {"settings.json"}:
+            shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            return f": nothing was finished yet; delete {folder} to start afresh"
+        return ": nothing was finished yet, so nothing is kept"
+    return ""
+
+
+def _kept_work(folder: Path) -> str:
+    """The finished parts in a checkpoint folder, in words ("" when there are none)."""
+    parts = sorted(folder.glob("part-[0-9]*"))
+    if not parts:
+        return ""
+    try:
+        settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        settings = {}
+    counts: dict[str, int] = {}
+    try:
+        for part in parts:
+            if part.name.endswith(".scores.npz"):  # attribution: scored model inputs
+                counts["scored input"] = counts.get("scored input", 0) + len(
+                    _read_npz(part)["keys"]
+                )
+            elif part.name.endswith(".steps.npz"):  # attribution: batches of gradient steps
+                counts["step"] = counts.get("step", 0) + len(_read_npz(part)["steps"])
+            elif part.name.endswith(".npz"):  # past similarity: sums over texts
+                counts["text"] = counts.get("text", 0) + len(_read_npz(part)["texts"])
+            elif part.name.endswith(".parquet"):  # flip rates: one part per chunk of texts
+                import pandas as pd
+
+                ids = pd.read_parquet(part, columns=["text_id"])["text_id"]
+                counts["text"] = counts.get("text", 0) + int(ids.nunique())
+    except _DAMAGED:
+        n = len(parts)
+        return f"{n} finished part{'s' * (n != 1)}"
+    words = []
+    for unit in ("text", "scored input"):
+        if unit in counts:
+            words.append(f"{counts[unit]} {unit}{'s' * (counts[unit] != 1)}")
+    if settings.get("method") == "integrated_gradients":
+        words.append(f"{counts.get('step', 0)} of {settings.get('steps')} integration steps")
+    elif "step" in counts:
+        words.append("the gradients")
+    return ", ".join(words) or f"{len(parts)} finished parts"

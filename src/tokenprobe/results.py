@@ -1,8 +1,16 @@
 """Result types: arrays + labels + metadata, each with a table, a figure, save and load.
 
 A saved result is a folder: `<kind>.parquet` (the tidy table, also what `load` reads back),
-`meta.json` (model, inputs, options, versions) and figures. Saving never silently replaces
-an earlier result.
+`meta.json` (model, inputs, options, versions, the files written) and figures. Saving never
+silently replaces an earlier result.
+
+A save is atomic as a whole: every file is first written beside its final name as a hidden
+`.NAME.PID-XXXX.tokenprobe-new` file; then a journal (`.tokenprobe-save.json`) naming them is
+written in one step, which commits the save; then the files are renamed into place, the
+previous result's files that the new one does not write are removed, and so is the finished
+checkpoint the result was built from; last the journal goes. A save killed before its journal
+exists leaves the folder as it was (its hidden files are removed by the next save); one killed
+after it is completed by the next save, load or `check_writable` of that folder.
 """
 
 from __future__ import annotations
@@ -10,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +60,106 @@ def _atomic_write(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
+SAVE_JOURNAL = ".tokenprobe-save.json"  # in a result folder: a committed save not yet complete
+_STAGED = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tokenprobe-new$")  # a file written by a save
+_STALE_SECONDS = 24 * 3600  # an uncommitted save's files this old are left over whatever its PID
+
+
+def _step(name: str) -> None:
+    """Test hook: called after each step of a save (tests kill the process here)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or no way to tell: assume it is running
+        return True
+    return True
+
+
+def complete_save(out: str | os.PathLike[str], *, discard_staged: bool = False) -> None:
+    """Complete a save into `out` that was interrupted after it was committed (its journal is
+    there): rename its files into place, remove what it replaces, then its journal. With
+    `discard_staged`, also remove the files of saves that never committed (their process is
+    gone, or it is this one). Safe to run while another process completes the same save."""
+    folder = Path(out)
+    journal = folder / SAVE_JOURNAL
+    if journal.is_file():
+        try:
+            plan = json.loads(journal.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            plan = None  # completed meanwhile by another process
+        except (OSError, ValueError) as exc:
+            raise TokenprobeError(
+                f"{journal} (the record of an interrupted save) is damaged ({exc}): delete it "
+                "and run the analysis again"
+            ) from exc
+        if plan is not None:
+            _roll_forward(folder, plan)
+    if discard_staged and folder.is_dir():
+        for path in folder.iterdir():
+            match = _STAGED.match(path.name)
+            if match is None:
+                continue
+            pid = int(match.group(1))
+            try:
+                old = time.time() - path.stat().st_mtime > _STALE_SECONDS
+            except FileNotFoundError:
+                continue
+            if pid == os.getpid() or old or not _pid_alive(pid):
+                path.unlink(missing_ok=True)
+
+
+def _roll_forward(folder: Path, plan: dict[str, Any]) -> None:
+    from .checkpoint import remove_finished
+
+    for name, staged in plan.get("files", {}).items():
+        try:
+            os.replace(folder / staged, folder / name)
+        except FileNotFoundError:  # renamed already (by an earlier try or another process)
+            pass
+        _step("moving")
+    for name in plan.get("remove", []):
+        (folder / name).unlink(missing_ok=True)
+    _step("moved")
+    if plan.get("checkpoint"):
+        remove_finished(plan["checkpoint"])
+    _step("checkpoint removed")
+    (folder / SAVE_JOURNAL).unlink(missing_ok=True)
+
+
+def _previous_files(out: Path) -> set[str]:
+    """The files of the result already saved in `out` (those its meta.json lists, or for older
+    results those its kind writes), so that --overwrite leaves none of them behind."""
+    try:
+        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(meta, dict):
+        return set()
+    files = meta.get("files")
+    if isinstance(files, list):
+        names = {str(f) for f in files}
+    elif meta.get("kind") in _REGISTRY:
+        names = set(_REGISTRY[meta["kind"]].saved_names(meta))
+    else:
+        return set()
+    # only plain files directly in `out`, never a hidden or a nested one
+    return {n for n in names if n and "/" not in n and "\\" not in n and not n.startswith(".")}
+
+
 class Result:
     """Base of all results; subclasses set `kind` and implement the table and figure."""
 
     kind: ClassVar[str] = ""
     meta: dict[str, Any]
+    # the finished checkpoint this result was built from, kept until save() has written it
+    # (set by Checkpoint.finish inside checkpoint.kept_until_saved(); None otherwise)
+    checkpoint: Path | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -93,6 +198,12 @@ class Result:
         """The file names a saved result of this kind occupies."""
         return [f"{cls.kind}.parquet", "meta.json", *(f"{cls.kind}.{fmt}" for fmt in formats)]
 
+    @classmethod
+    def saved_names(cls, meta: dict[str, Any]) -> list[str]:
+        """Every file a saved result of this kind with this meta.json can occupy, in any
+        format (for results saved before meta.json listed its files)."""
+        return cls.files(FIGURE_FORMATS)
+
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables a saved result holds, by file stem; the first is what `load` reads."""
         return {self.kind: self.to_frame()}
@@ -113,7 +224,16 @@ class Result:
         overwrite: bool = False,
         plot_options: dict[str, Any] | None = None,
     ) -> dict[str, Path]:
-        """Write tables, meta.json and figures into `out_dir`; refuse to replace files unless asked."""
+        """Write tables, meta.json and figures into `out_dir`; refuse to replace files unless asked.
+
+        The save is atomic as a whole (see the module's docstring): killed at any point, the
+        folder holds either the previous result or, once the next save, load or check of the
+        folder has completed it, this one. With `overwrite`, the previous result's files that
+        this one does not write (e.g. the figure of a class it no longer has) are removed;
+        other files are never touched. A result built with a checkpoint kept until it is saved
+        (`checkpoint.kept_until_saved()`, as the command line runs) has that checkpoint
+        removed here, once every file is in place.
+        """
         formats = list(dict.fromkeys(formats))
         bad = [f for f in formats if f not in FIGURE_FORMATS]
         if bad:
@@ -125,39 +245,65 @@ class Result:
         figures = self.figure_specs() if formats else []
         names = [f"{t}.parquet" for t in tables] + ["meta.json"]
         names += [f"{stem}.{fmt}" for stem, _ in figures for fmt in formats]
+        if out.is_dir():
+            complete_save(out, discard_staged=True)
         check_writable(out, names, overwrite)
+        stale = sorted(_previous_files(out) - set(names)) if overwrite else []
         out.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staged: dict[str, str] = {}  # final name -> the hidden name it is written under first
         written: dict[str, Path] = {}
-        for name, frame in tables.items():
-            path = out / f"{name}.parquet"
-            _atomic_write(path, lambda p, frame=frame: frame.to_parquet(p, index=False))
-            written["table" if len(tables) == 1 else name] = path
-        meta = {**self.meta, **self.extra_meta(), "kind": self.kind}
-        if plot_options:  # so that the HTML report draws what the figures drew
-            meta["plot_options"] = plot_options
-        meta_path = out / "meta.json"
-        _atomic_write(
-            meta_path,
-            lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n"),
-        )
-        written["meta"] = meta_path
-        if figures:
-            import matplotlib.pyplot as plt
 
-            for stem, options in figures:
-                fig = self.plot(**options, **(plot_options or {}))
-                try:
-                    for fmt in formats:
-                        path = out / f"{stem}.{fmt}"
-                        _atomic_write(
-                            path,
-                            lambda p, fmt=fmt, fig=fig: fig.savefig(
-                                p, format=fmt, dpi=150, bbox_inches="tight"
-                            ),
-                        )
-                        written[f"{stem}.{fmt}" if len(figures) > 1 else fmt] = path
-                finally:
-                    plt.close(fig)
+        def stage(name: str, write: Any) -> Path:
+            tmp = out / f".{name}.{tag}.tokenprobe-new"
+            staged[name] = tmp.name
+            write(tmp)
+            _step("staging")
+            return out / name
+
+        try:
+            for name, frame in tables.items():
+                path = stage(
+                    f"{name}.parquet", lambda p, frame=frame: frame.to_parquet(p, index=False)
+                )
+                written["table" if len(tables) == 1 else name] = path
+            meta = {**self.meta, **self.extra_meta(), "kind": self.kind, "files": names}
+            if plot_options:  # so that the HTML report draws what the figures drew
+                meta["plot_options"] = plot_options
+            text = json.dumps(meta, indent=2, default=_json_default) + "\n"
+            written["meta"] = stage("meta.json", lambda p: p.write_text(text, encoding="utf-8"))
+            if figures:
+                import matplotlib.pyplot as plt
+
+                for stem, options in figures:
+                    fig = self.plot(**options, **(plot_options or {}))
+                    try:
+                        for fmt in formats:
+                            path = stage(
+                                f"{stem}.{fmt}",
+                                lambda p, fmt=fmt, fig=fig: fig.savefig(
+                                    p, format=fmt, dpi=150, bbox_inches="tight"
+                                ),
+                            )
+                            written[f"{stem}.{fmt}" if len(figures) > 1 else fmt] = path
+                    finally:
+                        plt.close(fig)
+            plan = {
+                "files": staged,
+                "remove": stale,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            }
+            _atomic_write(
+                out / SAVE_JOURNAL, lambda p: p.write_text(json.dumps(plan), encoding="utf-8")
+            )
+        except BaseException:
+            if not (out / SAVE_JOURNAL).exists():  # not committed: leave the folder as it was
+                for tmp in staged.values():
+                    (out / tmp).unlink(missing_ok=True)
+            raise
+        _step("committed")
+        _roll_forward(out, plan)
+        self.checkpoint = None
         return written
 
     @staticmethod
@@ -166,6 +312,14 @@ class Result:
         folder = Path(path)
         if folder.name == "meta.json":
             folder = folder.parent
+        if (folder / SAVE_JOURNAL).is_file():  # a save was killed after it committed: finish it
+            try:
+                complete_save(folder)
+            except OSError as exc:
+                raise TokenprobeError(
+                    f"{folder} holds a save that was interrupted and cannot be completed here "
+                    f"({exc.strerror or exc}): run the analysis again"
+                ) from exc
         meta_path = folder / "meta.json"
         if not meta_path.exists():
             raise TokenprobeError(
@@ -187,13 +341,21 @@ class Result:
         meta["_folder"] = str(folder)
         result = cls.from_frame(pd.read_parquet(table), meta)
         result.meta.pop("_folder", None)
+        result.meta.pop("files", None)  # what the folder holds, not part of the result
         return result
 
 
 def check_writable(out: Path, names: Iterable[str], overwrite: bool) -> None:
-    """Refuse to replace earlier outputs unless asked (called before long work, and at save)."""
+    """Refuse to replace earlier outputs unless asked (called before long work, and at save).
+    A save into `out` that was killed after it committed is completed first, so the answer is
+    about the outputs as they will stay."""
     if out.exists() and not out.is_dir():
         raise TokenprobeError(f"{out} is a file, not a folder: choose another --out")
+    if (out / SAVE_JOURNAL).is_file():
+        try:
+            complete_save(out)
+        except OSError:
+            pass  # e.g. a read-only folder: the save itself will say so
     clash = [name for name in names if (out / name).exists()]
     if clash and not overwrite:
         raise TokenprobeError(
@@ -522,6 +684,12 @@ class FlipResult(Result):
     def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:
         """The tables and meta.json (the figures' names depend on the classes found)."""
         return ["flips.parquet", "rates.parquet", "meta.json"]
+
+    @classmethod
+    def saved_names(cls, meta: dict[str, Any]) -> list[str]:
+        labels = meta.get("labels") if isinstance(meta.get("labels"), list) else []
+        figures = [f"flips_{_safe(c)}.{fmt}" for c in labels for fmt in FIGURE_FORMATS]
+        return [*cls.files(), *figures]
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"flips": self.occurrences, "rates": self.rates}
