@@ -529,3 +529,47 @@ def test_offline_block_restores_an_earlier_setting(monkeypatch):
         assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
     assert hub.HF_HUB_OFFLINE is False and os.environ["HF_HUB_OFFLINE"] == "0"
     assert "TRANSFORMERS_OFFLINE" not in os.environ
+
+
+# ----------------------------------------------------------------------------- two runs at once
+
+
+def test_a_second_run_resuming_the_same_checkpoint_is_refused(flips_run, tmp_path, capsys):
+    """A live process holding the checkpoint's lock: the second --resume stops in one line;
+    once that process is gone, its lock is taken over and the run finishes."""
+    from tokenprobe.checkpoint import LOCK
+    from tokenprobe.model import _host
+
+    argv, whole = flips_run
+    out = tmp_path / "out"
+    partial = out / "flips.partial"
+    partial.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (partial / LOCK).write_text(f"{_host()} {other.pid}\n")
+        code, _, err = run(capsys, *argv, "--out", str(out), "--resume")
+        assert code == 2 and "another tokenprobe run" in err and str(other.pid) in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    finally:
+        other.kill()
+        other.wait()
+    code, _, err = run(capsys, *argv, "--out", str(out), "--resume")
+    assert code == 0, err
+    assert not partial.exists()
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "rates.parquet"), pd.read_parquet(whole / "rates.parquet")
+    )
+
+
+def test_report_finishes_a_committed_save_before_collecting(flips_run, tmp_path):
+    """Killed right after the save committed, a folder has no meta.json yet: the report must
+    not pass it over without a word."""
+    from tokenprobe.report import collect
+
+    argv, whole = flips_run
+    out = tmp_path / "runs" / "flips"
+    killed_at("committed", [*argv, "--out", str(out)], tmp_path)
+    assert not (out / "meta.json").exists()
+    found = collect(tmp_path / "runs")
+    assert [p for p, _ in found] == [out]
+    assert files_in(out) == files_in(whole)

@@ -13,10 +13,12 @@ recomputing.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import hashlib
 import json
+import os
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +32,7 @@ from .model import LoadedModel
 
 # what reading a damaged part or settings file raises (pyarrow's errors are ValueErrors)
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+LOCK = "run.lock"  # in a checkpoint folder: "HOST PID" of the process working in it
 FINISHED = "finished.json"  # in a checkpoint folder: the run is done, its outputs not yet saved
 _KEEP_UNTIL_SAVED: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "tokenprobe_keep_until_saved", default=False
@@ -112,8 +115,51 @@ class Checkpoint:
                         "resume with the same model, data and flags, or delete it"
                     )
         folder.mkdir(parents=True, exist_ok=True)
+        self._lock()
         if not path.exists():
             self._atomic(path, lambda p: p.write_text(json.dumps(settings, indent=1), "utf-8"))
+
+    def _lock(self) -> None:
+        """Claim the folder for this process: two runs resuming the same checkpoint at once
+        would each write parts the other then counts twice. A lock left by a process that is
+        gone (or by this one, from a run that stopped on an error) is taken over."""
+        from .model import _host, _process_alive
+
+        lock = self.folder / LOCK
+        me = f"{_host()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    host, pid = lock.read_text(encoding="utf-8").split()
+                    owner = int(pid)
+                except (OSError, ValueError):
+                    host, owner = "", -1
+                alive = host == _host() and owner != os.getpid() and _process_alive(owner)
+                if alive or (host and host != _host()):
+                    where = f"process {owner}" + ("" if host == _host() else f" on {host}")
+                    raise TokenprobeError(
+                        f"another tokenprobe run ({where}) is working in {self.folder}: wait for "
+                        f"it to finish, or stop it (delete {lock} if it is gone)"
+                    ) from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(me + "\n")
+            atexit.register(self._unlock)
+            return
+
+    def _unlock(self) -> None:
+        """Give the folder up (when the run stops, finished or not)."""
+        from .model import _host
+
+        lock = self.folder / LOCK
+        try:
+            if lock.read_text(encoding="utf-8").split() == [_host(), str(os.getpid())]:
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
 
     def read(self, suffix: str, reader: Callable[[Path], Any] | None = None) -> dict[int, Any]:
         """The finished parts with this suffix, by number, each read by `reader` (by default
@@ -141,6 +187,7 @@ class Checkpoint:
             self.folder / FINISHED,
             lambda p: p.write_text(json.dumps({"finished": True}) + "\n", encoding="utf-8"),
         )
+        self._unlock()
         result.checkpoint = self.folder.absolute()
 
     def discard(self) -> None:
@@ -200,7 +247,7 @@ def interrupted_note(out: Path) -> str:
                 f": finished work is kept in {folder} ({kept}); run the same command with "
                 "--resume to go on from it"
             )
-        if {p.name for p in folder.iterdir()} <= {"settings.json"}:
+        if {p.name for p in folder.iterdir()} <= {"settings.json", LOCK}:
             shutil.rmtree(folder, ignore_errors=True)
         if folder.exists():
             return f": nothing was finished yet; delete {folder} to start afresh"

@@ -69,36 +69,6 @@ def _top_k(text: str) -> int:
     return value
 
 
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.pt", "*.h5", "*.msgpack")
-
-
-def _check_model_folder(name: str) -> None:
-    """A model folder with config.json but no tokenizer or no weights: one line saying what is
-    missing, instead of the tokenizer library's cut-off message (other names: load() checks)."""
-    folder = Path(name).expanduser()
-    if name in BUILTIN_MODELS or not (folder / "config.json").is_file():
-        return
-    missing = []
-    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
-        missing.append("no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
-    if not any(next(folder.glob(p), None) is not None for p in _WEIGHT_FILES):
-        missing.append("no weights (model.safetensors or pytorch_model.bin)")
-    if missing:
-        raise TokenprobeError(
-            f"--model {name} holds config.json but {' and '.join(missing)}: save both there with "
-            "model.save_pretrained(FOLDER) and tokenizer.save_pretrained(FOLDER)"
-        )
-
-
 def _check_can_write(path: Path, flag: str) -> None:
     """Fail now, not after the model has run, when `path` (a folder or file to be written)
     cannot be created: create and remove a probe file in its nearest existing ancestor."""
@@ -551,7 +521,6 @@ def cmd_lens(args: argparse.Namespace) -> int:
     for out in outs:  # before the model runs, not after
         check_writable(out, LensResult.files(args.format), args.overwrite)
         _check_can_write(out, "--out")
-    _check_model_folder(args.model)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     results = logit_lens(
         lm,
@@ -618,7 +587,6 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     check_unfinished_or_writable(out, PARTIAL, SimilarityResult.files(args.format), args)
-    _check_model_folder(args.model)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     result = past_similarity(
         lm,
@@ -664,7 +632,6 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     check_unfinished_or_writable(out, PARTIAL, AttributionResult.files(args.format), args)
-    _check_model_folder(args.model)
     lm = load(args.model, device=args.device, dtype=_attribution_dtype(args.dtype))
     result = attribute(
         lm,
@@ -721,7 +688,6 @@ def build_classifier(args: argparse.Namespace, gold: list[str] | None) -> Any:
             f"--labels names {len(set(names))} label: a classifier needs at least two labels to "
             "flip between (e.g. --labels joy sadness)"
         )
-    _check_model_folder(args.model)
     if _is_sequence_classifier(args.model):
         lm = load(args.model, device=args.device, dtype=args.dtype, task="sequence-classification")
         return SequenceClassifier(lm, names or None)
@@ -854,7 +820,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for spec in specs[kind]:
             check_writable(out / spec["name"], cls.files(args.format), args.overwrite)
     _check_report_path(out / "report.html", args.overwrite, "--out")
-    _check_model_folder(args.model)
     lm = load(args.model, device=args.device, dtype=args.dtype)
     for spec in specs["lens"]:
         result = logit_lens(

@@ -546,6 +546,33 @@ def builtin_gguf(name: str) -> Path:
 # ----------------------------------------------------------------------------- load
 
 
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.pt", "*.h5", "*.msgpack")
+
+
+def _check_model_folder(name: str, folder: Path) -> None:
+    """A model folder with config.json but no tokenizer or no weights: one line saying what is
+    missing, instead of the tokenizer library's cut-off message."""
+    missing = []
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        missing.append("no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
+    if not any(next(folder.glob(p), None) is not None for p in _WEIGHT_FILES):
+        missing.append("no weights (model.safetensors or pytorch_model.bin)")
+    if missing:
+        raise TokenprobeError(
+            f"the model folder {name} holds config.json but {' and '.join(missing)}: save both there with "
+            "model.save_pretrained(FOLDER) and tokenizer.save_pretrained(FOLDER)"
+        )
+
+
 def _from_folder(
     folder: str, task: str, dtype: torch.dtype, local_only: bool
 ) -> tuple[nn.Module, Any]:
@@ -642,6 +669,7 @@ def _load(
             raise TokenprobeError(
                 f"{name} is a folder without config.json: point --model at a Hugging Face model folder"
             )
+        _check_model_folder(name, Path(folder))
     elif Path(name).expanduser().is_file():
         raise TokenprobeError(
             f"{name} is a file, not a model: pass a model folder, a .gguf file, a cached hub id or "

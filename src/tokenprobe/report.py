@@ -18,8 +18,17 @@ from typing import Any
 
 import numpy as np
 
+from .checkpoint import FINISHED
 from .errors import TokenprobeError
-from .results import AttributionResult, FlipResult, LensResult, Result, SimilarityResult
+from .results import (
+    SAVE_JOURNAL,
+    AttributionResult,
+    FlipResult,
+    LensResult,
+    Result,
+    SimilarityResult,
+    complete_save,
+)
 from .text import display_token
 
 CMAPS = ("viridis", "RdYlBu_r", "RdYlGn")
@@ -259,6 +268,18 @@ def collect(root: str | Path) -> list[tuple[Path, Result]]:
     if not base.is_dir():
         raise TokenprobeError(
             f"{root} is not a folder: pass the folder the results were written to"
+        )
+    for journal in sorted(base.rglob(SAVE_JOURNAL)):  # a save killed after it committed
+        try:
+            complete_save(journal.parent)
+        except TokenprobeError as exc:
+            warnings.warn(f"skipped {journal.parent}: {exc}", UserWarning, stacklevel=2)
+    for finished in sorted(base.rglob(f"*.partial/{FINISHED}")):
+        warnings.warn(
+            f"{finished.parent.parent} holds a finished run whose outputs were not written: run "
+            "its command again with --resume to write them",
+            UserWarning,
+            stacklevel=2,
         )
     found = []
     skipped = 0
