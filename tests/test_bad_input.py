@@ -392,8 +392,18 @@ def test_an_internal_error_is_one_line_with_status_1(monkeypatch, capsys):
     code, _, err = run_any(capsys, "lens", "--prompt", "hi")
     line = assert_one_error(code, err, "RuntimeError: shape mismatch in layer 3 (", status=1)
     assert "more detail" not in err and "--debug" in line
-    assert "https://github.com/tokenprobe/tokenprobe/issues" in line
+    assert "issue tracker" in line
     assert len(err.strip().splitlines()) == 1
+
+
+def test_out_of_memory_is_bad_input_with_what_to_lower(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.delenv("TOKENPROBE_DEBUG", raising=False)
+    _fail_with(monkeypatch, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    code, _, err = run_any(capsys, "lens", "--prompt", "hi")
+    line = assert_one_error(code, err, "out of memory", status=2)
+    assert "--batch-tokens" in line and "bug" not in line
 
 
 @pytest.mark.parametrize("how", ["--debug first", "--debug last", "TOKENPROBE_DEBUG=1"])

@@ -340,6 +340,11 @@ def _classifier(arch: str, bpe, wordpiece):
     return zoo.make_classifier(arch, copy.deepcopy(tok), device=TEST_DEVICE)
 
 
+def _own_logits(lm, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return lm.model(input_ids=torch.tensor([ids], device=lm.device)).logits[0].float().cpu().numpy()
+
+
 @pytest.mark.parametrize("arch", list(zoo.CLASSIFIERS))
 def test_sequence_classifier_equals_its_own_tokenizer_call(arch, bpe, wordpiece):
     lm = _classifier(arch, bpe, wordpiece)
@@ -349,30 +354,32 @@ def test_sequence_classifier_equals_its_own_tokenizer_call(arch, bpe, wordpiece)
     for t, text in enumerate(TEXTS):
         ids, groups = _words(lm.tokenizer, text, add_special=True)
         variants = [ids] + [[x for i, x in enumerate(ids) if i not in g] for g in groups]
-        preds = []
-        for v in variants:
-            with torch.no_grad():
-                logits = lm.model(input_ids=torch.tensor([v], device=lm.device)).logits[0]
-            preds.append(LABELS[int(logits.argmax())])
-        mine = occ[occ["text_id"] == t].sort_values("word_index")
-        assert (mine["original"] == preds[0]).all(), (arch, text)
-        assert mine["perturbed"].tolist() == preds[1:], (arch, text)
-        # the inputs kept the tokenizer's special tokens
-        assert clf.encode(text).ids == ids
-    scores = clf.scores([clf.encode(t).ids for t in TEXTS], 1)
-    together = clf.scores([clf.encode(t).ids for t in TEXTS], 4096)
-    np.testing.assert_allclose(scores, together, atol=2e-4)
-    assert scores.std() > 0.01  # not flat
+        ref = np.stack([_own_logits(lm, v) for v in variants])
+        inp = clf.encode(text)
+        assert inp.ids == ids  # the tokenizer's special tokens are kept
+        from tokenprobe.analyses.flips import perturb
+
+        mine = [inp.ids] + [perturb(inp, w, "delete", []) for w in range(len(inp.words))]
+        assert mine == variants
+        for budget in (4096, 1):
+            np.testing.assert_allclose(clf.scores(mine, budget), ref, atol=2e-4)
+        rows = occ[occ["text_id"] == t].sort_values("word_index")
+        assert (rows["original"] == LABELS[int(ref[0].argmax())]).all(), (arch, text)
+        assert rows["perturbed"].tolist() == [LABELS[int(r.argmax())] for r in ref[1:]]
+    # the logits move with the input, so a wrong input (a lost [CLS], a shifted word) shows
+    assert float(ref.std(axis=0).max()) > 1e-2
 
 
 def test_classifier_without_pad_token_in_its_config(bpe):
-    """GPT-2's hub config has no pad_token_id: batching must still work (or say what to do)."""
+    """GPT-2's hub config has no pad_token_id: batches are padded with the tokenizer's and
+    every text still gets the logits it gets alone, unpadded."""
     lm = zoo.make_classifier("gpt2", copy.deepcopy(bpe), device=TEST_DEVICE)
     lm.model.config.pad_token_id = None
-    clf = SequenceClassifier(lm)
-    res = tokenprobe.flip_rates(clf, TEXTS, batch_tokens=4096)
-    ref = tokenprobe.flip_rates(clf, TEXTS, batch_tokens=1)
-    assert res.occurrences["perturbed"].tolist() == ref.occurrences["perturbed"].tolist()
+    with pytest.warns(UserWarning, match="no pad_token_id"):
+        clf = SequenceClassifier(lm)
+    ids = [clf.encode(t).ids for t in TEXTS]
+    ref = np.stack([_own_logits(lm, x) for x in ids])
+    np.testing.assert_allclose(clf.scores(ids, 4096), ref, atol=2e-4)
 
 
 # ----------------------------------------------------------------------------- context length
@@ -415,3 +422,38 @@ def test_readme_lists_every_architecture_of_the_matrix():
     expected = set(zoo.CAUSAL) | {f"{a} (sequence classifier)" for a in zoo.CLASSIFIERS}
     assert expected <= rows, sorted(expected - rows)
     assert "**fails**" not in table
+
+
+@pytest.mark.parametrize("arch", ["roberta", "bert", "gpt2"])
+def test_flips_context_boundary_for_classifiers(arch, bpe, wordpiece):
+    """A text of exactly the model's usable context runs; one token more is refused (RoBERTa
+    counts positions after its padding index: 2 fewer than max_position_embeddings)."""
+    lm = _classifier(arch, bpe, wordpiece)
+    clf = SequenceClassifier(lm)
+    limit = lm.context_length
+    if arch == "roberta":
+        assert limit == zoo.CTX - 2
+    words = ["hello"]
+    while len(clf.encode(" ".join(words)).ids) <= limit:
+        words.append("hello")
+    fits = " ".join(words[:-1])
+    assert len(clf.encode(fits).ids) <= limit
+    tokenprobe.flip_rates(clf, [fits], batch_tokens=4096)  # runs
+    with pytest.raises(TokenprobeError, match="text 1 .*context"):
+        tokenprobe.flip_rates(clf, [" ".join(words)])
+
+
+def test_prompted_classifier_with_the_text_first(lm):
+    """A template that starts with {text} has no prefix to cache (and, without a BOS token,
+    no prefix at all)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = PromptedClassifier(lm, WORDS, template="{text}\nAnswer:")
+        got = clf.scores([clf.encode(t).ids for t in TEXTS], 4096)
+    ref = np.stack(
+        [
+            _own_logits(lm, clf.prefix_ids + clf.encode(t).ids + clf.suffix_ids)[-1][clf.verbaliser_ids]
+            for t in TEXTS
+        ]
+    )
+    np.testing.assert_allclose(got, ref, atol=2e-4)

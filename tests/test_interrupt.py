@@ -573,3 +573,19 @@ def test_report_finishes_a_committed_save_before_collecting(flips_run, tmp_path)
     found = collect(tmp_path / "runs")
     assert [p for p, _ in found] == [out]
     assert files_in(out) == files_in(whole)
+
+
+def test_overwrite_never_deletes_files_a_foreign_meta_json_lists(tmp_path):
+    """A meta.json tokenprobe did not write (or that names files its kind never writes) must
+    not get a user's files deleted by --overwrite."""
+    res = _flip_result(["joy", "anger"])
+    for meta in (
+        {"files": ["data.csv", "analysis.ipynb"]},
+        {"kind": "flips", "files": ["data.csv", "analysis.ipynb"]},
+        {"kind": "flips", "versions": {"tokenprobe": "0.1.0"}, "files": ["data.csv", "analysis.ipynb"]},
+    ):
+        (tmp_path / "data.csv").write_text("a,b\n")
+        (tmp_path / "analysis.ipynb").write_text("{}")
+        (tmp_path / "meta.json").write_text(json.dumps(meta))
+        res.save(tmp_path, overwrite=True)
+        assert (tmp_path / "data.csv").exists() and (tmp_path / "analysis.ipynb").exists()

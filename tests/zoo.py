@@ -371,4 +371,8 @@ def make_classifier(arch: str, tokenizer: Any, device: torch.device | str = "cpu
         config.pad_token_id = tokenizer.pad_token_id
     model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     _scale(model, 4.0)
+    with torch.no_grad():  # and a sharper head, so that the predicted class varies
+        for name, p in model.named_parameters():
+            if name.startswith(("classifier", "score", "pre_classifier", "sequence_summary")):
+                p.mul_(16.0)
     return LoadedModel.wrap(model.eval().to(device), tokenizer, name=f"tiny-{arch}-classifier")

@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .analyses.flips import DEFAULT_TEMPLATE as DEFAULT_FLIP_TEMPLATE
 from .analyses.lens import MAX_TOP_K
+from .batching import _is_oom
 from .checkpoint import interrupted_note, kept_until_saved
 from .errors import TokenprobeError
 from .model import BUILTIN_MODELS, DEFAULT_MODEL, offline
@@ -26,7 +27,7 @@ from .text import DEFAULT_MARKER
 
 log = logging.getLogger("tokenprobe")
 
-BUG_REPORT_URL = "https://github.com/tokenprobe/tokenprobe/issues"
+BUG_REPORT = "report it on the tokenprobe issue tracker with that traceback"
 DEBUG_ENV = "TOKENPROBE_DEBUG"
 DEBUG_HELP = f"on an error, print the Python traceback as well as the one-line message (or set {DEBUG_ENV}=1)"
 
@@ -887,9 +888,15 @@ def _error_line(exc: BaseException) -> tuple[str, int]:
         return f"tokenprobe: error: {paths}: {why} (check the path and its permissions)", 2
     lines = str(exc).strip().splitlines()
     first = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    if _is_oom(exc):  # one input too large for the device even alone: the user's setting
+        return (
+            f"tokenprobe: error: out of memory ({first}): lower --batch-tokens (and --memory-mb for "
+            "the lens), use --dtype bfloat16, shorter inputs, or --device cpu",
+            2,
+        )
     return (
         f"tokenprobe: error: {first} (this looks like a bug in tokenprobe or an input it does not "
-        f"handle; rerun with --debug for the traceback and report it at {BUG_REPORT_URL})",
+        f"handle; rerun with --debug for the traceback and {BUG_REPORT})",
         1,
     )
 

@@ -170,11 +170,13 @@ class Adapter:
         layer i = the output of block i. `last_only` keeps only the last block's output."""
         states: list[torch.Tensor] = []
 
+        device = self.embed.weight.device  # where states of a model spread over devices meet
+
         def first_input(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-            states.append(args[0] if args else kwargs["hidden_states"])
+            states.append((args[0] if args else kwargs["hidden_states"]).to(device))
 
         def output(_m: nn.Module, _args: tuple, out: Any) -> None:
-            states.append(_block_output(out))
+            states.append(_block_output(out).to(device))
 
         blocks = list(self.blocks)
         handles = [b.register_forward_hook(output) for b in (blocks[-1:] if last_only else blocks)]
@@ -307,11 +309,15 @@ def _output_projection(
 
 
 def _state_width(blocks: nn.ModuleList) -> int | None:
-    """The residual stream's width: the size of the blocks' norms (or of any 1-d weight)."""
-    for module in blocks[0].modules():
-        weight = getattr(module, "weight", None)
-        if _is_norm(module) and isinstance(weight, torch.Tensor) and weight.dim() == 1:
-            return int(weight.shape[0])
+    """The residual stream's width: the widest of the blocks' norms (per-head query/key norms
+    are narrower), else the input width of their first linear map."""
+    widths = [
+        int(m.weight.shape[0])
+        for m in blocks[0].modules()
+        if _is_norm(m) and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 1
+    ]
+    if widths:
+        return max(widths)
     for module in blocks[0].modules():
         if isinstance(module, nn.Linear):
             return int(module.in_features)
@@ -368,11 +374,23 @@ class LoadedModel:
     def context_length(self) -> int | None:
         cfg = text_config(self.model.config)
         # MPT names it max_seq_len; ALiBi and state-space models without one have no limit
+        limit = None
         for attr in ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length"):
             value = getattr(cfg, attr, None)
             if isinstance(value, int) and value > 0:
-                return value
-        return None
+                limit = value
+                break
+        # RoBERTa-style position tables start counting after their padding index (roberta-base:
+        # 514 rows, 512 positions)
+        for name, module in self.model.named_modules():
+            if (
+                name.endswith("position_embeddings")
+                and isinstance(module, nn.Embedding)
+                and module.padding_idx is not None
+            ):
+                usable = module.num_embeddings - module.padding_idx - 1
+                limit = usable if limit is None else min(limit, usable)
+        return limit
 
     def describe(self) -> dict[str, Any]:
         """What goes into a result's metadata about the model."""

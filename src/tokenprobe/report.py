@@ -272,7 +272,7 @@ def collect(root: str | Path) -> list[tuple[Path, Result]]:
     for journal in sorted(base.rglob(SAVE_JOURNAL)):  # a save killed after it committed
         try:
             complete_save(journal.parent)
-        except TokenprobeError as exc:
+        except (TokenprobeError, OSError) as exc:  # e.g. a folder that cannot be written
             warnings.warn(f"skipped {journal.parent}: {exc}", UserWarning, stacklevel=2)
     for finished in sorted(base.rglob(f"*.partial/{FINISHED}")):
         warnings.warn(

@@ -69,18 +69,6 @@ def _step(name: str) -> None:
     """Test hook: called after each step of a save (tests kill the process here)."""
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process, or no way to tell: assume it is running
-        return True
-    return True
-
-
 def complete_save(out: str | os.PathLike[str], *, discard_staged: bool = False) -> None:
     """Complete a save into `out` that was interrupted after it was committed (its journal is
     there): rename its files into place, remove what it replaces, then its journal. With
@@ -101,6 +89,8 @@ def complete_save(out: str | os.PathLike[str], *, discard_staged: bool = False) 
         if plan is not None:
             _roll_forward(folder, plan)
     if discard_staged and folder.is_dir():
+        from .model import _process_alive
+
         for path in folder.iterdir():
             match = _STAGED.match(path.name)
             if match is None:
@@ -110,7 +100,7 @@ def complete_save(out: str | os.PathLike[str], *, discard_staged: bool = False) 
                 old = time.time() - path.stat().st_mtime > _STALE_SECONDS
             except FileNotFoundError:
                 continue
-            if pid == os.getpid() or old or not _pid_alive(pid):
+            if pid == os.getpid() or old or not _process_alive(pid):
                 path.unlink(missing_ok=True)
 
 
@@ -139,15 +129,16 @@ def _previous_files(out: Path) -> set[str]:
         meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
+    # only a meta.json of a result kind, and only names that kind writes: a meta.json listing
+    # other files must never get them deleted
     if not isinstance(meta, dict):
         return set()
+    if meta.get("kind") not in _REGISTRY:
+        return set()
+    names = set(_REGISTRY[meta["kind"]].saved_names(meta))
     files = meta.get("files")
     if isinstance(files, list):
-        names = {str(f) for f in files}
-    elif meta.get("kind") in _REGISTRY:
-        names = set(_REGISTRY[meta["kind"]].saved_names(meta))
-    else:
-        return set()
+        names &= {str(f) for f in files}
     # only plain files directly in `out`, never a hidden or a nested one
     return {n for n in names if n and "/" not in n and "\\" not in n and not n.startswith(".")}
 

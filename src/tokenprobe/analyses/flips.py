@@ -219,6 +219,8 @@ class PromptedClassifier(Classifier):
             )
         self.verbaliser_ids = first
         self._cache = None
+        if not self.prefix_ids:  # a template that starts with the text: no prefix to cache
+            self.reuse_prefix = False
 
     def input_length(self, n_text_tokens: int) -> int:
         return len(self.prefix_ids) + n_text_tokens + len(self.suffix_ids)
