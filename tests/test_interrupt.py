@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import test_cli
+from test_cli import run
 
 import tokenprobe
 from tokenprobe import TokenprobeError
@@ -23,24 +25,9 @@ from tokenprobe.cli import main
 from tokenprobe.model import COMPLETE_MARKER, cached_build, remove_stale_builds
 from tokenprobe.results import SAVE_JOURNAL, FlipResult, Result
 
+model_dir = test_cli.model_dir  # the tiny model folder test_cli's commands run on
+
 TESTS = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from conftest import make_model, make_tokenizer
-
-    lm = make_model("llama", make_tokenizer())
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ----------------------------------------------------------------------------- the final write
