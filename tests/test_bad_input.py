@@ -213,7 +213,11 @@ def flips_data(tmp_path):
 FLIP_CASES = {
     "template with {text} twice": (
         ["--template", "A {text} B {text}", "--labels", "joy", "fear"],
-        "holds {text} 2 times",
+        "{text} placeholder exactly once",
+    ),
+    "template without {text}": (
+        ["--template", "A B", "--labels", "joy", "fear"],
+        "{text} placeholder exactly once",
     ),
     "--limit -1": (["--limit", "-1"], "argument --limit: must be at least 1, not -1"),
     "--limit 0": (["--limit", "0"], "argument --limit: must be at least 1, not 0"),

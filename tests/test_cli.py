@@ -374,19 +374,23 @@ def test_attribute_bad_inputs(model_dir, tmp_path, capsys):
     assert_one_line_errors(capsys, "attribute", m, tmp_path / "o", cases)
 
 
+# a small labelled data set in a column not called "text"
+FLIPS_DATA = pd.DataFrame(
+    {
+        "body": [
+            "Tools: hammer, wrench",
+            "The quick brown fox",
+            "Hello world",
+            "Fruits: orange, peach",
+        ],
+        "label": ["joy", "anger", "joy", "anger"],
+    }
+)
+
+
 def test_flips_command_with_a_prompted_classifier(model_dir, tmp_path, capsys):
     data = tmp_path / "t.jsonl"
-    pd.DataFrame(
-        {
-            "body": [
-                "Tools: hammer, wrench",
-                "The quick brown fox",
-                "Hello world",
-                "Fruits: orange, peach",
-            ],
-            "label": ["joy", "anger", "joy", "anger"],
-        }
-    ).to_json(data, orient="records", lines=True)
+    FLIPS_DATA.to_json(data, orient="records", lines=True)
     out = tmp_path / "flips"
     argv = [
         "flips",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import test_cli
-from test_cli import run
+from test_cli import FLIPS_DATA, run
 
 import tokenprobe
 from tokenprobe import TokenprobeError
@@ -73,17 +73,6 @@ def meta_of(folder: Path) -> dict:
     return meta
 
 
-FLIPS_DATA = pd.DataFrame(
-    {
-        "body": [
-            "Tools: hammer, wrench",
-            "The quick brown fox",
-            "Hello world",
-            "Fruits: orange, peach",
-        ],
-        "label": ["joy", "anger", "joy", "anger"],
-    }
-)
 
 
 @pytest.fixture(scope="module")
@@ -218,12 +207,17 @@ def test_uncommitted_files_of_a_dead_save_are_removed_by_the_next_save(tmp_path)
     res = _flip_result(["a", "b"])
     out = tmp_path / "f"
     out.mkdir()
-    dead = out / ".meta.json.999999999-0123abcd.tokenprobe-new"  # no such process
+    from tokenprobe.model import _host
+
+    dead = out / f".meta.json.999999999@{_host()}-0123abcd.tokenprobe-new"  # no such process
     dead.write_text("{")
+    # another machine writing into a shared folder: its PID means nothing here
+    elsewhere = out / ".meta.json.999999999@other.host-0123abcd.tokenprobe-new"
+    elsewhere.write_text("{")
     mine = out / "notes.txt"
     mine.write_text("mine")
     res.save(out)
-    assert not dead.exists() and mine.exists()
+    assert not dead.exists() and mine.exists() and elsewhere.exists()
     assert json.loads((out / "meta.json").read_text())["files"] == [
         "flips.parquet",
         "rates.parquet",

@@ -7,7 +7,7 @@ length) bounds activation memory whatever the mix of lengths.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -65,13 +65,14 @@ def left_positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
     return (mask.cumsum(dim=1) - 1).clamp(min=0) + offset
 
 
-def pad_id_of(tokenizer: object) -> int:
-    """The tokenizer's pad id, else its eos id, else 0 (padded positions are masked anyway)."""
+def pad_id_of(tokenizer: object, default: Any = 0) -> Any:
+    """The tokenizer's pad id, else its eos id, else `default` (0: padded positions are masked
+    anyway)."""
     for attr in ("pad_token_id", "eos_token_id"):
         value = getattr(tokenizer, attr, None)
         if isinstance(value, int):
             return value
-    return 0
+    return default
 
 
 def progress_disabled(progress: bool | None, n_batches: int | None = None) -> bool | None:

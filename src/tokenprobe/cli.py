@@ -717,18 +717,15 @@ def build_classifier(args: argparse.Namespace, gold: list[str] | None) -> Any:
 
 
 def cmd_flips(args: argparse.Namespace) -> int:
-    from .analyses.flips import PARTIAL, flip_rates
+    from .analyses.flips import PARTIAL, check_template, flip_rates
     from .data import read_table, require_column
     from .results import FlipResult
 
     how, *rest = args.perturb
     if len(rest) > 1 or (how != "filler" and rest) or (how == "filler" and not rest):
         raise TokenprobeError("--perturb takes delete, mask, or filler WORD")
-    if args.template is not None and args.template.count("{text}") > 1:
-        raise TokenprobeError(
-            f"the --template holds {{text}} {args.template.count('{text}')} times: "
-            "put {text} once, where the text goes"
-        )
+    if args.template is not None:  # before the model loads
+        check_template(args.template)
     frame = read_table(args.data)
     require_column(frame, args.data, args.text_column, "--text-column")
     label_column = args.label_column or ("label" if "label" in frame.columns else None)
@@ -764,12 +761,9 @@ def cmd_flips(args: argparse.Namespace) -> int:
 
 def _check_report_path(html_path: Path, overwrite: bool, flag: str) -> None:
     """Before collecting (or running) anything: the page can be written where it is asked for."""
-    if html_path.is_dir():
-        raise TokenprobeError(
-            f"{flag} {html_path} is a folder: give the .html file to write, e.g. {html_path / 'report.html'}"
-        )
-    if html_path.exists() and not overwrite:
-        raise TokenprobeError(f"{html_path} exists: choose another {flag} or pass --overwrite")
+    from .report import check_page_path
+
+    check_page_path(html_path, overwrite)
     _check_can_write(html_path, flag)
 
 

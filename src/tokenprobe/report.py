@@ -310,6 +310,16 @@ def _damage(exc: Exception) -> str:
     return f"its table or meta.json is damaged or not written by this version ({why}); re-run the analysis"
 
 
+def check_page_path(out: Path, overwrite: bool) -> None:
+    """The page is a file to write: not a folder, and not an existing page unless `overwrite`."""
+    if out.is_dir():
+        raise TokenprobeError(
+            f"{out} is a folder: give the .html file to write, e.g. {out / 'report.html'}"
+        )
+    if out.exists() and not overwrite:
+        raise TokenprobeError(f"{out} exists: choose another --html or pass --overwrite")
+
+
 def write_report(
     results: Iterable[Result],
     path: str | Path,
@@ -319,12 +329,7 @@ def write_report(
 ) -> Path:
     """Write the page; refuse to replace an existing file unless asked."""
     out = Path(path)
-    if out.is_dir():
-        raise TokenprobeError(
-            f"{out} is a folder: give the .html file to write, e.g. {out / 'report.html'}"
-        )
-    if out.exists() and not overwrite:
-        raise TokenprobeError(f"{out} exists: choose another --html or pass --overwrite")
+    check_page_path(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(list(results), title), encoding="utf-8")
     return out

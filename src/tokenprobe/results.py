@@ -5,7 +5,7 @@ A saved result is a folder: `<kind>.parquet` (the tidy table, also what `load` r
 silently replaces an earlier result.
 
 A save is atomic as a whole: every file is first written beside its final name as a hidden
-`.NAME.PID-XXXX.tokenprobe-new` file; then a journal (`.tokenprobe-save.json`) naming them is
+`.NAME.PID@HOST-XXXX.tokenprobe-new` file; then a journal (`.tokenprobe-save.json`) naming them is
 written in one step, which commits the save; then the files are renamed into place, the
 previous result's files that the new one does not write are removed, and so is the finished
 checkpoint the result was built from; last the journal goes. A save killed before its journal
@@ -61,7 +61,8 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 SAVE_JOURNAL = ".tokenprobe-save.json"  # in a result folder: a committed save not yet complete
-_STAGED = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tokenprobe-new$")  # a file written by a save
+# a file written by a save: .NAME.PID@HOST-XXXXXXXX.tokenprobe-new
+_STAGED = re.compile(r"^\..+\.(\d+)@([A-Za-z0-9_.]+)-[0-9a-f]{8}\.tokenprobe-new$")
 _STALE_SECONDS = 24 * 3600  # an uncommitted save's files this old are left over whatever its PID
 
 
@@ -89,18 +90,20 @@ def complete_save(out: str | os.PathLike[str], *, discard_staged: bool = False) 
         if plan is not None:
             _roll_forward(folder, plan)
     if discard_staged and folder.is_dir():
-        from .model import _process_alive
+        from .model import _host, _process_alive
 
         for path in folder.iterdir():
             match = _STAGED.match(path.name)
             if match is None:
                 continue
-            pid = int(match.group(1))
+            pid, host = int(match.group(1)), match.group(2)
             try:
                 old = time.time() - path.stat().st_mtime > _STALE_SECONDS
             except FileNotFoundError:
                 continue
-            if pid == os.getpid() or old or not _process_alive(pid):
+            # another machine's save (a shared folder) is left alone until it is stale
+            here = host == _host()
+            if old or (here and (pid == os.getpid() or not _process_alive(pid))):
                 path.unlink(missing_ok=True)
 
 
@@ -241,7 +244,9 @@ class Result:
         check_writable(out, names, overwrite)
         stale = sorted(_previous_files(out) - set(names)) if overwrite else []
         out.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        from .model import _host
+
+        tag = f"{os.getpid()}@{_host()}-{uuid.uuid4().hex[:8]}"
         staged: dict[str, str] = {}  # final name -> the hidden name it is written under first
         written: dict[str, Path] = {}
 

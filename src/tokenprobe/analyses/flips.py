@@ -119,14 +119,7 @@ class SequenceClassifier(Classifier):
         if getattr(config, "pad_token_id", None) is None:
             # decoder classifiers (GPT-2's hub config has none) find each row's last token by
             # its padding: without a pad id they refuse batches of more than one text
-            pad = next(
-                (
-                    v
-                    for v in (lm.tokenizer.pad_token_id, lm.tokenizer.eos_token_id)
-                    if isinstance(v, int)
-                ),
-                None,
-            )
+            pad = pad_id_of(lm.tokenizer, default=None)
             if pad is None:
                 raise TokenprobeError(
                     f"{type(lm.model).__name__} has no pad_token_id in its config and its tokenizer has no pad or "
@@ -155,6 +148,15 @@ class SequenceClassifier(Classifier):
         return {"kind": "sequence classifier", "labels": self.labels}
 
 
+def check_template(template: str) -> None:
+    """A prompted classifier's template holds `{text}` exactly once (checked before a model is
+    loaded, too)."""
+    if template.count("{text}") != 1:
+        raise TokenprobeError(
+            "the template must hold the {text} placeholder exactly once: put one {text} where the text goes"
+        )
+
+
 class PromptedClassifier(Classifier):
     """A causal LM asked a question: the argmax over the verbalisers' next-token scores.
 
@@ -177,10 +179,7 @@ class PromptedClassifier(Classifier):
             raise TokenprobeError(
                 "give the labels with --labels (e.g. --labels anger joy optimism sadness)"
             )
-        if template.count("{text}") != 1:
-            raise TokenprobeError(
-                "the template must hold the {text} placeholder exactly once: put one {text} where the text goes"
-            )
+        check_template(template)
         self.lm = lm
         self.labels = list(labels)
         self.verbalisers = (
