@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--template",
         default=None,
-        help="prompted classifier template with {text} (and optionally {labels}); default: "
+        help="prompted classifier template with {text} once (and optionally {labels}); default: "
         + repr(DEFAULT_FLIP_TEMPLATE),
     )
     g.add_argument(
