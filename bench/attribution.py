@@ -24,7 +24,7 @@ import torch
 from _common import timed
 
 import tokenprobe
-from tokenprobe.batching import pad_batch
+from tokenprobe.runner import pad_batch
 
 PROMPT = "Q: Ben has 7 bags with 5 marbles in each bag, and he gives 3 marbles to Ann. How many marbles does he have left?\nA:"
 TARGET = " 7 x 5 = 35 and 35 - 3 = 32. The answer is 32."

@@ -22,8 +22,8 @@ import torch
 
 import tokenprobe
 from tokenprobe.analyses.flips import perturb, tokenize_words
-from tokenprobe.batching import pad_batch, pad_id_of, token_budget_batches
 from tokenprobe.data import read_table
+from tokenprobe.runner import pad_batch, pad_id_of, token_budget_batches
 
 LABELS = ["anger", "joy", "optimism", "sadness"]
 

@@ -21,7 +21,7 @@ import torch
 from _common import timed
 
 import tokenprobe
-from tokenprobe.batching import pad_batch
+from tokenprobe.runner import pad_batch
 
 BASE_TEXT = (
     "The history of the city begins with a small settlement on the river, where traders met to exchange "

@@ -16,7 +16,7 @@ import torch
 from _common import timed
 
 import tokenprobe
-from tokenprobe.batching import pad_batch, pad_id_of
+from tokenprobe.runner import pad_batch, pad_id_of
 
 TOOLS = ["hammer", "wrench", "level", "pliers", "saw", "drill", "chisel", "file", "clamp", "vice"]
 FRUITS = ["orange", "peach", "banana", "plum", "apple", "pear", "cherry", "lime", "grape", "mango"]

@@ -91,7 +91,7 @@ def test_16_bit_weights_warn_that_rounding_blurs_small_scores(llama):
 def test_batched_backward_gives_the_per_row_gradients(llama, monkeypatch):
     """The GPU's single vmapped backward (forced here on the CPU) equals one backward per row,
     for grouped rows and for probability scores too."""
-    from tokenprobe.analyses import attribution as attr_module
+    from tokenprobe.analyses.attribution import gradients as attr_module
 
     kwargs = dict(target=TARGET, features=SPANS, target_spans=[", banana", " plum."], steps=4)
     for score in ("logprob", "prob"):
@@ -268,7 +268,7 @@ def test_interrupted_attribution_resumes_without_recomputing(
 
 def test_bad_method_options_leave_no_checkpoint_behind(llama, tmp_path):
     run = dict(target=TARGET, features=SPANS, method="integrated_gradients", checkpoint=tmp_path)
-    with pytest.raises(TokenprobeError, match="--steps must be at least 1"):
+    with pytest.raises(TokenprobeError, match="steps must be at least 1"):
         attribute(llama, PROMPT, **run, steps=0)
     assert not (tmp_path / "attr.partial").exists()
     attribute(llama, PROMPT, **run, steps=4)  # the corrected command needs no --resume
@@ -361,7 +361,7 @@ def test_save_load_and_figure(llama, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"features": ["hammer", "drill"]}, "--span 'drill' is not in the prompt"),
+        ({"features": ["hammer", "drill"]}, "features 'drill' is not in the prompt"),
         ({"features": ["hammer, wrench", "wrench"]}, "spans 'hammer, wrench' and 'wrench' overlap"),
         ({"target": "  "}, "the target is empty"),
         (
@@ -369,8 +369,8 @@ def test_save_load_and_figure(llama, tmp_path):
             "unknown method 'lime': use one of ablation, shapley, occlusion, saliency",
         ),
         ({"target": " word" * 130}, "longer than the model's context of 128"),
-        ({"target_spans": ["kiwi"]}, "--target-span 'kiwi' is not in the target"),
-        ({"generate": 3}, "give a --target to score or --generate N"),
+        ({"target_spans": ["kiwi"]}, "target_spans 'kiwi' is not in the target"),
+        ({"generate": 3}, "give a target to score or generate N"),
     ],
 )
 def test_bad_inputs(llama, kwargs, message):

@@ -22,6 +22,7 @@ import tokenprobe
 import tokenprobe.cli
 import tokenprobe.model
 from tokenprobe.cli import main
+from tokenprobe.registry import ANALYSES
 
 model_dir = test_cli.model_dir  # the tiny model folder test_cli's commands run on
 ERROR = "tokenprobe: error:"
@@ -250,10 +251,10 @@ def test_flips_bad_options(case, model_dir, flips_data, tmp_path, capsys):
 
 
 def test_plots_refuse_top_and_min_count_below_one():
-    from tokenprobe.plots import top_words
+    from tokenprobe.analyses.flips import top_words
 
     rates = pd.DataFrame({"word": ["a"], "flips": [1], "occurrences": [3]})
-    for top, min_count, message in [(0, 3, "--top must be"), (5, 0, "--min-count must be")]:
+    for top, min_count, message in [(0, 3, "top must be"), (5, 0, "min_count must be")]:
         with pytest.raises(tokenprobe.TokenprobeError, match=message):
             top_words(rates, top, "support", min_count)
 
@@ -322,7 +323,7 @@ def test_lens_bad_options(case, model_dir, tmp_path, capsys):
 
 def test_lens_library_refuses_a_huge_top_k(model_dir):
     lm = tokenprobe.load(str(model_dir))
-    with pytest.raises(tokenprobe.TokenprobeError, match="--top-k must be at most 100"):
+    with pytest.raises(tokenprobe.TokenprobeError, match="top_k must be at most 100"):
         tokenprobe.logit_lens(lm, "hi", top_k=100_000)
 
 
@@ -377,7 +378,19 @@ def test_integrated_gradients_far_from_complete_warn_in_one_line(llama):
         abs(d) for d in details["score_difference"]
     )
     (warning,) = [w for w in caught if "have not converged" in str(w.message)]
-    assert "\n" not in str(warning.message) and "--steps" in str(warning.message)
+    assert "\n" not in str(warning.message) and "more steps than" in str(warning.message)
+
+
+def test_the_command_line_warning_names_the_flags(model_dir, tmp_path, capsys):
+    """The same warning on the command line says --steps and --ig-baseline, not steps."""
+    code, _, err = run(
+        capsys, "attribute", "--model", str(model_dir), "--out", str(tmp_path / "ig"),
+        "--prompt", "Tools: hammer, wrench. Fruits:", "--target", " orange",
+        "--method", "integrated_gradients", "--steps", "1", "--ig-baseline", "zero",
+    )
+    assert code == 0, err
+    (line,) = [ln for ln in err.splitlines() if "have not converged" in ln]
+    assert "rerun with more --steps than 1 or with --ig-baseline unk" in line
 
 
 # ------------------------------------------------------------------- the one line itself
@@ -387,7 +400,7 @@ def _fail_with(monkeypatch, exc: BaseException) -> None:
     def fail(args):
         raise exc
 
-    monkeypatch.setattr(tokenprobe.cli, "cmd_lens", fail)
+    monkeypatch.setattr(ANALYSES["lens"], "cli", fail)
 
 
 def test_an_internal_error_is_one_line_with_status_1(monkeypatch, capsys):

@@ -163,7 +163,7 @@ def _bad_cases(model_dir, tmp_path):
         (["--model", m, "--prompt", "hi", "--zoom", "abc"], "is not START:END"),
         (["--model", m, "--prompt", "hi there", "--zoom", "5:500"], "is outside the"),
         (["--model", m, "--prompt", "hi", "--out", str(existing)], "pass --overwrite"),
-        (["--model", m, "--prompt", "hi", "--target", ""], "a --target is empty"),
+        (["--model", m, "--prompt", "hi", "--target", ""], "a target in --target is empty"),
         (["--model", m, "--prompt", "hi", "--device", "tpu"], "unknown device 'tpu'"),
     ]
 
@@ -188,7 +188,7 @@ def test_batch_tokens_below_one_is_refused_by_every_command(command, capsys):
 
 def test_a_token_budget_below_one_is_a_clear_error_from_python(model_dir):
     lm = tokenprobe.load(str(model_dir), device="cpu")
-    with pytest.raises(TokenprobeError, match="--batch-tokens.*at least 1, not 0"):
+    with pytest.raises(TokenprobeError, match="batch_tokens.*at least 1, not 0"):
         tokenprobe.logit_lens(lm, "Tools: hammer", batch_tokens=0)
 
 
@@ -342,7 +342,7 @@ def test_attribute_command_resumes_an_interrupted_run(model_dir, tmp_path, capsy
         original(self, *a, **kw)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tokenprobe.analyses.attribution.FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr("tokenprobe.analyses.attribution.problem.FLUSH_SECONDS", 0.0)
     monkeypatch.setattr(Checkpoint, "append", append_then_stop)
     code, _, err = run(capsys, *argv)
     assert code == 130 and f"finished work is kept in {out / 'attr.partial'}" in err

@@ -250,12 +250,12 @@ def test_save_load_and_one_figure_per_class(seq_clf, tmp_path):
         ({"texts": ["!!!", "..."]}, "every text is empty after tokenization"),
         (
             {"texts": TEXTS, "gold": ["joy"] * 5 + ["fear"]},
-            "labels in the data are not in --labels: fear",
+            "labels in the data are not in labels: fear",
         ),
-        ({"texts": TEXTS, "perturbation": "shuffle"}, "unknown --perturb 'shuffle'"),
-        ({"texts": TEXTS, "perturbation": "filler"}, "--perturb filler needs a word"),
-        ({"texts": TEXTS, "buckets": 0}, "--buckets must be at least 1"),
-        ({"texts": TEXTS, "group": "gold"}, "--group gold needs gold labels"),
+        ({"texts": TEXTS, "perturbation": "shuffle"}, "unknown perturbation 'shuffle'"),
+        ({"texts": TEXTS, "perturbation": "filler"}, "perturbation filler needs a word"),
+        ({"texts": TEXTS, "buckets": 0}, "buckets must be at least 1"),
+        ({"texts": TEXTS, "group": "gold"}, "group gold needs gold labels"),
     ],
 )
 def test_bad_inputs(seq_clf, kwargs, message):

@@ -19,11 +19,12 @@ import test_cli
 from test_cli import FLIPS_DATA, run
 
 import tokenprobe
-from tokenprobe import TokenprobeError
+from tokenprobe import FlipResult, Result, TokenprobeError
 from tokenprobe.checkpoint import FINISHED, kept_until_saved
 from tokenprobe.cli import main
+from tokenprobe.heatmap import Heatmap
+from tokenprobe.journal import SAVE_JOURNAL
 from tokenprobe.model import COMPLETE_MARKER, cached_build, remove_stale_builds
-from tokenprobe.results import SAVE_JOURNAL, FlipResult, Result
 
 model_dir = test_cli.model_dir  # the tiny model folder test_cli's commands run on
 
@@ -35,14 +36,14 @@ TESTS = Path(__file__).parent
 # runs the command line in a fresh process that SIGKILLs itself at one step of the final write
 KILLER = """
 import os, signal, sys
-import tokenprobe.results as results
+import tokenprobe.journal as journal
 stage, argv = sys.argv[1], sys.argv[2:]
 
 def step(name):
     if name == stage:
         os.kill(os.getpid(), signal.SIGKILL)
 
-results._step = step
+journal.step = step
 from tokenprobe.cli import main
 sys.exit(main(argv))
 """
@@ -109,7 +110,7 @@ def test_sigkill_at_each_stage_of_the_final_write_then_resume(
     def recompute(*a, **kw):
         raise AssertionError("a finished chunk was computed again")
 
-    monkeypatch.setattr("tokenprobe.analyses.flips._run_chunk", recompute)
+    monkeypatch.setattr("tokenprobe.analyses.flips.compute._run_chunk", recompute)
     code, _, err = run(capsys, *argv, "--out", str(out), "--resume")
     if stage == "checkpoint removed":  # the outputs were complete: the check finished the save
         assert code == 2 and "pass --overwrite" in err
@@ -150,7 +151,7 @@ def test_similarity_killed_before_meta_json_resumes_without_recomputing(
         raise AssertionError("texts were run through the model again")
 
     with monkeypatch.context() as m:
-        m.setattr("tokenprobe.analyses.similarity.run_with_backoff", recompute)
+        m.setattr("tokenprobe.analyses.similarity.compute.map_batches", recompute)
         code, _, err = run(capsys, *argv, "--out", str(out), "--resume")
     assert code == 0, err
     assert run(capsys, *argv, "--out", str(tmp_path / "whole"))[0] == 0
@@ -190,14 +191,16 @@ def test_python_callers_keep_the_checkpoint_only_inside_kept_until_saved(model_d
     with pytest.raises(TokenprobeError, match="finished run .* pass --resume"):
         tokenprobe.past_similarity(lm, texts, window=3, checkpoint=tmp_path)
 
-    def broken(**options):
+    def broken(self):
         raise RuntimeError("the figure failed")
 
-    res.plot = broken  # a save that fails leaves the folder as it was and keeps the checkpoint
-    with pytest.raises(RuntimeError):
-        res.save(tmp_path / "sim")
+    # a save that fails (after its tables are staged) leaves the folder as it was and keeps
+    # the checkpoint
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Heatmap, "figure", broken)
+        with pytest.raises(RuntimeError):
+            res.save(tmp_path / "sim")
     assert partial.exists() and not [p for p in (tmp_path / "sim").iterdir()]
-    del res.plot
     res.save(tmp_path / "sim")
     assert not partial.exists() and res.checkpoint is None
     assert files_in(tmp_path / "sim") == {"similarity.parquet", "meta.json", "similarity.png"}
@@ -207,7 +210,7 @@ def test_uncommitted_files_of_a_dead_save_are_removed_by_the_next_save(tmp_path)
     res = _flip_result(["a", "b"])
     out = tmp_path / "f"
     out.mkdir()
-    from tokenprobe.model import _host
+    from tokenprobe.files import host as _host
 
     dead = out / f".meta.json.999999999@{_host()}-0123abcd.tokenprobe-new"  # no such process
     dead.write_text("{")
@@ -294,7 +297,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_conversion_folders_are_removed_at_the_next_build(tmp_path):
-    from tokenprobe.model import _host
+    from tokenprobe.files import host as _host
 
     models = tmp_path / "models"
     target = models / "SmolLM2-135M-Instruct.Q4_1-0123456789ab"
@@ -348,12 +351,12 @@ def test_interrupt_message_says_what_is_kept(model_dir, tmp_path, capsys, monkey
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:  # stopped in the first chunk: nothing finished
-        m.setattr("tokenprobe.analyses.flips._run_chunk", stop)
+        m.setattr("tokenprobe.analyses.flips.compute._run_chunk", stop)
         code, _, err = run(capsys, *argv)
     assert code == 130 and "nothing was finished yet" in err and "kept in" not in err
     assert not (out / "flips.partial").exists()  # so the same command starts afresh
     with monkeypatch.context() as m:  # stopped while the outputs are written
-        m.setattr(FlipResult, "plot", stop)
+        m.setattr(Heatmap, "figure", stop)
         code, _, err = run(capsys, *argv)
     assert code == 130 and "the run had finished" in err and "--resume" in err
     code, _, err = run(capsys, *argv, "--resume")
@@ -372,7 +375,7 @@ def test_integrated_gradients_in_one_batch_say_no_step_was_kept(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:  # every step is in the one batch that is interrupted
-        m.setattr("tokenprobe.analyses.attribution._per_row_grads", stop)
+        m.setattr("tokenprobe.analyses.attribution.gradients._per_row_grads", stop)
         code, _, err = run(capsys, *argv)
     assert code == 130 and "0 of 8 integration steps" in err, err
     with monkeypatch.context() as m:  # two batches of 4 steps, stopped in the second
@@ -384,7 +387,7 @@ def test_integrated_gradients_in_one_batch_say_no_step_was_kept(
                 raise KeyboardInterrupt
             return original(*a, **kw)
 
-        from tokenprobe.analyses import attribution
+        from tokenprobe.analyses.attribution import gradients as attribution
 
         original = attribution._per_row_grads
         m.setattr(attribution, "_per_row_grads", first_only)
@@ -519,7 +522,7 @@ def test_a_second_run_resuming_the_same_checkpoint_is_refused(flips_run, tmp_pat
     """A live process holding the checkpoint's lock: the second --resume stops in one line;
     once that process is gone, its lock is taken over and the run finishes."""
     from tokenprobe.checkpoint import LOCK
-    from tokenprobe.model import _host
+    from tokenprobe.files import host as _host
 
     argv, whole = flips_run
     out = tmp_path / "out"

@@ -149,7 +149,7 @@ def test_memory_budget_chunks_give_the_same_numbers(llama):
     small = logit_lens(llama, PROMPT, memory_mb=0.01)  # one row of logits at a time
     np.testing.assert_allclose(small.entropy, big.entropy, atol=1e-5)
     np.testing.assert_array_equal(small.top_ids, big.top_ids)
-    with pytest.raises(tokenprobe.TokenprobeError, match="--memory-mb must be positive"):
+    with pytest.raises(tokenprobe.TokenprobeError, match="memory_mb must be positive"):
         logit_lens(llama, PROMPT, memory_mb=0)
 
 

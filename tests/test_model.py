@@ -20,7 +20,7 @@ def test_load_local_folder(tmp_path, llama):
     llama.tokenizer.save_pretrained(tmp_path)
     lm = tokenprobe.load(str(tmp_path), device="cpu")
     assert type(lm.model).__name__ == "LlamaForCausalLM"
-    assert lm.n_layers == 3 and lm.context_length == 128
+    assert lm.n_blocks == 3 and lm.n_layers == 4 and lm.context_length == 128
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         theirs = llama.model(ids.to(llama.device)).logits.cpu()

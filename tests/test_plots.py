@@ -88,7 +88,7 @@ def test_dummies_are_framed_by_default_and_frame_can_be_chosen_or_off():
 
 def test_bad_ranges_are_clear_errors():
     res = synthetic(10)
-    with pytest.raises(TokenprobeError, match="--zoom 8:3 is outside"):
+    with pytest.raises(TokenprobeError, match="zoom 8:3 is outside"):
         res.plot(zoom="8:3")
     with pytest.raises(TokenprobeError, match="not START:END"):
         res.plot(frame="1-3")
@@ -97,7 +97,7 @@ def test_bad_ranges_are_clear_errors():
 def test_text_colour_follows_the_cell_brightness():
     from matplotlib.colors import Normalize
 
-    from tokenprobe.plots import _text_colours
+    from tokenprobe.heatmap import text_colours as _text_colours
 
     colours = _text_colours(np.array([0.0, 5.0, 10.0]), plt.get_cmap("RdYlBu_r"), Normalize(0, 10))
     assert list(colours) == ["white", "black", "white"]

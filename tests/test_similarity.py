@@ -103,7 +103,7 @@ def test_occurrence_counts_markers_in_order(llama):
     third = [i for i, t in enumerate(ids) if t == marker][2]
     np.testing.assert_allclose(res3.cosine, brute(llama, ids, third, 3), atol=2e-5)
     with pytest.raises(
-        TokenprobeError, match="3 '_PAUSE_' marker\\(s\\), fewer than --occurrence 4"
+        TokenprobeError, match="3 '_PAUSE_' marker\\(s\\), fewer than occurrence 4"
     ):
         past_similarity(llama, text, occurrence=4)
 
@@ -209,10 +209,10 @@ def test_multi_token_marker_uses_its_last_token(llama):
     [
         ({"texts": "no marker at all"}, "the text has 0 '_PAUSE_' marker\\(s\\)"),
         ({"texts": ["none here", "nor here"]}, "none of the 2 texts has 1 '_PAUSE_' marker"),
-        ({"texts": TEXT, "window": 0}, "--window must be at least 1"),
-        ({"texts": TEXT, "occurrence": 0}, "--occurrence counts from 1"),
+        ({"texts": TEXT, "window": 0}, "window must be at least 1"),
+        ({"texts": TEXT, "occurrence": 0}, "occurrence counts from 1"),
         ({"texts": [], "window": 3}, "the data set is empty"),
-        ({"texts": TEXT, "direction": "sideways"}, "--direction must be past or future"),
+        ({"texts": TEXT, "direction": "sideways"}, "direction must be past or future"),
         ({"texts": "x " * 200 + "_PAUSE_"}, "longer than the model's context of 128"),
     ],
 )

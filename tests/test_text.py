@@ -33,7 +33,7 @@ def test_chat_prompt_has_one_bos(llama):
 
 def test_chat_without_template_is_a_clear_error(llama):
     llama.tokenizer.chat_template = None
-    with pytest.raises(TokenprobeError, match="no chat template: drop --chat"):
+    with pytest.raises(TokenprobeError, match="no chat template: drop chat"):
         prepare(llama, PROMPT, chat=True)
 
 
@@ -89,13 +89,13 @@ def test_added_marker_is_one_token_with_a_mean_embedding(llama):
         ({"prompt": "   \n"}, "prompt is empty"),
         (
             {"prompt": PROMPT, "dummy": 2, "dummy_after": "Canberra"},
-            "--dummy-after 'Canberra' is not in the prompt",
+            "dummy_after 'Canberra' is not in the prompt",
         ),
         (
             {"prompt": PROMPT, "dummy": 2, "dummy_before": "Sydney"},
-            "--dummy-before 'Sydney' is not in the prompt",
+            "dummy_before 'Sydney' is not in the prompt",
         ),
-        ({"prompt": PROMPT, "dummy": -1}, "--dummy must be 0 or more"),
+        ({"prompt": PROMPT, "dummy": -1}, "dummy must be 0 or more"),
         ({"prompt": "word " * 200}, "longer than the model's context of 128: shorten it"),
     ],
 )

@@ -23,12 +23,14 @@ import shutil
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import TokenprobeError
-from .model import LoadedModel
+
+if TYPE_CHECKING:
+    from .model import LoadedModel
 
 # what reading a damaged part or settings file raises (pyarrow's errors are ValueErrors)
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
@@ -123,7 +125,8 @@ class Checkpoint:
         """Claim the folder for this process: two runs resuming the same checkpoint at once
         would each write parts the other then counts twice. A lock left by a process that is
         gone (or by this one, from a run that stopped on an error) is taken over."""
-        from .model import _host, _process_alive
+        from .files import host as _host
+        from .files import process_alive as _process_alive
 
         lock = self.folder / LOCK
         me = f"{_host()} {os.getpid()}"
@@ -152,7 +155,7 @@ class Checkpoint:
 
     def _unlock(self) -> None:
         """Give the folder up (when the run stops, finished or not)."""
-        from .model import _host
+        from .files import host as _host
 
         lock = self.folder / LOCK
         try:

@@ -166,7 +166,7 @@ def render(tokenizer: Any, prompt: str, *, chat: bool = False, system: str | Non
     if not chat:
         return prompt
     if not getattr(tokenizer, "chat_template", None):
-        raise TokenprobeError("this model's tokenizer has no chat template: drop --chat")
+        raise TokenprobeError("this model's tokenizer has no chat template: drop `chat`")
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
         {"role": "user", "content": prompt}
     ]
@@ -207,7 +207,7 @@ def _insert_position(
     assert needle is not None
     at = text.find(needle)
     if at < 0 or not needle:
-        flag = "--dummy-after" if after is not None else "--dummy-before"
+        flag = "`dummy_after`" if after is not None else "`dummy_before`"
         raise TokenprobeError(
             f"{flag} {needle!r} is not in the prompt: give a substring of the (rendered) prompt"
         )
@@ -241,9 +241,9 @@ def prepare(
     if prompt is None or not str(prompt).strip():
         raise TokenprobeError("the prompt is empty: give some text with --prompt or --prompt-file")
     if dummy < 0:
-        raise TokenprobeError(f"--dummy must be 0 or more, not {dummy}")
+        raise TokenprobeError(f"`dummy` must be 0 or more, not {dummy}")
     if dummy_after is not None and dummy_before is not None:
-        raise TokenprobeError("give --dummy-after or --dummy-before, not both")
+        raise TokenprobeError("give `dummy_after` or `dummy_before`, not both")
     tok = lm.tokenizer
     text = render(tok, prompt, chat=chat, system=system)
     ids, offsets = encode(tok, text, chat=chat)

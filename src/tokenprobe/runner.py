@@ -1,16 +1,21 @@
-"""Batches sized by a token budget, padding, and out-of-memory back-off.
+"""How an analysis's work runs: token-budget batches, padding, out-of-memory back-off,
+progress bars and checkpoints. Every analysis hands its batches to these functions, so an
+executor that runs them elsewhere (a cluster) plugs in here.
 
 Sorting inputs by length before packing keeps padding small; the budget (batch size x longest
-length) bounds activation memory whatever the mix of lengths.
+length) bounds activation memory whatever the mix of lengths. A batch that runs out of memory
+is split in halves and retried.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from .checkpoint import Checkpoint
 from .errors import TokenprobeError
 
 T = TypeVar("T")
@@ -22,7 +27,7 @@ def token_budget_batches(
     """Indices grouped so that len(batch) * longest <= max_tokens (one over-long input still runs alone)."""
     if max_tokens < 1:
         raise TokenprobeError(
-            f"the token budget per batch (--batch-tokens) must be at least 1, not {max_tokens}"
+            f"the token budget per batch (`batch_tokens`) must be at least 1, not {max_tokens}"
         )
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
@@ -82,7 +87,7 @@ def progress_disabled(progress: bool | None, n_batches: int | None = None) -> bo
     return True if n_batches is not None and n_batches <= 1 else None
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
@@ -93,10 +98,60 @@ def run_with_backoff(
     try:
         yield batch, fn(batch)
     except (RuntimeError, torch.OutOfMemoryError) as exc:
-        if not _is_oom(exc) or len(batch) == 1:
+        if not is_oom(exc) or len(batch) == 1:
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         half = len(batch) // 2
         yield from run_with_backoff(batch[:half], fn)
         yield from run_with_backoff(batch[half:], fn)
+
+
+def map_batches(
+    lengths: Sequence[int], max_tokens: int, fn: Callable[[list[int]], T]
+) -> Iterator[tuple[list[int], T]]:
+    """`fn` over token-budget batches of the inputs with these lengths, each batch split in
+    halves when it runs out of memory: yields (indices, fn(indices)) until all are done."""
+    for batch in token_budget_batches(lengths, max_tokens):
+        yield from run_with_backoff(batch, fn)
+
+
+def open_checkpoint(
+    out: str | Path | None, partial: str, settings: dict[str, Any], resume: bool
+) -> Checkpoint | None:
+    """The checkpoint folder `out/partial` for a run with these settings (None without `out`):
+    a new one, or with `resume` the interrupted run's, whose finished parts the caller reads."""
+    if out is None:
+        return None
+    return Checkpoint(Path(out) / partial, settings, resume)
+
+
+def run_chunks(
+    chunks: Sequence[Sequence[int]],
+    compute: Callable[[Sequence[int]], Any],
+    *,
+    store: Checkpoint | None,
+    suffix: str,
+    write: Callable[[Any], Callable[[Path], object]],
+    read: Callable[[Path], Any] | None = None,
+    bar: Any = None,
+    after_chunk: Callable[[int], None] | None = None,
+) -> dict[int, Any]:
+    """`compute` each chunk of inputs, in order, writing each finished one to `store` (as
+    `write(part)` writes it) so that a resumed run takes it from there instead. Returns
+    {chunk number: part}, the resumed parts included; `bar` counts inputs."""
+    parts: dict[int, Any] = {} if store is None else store.read(suffix, read)
+    parts = {k: v for k, v in parts.items() if k < len(chunks)}
+    if bar is not None:
+        bar.update(sum(len(chunks[k]) for k in parts))
+    for k, chunk in enumerate(chunks):
+        if k in parts:
+            continue
+        parts[k] = compute(chunk)
+        if store is not None:
+            store.write(k, suffix, write(parts[k]))
+        if bar is not None:
+            bar.update(len(chunk))
+        if after_chunk is not None:
+            after_chunk(k)
+    return parts

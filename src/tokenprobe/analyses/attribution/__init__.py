@@ -1,0 +1,54 @@
+"""Attribution: which input features (prompt tokens or spans) drive each output token, by
+ablation, Shapley values, occlusion or gradients (saliency, input x gradient, integrated
+gradients)."""
+
+from __future__ import annotations
+
+from ..base import Analysis
+from .cli import command, demo
+from .compute import attribute
+from .features import AttributionInput, Feature, build_features, prepare_attribution
+from .gradients import GRADIENT_METHODS, IG_BASELINES
+from .methods import METHODS
+from .options import OPTIONS
+from .problem import BASELINES, PARTIAL, SCORES, Problem, ScoreStore
+from .result import AttributionResult
+
+__all__ = [
+    "BASELINES",
+    "GRADIENT_METHODS",
+    "IG_BASELINES",
+    "METHODS",
+    "PARTIAL",
+    "SCORES",
+    "SPEC",
+    "AttributionInput",
+    "AttributionResult",
+    "Feature",
+    "Problem",
+    "ScoreStore",
+    "attribute",
+    "build_features",
+    "prepare_attribution",
+]
+
+SPEC = Analysis(
+    name="attribution",
+    command="attribute",
+    run=attribute,
+    result=AttributionResult,
+    help="attribution: which input tokens or spans drive each output token",
+    description="Attributes each target row's score (its log-probability under teacher forcing) to input "
+    "features: the prompt's tokens, or the --span substrings. The target is --target (given) or the "
+    "model's greedy continuation (--generate N). Methods: ablation and occlusion give f(x) - f(x without "
+    "the feature); shapley averages marginal contributions over sampled permutations (antithetic pairs; "
+    "exact enumeration when --samples >= features!); saliency, input_x_gradient and integrated_gradients "
+    "act on the prompt's embedding-layer output and are summed over a feature's tokens. Writes "
+    "attr.parquet, attr.png and meta.json.",
+    options=OPTIONS,
+    cli=command,
+    demo=demo,
+    default_out="out/attr",
+    dtype_auto="float32 everywhere (bfloat16 rounding is a sizeable part of small attributions)",
+    dtype=lambda d: "float32" if d == "auto" else d,
+)

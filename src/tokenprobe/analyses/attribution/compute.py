@@ -1,0 +1,261 @@
+"""Attribution: which input features (prompt tokens or spans) drive each output token.
+
+Every method shares one signature and one scorer. The score of a target row is the
+log-probability of its tokens under teacher forcing (one pass scores every target token), and
+every perturbation or integration step goes through the model in token-budget batches.
+
+The data walks one way: the prompt and target are prepared once (`features.py`), a `Problem`
+scores perturbed prompts (`problem.py`), a method turns scores or gradients into attributions
+(`methods.py`, `gradients.py`), and the result is built from what they return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...checkpoint import digest, model_settings
+from ...errors import TokenprobeError, warn
+from ...model import LoadedModel
+from ...results import now, versions
+from ...runner import open_checkpoint, progress_disabled
+from .features import AttributionInput, prepare_attribution
+from .gradients import GRADIENT_METHODS
+from .methods import DEFAULT_METHOD, METHODS, MethodOutput
+from .problem import BASELINES, DEFAULT_BASELINE, PARTIAL, SCORES, Problem, ScoreStore
+from .result import AttributionResult
+
+IG_GAP_WARN = 0.1  # warn when |completeness gap| > this fraction of |f(x) - f(baseline)|
+METHOD_OPTIONS = ("samples", "seed", "window", "stride", "steps", "ig_baseline")
+DEFINITION = (
+    "row score = sum of the row's target-token log-probabilities under teacher forcing "
+    "(exp of it with score=prob); ablation/occlusion: f(x) - f(x with the feature ablated); gradient "
+    "methods on the prompt's embedding-layer output, summed over dimensions and a feature's tokens"
+)
+
+
+def attribute(
+    lm: LoadedModel,
+    prompt: str,
+    *,
+    target: str | None = None,
+    generate: int | None = None,
+    features: Sequence[str] | None = None,
+    target_spans: Sequence[str] | None = None,
+    method: str = DEFAULT_METHOD,
+    baseline: str = DEFAULT_BASELINE,
+    samples: int = 64,
+    seed: int = 0,
+    window: int = 3,
+    stride: int = 1,
+    steps: int = 32,
+    ig_baseline: str = "unk",
+    score: str = "logprob",
+    chat: bool = False,
+    system: str | None = None,
+    batch_tokens: int = 4096,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    _after_batch: Callable[[], None] | None = None,
+) -> AttributionResult:
+    """Attribution of each target row's score to each input feature.
+
+    `features` are substrings of the (rendered) prompt, one feature each; without them every
+    prompt token is a feature. The target is `target` (scored by teacher forcing) or the
+    model's greedy continuation of `generate` tokens. `target_spans` group target tokens into
+    rows (a row's score is the sum of its tokens' log-probabilities). With `checkpoint`, scored
+    inputs (and finished integration steps) are written there as the run goes;
+    `resume=True` takes them from an interrupted run instead of computing them again.
+    """
+    _check(prompt, target, generate, method, baseline, score)
+    _warn_if_16_bit(lm)
+    inp = prepare_attribution(
+        lm,
+        prompt,
+        target=target,
+        generate=generate,
+        features=features,
+        target_spans=target_spans,
+        chat=chat,
+        system=system,
+    )
+    pb = Problem.of(
+        lm, inp, score=score, baseline=baseline, batch_tokens=batch_tokens, after_batch=_after_batch
+    )
+    options = {
+        "method": method,
+        "score": score,
+        "baseline": baseline,
+        "samples": samples,
+        "seed": seed,
+        "window": window,
+        "stride": stride,
+        "steps": steps,
+        "ig_baseline": ig_baseline,
+        "chat": chat,
+        "system": system,
+        "spans": list(features or []),
+        "target_spans": list(target_spans or []),
+        "batch_tokens": batch_tokens,
+    }
+    pb.store = _open_store(lm, inp, options, checkpoint, resume)
+    full, (attr, stderr, extra) = _run(pb, options, progress)
+    if method == "integrated_gradients":
+        _warn_if_not_converged(extra, inp.row_texts, steps, ig_baseline)
+    result = _result(lm, inp, pb, options, full, (attr, stderr, extra), generate is not None)
+    if pb.store is not None:  # removed now, or by result.save() inside kept_until_saved()
+        pb.store.checkpoint.finish(result)
+    return result
+
+
+def _check(
+    prompt: str,
+    target: str | None,
+    generate: int | None,
+    method: str,
+    baseline: str,
+    score: str,
+) -> None:
+    """Refuse arguments that can never run, before the model does anything."""
+    if method not in METHODS:
+        raise TokenprobeError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if score not in SCORES:
+        raise TokenprobeError(f"`score` must be {' or '.join(SCORES)}, not {score!r}")
+    if not prompt or not prompt.strip():
+        raise TokenprobeError("the prompt is empty: give the text whose tokens to attribute")
+    if (target is None) == (generate is None):
+        raise TokenprobeError(
+            "give a `target` to score or `generate` N to attribute the model's own answer"
+        )
+    if target is not None and not target.strip():
+        raise TokenprobeError(
+            "the target is empty: give the continuation to attribute with `target`"
+        )
+    if baseline not in BASELINES and not baseline:
+        raise TokenprobeError(
+            f"`baseline` must be one of {', '.join(BASELINES)} or a replacement string"
+        )
+
+
+def _warn_if_16_bit(lm: LoadedModel) -> None:
+    """16-bit weights round each score by about as much as a small attribution."""
+    if lm.dtype in (torch.bfloat16, torch.float16):
+        warn(
+            f"attribution with {str(lm.dtype).removeprefix('torch.')} weights: rounding moves each "
+            "score by a few hundredths of a nat (and on a GPU with the batching), as much as a small "
+            "attribution; load the model in float32 (`dtype` float32) to resolve small effects",
+            stacklevel=3,
+        )
+
+
+def _open_store(
+    lm: LoadedModel,
+    inp: AttributionInput,
+    options: dict[str, Any],
+    checkpoint: str | Path | None,
+    resume: bool,
+) -> ScoreStore | None:
+    """The run's checkpoint in `checkpoint`/attr.partial (None without `checkpoint`), with
+    what an interrupted run of the same settings finished."""
+    # batching changes speed, not the numbers; the prompt and target are kept as ids
+    skip = ("batch_tokens", "chat", "system", "spans", "target_spans")
+    settings = {
+        "analysis": "attribution",
+        "model": model_settings(lm),
+        "prompt_ids": digest(inp.prompt_ids),
+        "target_ids": digest(inp.target_ids),
+        "rows": inp.rows,
+        "features": [f.positions for f in inp.features],
+        **{k: v for k, v in options.items() if k not in skip},
+    }
+    store = open_checkpoint(checkpoint, PARTIAL, settings, resume)
+    return None if store is None else ScoreStore(store)
+
+
+def _run(
+    pb: Problem, options: dict[str, Any], progress: bool | None
+) -> tuple[np.ndarray, MethodOutput]:
+    """The unperturbed scores, then the method's output; bad options discard the checkpoint."""
+    method = options["method"]
+    unit = "step" if method in GRADIENT_METHODS else "input"
+    try:
+        with torch.inference_mode():
+            full = pb.score_prompts([pb.prompt_ids])[0].numpy()
+        bar = tqdm(desc=f"attribution ({method})", unit=unit, disable=progress_disabled(progress))
+        with bar:
+            pb.bar = bar
+            out = METHODS[method](pb, **{k: options[k] for k in METHOD_OPTIONS})
+    except TokenprobeError:
+        # bad options (`steps` 0, a tokenizer without the baseline token) can never finish:
+        # keeping their checkpoint would only make the corrected command ask for `resume`
+        if pb.store is not None:
+            pb.store.discard()
+        raise
+    finally:
+        pb.flush()
+    return full, out
+
+
+def _warn_if_not_converged(
+    extra: dict[str, Any], row_texts: list[str], steps: int, ig_baseline: str
+) -> None:
+    """Attributions should add up to f(x) - f(baseline): a large gap means too few steps."""
+    gaps = np.abs(np.asarray(extra["completeness_gap"], dtype=np.float64))
+    diffs = np.abs(np.asarray(extra["score_difference"], dtype=np.float64))
+    worst = int(np.argmax(gaps - IG_GAP_WARN * diffs))
+    if gaps[worst] > IG_GAP_WARN * diffs[worst] + 1e-6:
+        warn(
+            f"integrated gradients have not converged: the attributions of row "
+            f"{row_texts[worst]!r} miss f(x) - f(baseline) = {diffs[worst]:.3g} by "
+            f"{gaps[worst]:.3g} (more than {IG_GAP_WARN:.0%}; the gaps are in meta.json's "
+            f"method_details); rerun with more `steps` than {steps}"
+            + (" or with `ig_baseline` unk" if ig_baseline == "zero" else ""),
+            stacklevel=3,
+        )
+
+
+def _result(
+    lm: LoadedModel,
+    inp: AttributionInput,
+    pb: Problem,
+    options: dict[str, Any],
+    full: np.ndarray,
+    output: MethodOutput,
+    generated: bool,
+) -> AttributionResult:
+    """The result of a finished run, with everything meta.json records."""
+    attr, stderr, extra = output
+    return AttributionResult(
+        features=[
+            {"text": f.text, "start": f.start, "end": f.end, "positions": f.positions}
+            for f in inp.features
+        ],
+        rows=inp.row_texts,
+        row_positions=inp.rows,
+        scores=np.asarray(attr, dtype=np.float64),
+        stderr=None if stderr is None else np.asarray(stderr, dtype=np.float64),
+        target_scores=full,
+        method=options["method"],
+        meta={
+            "analysis": "attribution",
+            "model": lm.describe(),
+            "prompt": inp.prompt,
+            "text": inp.text,
+            "prompt_ids": inp.prompt_ids,
+            "target": inp.target_text,
+            "target_ids": inp.target_ids,
+            "generated": generated,
+            "options": options,
+            "method_details": extra,
+            "forward_passes": pb.forward_passes,
+            "definition": DEFINITION,
+            "versions": versions(),
+            "created": now(),
+        },
+    )

@@ -1,0 +1,239 @@
+"""What every analysis declares: its options, its run function, its result type and its
+command-line glue. The command line, the report, save/load and the demo are built from these
+specs (see `tokenprobe.registry`), so a new analysis is one folder and one `register` call.
+
+An `Option` is the one source of a setting: the library parameter it sets, its default (read
+from the run function's signature, or from the result's `views` for figure options), its
+choices and limits (checked for Python callers and on the command line alike), and the flag
+and help text the command line shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import TokenprobeError
+
+if TYPE_CHECKING:
+    from ..model import LoadedModel
+    from ..results import Result
+
+MISSING: Any = object()  # an option's default not given: taken from the run function
+ROLES = ("run", "figure", "input")  # what an option's value goes to
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def bounded_int(maximum: int) -> Callable[[str], int]:
+    """argparse type for counts from 1 to `maximum`."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {value}")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of an analysis, for the library and the command line.
+
+    `param` is the library's name (None: a command-line input the analysis's glue reads, such
+    as --prompt-file); `role` says where the value goes: `run` (the run function), `figure`
+    (the result's `views`, and so the saved figures and the report) or `input` (read by the
+    analysis's command-line glue). `invert` makes a `--no-...` switch that sets the parameter
+    False. `help` may say {default}, {choices}, {minimum} and {maximum}.
+    """
+
+    param: str | None
+    help: str
+    flag: str | None = None  # default: --param-with-dashes
+    role: str = "run"
+    group: str = "options"
+    default: Any = MISSING
+    type: Callable[[str], Any] | None = None
+    choices: Sequence[Any] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    metavar: str | None = None
+    action: str | None = None  # argparse action: store_true, append
+    nargs: str | int | None = None
+    required: bool = False
+    invert: bool = False
+    dest: str | None = None  # the argparse name, when two options share a flag's spelling
+
+    @property
+    def cli_flag(self) -> str:
+        if self.flag:
+            return self.flag
+        assert self.param is not None, "an option without a parameter needs a flag"
+        return "--" + self.param.replace("_", "-")
+
+    @property
+    def cli_dest(self) -> str:
+        return self.dest or self.cli_flag.lstrip("-").replace("-", "_")
+
+    def help_text(self) -> str:
+        default = self.default
+        if isinstance(default, (list, tuple)) and not default:
+            default = "none"
+        fill = {
+            "{default}": str(default),
+            "{choices}": ", ".join(map(str, self.choices or ())),
+            "{minimum}": f"{self.minimum:g}" if self.minimum is not None else "",
+            "{maximum}": f"{self.maximum:g}" if self.maximum is not None else "",
+        }
+        text = self.help
+        for key, value in fill.items():  # not str.format: help may show "{text}" literally
+            text = text.replace(key, value)
+        return text
+
+    def check(self, value: Any) -> None:
+        """Refuse a value outside the option's choices or limits, naming the parameter."""
+        if value is None or self.param is None:
+            return
+        if self.choices is not None and value not in self.choices:
+            raise TokenprobeError(
+                f"`{self.param}` must be one of {', '.join(map(str, self.choices))}, not {value!r}"
+            )
+        if self.minimum is not None and value < self.minimum:
+            raise TokenprobeError(f"`{self.param}` must be at least {self.minimum:g}, not {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise TokenprobeError(f"`{self.param}` must be at most {self.maximum:g}, not {value}")
+
+    def add_to(self, group: Any) -> None:
+        """Add this option's flag to an argparse group."""
+        kwargs: dict[str, Any] = {"help": self.help_text(), "dest": self.cli_dest}
+        if self.action in ("store_true", "store_false"):
+            kwargs["action"] = self.action
+        else:
+            if self.action:
+                kwargs["action"] = self.action
+            default = self.default
+            if self.action == "append" and default not in (None, MISSING):
+                default = list(default)  # argparse appends to its default's copy
+            kwargs["default"] = None if default is MISSING else default
+            for key in ("type", "choices", "metavar", "nargs"):
+                if getattr(self, key) is not None:
+                    kwargs[key] = getattr(self, key)
+            if self.required:
+                kwargs["required"] = True
+        group.add_argument(self.cli_flag, **kwargs)
+
+    def value_from(self, args: argparse.Namespace) -> Any:
+        """The parameter's value from parsed arguments."""
+        value = getattr(args, self.cli_dest)
+        return (not value) if self.invert else value
+
+
+def check_options(options: Sequence[Option], values: Mapping[str, Any]) -> None:
+    """Check each given parameter against its option's choices and limits."""
+    for option in options:
+        if option.param in values:
+            option.check(values[option.param])
+
+
+class Session(Protocol):
+    """What an analysis's command-line glue gets from the command line (see `cli/session.py`)."""
+
+    args: argparse.Namespace
+
+    def params(self, role: str = "run") -> dict[str, Any]:
+        """The parameters of the options with this role, from the parsed flags."""
+
+    def load(self, *, task: str = "causal-lm", dtype: str | None = None) -> LoadedModel:
+        """The model of --model/--device/--dtype (loaded once, kept for the next call)."""
+
+    def read_text_file(self, path: str, flag: str) -> str:
+        """A UTF-8 file's text, or one clear error naming the flag."""
+
+    def check_out(self, out: Path, names: Sequence[str]) -> None:
+        """Before long work: the outputs can be written there (or an interrupted run resumed)."""
+
+    def save(self, result: Result, out: Path, plot_options: dict[str, Any] | None = None) -> None:
+        """Save in the --format formats and print the summary and the files written."""
+
+
+@dataclass
+class Analysis:
+    """One analysis: everything the command line, the report and save/load need of it."""
+
+    name: str  # the registry's key and demo.json's
+    command: str  # the subcommand
+    run: Callable[..., Any]  # the library function
+    result: type[Result]
+    help: str  # one line in `tokenprobe --help`
+    description: str  # `tokenprobe COMMAND --help`
+    options: Sequence[Option]
+    cli: Callable[[Session], None]  # parsed flags -> results saved
+    demo: Callable[[Session, dict[str, Any], Path], None] | None = None  # a demo.json entry
+    default_out: str = ""  # default --out (out/<command>)
+    batch_tokens: bool = True  # --batch-tokens (default: the run function's)
+    dtype_auto: str = "bfloat16 on a GPU, float32 on CPU"  # what --dtype auto means here
+    dtype: Callable[[str], str] = field(default=lambda dtype: dtype)  # --dtype -> load dtype
+    groups: Sequence[str] = ()  # the order of option groups in --help (default: first use)
+
+    def __post_init__(self) -> None:
+        self.default_out = self.default_out or f"out/{self.command}"
+        self.options = [self._with_default(o) for o in self.options]
+        if not self.groups:
+            self.groups = list(dict.fromkeys(o.group for o in self.options))
+
+    def _with_default(self, option: Option) -> Option:
+        if option.role not in ROLES:
+            raise ValueError(f"option {option.cli_flag}: unknown role {option.role!r}")
+        if option.default is not MISSING or option.param is None or option.role == "input":
+            return option
+        source = self.run if option.role == "run" else self.result.views
+        parameter = inspect.signature(source).parameters.get(option.param)
+        if parameter is None or parameter.default is inspect.Parameter.empty:
+            return replace(option, default=None)
+        return replace(option, default=parameter.default)
+
+    def default(self, param: str) -> Any:
+        """The default of a run parameter, as the run function's signature says."""
+        return inspect.signature(self.run).parameters[param].default
+
+    def flags(self) -> dict[str, str]:
+        """Library parameter -> the flag that sets it, for error messages on the command line."""
+        return {o.param: o.cli_flag for o in self.options if o.param}
+
+
+def prompt_options(*, several: bool, group: str = "input") -> list[Option]:
+    """--prompt, --prompt-file, --chat and --system, the same for every prompt-taking analysis."""
+    return [
+        Option(
+            None,
+            "prompt text" + (" (repeat for several prompts; each gets a sub-folder)" if several else ""),
+            flag="--prompt",
+            role="input",
+            group=group,
+            action="append" if several else None,
+        ),
+        Option(
+            None, "read the prompt from this UTF-8 file", flag="--prompt-file", role="input", group=group
+        ),
+        Option(
+            "chat",
+            "wrap the prompt as a user turn in the model's chat template",
+            group=group,
+            action="store_true",
+        ),
+        Option("system", "system message for --chat (default: the template's own)", group=group),
+    ]

@@ -1,0 +1,266 @@
+"""Flip rates: perturb each word occurrence of each text, re-classify, and count label flips per
+(word, relative position bucket).
+
+Every perturbed text of a chunk of texts goes through the classifier in length-sorted
+token-budget batches; finished chunks are written to disk (one Parquet file each) so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ...checkpoint import digest, model_settings
+from ...errors import TokenprobeError
+from ...results import now, versions
+from ...runner import open_checkpoint, progress_disabled, run_chunks
+from .classifiers import Classifier
+from .result import FlipResult
+from .words import TextInput, bucket_of, perturb, rates_table, replacement_ids
+
+PARTIAL = "flips.partial"  # the checkpoint folder inside --out
+COLUMNS = [
+    "text_id",
+    "word",
+    "word_index",
+    "n_words",
+    "bucket",
+    "original",
+    "gold",
+    "perturbed",
+    "flipped",
+]
+
+
+def _check_args(
+    classifier: Classifier,
+    texts: Sequence[str],
+    gold: Sequence[str] | None,
+    buckets: int,
+    group: str,
+) -> None:
+    """Refuse an empty data set, bad settings, or gold labels the classifier does not have."""
+    if not texts:
+        raise TokenprobeError("the data set is empty: give at least one text")
+    if buckets < 1:
+        raise TokenprobeError(f"`buckets` must be at least 1, not {buckets}")
+    if group not in ("predicted", "gold"):
+        raise TokenprobeError(f"`group` must be predicted or gold, not {group!r}")
+    if group == "gold" and gold is None:
+        raise TokenprobeError("`group` gold needs gold labels: give `gold`")
+    labels = classifier.labels
+    if gold is not None:
+        unknown = sorted({g for g in gold if g not in labels})
+        if unknown:
+            raise TokenprobeError(
+                f"labels in the data are not in `labels`: {', '.join(map(str, unknown[:5]))}; the labels are {', '.join(labels)}"
+            )
+
+
+def _check_context(classifier: Classifier, inputs: Sequence[TextInput], replacement: int) -> None:
+    """Refuse, naming the first one, a text whose longest perturbed copy (template included)
+    does not fit the model's context."""
+    limit = classifier.lm.context_length
+    if limit is None:
+        return
+    for i, inp in enumerate(inputs):
+        if not inp.words:
+            continue
+        grow = max(0, replacement - min(len(w) for w in inp.word_tokens))
+        need = classifier.input_length(len(inp.ids) + grow)
+        if need > limit:
+            raise TokenprobeError(
+                f"text {i + 1} needs {need} tokens (with the prompt template and the longest perturbation), "
+                f"longer than the model's context of {limit}: shorten it or leave it out"
+            )
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _settings(
+    classifier: Classifier,
+    texts: Sequence[str],
+    gold: Sequence[str] | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it resumes (the checkpoint's settings)."""
+    return {
+        "analysis": "flip rates",
+        "model": model_settings(classifier.lm),
+        # the prefix cache changes speed, not predictions
+        "classifier": {
+            k: v for k, v in classifier.describe().items() if k != "prefix_cache_reused"
+        },
+        "texts": digest(texts, gold),
+        **options,
+    }
+
+
+def flip_rates(
+    classifier: Classifier,
+    texts: Sequence[str],
+    gold: Sequence[str] | None = None,
+    *,
+    perturbation: str = "delete",
+    filler: str | None = None,
+    buckets: int = 10,
+    group: str = "predicted",
+    batch_tokens: int = 4096,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    chunk_texts: int = 32,
+    progress: bool | None = None,
+    _after_chunk: Callable[[int], None] | None = None,
+) -> FlipResult:
+    """Flip rate of every (word, bucket) over `texts`, with per-occurrence rows.
+
+    `gold` labels (optional) give accuracy and `group="gold"`. With `checkpoint`, each finished
+    chunk of texts is written there; `resume=True` reuses the chunks already written.
+    """
+    _check_args(classifier, texts, gold, buckets, group)
+    replacement = replacement_ids(classifier.lm, perturbation, filler)
+    inputs = [classifier.encode(t) for t in texts]
+    empty = [i for i, inp in enumerate(inputs) if not inp.ids or not inp.words]
+    _check_context(classifier, inputs, len(replacement))
+    if len(empty) == len(inputs):
+        raise TokenprobeError("every text is empty after tokenization: check `texts`")
+    chunks = _chunks(len(inputs), chunk_texts)
+    options = {"perturbation": perturbation, "filler": filler, "buckets": buckets}
+    store = open_checkpoint(
+        checkpoint,
+        PARTIAL,
+        _settings(classifier, texts, gold, {**options, "chunk_texts": chunk_texts}),
+        resume,
+    )
+
+    def compute(chunk: Sequence[int]) -> pd.DataFrame:
+        # looked up at call time: tests stand in for the chunk runner
+        return _run_chunk(
+            classifier, inputs, chunk, gold, perturbation, replacement, buckets, batch_tokens
+        )
+
+    def write(part: pd.DataFrame) -> Callable[[Path], object]:
+        return lambda p: part.to_parquet(p, index=False)
+
+    disable = progress_disabled(progress)
+    with tqdm(total=len(inputs), desc="flip rates", unit="text", disable=disable) as bar:
+        done = run_chunks(
+            chunks,
+            compute,
+            store=store,
+            suffix=".parquet",
+            write=write,
+            read=pd.read_parquet,
+            bar=bar,
+            after_chunk=_after_chunk,
+        )
+    occurrences = pd.concat([done[k] for k in range(len(chunks))], ignore_index=True)
+    result = _result(
+        classifier,
+        occurrences,
+        gold,
+        len(inputs),
+        len(empty),
+        {**options, "group": group, "batch_tokens": batch_tokens},
+    )
+    if store is not None:
+        store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
+    return result
+
+
+def _result(
+    classifier: Classifier,
+    occurrences: pd.DataFrame,
+    gold: Sequence[str] | None,
+    n_texts: int,
+    n_empty: int,
+    options: dict[str, Any],
+) -> FlipResult:
+    """The result of a finished run: the rates table, accuracy and meta."""
+    originals = occurrences.drop_duplicates("text_id")
+    accuracy = None
+    if gold is not None:
+        per_text = _original_predictions(occurrences, n_texts)
+        scored = [(p, g) for p, g in zip(per_text, gold, strict=True) if p is not None]
+        accuracy = float(np.mean([p == g for p, g in scored])) if scored else None
+    labels = classifier.labels
+    rates = rates_table(occurrences, labels, options["group"])
+    return FlipResult(
+        occurrences=occurrences,
+        rates=rates,
+        labels=list(labels),
+        buckets=options["buckets"],
+        meta={
+            "analysis": "flip rates",
+            "model": classifier.lm.describe(),
+            "classifier": classifier.describe(),
+            "texts": n_texts,
+            "texts_empty_skipped": n_empty,
+            "word_occurrences": int(len(occurrences)),
+            "accuracy": accuracy,
+            "predicted_distribution": originals["original"].value_counts().to_dict(),
+            "options": options,
+            "words": "lowercase runs of word characters (regex \\w+), each mapped to the tokens its characters fall in",
+            "versions": versions(),
+            "created": now(),
+        },
+    )
+
+
+def _original_predictions(occurrences: pd.DataFrame, n: int) -> list[str | None]:
+    first = occurrences.drop_duplicates("text_id").set_index("text_id")["original"]
+    return [first.get(i) for i in range(n)]
+
+
+def _run_chunk(
+    classifier: Classifier,
+    inputs: list[TextInput],
+    chunk: Sequence[int],
+    gold: Sequence[str] | None,
+    perturbation: str,
+    replacement: list[int],
+    buckets: int,
+    batch_tokens: int,
+) -> pd.DataFrame:
+    """Predictions for the chunk's texts and every perturbed copy, in one batched call."""
+    ids_list: list[list[int]] = []
+    owners: list[tuple[int, int]] = []  # (text, word) ; word -1 = the unperturbed text
+    for i in chunk:
+        inp = inputs[i]
+        if not inp.ids or not inp.words:
+            continue
+        ids_list.append(inp.ids)
+        owners.append((i, -1))
+        for w in range(len(inp.words)):
+            ids_list.append(perturb(inp, w, perturbation, replacement))
+            owners.append((i, w))
+    labels = classifier.labels
+    preds = classifier.predict(ids_list, batch_tokens) if ids_list else np.empty(0, dtype=np.int64)
+    original = {i: int(p) for (i, w), p in zip(owners, preds, strict=True) if w == -1}
+    rows = []
+    for (i, w), p in zip(owners, preds, strict=True):
+        if w == -1:
+            continue
+        n = len(inputs[i].words)
+        rows.append(
+            {
+                "text_id": i,
+                "word": inputs[i].words[w],
+                "word_index": w,
+                "n_words": n,
+                "bucket": bucket_of(w, n, buckets),
+                "original": labels[original[i]],
+                "gold": gold[i] if gold is not None else None,
+                "perturbed": labels[int(p)],
+                "flipped": int(p) != original[i],
+            }
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,143 @@
+"""The logit lens's result: per (layer, position) entropy, top-k tokens and target statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ...heatmap import Heatmap
+from ...results import Result
+from .views import lens_view
+
+
+@dataclass
+class LensResult(Result):
+    """Per (layer, position): entropy, top-k tokens and probabilities, target probability/rank.
+
+    Rows are layers 0..L: layer 0 is the embedding output, layer i the output of block i, and
+    the last row ("output") is the model's own logits.
+    """
+
+    kind: ClassVar[str] = "lens"
+
+    tokens: list[str]
+    token_ids: list[int]
+    layer_labels: list[str]
+    entropy: np.ndarray  # (rows, positions) float32, nats
+    top_ids: np.ndarray  # (rows, positions, k) int64
+    top_tokens: np.ndarray  # (rows, positions, k) str
+    top_probs: np.ndarray  # (rows, positions, k) float32
+    targets: list[str] = field(default_factory=list)
+    target_ids: list[int] = field(default_factory=list)
+    target_probs: np.ndarray | None = None  # (rows, positions, n_targets)
+    target_ranks: np.ndarray | None = None  # (rows, positions, n_targets), 1 = top
+    marked: tuple[int, int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.entropy.shape[0])
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.entropy.shape[1])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.top_ids.shape[2])
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self.top_tokens[:, :, 0]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (layer, position)."""
+        rows, positions = self.entropy.shape
+        layer = np.repeat(np.arange(rows), positions)
+        pos = np.tile(np.arange(positions), rows)
+        data: dict[str, Any] = {
+            "layer": layer,
+            "layer_label": np.asarray(self.layer_labels, dtype=object)[layer],
+            "position": pos,
+            "token": np.asarray(self.tokens, dtype=object)[pos],
+            "token_id": np.asarray(self.token_ids, dtype=np.int64)[pos],
+            "entropy": self.entropy.reshape(-1),
+        }
+        for j in range(self.top_k):
+            data[f"top{j + 1}"] = self.top_tokens[:, :, j].reshape(-1)
+            data[f"top{j + 1}_prob"] = self.top_probs[:, :, j].reshape(-1)
+            data[f"top{j + 1}_id"] = self.top_ids[:, :, j].reshape(-1)
+        for t, name in enumerate(self.targets):
+            assert self.target_probs is not None and self.target_ranks is not None
+            data[f"prob[{name}]"] = self.target_probs[:, :, t].reshape(-1)
+            data[f"rank[{name}]"] = self.target_ranks[:, :, t].reshape(-1)
+        return pd.DataFrame(data)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> LensResult:
+        frame = frame.sort_values(["layer", "position"])
+        rows = int(frame["layer"].max()) + 1
+        positions = int(frame["position"].max()) + 1
+        first_row = frame[frame["layer"] == 0]
+        k = sum(1 for c in frame.columns if c.startswith("top") and c.endswith("_id"))
+
+        def grid(col: str) -> np.ndarray:
+            return frame[col].to_numpy().reshape(rows, positions)
+
+        targets = list(meta.get("targets", []))
+        marked = meta.get("marked")
+        return cls(
+            tokens=[str(t) for t in first_row["token"]],
+            token_ids=[int(t) for t in first_row["token_id"]],
+            layer_labels=[str(x) for x in frame.groupby("layer")["layer_label"].first()],
+            entropy=grid("entropy").astype(np.float32),
+            top_ids=np.stack([grid(f"top{j + 1}_id") for j in range(k)], axis=-1).astype(np.int64),
+            top_tokens=np.stack([grid(f"top{j + 1}").astype(object) for j in range(k)], axis=-1),
+            top_probs=np.stack([grid(f"top{j + 1}_prob") for j in range(k)], axis=-1).astype(
+                np.float32
+            ),
+            targets=targets,
+            target_ids=list(meta.get("target_ids", [])),
+            target_probs=np.stack([grid(f"prob[{t}]") for t in targets], axis=-1).astype(np.float32)
+            if targets
+            else None,
+            target_ranks=np.stack([grid(f"rank[{t}]") for t in targets], axis=-1).astype(np.int64)
+            if targets
+            else None,
+            marked=tuple(marked) if marked else None,
+            meta=meta,
+        )
+
+    def views(
+        self,
+        *,
+        zoom: str | tuple[int, int] | None = None,
+        frame: str | tuple[int, int] | bool | None = None,
+        annotate: bool | None = None,
+        label_chars: int = 7,
+        cmap: str = "RdYlBu_r",
+        vmax: float | None = None,
+        title: str | None = None,
+    ) -> list[tuple[str, Heatmap]]:
+        """The entropy heatmap; see `views.lens_view` for the options."""
+        view = lens_view(
+            self,
+            zoom=zoom,
+            frame=frame,
+            annotate=annotate,
+            label_chars=label_chars,
+            cmap=cmap,
+            vmax=vmax,
+            title=title,
+        )
+        return [(self.kind, view)]
+
+    def summary(self) -> str:
+        last = self.n_positions - 1
+        return (
+            f"lens of {str(self.meta.get('prompt', ''))[:50]!r}: {self.n_positions} positions x {self.n_rows} rows; "
+            f"output top-1 at the last position {self.top1[-1, last]!r} (p={self.top_probs[-1, last, 0]:.3f})"
+        )

@@ -1,0 +1,393 @@
+"""Past similarity: per layer, the cosine between a marker token's hidden state and the hidden
+states of the T tokens before (or after) it, for one text or averaged over a data set.
+
+Layer 0 is the embedding output (the first block's input) and layer i the output of block i,
+as in the logit lens, read by hooks on the blocks: `output_hidden_states` ends with the
+final-normed state instead, which is not a block output, and some families (Mamba) leave out
+the embeddings.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ...checkpoint import Checkpoint, digest, model_settings, npz_writer
+from ...errors import TokenprobeError
+from ...model import LoadedModel
+from ...results import now, versions
+from ...runner import (
+    map_batches,
+    open_checkpoint,
+    pad_batch,
+    pad_id_of,
+    progress_disabled,
+    run_chunks,
+    token_budget_batches,
+)
+from ...text import DEFAULT_MARKER, ensure_marker, token_texts
+from .markers import find_marker, insert_markers
+from .result import SimilarityResult
+
+DIRECTIONS = ("past", "future")
+PARTIAL = "similarity.partial"  # the checkpoint folder inside --out
+SUFFIX = ".npz"  # a checkpoint part: the chunk's float64 sums, counts and text indices
+
+
+@dataclass
+class _Texts:
+    """The texts as run: markers inserted, token ids, each one's anchor (None: skipped)."""
+
+    items: list[str]
+    encoded: list[list[int]]
+    anchors: list[int | None]
+    pattern: list[int]  # the marker's token ids; the anchor is its last token
+    single: bool
+
+    @property
+    def used(self) -> list[int]:
+        return [i for i, a in enumerate(self.anchors) if a is not None]
+
+
+def _check(
+    items: list[str],
+    single: bool,
+    window: int,
+    occurrence: int,
+    direction: str,
+    insert_every: int | None,
+    insert_after: str | None,
+) -> None:
+    """Refuse settings that cannot run, before the model does any work."""
+    if not items:
+        raise TokenprobeError("the data set is empty: give at least one text")
+    if window < 1:
+        raise TokenprobeError(f"`window` must be at least 1, not {window}")
+    if occurrence < 1:
+        raise TokenprobeError(f"`occurrence` counts from 1, not {occurrence}")
+    if direction not in DIRECTIONS:
+        raise TokenprobeError(f"`direction` must be past or future, not {direction!r}")
+    if insert_every is not None and insert_after is not None:
+        raise TokenprobeError("give `insert_every` or `insert_after`, not both")
+    if any(not str(t).strip() for t in items) and single:
+        raise TokenprobeError("the text is empty: give a text that contains the marker")
+
+
+def _encode(
+    lm: LoadedModel,
+    items: list[str],
+    single: bool,
+    marker: str,
+    add_marker: bool,
+    occurrence: int,
+    insert_every: int | None,
+    insert_after: str | None,
+) -> _Texts:
+    """Markers inserted, texts tokenized, and the `occurrence`-th marker of each found."""
+    tok = lm.tokenizer
+    if add_marker:
+        pattern = [ensure_marker(lm, marker)]
+    else:
+        pattern = tok.encode(marker, add_special_tokens=False)
+        if not pattern:
+            raise TokenprobeError(f"the marker {marker!r} gives no tokens")
+    items = [insert_markers(lm, t, marker, every=insert_every, after=insert_after) for t in items]
+    encoded = [list(tok(t, add_special_tokens=True)["input_ids"]) for t in items]
+    limit = lm.context_length
+    anchors: list[int | None] = []
+    for i, ids in enumerate(encoded):
+        hits = find_marker(ids, pattern)
+        if limit is not None and len(ids) > limit:
+            raise TokenprobeError(
+                f"text {i + 1} is {len(ids)} tokens, longer than the model's context of {limit}: shorten it"
+            )
+        if len(hits) < occurrence:
+            if single:
+                where = (
+                    "insert markers with `insert_every` or `insert_after`"
+                    if not hits
+                    else "lower `occurrence`"
+                )
+                raise TokenprobeError(
+                    f"the text has {len(hits)} {marker!r} marker(s), fewer than `occurrence` {occurrence}: {where}"
+                )
+            anchors.append(None)
+        else:
+            anchors.append(hits[occurrence - 1])
+    return _Texts(items, encoded, anchors, pattern, single)
+
+
+def _check_anchors(texts: _Texts, marker: str, occurrence: int, direction: str) -> int:
+    """Refuse texts that leave nothing to compare; warn about skipped ones (returns how many)."""
+    used, anchors, encoded = texts.used, texts.anchors, texts.encoded
+    # a marker with no token on the compared side would give an all-NaN table
+    side = "before" if direction == "past" else "after"
+    bare = [i for i in used if anchors[i] == (0 if direction == "past" else len(encoded[i]) - 1)]
+    if used and len(bare) == len(used):
+        where = "the text" if texts.single else f"each of the {len(used)} texts that have it"
+        raise TokenprobeError(
+            f"marker {occurrence} ({marker!r}) has no tokens {side} it in {where} (`direction` "
+            f"{direction}): choose another `occurrence`, put text {side} the marker, or use `direction` "
+            f"{'future' if direction == 'past' else 'past'}"
+        )
+    if not used:
+        raise TokenprobeError(
+            f"none of the {len(texts.items)} texts has {occurrence} {marker!r} marker(s): "
+            "insert them with `insert_every` or `insert_after`, or lower `occurrence`"
+        )
+    lacking = len(texts.items) - len(used)
+    if lacking:
+        warnings.warn(
+            f"{lacking} of {len(texts.items)} texts have fewer than {occurrence} {marker!r} marker(s) and were skipped",
+            UserWarning,
+            stacklevel=3,
+        )
+    return lacking
+
+
+class _Cosines:
+    """One batch of texts through the model: each text's cosines (layers, m) and m, the
+    number of tokens it has on the compared side within the window."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        texts: _Texts,
+        window: int,
+        direction: str,
+        centre: bool,
+        centre_skip_first: bool,
+    ) -> None:
+        self.lm, self.texts, self.window, self.direction = lm, texts, window, direction
+        self.centre, self.centre_skip_first = centre, centre_skip_first
+        self.adapter = lm.require_adapter()
+        self.n_layers = self.adapter.n_blocks + 1
+        self.pad = pad_id_of(lm.tokenizer)
+
+    def __call__(self, batch: list[int]) -> list[tuple[torch.Tensor, int]]:
+        encoded, window = self.texts.encoded, self.window
+        ids, mask = pad_batch([encoded[i] for i in batch], self.pad, self.lm.device)
+        with torch.inference_mode(), self.adapter.record() as hidden:
+            self.lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        states = torch.stack(hidden)  # (layers, B, T, D): block 0's input, each block's output
+        rows = []
+        for b, i in enumerate(batch):
+            n = len(encoded[i])
+            h = states[:, b, :n].float()
+            if self.centre:
+                # the first position often carries massive activations (an attention sink, 100x
+                # the norm of the rest) that would dominate the mean: leave it out unless asked
+                base = h[:, 1:] if (self.centre_skip_first and n > 1) else h
+                h = h - base.mean(dim=1, keepdim=True)
+            p = self.texts.anchors[i]
+            assert p is not None
+            others = (
+                [p - d for d in range(1, window + 1)]
+                if self.direction == "past"
+                else [p + d for d in range(1, window + 1)]
+            )
+            others = [o for o in others if 0 <= o < n]
+            cos = (
+                F.cosine_similarity(h[:, p : p + 1], h[:, others], dim=-1)
+                if others
+                else h.new_zeros((self.n_layers, 0))
+            )
+            rows.append((cos.cpu(), len(others)))
+        return rows
+
+    def sums(self, chunk: Sequence[int], batch_tokens: int, bar: Any) -> dict[str, np.ndarray]:
+        """One chunk's float64 sum of cosines per (layer, distance), its counts and its texts."""
+        chunk = list(chunk)
+        part_total = torch.zeros((self.n_layers, self.window), dtype=torch.float64)
+        part_count = np.zeros(self.window, dtype=np.int64)
+        lengths = [len(self.texts.encoded[i]) for i in chunk]
+        for sub, rows in map_batches(lengths, batch_tokens, lambda b: self([chunk[j] for j in b])):
+            for cos, m in rows:
+                part_total[:, :m] += cos.double()
+                part_count[:m] += 1
+            bar.update(len(sub))
+        texts_done = np.asarray(chunk, dtype=np.int64)
+        return {"total": part_total.numpy(), "count": part_count, "texts": texts_done}
+
+
+def _chunks(used: list[int], done: dict[int, list[int]], chunk_texts: int) -> list[list[int]]:
+    """Chunk k of a resumed run holds the texts its part holds (whatever chunk size that run
+    used); the texts no part holds follow in chunks of `chunk_texts`."""
+    first_new = max(done, default=-1) + 1
+    chunks = [done.get(k, []) for k in range(first_new)]
+    finished = {i for texts in done.values() for i in texts}
+    todo = [i for i in used if i not in finished]
+    size = max(1, chunk_texts)
+    return chunks + [todo[lo : lo + size] for lo in range(0, len(todo), size)]
+
+
+def _texts_of_part(path: Path) -> list[int]:
+    """The text indices a checkpoint part summed (all a resumed run needs to lay out chunks)."""
+    with np.load(path) as part:
+        return [int(i) for i in part["texts"]]
+
+
+def _sums(
+    cosines: _Cosines,
+    texts: _Texts,
+    store: Checkpoint | None,
+    chunk_texts: int,
+    batch_tokens: int,
+    progress: bool | None,
+    after_chunk: Callable[[int], None] | None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The float64 sums of cosines over the used texts, chunk by chunk (a finished chunk is
+    kept in `store`, and a resumed run reads it back), added up in chunk order, and the counts."""
+    used = texts.used
+    done = {} if store is None else store.read(SUFFIX, _texts_of_part)
+    chunks = _chunks(used, done, chunk_texts)
+    finished = {i for part in done.values() for i in part}
+    todo = [i for i in used if i not in finished]
+    n_batches = len(token_budget_batches([len(texts.encoded[i]) for i in todo], batch_tokens))
+    disable = progress_disabled(progress, n_batches if not done else None)
+    with tqdm(
+        total=len(used),
+        initial=len(used) - len(todo),
+        desc="past similarity",
+        unit="text",
+        disable=disable,
+    ) as bar:
+        parts = run_chunks(
+            chunks,
+            lambda chunk: cosines.sums(chunk, batch_tokens, bar),
+            store=store,
+            suffix=SUFFIX,
+            write=lambda part: npz_writer(**part),
+            after_chunk=after_chunk,
+        )
+    total = torch.zeros((cosines.n_layers, cosines.window), dtype=torch.float64)
+    count = np.zeros(cosines.window, dtype=np.int64)
+    for k in sorted(parts):
+        total += torch.from_numpy(parts[k]["total"])
+        count += parts[k]["count"]
+    return total, count
+
+
+def past_similarity(
+    lm: LoadedModel,
+    texts: str | Sequence[str],
+    *,
+    marker: str = DEFAULT_MARKER,
+    occurrence: int = 1,
+    window: int = 16,
+    centre: bool = False,
+    centre_skip_first: bool = True,
+    direction: str = "past",
+    insert_every: int | None = None,
+    insert_after: str | None = None,
+    add_marker: bool = True,
+    batch_tokens: int = 4096,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    chunk_texts: int = 256,
+    progress: bool | None = None,
+    _after_chunk: Callable[[int], None] | None = None,
+) -> SimilarityResult:
+    """Cosine similarity of the `occurrence`-th `marker` with each of the `window` tokens before it
+    (`direction="future"`: after it), per layer; over several texts, the mean with its count.
+
+    `centre` subtracts each layer's mean hidden state over the text's positions first (raw
+    residual streams share a large common direction, which pushes every cosine towards 1);
+    the mean leaves out the first position unless `centre_skip_first=False`, because that
+    position often holds massive attention-sink activations that would swamp it.
+    A marker that is several tokens (with `add_marker=False`) is represented by its last token.
+    With `checkpoint`, the sums over each finished chunk of `chunk_texts` texts are written
+    there; `resume=True` skips the texts already summed.
+    """
+    single = isinstance(texts, str)
+    items = [texts] if single else list(texts)  # type: ignore[list-item]
+    _check(items, single, window, occurrence, direction, insert_every, insert_after)
+    run = _encode(lm, items, single, marker, add_marker, occurrence, insert_every, insert_after)
+    lacking = _check_anchors(run, marker, occurrence, direction)
+    cosines = _Cosines(lm, run, window, direction, centre, centre_skip_first)
+    options = {
+        "marker": marker,
+        "marker_token_ids": run.pattern,
+        "add_marker": add_marker,
+        "occurrence": occurrence,
+        "window": window,
+        "centre": centre,
+        "centre_skip_first": centre_skip_first,
+        "direction": direction,
+        "insert_every": insert_every,
+        "insert_after": insert_after,
+        "batch_tokens": batch_tokens,
+    }
+    store = None
+    if checkpoint is not None:
+        # batching changes speed, not the numbers
+        settings = {
+            "analysis": "past similarity",
+            "model": model_settings(lm),
+            "texts": digest(items),
+            **{k: v for k, v in options.items() if k != "batch_tokens"},
+        }
+        store = open_checkpoint(checkpoint, PARTIAL, settings, resume)
+    total, count = _sums(cosines, run, store, chunk_texts, batch_tokens, progress, _after_chunk)
+    result = _result(lm, run, total, count, lacking, options)
+    if store is not None:
+        store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
+    return result
+
+
+def _result(
+    lm: LoadedModel,
+    run: _Texts,
+    total: torch.Tensor,
+    count: np.ndarray,
+    lacking: int,
+    options: dict[str, Any],
+) -> SimilarityResult:
+    """The mean cosine per (layer, distance), NaN where no text reaches, with the token at
+    each distance when there is one text."""
+    window, direction = options["window"], options["direction"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (total.numpy() / count[None, :]).astype(np.float32)
+    mean[:, count == 0] = np.nan
+    context_tokens: list[str | None] = [None] * window
+    if run.single:
+        p = run.anchors[0]
+        assert p is not None
+        ids = run.encoded[0]
+        step = -1 if direction == "past" else 1
+        positions = [p + step * d for d in range(1, window + 1)]
+        texts_at = token_texts(lm.tokenizer, [ids[q] for q in positions if 0 <= q < len(ids)])
+        context_tokens = [*texts_at, *([None] * (window - len(texts_at)))]
+    n_layers = int(total.shape[0])
+    return SimilarityResult(
+        layer_labels=[str(i) for i in range(n_layers)],
+        cosine=mean,
+        count=count,
+        tokens=context_tokens,
+        marker=options["marker"],
+        occurrence=options["occurrence"],
+        direction=direction,
+        centre=options["centre"],
+        meta={
+            "analysis": "past similarity",
+            "model": lm.describe(),
+            "texts": len(run.items),
+            "texts_used": len(run.used),
+            "texts_skipped": lacking,
+            "text": run.items[0] if run.single else None,
+            "token_ids": run.encoded[0] if run.single else None,
+            "anchor_position": run.anchors[0] if run.single else None,
+            "options": options,
+            "layers": "layer 0 = embeddings, layer i = output of block i (the last one before the final norm)",
+            "versions": versions(),
+            "created": now(),
+        },
+    )

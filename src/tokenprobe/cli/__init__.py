@@ -1,0 +1,153 @@
+"""The `tokenprobe` command: one subcommand per registered analysis (generated from its
+spec), plus `report` and `demo`. A thin layer over the public API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..checkpoint import interrupted_note, kept_until_saved
+from ..errors import TokenprobeError, TokenprobeWarning
+from ..model import offline
+from ..registry import ANALYSES
+from ..runner import is_oom
+from .demo import add_demo, demo_specs, run_demo
+from .flags import COMMON_FLAGS, DEBUG_ENV, DEBUG_HELP, Parser, add_analysis
+from .report import add_report, run_report
+from .session import Session
+
+__all__ = ["build_parser", "demo_specs", "main"]
+
+log = logging.getLogger("tokenprobe")
+BUG_REPORT = "report it on the tokenprobe issue tracker with that traceback"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: a subcommand per registered analysis, then report and demo."""
+    parser = Parser(
+        prog="tokenprobe",
+        description="Token-level analysis of transformer language models. Every command writes a "
+        "table (Parquet), figures and meta.json into --out.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokenprobe {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for spec in ANALYSES.values():
+        add_analysis(sub, spec)
+    add_report(sub)
+    add_demo(sub)
+    for command in sub.choices.values():  # --debug after the command too (SUPPRESS: no override)
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
+    return parser
+
+
+def _configure_output(flags: dict[str, str]) -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("tokenprobe: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        text = message.render(flags) if isinstance(message, TokenprobeWarning) else str(message)
+        print(f"tokenprobe: warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split("\n")).strip()
+
+
+def _flags_of(command: str) -> dict[str, str]:
+    """Library parameter -> flag, for error messages: this command's options first."""
+    flags = dict(COMMON_FLAGS)
+    for spec in ANALYSES.values():
+        if spec.command != command:
+            flags = {**spec.flags(), **flags}
+    for spec in ANALYSES.values():
+        if spec.command == command:
+            flags.update(spec.flags())
+    return flags
+
+
+def error_line(exc: BaseException, flags: dict[str, str] | None = None) -> tuple[str, int]:
+    """The one line a failure ends in, and the exit status: 2 for bad input (a TokenprobeError,
+    a file that cannot be read or written), 1 for anything else, which is tokenprobe's fault.
+    Parameters named in a TokenprobeError are shown as the flags in `flags`."""
+    if isinstance(exc, TokenprobeError):
+        return f"tokenprobe: error: {_one_line(exc.render(flags or {}))}", 2
+    if isinstance(exc, OSError) and exc.filename is not None:
+        paths = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        why = exc.strerror or type(exc).__name__
+        return f"tokenprobe: error: {paths}: {why} (check the path and its permissions)", 2
+    lines = str(exc).strip().splitlines()
+    first = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    if is_oom(exc):  # one input too large for the device even alone: the user's setting
+        return (
+            f"tokenprobe: error: out of memory ({first}): lower --batch-tokens (and --memory-mb for "
+            "the lens), use --dtype bfloat16, shorter inputs, or --device cpu",
+            2,
+        )
+    return (
+        f"tokenprobe: error: {first} (this looks like a bug in tokenprobe or an input it does not "
+        f"handle; rerun with --debug for the traceback and {BUG_REPORT})",
+        1,
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command."""
+    if args.command == "report":
+        return run_report(args)
+    if args.command == "demo":
+        return run_demo(Session(args))
+    spec = next(s for s in ANALYSES.values() if s.command == args.command)
+    spec.cli(Session(args, spec))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. Every failure ends in one line on stderr: exit status 2 for bad input, 1 for
+    an internal error (--debug or TOKENPROBE_DEBUG=1 print the traceback too), 130 on Ctrl-C."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_output(_flags_of(args.command))
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        # offline: no connection, even where a hub id is only looked up; kept_until_saved: a
+        # checkpoint goes only once the outputs are all written
+        with offline(), kept_until_saved():
+            return run_command(args)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        line, status = error_line(exc, _flags_of(args.command))
+        print(line, file=sys.stderr)
+        return status
+    except KeyboardInterrupt:
+        hint = ""
+        if getattr(args, "resume", None) is not None:  # the commands that checkpoint
+            hint = interrupted_note(Path(args.out))  # what is kept, only if something is
+        print(f"tokenprobe: interrupted{hint}", file=sys.stderr)
+        return 130
+
+

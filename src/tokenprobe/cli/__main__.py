@@ -1,0 +1,7 @@
+"""`python -m tokenprobe.cli`: the same as the `tokenprobe` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

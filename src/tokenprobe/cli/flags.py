@@ -1,0 +1,126 @@
+"""The command line's shared pieces: the parser class, the flags every analysis has, and
+checks made before long work (so a bad --out fails before the model runs, not after)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..analyses.base import Analysis, positive_int
+from ..errors import TokenprobeError
+from ..model import BUILTIN_MODELS, DEFAULT_MODEL
+from ..results import FIGURE_FORMATS
+
+DEBUG_ENV = "TOKENPROBE_DEBUG"
+DEBUG_HELP = f"on an error, print the Python traceback as well as the one-line message (or set {DEBUG_ENV}=1)"
+COMMON_FLAGS = {
+    "batch_tokens": "--batch-tokens",
+    "device": "--device",
+    "dtype": "--dtype",
+    "out": "--out",
+    "overwrite": "--overwrite",
+    "formats": "--format",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `tokenprobe: error: ...` and exit status 2, like every
+    other bad input (the usage is one --help away)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"tokenprobe: error: {message} (see {self.prog} --help)\n")
+
+
+def add_common(
+    parser: argparse.ArgumentParser,
+    *,
+    default_out: str,
+    batch_tokens: int | None = 4096,
+    dtype_auto: str = "bfloat16 on a GPU, float32 on CPU",
+) -> None:
+    """Model, device, output and (where `batch_tokens` is given) batching flags, the same for
+    every command; `dtype_auto` says what --dtype auto means for this one."""
+    g = parser.add_argument_group("model and output")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a local Hugging Face folder, a .gguf file, "
+        f"or a hub id already in the local cache (default: {DEFAULT_MODEL})",
+    )
+    g.add_argument(
+        "--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N or mps"
+    )
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help=f"model weights' dtype; auto = {dtype_auto}. Statistics are always float32",
+    )
+    if batch_tokens is not None:
+        g.add_argument(
+            "--batch-tokens",
+            type=positive_int,
+            default=batch_tokens,
+            help=f"padded tokens per forward pass (default {batch_tokens})",
+        )
+    g.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    g.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    g.add_argument(
+        "--format",
+        nargs="+",
+        default=["png"],
+        choices=FIGURE_FORMATS,
+        metavar="FMT",
+        help="figure formats: png svg pdf (default: png)",
+    )
+
+
+def add_analysis(sub: Any, spec: Analysis) -> argparse.ArgumentParser:
+    """The subcommand of one analysis: the shared flags, then its options group by group."""
+    parser = sub.add_parser(spec.command, help=spec.help, description=spec.description)
+    add_common(
+        parser,
+        default_out=spec.default_out,
+        batch_tokens=spec.default("batch_tokens") if spec.batch_tokens else None,
+        dtype_auto=spec.dtype_auto,
+    )
+    for title in spec.groups:
+        group = parser.add_argument_group(title)
+        for option in spec.options:
+            if option.group == title:
+                option.add_to(group)
+    return parser
+
+
+def read_text_file(path: str, flag: str) -> str:
+    """A UTF-8 file's text, or one clear error naming the flag."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise TokenprobeError(f"{flag} {path}: no such file") from exc
+    except UnicodeDecodeError as exc:
+        raise TokenprobeError(f"{flag} {path} is not UTF-8 text: save it as UTF-8") from exc
+    except OSError as exc:
+        raise TokenprobeError(f"{flag} {path}: cannot read it ({exc.strerror})") from exc
+
+
+def check_can_write(path: Path, flag: str) -> None:
+    """Fail now, not after the model has run, when `path` (a folder or file to be written)
+    cannot be created: create and remove a probe file in its nearest existing ancestor."""
+    ancestor = path.expanduser().absolute()
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TokenprobeError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tokenprobe-write-check-", dir=ancestor)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise TokenprobeError(
+            f"{flag} {path}: cannot write in {ancestor} ({exc.strerror or exc}): "
+            "choose a folder you can write to"
+        ) from exc

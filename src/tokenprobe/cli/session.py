@@ -1,0 +1,75 @@
+"""What an analysis's command-line glue gets: the parsed flags as library parameters, the
+model (loaded once), checks before long work, and saving with a printed summary."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import model as model_module
+from ..analyses.base import Analysis
+from ..results import check_writable
+from .flags import check_can_write, read_text_file
+
+if TYPE_CHECKING:
+    from ..model import LoadedModel
+    from ..results import Result
+
+
+class Session:
+    """One command's run: `spec` is the analysis (None for demo and report)."""
+
+    def __init__(self, args: argparse.Namespace, spec: Analysis | None = None) -> None:
+        self.args = args
+        self.spec = spec
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+
+    def params(self, role: str = "run") -> dict[str, Any]:
+        """The parameters of the analysis's options with this role, from the parsed flags."""
+        assert self.spec is not None
+        values = {
+            o.param: o.value_from(self.args)
+            for o in self.spec.options
+            if o.role == role and o.param is not None
+        }
+        if role == "run" and self.spec.batch_tokens:
+            values["batch_tokens"] = self.args.batch_tokens
+        return values
+
+    def load(self, *, task: str = "causal-lm", dtype: str | None = None) -> LoadedModel:
+        """The model of --model/--device/--dtype (the analysis's reading of --dtype auto)."""
+        if dtype is None:
+            dtype = self.spec.dtype(self.args.dtype) if self.spec else self.args.dtype
+        if (task, dtype) not in self._models:
+            # looked up at call time, so that tests can stand in for the loader
+            lm = model_module.load(self.args.model, device=self.args.device, dtype=dtype, task=task)
+            self._models[(task, dtype)] = lm
+            # what `auto` loaded serves a later call that asks for that dtype by name
+            self._models.setdefault((task, str(lm.dtype).removeprefix("torch.")), lm)
+        return self._models[(task, dtype)]
+
+    def read_text_file(self, path: str, flag: str) -> str:
+        return read_text_file(path, flag)
+
+    def check_out(self, out: Path, names: Sequence[str]) -> None:
+        """Before long work: --resume with an unfinished run in `out` goes on; anything else
+        must not replace finished outputs unless --overwrite (so --resume never reruns over
+        them)."""
+        resume = getattr(self.args, "resume", False)
+        partial = f"{self.spec.result.kind}.partial" if self.spec else None
+        if not (resume and partial and (out / partial).is_dir()):
+            check_writable(out, names, self.args.overwrite)
+        check_can_write(out, "--out")
+
+    def save(self, result: Result, out: Path, plot_options: dict[str, Any] | None = None) -> None:
+        """Save in the --format formats, print the summary and the files. A --resume run
+        replaces the outputs of the run it finishes."""
+        overwrite = self.args.overwrite or getattr(self.args, "resume", False)
+        written = result.save(
+            out, formats=self.args.format, overwrite=overwrite, plot_options=plot_options
+        )
+        print(result.summary())
+        for what, path in written.items():
+            print(f"  {what:>5}: {path}")

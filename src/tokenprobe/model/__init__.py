@@ -1,0 +1,361 @@
+"""Load a model (built-in, local folder, hub cache, GGUF) and find its parts for the analyses.
+
+The architecture adapter reads the model's own Hugging Face conventions (input/output
+embedding accessors, the config's layer count, the norm that sits beside the block list, the
+config's logit soft-capping) instead of keeping a table of model classes, so a new family that
+follows those conventions works without a code change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import TokenprobeError
+from .adapter import Adapter, text_config
+from .cache import (
+    BUILTIN_MODELS,
+    COMPLETE_MARKER,
+    DEFAULT_MODEL,
+    BuiltinModel,
+    _convert_gguf,
+    _gguf_cache_dir,
+    builtin_gguf,
+    cache_root,
+    cached_build,
+    remove_stale_builds,
+)
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "COMPLETE_MARKER",
+    "DEFAULT_MODEL",
+    "Adapter",
+    "BuiltinModel",
+    "LoadedModel",
+    "builtin_gguf",
+    "cache_root",
+    "cached_build",
+    "load",
+    "offline",
+    "remove_stale_builds",
+    "resolve_device",
+    "resolve_dtype",
+    "text_config",
+]
+
+log = logging.getLogger("tokenprobe")
+
+
+# ----------------------------------------------------------------------------- device, dtype
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` is the GPU when there is one, else the CPU; an unavailable device is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise TokenprobeError(
+            f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps"
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TokenprobeError(
+            f"device '{device}' asked for, but this torch sees no CUDA GPU: use --device cpu"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise TokenprobeError(
+            f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+        )
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise TokenprobeError(
+            "device 'mps' asked for, but MPS is not available here: use --device cpu"
+        )
+    return dev
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype = "auto", device: torch.device | None = None
+) -> torch.dtype:
+    """`auto` is bfloat16 (float16 where bf16 is unsupported) on a CUDA GPU, float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device is not None and device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise TokenprobeError(f"unknown dtype '{dtype}': use auto, float32, bfloat16 or float16")
+    return _DTYPES[dtype]
+
+
+# ----------------------------------------------------------------------------- loaded model
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, where it came from, and its adapter."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    source: str = ""
+    adapter: Adapter | None = None
+    folder: str = ""  # the Hugging Face folder (or hub id) the weights were read from
+
+    @classmethod
+    def wrap(
+        cls, model: nn.Module, tokenizer: Any, name: str | None = None, source: str = ""
+    ) -> LoadedModel:
+        """Wrap an already-built model and tokenizer (e.g. one made in a notebook or a test)."""
+        model.eval()
+        adapter = Adapter.from_model(model) if model.get_output_embeddings() is not None else None
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            name=name or type(model).__name__,
+            source=source,
+            adapter=adapter,
+        )
+
+    def require_adapter(self) -> Adapter:
+        if self.adapter is None:
+            self.adapter = Adapter.from_model(self.model)
+        return self.adapter
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def n_blocks(self) -> int:
+        """The number of blocks L."""
+        return self.require_adapter().n_blocks
+
+    @property
+    def n_layers(self) -> int:
+        """The number of layers of the residual stream, L + 1: layer 0 is the embedding
+        output, layer i the output of block i (the names every analysis uses)."""
+        return self.n_blocks + 1
+
+    @property
+    def context_length(self) -> int | None:
+        cfg = text_config(self.model.config)
+        # MPT names it max_seq_len; ALiBi and state-space models without one have no limit
+        limit = None
+        for attr in (
+            "max_position_embeddings",
+            "n_positions",
+            "max_seq_len",
+            "max_sequence_length",
+        ):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                limit = value
+                break
+        # RoBERTa-style position tables start counting after their padding index (roberta-base:
+        # 514 rows, 512 positions)
+        for name, module in self.model.named_modules():
+            if (
+                name.endswith("position_embeddings")
+                and isinstance(module, nn.Embedding)
+                and module.padding_idx is not None
+            ):
+                usable = module.num_embeddings - module.padding_idx - 1
+                limit = usable if limit is None else min(limit, usable)
+        return limit
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into a result's metadata about the model."""
+        adapter = self.adapter
+        return {
+            "name": self.name,
+            "source": self.source,
+            "class": type(self.model).__name__,
+            "n_blocks": adapter.n_blocks if adapter else None,
+            "vocab_size": int(self.model.get_input_embeddings().weight.shape[0]),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "blocks": adapter.blocks_path if adapter else None,
+            "final_norm": adapter.final_norm_path if adapter else None,
+            "softcap": adapter.softcap if adapter else None,
+        }
+
+
+# ----------------------------------------------------------------------------- load
+
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.pt", "*.h5", "*.msgpack")
+
+
+def _check_model_folder(name: str, folder: Path) -> None:
+    """A model folder with config.json but no tokenizer or no weights: one line saying what is
+    missing, instead of the tokenizer library's cut-off message."""
+    missing = []
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        missing.append("no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
+    if not any(next(folder.glob(p), None) is not None for p in _WEIGHT_FILES):
+        missing.append("no weights (model.safetensors or pytorch_model.bin)")
+    if missing:
+        raise TokenprobeError(
+            f"the model folder {name} holds config.json but {' and '.join(missing)}: save both there with "
+            "model.save_pretrained(FOLDER) and tokenizer.save_pretrained(FOLDER)"
+        )
+
+
+def _from_folder(
+    folder: str, task: str, dtype: torch.dtype, local_only: bool
+) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    auto = {
+        "causal-lm": AutoModelForCausalLM,
+        "sequence-classification": AutoModelForSequenceClassification,
+    }
+    if task not in auto:
+        raise TokenprobeError(f"unknown task '{task}': use causal-lm or sequence-classification")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=local_only)
+    model = auto[task].from_pretrained(folder, dtype=dtype, local_files_only=local_only)
+    return model, tokenizer
+
+
+def load(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    task: str = "causal-lm",
+) -> LoadedModel:
+    """Load `name`: the built-in `smollm2`, a local HF folder, a `.gguf` file, or a cached hub id.
+
+    Nothing is downloaded: a hub id must already be in the local Hugging Face cache. Loading
+    makes no network connection at all (see `offline`).
+    """
+    with offline():
+        return _load(name, device=device, dtype=dtype, task=task)
+
+
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@contextmanager
+def offline() -> Iterator[None]:
+    """No network connection from Hugging Face libraries inside this block.
+
+    `local_files_only=True` is not enough: huggingface_hub 2.x fetches an agent registry from
+    the hub when it builds request headers, even for a cached hub id. Only its offline mode
+    stops every connection, and it reads HF_HUB_OFFLINE once, at its first import, into
+    `huggingface_hub.constants.HF_HUB_OFFLINE`, which it checks before each request. So the
+    block sets the variables (for a first import inside it) and that constant (for an earlier
+    import), and restores both when it ends, so a program that imports tokenprobe keeps its
+    own setting outside it. tokenprobe never downloads; a future opt-in to the network (an
+    --online flag) would load without this block.
+    """
+    import sys
+
+    saved = {k: os.environ.get(k) for k in _OFFLINE_VARIABLES}
+    imported = sys.modules.get("huggingface_hub.constants")
+    before = getattr(imported, "HF_HUB_OFFLINE", None)
+    os.environ.update({k: "1" for k in _OFFLINE_VARIABLES})
+    import huggingface_hub.constants as hub  # a first import reads the variables set above
+
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if before is None:  # first imported in the block: what the caller's environment says
+            value = saved["HF_HUB_OFFLINE"] or saved["TRANSFORMERS_OFFLINE"] or ""
+            before = value.upper() in ("1", "ON", "YES", "TRUE")
+        hub.HF_HUB_OFFLINE = before
+
+
+def _load(
+    name: str, *, device: str | torch.device, dtype: str | torch.dtype, task: str
+) -> LoadedModel:
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    source = name
+    display = name
+    local_only = True
+    if name in BUILTIN_MODELS:
+        gguf = builtin_gguf(name)
+        folder = str(cached_build(_gguf_cache_dir(gguf), lambda d: _convert_gguf(gguf, d)))
+        display = BUILTIN_MODELS[name].display_name
+        source = str(gguf)
+    elif name.lower().endswith(".gguf"):
+        gguf = Path(name).expanduser()
+        if not gguf.is_file():
+            raise TokenprobeError(f"GGUF file not found: {name} (check the path)")
+        folder = str(cached_build(_gguf_cache_dir(gguf), lambda d: _convert_gguf(gguf, d)))
+        display = gguf.stem
+    elif Path(name).expanduser().is_dir():
+        folder = str(Path(name).expanduser())
+        if not (Path(folder) / "config.json").exists():
+            raise TokenprobeError(
+                f"{name} is a folder without config.json: point --model at a Hugging Face model folder"
+            )
+        _check_model_folder(name, Path(folder))
+    elif Path(name).expanduser().is_file():
+        raise TokenprobeError(
+            f"{name} is a file, not a model: pass a model folder, a .gguf file, a cached hub id or "
+            f"one of the built-in names ({', '.join(BUILTIN_MODELS)})"
+        )
+    else:
+        folder = name  # a hub id, looked up in the local cache only
+    try:
+        model, tokenizer = _from_folder(folder, task, dt, local_only)
+    except TokenprobeError:
+        raise
+    except (OSError, ValueError) as exc:
+        if folder == name and not Path(name).expanduser().exists():
+            raise TokenprobeError(
+                f"unknown model '{name}': not a local folder, not a .gguf file, not in the local "
+                f"Hugging Face cache (no downloads here), and not a built-in name "
+                f"({', '.join(BUILTIN_MODELS)}); download it where there is network or pass a local path"
+            ) from exc
+        raise TokenprobeError(
+            f"cannot load model from {folder}: {str(exc).splitlines()[0]}"
+        ) from exc
+    model.to(dev)
+    lm = LoadedModel.wrap(model, tokenizer, name=display, source=source)
+    lm.folder = folder
+    if task == "causal-lm":
+        lm.require_adapter()
+    return lm

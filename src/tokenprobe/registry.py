@@ -1,0 +1,54 @@
+"""The registry of analyses: name -> spec (see `analyses/base.py` for what a spec holds).
+
+It lives apart from the analyses so that the layers below them (saving and loading results,
+the report, the command line) can look an analysis up without importing any of them. It is
+filled when `tokenprobe.analyses` is imported, which `import tokenprobe` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import TokenprobeError
+
+if TYPE_CHECKING:
+    from .analyses.base import Analysis
+
+ANALYSES: dict[str, Analysis] = {}
+
+
+def register(spec: Analysis) -> Analysis:
+    """Add an analysis; its name, command and result kind must be new."""
+    for other in ANALYSES.values():
+        if other is spec:
+            continue
+        clash = (
+            (other.name == spec.name and "name")
+            or (other.command == spec.command and "command")
+            or (other.result.kind == spec.result.kind and "result kind")
+        )
+        if clash:
+            raise ValueError(f"analysis {spec.name!r}: its {clash} is taken by {other.name!r}")
+    ANALYSES[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove an analysis (tests register toy ones)."""
+    ANALYSES.pop(name, None)
+
+
+def by_kind(kind: object) -> Analysis:
+    """The analysis whose results are saved with `kind` in their meta.json."""
+    for spec in ANALYSES.values():
+        if spec.result.kind == kind:
+            return spec
+    raise TokenprobeError(f"unknown result kind {kind!r}")
+
+
+def by_command(command: str) -> Analysis:
+    """The analysis behind a command-line subcommand."""
+    for spec in ANALYSES.values():
+        if spec.command == command:
+            return spec
+    raise TokenprobeError(f"unknown command {command!r}")
