@@ -253,7 +253,7 @@ def test_interrupted_attribution_resumes_without_recomputing(
         attribute(llama, PROMPT, **run, checkpoint=tmp_path, _after_batch=StopAfter(stop))
     partial = tmp_path / "attr.partial"
     assert list(partial.glob("part-*.npz"))  # what was finished is on disk
-    with pytest.raises(TokenprobeError, match="pass --resume"):
+    with pytest.raises(TokenprobeError, match="pass resume"):
         attribute(llama, PROMPT, **run, checkpoint=tmp_path)
     name = next(iter(changed))
     with pytest.raises(TokenprobeError, match=f"other settings \\(different {name}\\)"):

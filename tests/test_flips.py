@@ -191,7 +191,7 @@ def test_resume_after_interruption_gives_the_same_tables(seq_clf, tmp_path):
         flip_rates(seq_clf, TEXTS, buckets=5, chunk_texts=2, checkpoint=tmp_path, _after_chunk=stop)
     parts = sorted((tmp_path / "flips.partial").glob("part-*.parquet"))
     assert len(parts) == 2
-    with pytest.raises(TokenprobeError, match="pass --resume"):
+    with pytest.raises(TokenprobeError, match="pass resume"):
         flip_rates(seq_clf, TEXTS, buckets=5, chunk_texts=2, checkpoint=tmp_path)
     with pytest.raises(TokenprobeError, match=r"other settings \(different buckets\)"):
         flip_rates(seq_clf, TEXTS, buckets=4, chunk_texts=2, checkpoint=tmp_path, resume=True)

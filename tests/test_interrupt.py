@@ -188,7 +188,7 @@ def test_python_callers_keep_the_checkpoint_only_inside_kept_until_saved(model_d
         res = tokenprobe.past_similarity(lm, texts, window=3, checkpoint=tmp_path)
     partial = tmp_path / "similarity.partial"
     assert (partial / FINISHED).exists() and res.checkpoint == partial.absolute()
-    with pytest.raises(TokenprobeError, match="finished run .* pass --resume"):
+    with pytest.raises(TokenprobeError, match="finished run .* pass resume"):
         tokenprobe.past_similarity(lm, texts, window=3, checkpoint=tmp_path)
 
     def broken(self):
@@ -268,7 +268,7 @@ def test_overwrite_removes_the_previous_results_files_only(tmp_path, listed):
     for name in user:
         (out / name).write_text("the user's")
     (out / "sub").mkdir()
-    with pytest.raises(TokenprobeError, match="pass --overwrite"):
+    with pytest.raises(TokenprobeError, match="pass overwrite"):
         _flip_result(["joy"]).save(out)
     _flip_result(["joy"]).save(out, overwrite=True)  # no anger any more, and only png
     expected = {"flips.parquet", "rates.parquet", "meta.json", "flips_joy.png", "sub", *user}

@@ -192,6 +192,22 @@ def test_frame_roundtrip_and_save_load(llama, tmp_path):
 def test_save_refuses_to_overwrite(llama, tmp_path):
     res = logit_lens(llama, PROMPT)
     res.save(tmp_path, formats=[])
-    with pytest.raises(tokenprobe.TokenprobeError, match="--overwrite"):
+    with pytest.raises(tokenprobe.TokenprobeError, match="pass overwrite"):
         res.save(tmp_path, formats=[])
     res.save(tmp_path, formats=[], overwrite=True)
+
+
+def test_rows_are_decoded_with_the_head_after_a_new_marker_grew_it(llama):
+    """A dummy marker the tokenizer lacks grows the embedding and the head by one row; every
+    row is decoded with the grown head, as the model decodes its own output (before the move
+    into analyses/lens/, the inner rows used the head from before the marker was added)."""
+    vocab = llama.model.get_output_embeddings().weight.shape[0]
+    res = logit_lens(llama, "The cat sat on the mat", dummy=2)
+    assert llama.model.get_output_embeddings().weight.shape[0] == vocab + 1
+    ids = torch.tensor([res.token_ids])
+    with torch.inference_mode():
+        states = llama.model(input_ids=ids, output_hidden_states=True).hidden_states
+        logits = llama.model.lm_head(llama.model.model.norm(states[1][0]))
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    entropy = -(logp.exp() * logp).sum(dim=-1)
+    np.testing.assert_allclose(res.entropy[1], entropy.numpy(), rtol=1e-5, atol=1e-6)

@@ -100,11 +100,11 @@ class Checkpoint:
             if not resume and is_finished(folder):
                 raise TokenprobeError(
                     f"{folder} holds a finished run whose outputs were not all written: pass "
-                    "--resume to write them (nothing is recomputed), or delete it"
+                    "`resume` to write them (nothing is recomputed), or delete it"
                 )
             if not resume:
                 raise TokenprobeError(
-                    f"{folder} holds an unfinished run: pass --resume to continue it, or delete it"
+                    f"{folder} holds an unfinished run: pass `resume` to continue it, or delete it"
                 )
             if path.exists():
                 old = self._read(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
@@ -203,7 +203,7 @@ class Checkpoint:
         except _DAMAGED as exc:
             raise TokenprobeError(
                 f"{path} is damaged and cannot be read ({type(exc).__name__}): delete {self.folder} "
-                "and run again without --resume"
+                "and run again without `resume`"
             ) from exc
 
     @staticmethod

@@ -295,7 +295,7 @@ def check_writable(out: Path, names: Iterable[str], overwrite: bool) -> None:
     A save into `out` that was killed after it committed is completed first, so the answer is
     about the outputs as they will stay."""
     if out.exists() and not out.is_dir():
-        raise TokenprobeError(f"{out} is a file, not a folder: choose another --out")
+        raise TokenprobeError(f"{out} is a file, not a folder: choose another `out_dir`")
     if (out / SAVE_JOURNAL).is_file():
         try:
             complete_save(out)
@@ -304,7 +304,7 @@ def check_writable(out: Path, names: Iterable[str], overwrite: bool) -> None:
     clash = [name for name in names if (out / name).exists()]
     if clash and not overwrite:
         raise TokenprobeError(
-            f"{out} already holds {', '.join(clash)}: choose another --out or pass --overwrite"
+            f"{out} already holds {', '.join(clash)}: choose another `out_dir` or pass `overwrite`"
         )
 
 

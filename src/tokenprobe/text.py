@@ -239,7 +239,7 @@ def prepare(
 ) -> PreparedInput:
     """Render, tokenize and insert `dummy` marker tokens; check the result fits the context."""
     if prompt is None or not str(prompt).strip():
-        raise TokenprobeError("the prompt is empty: give some text with --prompt or --prompt-file")
+        raise TokenprobeError("the prompt is empty: give some text as `prompt`")
     if dummy < 0:
         raise TokenprobeError(f"`dummy` must be 0 or more, not {dummy}")
     if dummy_after is not None and dummy_before is not None:
@@ -249,7 +249,7 @@ def prepare(
     ids, offsets = encode(tok, text, chat=chat)
     if not ids:
         raise TokenprobeError(
-            "the prompt gives no tokens: give some text with --prompt or --prompt-file"
+            "the prompt gives no tokens: give some text as `prompt`"
         )
     marked = None
     if dummy:

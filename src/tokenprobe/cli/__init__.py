@@ -17,7 +17,7 @@ from .. import __version__
 from ..checkpoint import interrupted_note, kept_until_saved
 from ..errors import TokenprobeError, TokenprobeWarning
 from ..model import offline
-from ..registry import ANALYSES
+from ..registry import ANALYSES, by_command
 from ..runner import is_oom
 from .demo import add_demo, demo_specs, run_demo
 from .flags import COMMON_FLAGS, DEBUG_ENV, DEBUG_HELP, Parser, add_analysis
@@ -120,7 +120,7 @@ def run_command(args: argparse.Namespace) -> int:
         return run_report(args)
     if args.command == "demo":
         return run_demo(Session(args))
-    spec = next(s for s in ANALYSES.values() if s.command == args.command)
+    spec = by_command(args.command)
     spec.cli(Session(args, spec))
     return 0
 

@@ -23,6 +23,9 @@ COMMON_FLAGS = {
     "out": "--out",
     "overwrite": "--overwrite",
     "formats": "--format",
+    "out_dir": "--out",
+    "prompt": "--prompt",
+    "name": "--model",
 }
 
 

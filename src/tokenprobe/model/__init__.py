@@ -78,7 +78,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TokenprobeError(
-            f"device '{device}' asked for, but this torch sees no CUDA GPU: use --device cpu"
+            f"device '{device}' asked for, but this torch sees no CUDA GPU: use `device` cpu"
         )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise TokenprobeError(
@@ -88,7 +88,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
         raise TokenprobeError(
-            "device 'mps' asked for, but MPS is not available here: use --device cpu"
+            "device 'mps' asked for, but MPS is not available here: use `device` cpu"
         )
     return dev
 
@@ -329,7 +329,7 @@ def _load(
         folder = str(Path(name).expanduser())
         if not (Path(folder) / "config.json").exists():
             raise TokenprobeError(
-                f"{name} is a folder without config.json: point --model at a Hugging Face model folder"
+                f"{name} is a folder without config.json: point `name` at a Hugging Face model folder"
             )
         _check_model_folder(name, Path(folder))
     elif Path(name).expanduser().is_file():

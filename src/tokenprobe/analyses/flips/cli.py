@@ -92,6 +92,8 @@ def command(session: Session) -> None:
     how, *rest = args.perturb
     if len(rest) > 1 or (how != "filler" and rest) or (how == "filler" and not rest):
         raise TokenprobeError("--perturb takes delete, mask, or filler WORD")
+    if how == "filler" and not rest[0].strip():
+        raise TokenprobeError("--perturb filler needs a word: --perturb filler WORD")
     if args.template is not None:  # before the model loads
         check_template(args.template)
     texts, gold = _read_data(args)

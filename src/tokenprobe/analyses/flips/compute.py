@@ -24,6 +24,7 @@ from .classifiers import Classifier
 from .result import FlipResult
 from .words import TextInput, bucket_of, perturb, rates_table, replacement_ids
 
+GROUPS = ("predicted", "gold")  # texts grouped by the prediction or by the gold label
 PARTIAL = "flips.partial"  # the checkpoint folder inside --out
 COLUMNS = [
     "text_id",
@@ -50,7 +51,7 @@ def _check_args(
         raise TokenprobeError("the data set is empty: give at least one text")
     if buckets < 1:
         raise TokenprobeError(f"`buckets` must be at least 1, not {buckets}")
-    if group not in ("predicted", "gold"):
+    if group not in GROUPS:
         raise TokenprobeError(f"`group` must be predicted or gold, not {group!r}")
     if group == "gold" and gold is None:
         raise TokenprobeError("`group` gold needs gold labels: give `gold`")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..base import Option, positive_int
 from .classifiers import DEFAULT_TEMPLATE
+from .compute import GROUPS
 from .views import RANKINGS
 
 FIGURE = "perturbation and figure"
@@ -94,7 +95,7 @@ OPTIONS = [
         "group",
         "group texts by the prediction on the unperturbed text (default) or by gold label",
         group=FIGURE,
-        choices=["predicted", "gold"],
+        choices=list(GROUPS),
     ),
     Option(
         "top",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..base import Option
+from .compute import DIRECTIONS
 
 OPTIONS = [
     Option(None, "one text containing the marker", flag="--text", role="input", group="input"),
@@ -60,7 +61,7 @@ OPTIONS = [
     Option(
         "direction",
         "compare with the tokens before (past, default) or after (future) the marker",
-        choices=["past", "future"],
+        choices=list(DIRECTIONS),
         group="similarity",
     ),
     Option(
