@@ -436,6 +436,9 @@ def create_connection(address, *a, **k):
 
 socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
 socket.getaddrinfo, socket.create_connection = getaddrinfo, create_connection
+if sys.argv[4] == "online":  # the hub client backs off between retries: no waiting here
+    import time
+    time.sleep = lambda seconds: None
 
 if sys.argv[1] == "hub-imported-first":
     import huggingface_hub.constants  # reads the environment before tokenprobe can set it
@@ -444,19 +447,23 @@ if sys.argv[1] == "hub-imported-first":
 import tokenprobe
 from tokenprobe.cli import main
 
+how = sys.argv[4]  # offline: offline=True and --offline; online: neither
+offline = {"offline": True, "online": None}[how]
+flag = ["--offline"] if how == "offline" else []
 report = {}
+if how == "offline":
+    try:
+        lm = tokenprobe.load("some-org/cached-model", offline=offline)
+        report["cached"] = type(lm.model).__name__
+    except Exception as exc:
+        report["cached"] = f"{type(exc).__name__}: {exc}"
 try:
-    lm = tokenprobe.load("some-org/cached-model")
-    report["cached"] = type(lm.model).__name__
-except Exception as exc:
-    report["cached"] = f"{type(exc).__name__}: {exc}"
-try:
-    tokenprobe.load("some-org/not-in-the-cache")
+    tokenprobe.load("some-org/not-in-the-cache", offline=offline)
     report["uncached"] = "loaded?"
 except Exception as exc:
     report["uncached"] = type(exc).__name__
 report["cli"] = main(["flips", "--model", "some-org/not-in-the-cache", "--data", sys.argv[2],
-                      "--labels", "a", "b", "--out", sys.argv[3]])
+                      "--labels", "a", "b", "--out", sys.argv[3], *flag])
 import huggingface_hub.constants
 report["offline_after"] = huggingface_hub.constants.HF_HUB_OFFLINE
 report["env_after"] = os.environ.get("HF_HUB_OFFLINE")
@@ -465,8 +472,9 @@ print("REPORT " + json.dumps(report))
 """
 
 
-@pytest.mark.parametrize("order", ["tokenprobe-first", "hub-imported-first"])
-def test_a_hub_id_makes_no_connection(model_dir, tmp_path, order):
+def _run_guarded(model_dir, tmp_path, order: str, how: str) -> tuple[dict, str]:
+    """Run GUARD in a fresh process with a hub cache holding the tiny model; its report and
+    stderr."""
     # a hub cache holding the tiny model as a download would leave it
     repo = tmp_path / "hf" / "hub" / "models--some-org--cached-model"
     snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
@@ -483,7 +491,7 @@ def test_a_hub_id_makes_no_connection(model_dir, tmp_path, order):
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(TESTS.parent / "src"))
     proc = subprocess.run(
-        [sys.executable, str(script), order, str(data), str(tmp_path / "out")],
+        [sys.executable, str(script), order, str(data), str(tmp_path / "out"), how],
         env=env,
         capture_output=True,
         text=True,
@@ -491,13 +499,29 @@ def test_a_hub_id_makes_no_connection(model_dir, tmp_path, order):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT "))
-    report = json.loads(line.removeprefix("REPORT "))
+    return json.loads(line.removeprefix("REPORT ")), proc.stderr
+
+
+@pytest.mark.parametrize("order", ["tokenprobe-first", "hub-imported-first"])
+def test_offline_a_hub_id_makes_no_connection(model_dir, tmp_path, order):
+    report, stderr = _run_guarded(model_dir, tmp_path, order, "offline")
     assert report["attempts"] == []
     assert report["cached"] == "LlamaForCausalLM"
     assert report["uncached"] == "TokenprobeError"
-    assert report["cli"] == 2 and "not in the local Hugging Face cache" in proc.stderr
+    assert report["cli"] == 2 and "not in the local Hugging Face cache" in stderr
+    assert "while downloads are off (--offline" in stderr
     # the caller's own setting is back once loading is done
     assert report["offline_after"] is False and report["env_after"] is None
+
+
+def test_online_an_uncached_hub_id_is_downloaded_or_one_clear_line(model_dir, tmp_path):
+    """Online (the default), an uncached hub id is looked up on the hub as from_pretrained
+    does: here the network is cut, so the attempt fails and says so in one line."""
+    report, stderr = _run_guarded(model_dir, tmp_path, "tokenprobe-first", "online")
+    assert report["attempts"], "no download was attempted"
+    assert report["uncached"] == "TokenprobeError"
+    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("tokenprobe: error:")]
+    assert report["cli"] == 2 and "cannot load 'some-org/not-in-the-cache' from the Hugging Face hub" in line
 
 
 def test_offline_block_restores_an_earlier_setting(monkeypatch):

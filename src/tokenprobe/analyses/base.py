@@ -157,6 +157,8 @@ class Session(Protocol):
     def params(self, role: str = "run") -> dict[str, Any]:
         """The parameters of the options with this role, from the parsed flags."""
 
+    offline: bool  # --offline or HF_HUB_OFFLINE: no downloads
+
     def load(self, *, task: str = "causal-lm", dtype: str | None = None) -> LoadedModel:
         """The model of --model/--device/--dtype (loaded once, kept for the next call)."""
 

@@ -10,13 +10,14 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..checkpoint import interrupted_note, kept_until_saved
 from ..errors import TokenprobeError, TokenprobeWarning
-from ..model import offline
+from ..model import offline, offline_wanted
 from ..registry import ANALYSES, by_command
 from ..runner import is_oom
 from .demo import add_demo, demo_specs, run_demo
@@ -133,9 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_output(_flags_of(args.command))
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        # offline: no connection, even where a hub id is only looked up; kept_until_saved: a
-        # checkpoint goes only once the outputs are all written
-        with offline(), kept_until_saved():
+        # offline (--offline, HF_HUB_OFFLINE=1): no connection, even where a hub id is only
+        # looked up; kept_until_saved: a checkpoint goes only once the outputs are all written
+        network = offline() if offline_wanted(getattr(args, "offline", False) or None) else nullcontext()
+        with network, kept_until_saved():
             return run_command(args)
     except Exception as exc:
         if debug:

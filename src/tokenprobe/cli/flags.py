@@ -26,6 +26,8 @@ COMMON_FLAGS = {
     "out_dir": "--out",
     "prompt": "--prompt",
     "name": "--model",
+    "offline": "--offline",
+    "trust_remote_code": "--trust-remote-code",
 }
 
 
@@ -52,6 +54,17 @@ def add_common(
         default=DEFAULT_MODEL,
         help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a local Hugging Face folder, a .gguf file, "
         f"or a hub id already in the local cache (default: {DEFAULT_MODEL})",
+    )
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="use only models (and data sets) already in the Hugging Face cache; without it a hub "
+        "id that is not cached is downloaded there (also HF_HUB_OFFLINE=1)",
+    )
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code a hub model ships with (only for models you trust)",
     )
     g.add_argument(
         "--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N or mps"

@@ -44,11 +44,23 @@ class Session:
             dtype = self.spec.dtype(self.args.dtype) if self.spec else self.args.dtype
         if (task, dtype) not in self._models:
             # looked up at call time, so that tests can stand in for the loader
-            lm = model_module.load(self.args.model, device=self.args.device, dtype=dtype, task=task)
+            lm = model_module.load(
+                self.args.model,
+                device=self.args.device,
+                dtype=dtype,
+                task=task,
+                offline=self.offline,
+                trust_remote_code=self.args.trust_remote_code,
+            )
             self._models[(task, dtype)] = lm
             # what `auto` loaded serves a later call that asks for that dtype by name
             self._models.setdefault((task, str(lm.dtype).removeprefix("torch.")), lm)
         return self._models[(task, dtype)]
+
+    @property
+    def offline(self) -> bool:
+        """--offline, or the environment's HF_HUB_OFFLINE."""
+        return model_module.offline_wanted(getattr(self.args, "offline", False) or None)
 
     def read_text_file(self, path: str, flag: str) -> str:
         return read_text_file(path, flag)

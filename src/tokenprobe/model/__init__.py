@@ -9,9 +9,6 @@ follows those conventions works without a code change.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,8 @@ from .cache import (
     cached_build,
     remove_stale_builds,
 )
+from .hub import hub_error, offline, offline_wanted
+from .hub import offline as offline_block
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -236,7 +235,7 @@ def _check_model_folder(name: str, folder: Path) -> None:
 
 
 def _from_folder(
-    folder: str, task: str, dtype: torch.dtype, local_only: bool
+    folder: str, task: str, dtype: torch.dtype, local_only: bool, trust: bool = False
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -246,8 +245,9 @@ def _from_folder(
     }
     if task not in auto:
         raise TokenprobeError(f"unknown task '{task}': use causal-lm or sequence-classification")
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=local_only)
-    model = auto[task].from_pretrained(folder, dtype=dtype, local_files_only=local_only)
+    kwargs = {"local_files_only": local_only, "trust_remote_code": trust}
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    model = auto[task].from_pretrained(folder, dtype=dtype, **kwargs)
     return model, tokenizer
 
 
@@ -257,63 +257,43 @@ def load(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     task: str = "causal-lm",
+    offline: bool | None = None,
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load `name`: the built-in `smollm2`, a local HF folder, a `.gguf` file, or a cached hub id.
+    """Load `name`: the built-in `smollm2`, a local HF folder, a `.gguf` file, or a hub id.
 
-    Nothing is downloaded: a hub id must already be in the local Hugging Face cache. Loading
-    makes no network connection at all (see `offline`).
+    A hub id is downloaded into the Hugging Face cache when it is not there, as
+    `from_pretrained` does, unless `offline` (default: the HF_HUB_OFFLINE or
+    TRANSFORMERS_OFFLINE environment variable); offline, loading makes no network connection
+    at all (see `hub.offline`). Code shipped with a model runs only with `trust_remote_code`.
     """
-    with offline():
-        return _load(name, device=device, dtype=dtype, task=task)
+    hub_id = _is_hub_id(name)
+    if hub_id and not offline_wanted(offline):
+        return _load(name, device=device, dtype=dtype, task=task, local_only=False, trust=trust_remote_code)
+    with offline_block():  # local files, or a hub id from the cache only: no connection
+        return _load(name, device=device, dtype=dtype, task=task, local_only=True, trust=trust_remote_code)
 
 
-_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-@contextmanager
-def offline() -> Iterator[None]:
-    """No network connection from Hugging Face libraries inside this block.
-
-    `local_files_only=True` is not enough: huggingface_hub 2.x fetches an agent registry from
-    the hub when it builds request headers, even for a cached hub id. Only its offline mode
-    stops every connection, and it reads HF_HUB_OFFLINE once, at its first import, into
-    `huggingface_hub.constants.HF_HUB_OFFLINE`, which it checks before each request. So the
-    block sets the variables (for a first import inside it) and that constant (for an earlier
-    import), and restores both when it ends, so a program that imports tokenprobe keeps its
-    own setting outside it. tokenprobe never downloads; a future opt-in to the network (an
-    --online flag) would load without this block.
-    """
-    import sys
-
-    saved = {k: os.environ.get(k) for k in _OFFLINE_VARIABLES}
-    imported = sys.modules.get("huggingface_hub.constants")
-    before = getattr(imported, "HF_HUB_OFFLINE", None)
-    os.environ.update({k: "1" for k in _OFFLINE_VARIABLES})
-    import huggingface_hub.constants as hub  # a first import reads the variables set above
-
-    hub.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if before is None:  # first imported in the block: what the caller's environment says
-            value = saved["HF_HUB_OFFLINE"] or saved["TRANSFORMERS_OFFLINE"] or ""
-            before = value.upper() in ("1", "ON", "YES", "TRUE")
-        hub.HF_HUB_OFFLINE = before
+def _is_hub_id(name: str) -> bool:
+    """Not a built-in name, not a GGUF file, not a local path: a hub id."""
+    if name in BUILTIN_MODELS or name.lower().endswith(".gguf"):
+        return False
+    return not Path(name).expanduser().exists()
 
 
 def _load(
-    name: str, *, device: str | torch.device, dtype: str | torch.dtype, task: str
+    name: str,
+    *,
+    device: str | torch.device,
+    dtype: str | torch.dtype,
+    task: str,
+    local_only: bool,
+    trust: bool,
 ) -> LoadedModel:
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     source = name
     display = name
-    local_only = True
     if name in BUILTIN_MODELS:
         gguf = builtin_gguf(name)
         folder = str(cached_build(_gguf_cache_dir(gguf), lambda d: _convert_gguf(gguf, d)))
@@ -338,18 +318,14 @@ def _load(
             f"one of the built-in names ({', '.join(BUILTIN_MODELS)})"
         )
     else:
-        folder = name  # a hub id, looked up in the local cache only
+        folder = name  # a hub id: from the cache, downloaded there unless offline
     try:
-        model, tokenizer = _from_folder(folder, task, dt, local_only)
+        model, tokenizer = _from_folder(folder, task, dt, local_only, trust)
     except TokenprobeError:
         raise
     except (OSError, ValueError) as exc:
         if folder == name and not Path(name).expanduser().exists():
-            raise TokenprobeError(
-                f"unknown model '{name}': not a local folder, not a .gguf file, not in the local "
-                f"Hugging Face cache (no downloads here), and not a built-in name "
-                f"({', '.join(BUILTIN_MODELS)}); download it where there is network or pass a local path"
-            ) from exc
+            raise hub_error(name, exc, local_only) from exc
         raise TokenprobeError(
             f"cannot load model from {folder}: {str(exc).splitlines()[0]}"
         ) from exc

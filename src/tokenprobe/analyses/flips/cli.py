@@ -20,14 +20,14 @@ from .compute import flip_rates
 from .result import FlipResult
 
 
-def _is_sequence_classifier(name: str) -> bool:
-    """Does `name` (a folder or cached hub id) hold a model with a classification head?"""
+def _is_sequence_classifier(name: str, offline: bool = True) -> bool:
+    """Does `name` (a folder or hub id) hold a model with a classification head?"""
     if name in BUILTIN_MODELS or name.lower().endswith(".gguf"):
         return False
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(name, local_files_only=True)
+        config = AutoConfig.from_pretrained(name, local_files_only=offline)
     except (OSError, ValueError):
         return False  # load() will say what is wrong with the name
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
@@ -45,7 +45,7 @@ def build_classifier(session: Session, gold: list[str] | None) -> Classifier:
             f"--labels names {len(set(names))} label: a classifier needs at least two labels to "
             "flip between (e.g. --labels joy sadness)"
         )
-    if _is_sequence_classifier(args.model):
+    if _is_sequence_classifier(args.model, offline=getattr(session, "offline", True)):
         return SequenceClassifier(session.load(task="sequence-classification"), names or None)
     if not names:
         if gold is None:
