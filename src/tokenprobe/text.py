@@ -128,6 +128,12 @@ def ensure_marker(lm: LoadedModel, marker: str) -> int:
     ids = tok.encode(marker, add_special_tokens=False)
     if len(ids) == 1 and tok.decode(ids, clean_up_tokenization_spaces=False) == marker:
         return int(ids[0])
+    if getattr(lm.model, "hf_device_map", None):
+        raise TokenprobeError(
+            f"the marker {marker!r} is not one token of this tokenizer, and adding it would resize the "
+            "embeddings of a model placed with a device map, which accelerate cannot do: choose a "
+            "marker that is already one token, or load the model without `device_map`"
+        )
     from tokenizers import AddedToken
 
     tok.add_tokens([AddedToken(marker, special=True, normalized=False)], special_tokens=True)

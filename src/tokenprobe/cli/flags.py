@@ -12,6 +12,7 @@ from typing import Any
 from ..analyses.base import Analysis, positive_int
 from ..errors import TokenprobeError
 from ..model import BUILTIN_MODELS, DEFAULT_MODEL
+from ..model.placement import DEVICE_MAPS
 from ..results import FIGURE_FORMATS
 
 DEBUG_ENV = "TOKENPROBE_DEBUG"
@@ -28,6 +29,8 @@ COMMON_FLAGS = {
     "name": "--model",
     "offline": "--offline",
     "trust_remote_code": "--trust-remote-code",
+    "device_map": "--device-map",
+    "max_memory": "--max-memory",
 }
 
 
@@ -68,6 +71,17 @@ def add_common(
     )
     g.add_argument(
         "--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N or mps"
+    )
+    g.add_argument(
+        "--device-map",
+        choices=DEVICE_MAPS,
+        help="split a model too large for one device across the GPUs and the CPU (accelerate's "
+        "device map; --device is then where it starts)",
+    )
+    g.add_argument(
+        "--max-memory",
+        metavar="SPEC",
+        help="with --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB",
     )
     g.add_argument(
         "--dtype",

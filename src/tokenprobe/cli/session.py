@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import model as model_module
 from ..analyses.base import Analysis
+from ..model.placement import placement_kwargs
 from ..results import check_writable
 from .flags import check_can_write, read_text_file
 
@@ -39,7 +40,9 @@ class Session:
         return values
 
     def load(self, *, task: str = "causal-lm", dtype: str | None = None) -> LoadedModel:
-        """The model of --model/--device/--dtype (the analysis's reading of --dtype auto)."""
+        """The model of --model/--device/--dtype/--device-map (the analysis's reading of
+        --dtype auto)."""
+        placement_kwargs(self.args.device_map, self.args.max_memory, None)  # one line if bad
         if dtype is None:
             dtype = self.spec.dtype(self.args.dtype) if self.spec else self.args.dtype
         if (task, dtype) not in self._models:
@@ -51,6 +54,8 @@ class Session:
                 task=task,
                 offline=self.offline,
                 trust_remote_code=self.args.trust_remote_code,
+                device_map=self.args.device_map,
+                max_memory=self.args.max_memory,
             )
             self._models[(task, dtype)] = lm
             # what `auto` loaded serves a later call that asks for that dtype by name

@@ -32,6 +32,7 @@ from .cache import (
 )
 from .hub import hub_error, offline, offline_wanted
 from .hub import offline as offline_block
+from .placement import parse_max_memory, placement_kwargs
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -45,6 +46,8 @@ __all__ = [
     "cached_build",
     "load",
     "offline",
+    "parse_max_memory",
+    "placement_kwargs",
     "remove_stale_builds",
     "resolve_device",
     "resolve_dtype",
@@ -143,7 +146,17 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's device (with a device map, the blocks may sit
+        on others; an offloaded embedding runs on accelerate's execution device)."""
+        emb = self.model.get_input_embeddings()
+        weight = getattr(emb, "weight", None)
+        if weight is not None and weight.device.type != "meta":
+            return weight.device
+        hook = getattr(emb, "_hf_hook", None)
+        execution = getattr(hook, "execution_device", None)
+        if execution is not None:
+            return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+        return next(p.device for p in self.model.parameters() if p.device.type != "meta")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -235,7 +248,12 @@ def _check_model_folder(name: str, folder: Path) -> None:
 
 
 def _from_folder(
-    folder: str, task: str, dtype: torch.dtype, local_only: bool, trust: bool = False
+    folder: str,
+    task: str,
+    dtype: torch.dtype,
+    local_only: bool,
+    trust: bool = False,
+    **placement: Any,
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -247,7 +265,7 @@ def _from_folder(
         raise TokenprobeError(f"unknown task '{task}': use causal-lm or sequence-classification")
     kwargs = {"local_files_only": local_only, "trust_remote_code": trust}
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    model = auto[task].from_pretrained(folder, dtype=dtype, **kwargs)
+    model = auto[task].from_pretrained(folder, dtype=dtype, **kwargs, **placement)
     return model, tokenizer
 
 
@@ -259,6 +277,9 @@ def load(
     task: str = "causal-lm",
     offline: bool | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, str] | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load `name`: the built-in `smollm2`, a local HF folder, a `.gguf` file, or a hub id.
 
@@ -266,12 +287,16 @@ def load(
     `from_pretrained` does, unless `offline` (default: the HF_HUB_OFFLINE or
     TRANSFORMERS_OFFLINE environment variable); offline, loading makes no network connection
     at all (see `hub.offline`). Code shipped with a model runs only with `trust_remote_code`.
+    `device_map` (`auto`, `balanced`, `sequential` or a module -> device dict) and
+    `max_memory` (`"0=20GiB,cpu=64GiB"` or a dict) split a model too large for one device
+    across devices with accelerate, offloading to `offload_folder` what fits nowhere.
     """
+    placement = placement_kwargs(device_map, max_memory, offload_folder)
     hub_id = _is_hub_id(name)
     if hub_id and not offline_wanted(offline):
-        return _load(name, device=device, dtype=dtype, task=task, local_only=False, trust=trust_remote_code)
+        return _load(name, device, dtype, task, local_only=False, trust=trust_remote_code, **placement)
     with offline_block():  # local files, or a hub id from the cache only: no connection
-        return _load(name, device=device, dtype=dtype, task=task, local_only=True, trust=trust_remote_code)
+        return _load(name, device, dtype, task, local_only=True, trust=trust_remote_code, **placement)
 
 
 def _is_hub_id(name: str) -> bool:
@@ -283,12 +308,13 @@ def _is_hub_id(name: str) -> bool:
 
 def _load(
     name: str,
-    *,
     device: str | torch.device,
     dtype: str | torch.dtype,
     task: str,
+    *,
     local_only: bool,
     trust: bool,
+    **placement: Any,
 ) -> LoadedModel:
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -320,7 +346,7 @@ def _load(
     else:
         folder = name  # a hub id: from the cache, downloaded there unless offline
     try:
-        model, tokenizer = _from_folder(folder, task, dt, local_only, trust)
+        model, tokenizer = _from_folder(folder, task, dt, local_only, trust, **placement)
     except TokenprobeError:
         raise
     except (OSError, ValueError) as exc:
@@ -329,7 +355,8 @@ def _load(
         raise TokenprobeError(
             f"cannot load model from {folder}: {str(exc).splitlines()[0]}"
         ) from exc
-    model.to(dev)
+    if not placement:  # a device map has placed every module already
+        model.to(dev)
     lm = LoadedModel.wrap(model, tokenizer, name=display, source=source)
     lm.folder = folder
     if task == "causal-lm":
