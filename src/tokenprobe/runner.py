@@ -10,6 +10,7 @@ is split in halves and retried.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -136,22 +137,42 @@ def run_chunks(
     read: Callable[[Path], Any] | None = None,
     bar: Any = None,
     after_chunk: Callable[[int], None] | None = None,
+    remote: Remote | None = None,
+    executor: Any = None,
 ) -> dict[int, Any]:
     """`compute` each chunk of inputs, in order, writing each finished one to `store` (as
     `write(part)` writes it) so that a resumed run takes it from there instead. Returns
-    {chunk number: part}, the resumed parts included; `bar` counts inputs."""
+    {chunk number: part}, the resumed parts included; `bar` counts inputs.
+
+    With an `executor` (`executors.RayExecutor`), the chunks run on its workers as `remote`
+    says, and each is written as soon as it comes back, whichever worker ran it."""
     parts: dict[int, Any] = {} if store is None else store.read(suffix, read)
     parts = {k: v for k, v in parts.items() if k < len(chunks)}
     if bar is not None:
         bar.update(sum(len(chunks[k]) for k in parts))
-    for k, chunk in enumerate(chunks):
-        if k in parts:
-            continue
-        parts[k] = compute(chunk)
+    todo = [k for k in range(len(chunks)) if k not in parts]
+    if executor is None:
+        finished: Iterator[tuple[int, Any]] = ((k, compute(chunks[k])) for k in todo)
+    else:
+        assert remote is not None, "a chunk run elsewhere needs its Remote recipe"
+        payloads = {k: remote.payload(chunks[k]) for k in todo}
+        finished = executor.map(remote.factory, remote.fn, payloads)
+    for k, part in finished:
+        parts[k] = part
         if store is not None:
-            store.write(k, suffix, write(parts[k]))
+            store.write(k, suffix, write(part))
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(len(chunks[k]))
         if after_chunk is not None:
             after_chunk(k)
     return parts
+
+
+@dataclass
+class Remote:
+    """How a chunk runs on a worker: `factory()` builds the worker's state once (its model),
+    then `fn(state, payload(chunk))` computes a chunk. All three must pickle (cloudpickle)."""
+
+    factory: Callable[[], Any]
+    fn: Callable[[Any, Any], Any]
+    payload: Callable[[Sequence[int]], Any]

@@ -171,6 +171,9 @@ class Session(Protocol):
     def save(self, result: Result, out: Path, plot_options: dict[str, Any] | None = None) -> None:
         """Save in the --format formats and print the summary and the files written."""
 
+    def executor(self) -> Any:
+        """A Ray executor from --ray/--workers/..., or None for a run here."""
+
 
 @dataclass
 class Analysis:
@@ -238,4 +241,26 @@ def prompt_options(*, several: bool, group: str = "input") -> list[Option]:
             action="store_true",
         ),
         Option("system", "system message for --chat (default: the template's own)", group=group),
+    ]
+
+
+def ray_options(group: str = "Ray (a data set over a cluster)") -> list[Option]:
+    """--ray, --workers, --cpus-per-worker and --gpus-per-worker, for every data-set run."""
+    return [
+        Option(
+            None,
+            "run the data set on Ray: the cluster at RAY_ADDRESS when set, else a local one "
+            "(pip install 'tokenprobe[ray]')",
+            flag="--ray",
+            role="input",
+            action="store_true",
+            group=group,
+        ),
+        Option(None, "Ray workers, one model replica each (default 2)", flag="--workers", role="input",
+               type=positive_int, default=2, metavar="N", group=group),
+        Option(None, "CPUs per Ray worker (default 1)", flag="--cpus-per-worker", role="input",
+               type=float, default=1.0, metavar="N", group=group),
+        Option(None, "GPUs per Ray worker (default 0; 1 puts each replica on its own GPU)",
+               flag="--gpus-per-worker", role="input", type=float, default=0.0, metavar="N",
+               group=group),
     ]

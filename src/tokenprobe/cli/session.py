@@ -80,6 +80,19 @@ class Session:
             check_writable(out, names, self.args.overwrite)
         check_can_write(out, "--out")
 
+    def executor(self) -> Any:
+        """A Ray executor from --ray, --workers, --cpus-per-worker, --gpus-per-worker (None
+        without --ray: the run stays here and Ray is not imported)."""
+        if not getattr(self.args, "ray", False):
+            return None
+        from ..executors import RayExecutor
+
+        return RayExecutor(
+            workers=self.args.workers,
+            cpus_per_worker=self.args.cpus_per_worker,
+            gpus_per_worker=self.args.gpus_per_worker,
+        )
+
     def save(self, result: Result, out: Path, plot_options: dict[str, Any] | None = None) -> None:
         """Save in the --format formats, print the summary and the files. A --resume run
         replaces the outputs of the run it finishes."""

@@ -123,6 +123,7 @@ class LoadedModel:
     source: str = ""
     adapter: Adapter | None = None
     folder: str = ""  # the Hugging Face folder (or hub id) the weights were read from
+    load_args: dict[str, Any] | None = None  # how `load` loaded it (a Ray worker loads it so)
 
     @classmethod
     def wrap(
@@ -292,6 +293,32 @@ def load(
     across devices with accelerate, offloading to `offload_folder` what fits nowhere.
     """
     placement = placement_kwargs(device_map, max_memory, offload_folder)
+    args = {
+        "name": name,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "task": task,
+        "offline": offline,
+        "trust_remote_code": trust_remote_code,
+        "device_map": device_map,
+        "max_memory": max_memory,
+        "offload_folder": offload_folder,
+    }
+    lm = _load_where(name, device, dtype, task, offline, trust_remote_code, placement)
+    lm.load_args = args
+    return lm
+
+
+def _load_where(
+    name: str,
+    device: str | torch.device,
+    dtype: str | torch.dtype,
+    task: str,
+    offline: bool | None,
+    trust_remote_code: bool,
+    placement: dict[str, Any],
+) -> LoadedModel:
+    """`_load` with or without the network, as the name and `offline` say."""
     hub_id = _is_hub_id(name)
     if hub_id and not offline_wanted(offline):
         return _load(name, device, dtype, task, local_only=False, trust=trust_remote_code, **placement)

@@ -8,8 +8,9 @@ scores. Every batch goes through `runner.map_batches` (split in halves on out-of
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,25 @@ class Classifier:
         """What the classifier is, for meta.json and the checkpoint's settings."""
         raise NotImplementedError
 
+    _init: dict[str, Any]  # the constructor's arguments besides the model
+
+    def replica(self) -> Callable[[], Classifier]:
+        """A picklable factory that builds the same classifier around a fresh copy of the model
+        (loaded by name or path, as `load` loaded this one): one per Ray worker."""
+        if self.lm.load_args is None:
+            raise TokenprobeError(
+                "a Ray run loads the model on each worker by name or path: load it with "
+                "tokenprobe.load, not LoadedModel.wrap"
+            )
+        return functools.partial(_rebuild, type(self), dict(self.lm.load_args), dict(self._init))
+
+
+def _rebuild(kind: type[Classifier], load_args: dict[str, Any], init: dict[str, Any]) -> Classifier:
+    """A classifier of `kind` around a model loaded with `load_args` (on a Ray worker)."""
+    from ...model import load
+
+    return kind(load(**load_args), **init)  # type: ignore[call-arg]
+
 
 class SequenceClassifier(Classifier):
     """An AutoModelForSequenceClassification; labels from its config unless given.
@@ -65,6 +85,7 @@ class SequenceClassifier(Classifier):
 
     def __init__(self, lm: LoadedModel, labels: Sequence[str] | None = None) -> None:
         self.lm = lm
+        self._init = {"labels": None if labels is None else list(labels)}
         config = lm.model.config
         config_labels = [config.id2label[i] for i in range(config.num_labels)]
         if labels is not None and len(labels) != len(config_labels):
@@ -165,6 +186,13 @@ class PromptedClassifier(Classifier):
             raise TokenprobeError("give the labels with `labels` (e.g. anger joy optimism sadness)")
         check_template(template)
         self.lm = lm
+        self._init = {
+            "labels": list(labels),
+            "verbalisers": None if verbalisers is None else list(verbalisers),
+            "template": template,
+            "chat": chat,
+            "reuse_prefix": reuse_prefix,
+        }
         self.labels = list(labels)
         self.verbalisers = (
             list(verbalisers) if verbalisers is not None else [f" {label}" for label in labels]

@@ -107,6 +107,7 @@ def command(session: Session) -> None:
         perturbation=how,
         filler=rest[0] if rest else None,
         checkpoint=out,
+        executor=session.executor(),
         **session.params("run"),
     )
     result.meta["data"] = args.data

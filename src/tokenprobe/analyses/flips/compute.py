@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ...checkpoint import digest, model_settings
 from ...errors import TokenprobeError
 from ...results import now, versions
-from ...runner import open_checkpoint, progress_disabled, run_chunks
+from ...runner import Remote, open_checkpoint, progress_disabled, run_chunks
 from .classifiers import Classifier
 from .result import FlipResult
 from .words import TextInput, bucket_of, perturb, rates_table, replacement_ids
@@ -119,12 +119,15 @@ def flip_rates(
     resume: bool = False,
     chunk_texts: int = 32,
     progress: bool | None = None,
+    executor: Any = None,
     _after_chunk: Callable[[int], None] | None = None,
 ) -> FlipResult:
     """Flip rate of every (word, bucket) over `texts`, with per-occurrence rows.
 
     `gold` labels (optional) give accuracy and `group="gold"`. With `checkpoint`, each finished
-    chunk of texts is written there; `resume=True` reuses the chunks already written.
+    chunk of texts is written there; `resume=True` reuses the chunks already written. With an
+    `executor` (`tokenprobe.executors.RayExecutor`), the chunks run on its workers, each with
+    its own copy of the classifier (the model loaded as `load` loaded it here).
     """
     _check_args(classifier, texts, gold, buckets, group)
     replacement = replacement_ids(classifier.lm, perturbation, filler)
@@ -151,6 +154,7 @@ def flip_rates(
     def write(part: pd.DataFrame) -> Callable[[Path], object]:
         return lambda p: part.to_parquet(p, index=False)
 
+    settings = (perturbation, replacement, buckets, batch_tokens)
     disable = progress_disabled(progress)
     with tqdm(total=len(inputs), desc="flip rates", unit="text", disable=disable) as bar:
         done = run_chunks(
@@ -162,6 +166,8 @@ def flip_rates(
             read=pd.read_parquet,
             bar=bar,
             after_chunk=_after_chunk,
+            executor=executor,
+            remote=None if executor is None else _remote(classifier, inputs, gold, settings),
         )
     occurrences = pd.concat([done[k] for k in range(len(chunks))], ignore_index=True)
     result = _result(
@@ -265,3 +271,28 @@ def _run_chunk(
             }
         )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _remote(
+    classifier: Classifier,
+    inputs: Sequence[TextInput],
+    gold: Sequence[str] | None,
+    settings: tuple,
+) -> Remote:
+    """How a chunk runs on a Ray worker: its own classifier, the chunk's texts and labels."""
+    return Remote(
+        classifier.replica(),
+        _chunk_on_worker,
+        lambda chunk: (
+            list(chunk),
+            {i: inputs[i] for i in chunk},
+            None if gold is None else {i: gold[i] for i in chunk},
+            settings,
+        ),
+    )
+
+
+def _chunk_on_worker(classifier: Classifier, payload: tuple) -> pd.DataFrame:
+    """One chunk on a Ray worker, against the worker's own classifier."""
+    chunk, inputs, gold, (perturbation, replacement, buckets, batch_tokens) = payload
+    return _run_chunk(classifier, inputs, chunk, gold, perturbation, replacement, buckets, batch_tokens)

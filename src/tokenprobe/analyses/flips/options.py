@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..base import Option, positive_int
+from ..base import Option, positive_int, ray_options
 from .classifiers import DEFAULT_TEMPLATE
 from .compute import GROUPS
 from .views import RANKINGS
@@ -127,4 +127,5 @@ OPTIONS = [
         group=FIGURE,
         action="store_true",
     ),
+    *ray_options(),
 ]

@@ -30,8 +30,14 @@ def command(session: Session) -> None:
     out = Path(args.out)
     session.check_out(out, SimilarityResult.files(args.format))
     params = session.params("run")
+    if args.ray and args.data is None:
+        raise TokenprobeError("--ray runs a --data data set; a single --text runs here")
     result = past_similarity(
-        session.load(), texts, **params, checkpoint=out if args.data is not None else None
+        session.load(),
+        texts,
+        **params,
+        checkpoint=out if args.data is not None else None,
+        executor=session.executor(),
     )
     if args.data:
         result.meta["data"] = args.data

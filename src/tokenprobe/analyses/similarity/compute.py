@@ -34,7 +34,9 @@ from ...runner import (
     token_budget_batches,
 )
 from ...text import DEFAULT_MARKER, ensure_marker, token_texts
+from .layout import _chunks, _texts_of_part
 from .markers import find_marker, insert_markers
+from .remote import remote_sums
 from .result import SimilarityResult
 
 DIRECTIONS = ("past", "future")
@@ -218,23 +220,6 @@ class _Cosines:
         return {"total": part_total.numpy(), "count": part_count, "texts": texts_done}
 
 
-def _chunks(used: list[int], done: dict[int, list[int]], chunk_texts: int) -> list[list[int]]:
-    """Chunk k of a resumed run holds the texts its part holds (whatever chunk size that run
-    used); the texts no part holds follow in chunks of `chunk_texts`."""
-    first_new = max(done, default=-1) + 1
-    chunks = [done.get(k, []) for k in range(first_new)]
-    finished = {i for texts in done.values() for i in texts}
-    todo = [i for i in used if i not in finished]
-    size = max(1, chunk_texts)
-    return chunks + [todo[lo : lo + size] for lo in range(0, len(todo), size)]
-
-
-def _texts_of_part(path: Path) -> list[int]:
-    """The text indices a checkpoint part summed (all a resumed run needs to lay out chunks)."""
-    with np.load(path) as part:
-        return [int(i) for i in part["texts"]]
-
-
 def _sums(
     cosines: _Cosines,
     texts: _Texts,
@@ -243,6 +228,7 @@ def _sums(
     batch_tokens: int,
     progress: bool | None,
     after_chunk: Callable[[int], None] | None,
+    remote: Any = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """The float64 sums of cosines over the used texts, chunk by chunk (a finished chunk is
     kept in `store`, and a resumed run reads it back), added up in chunk order, and the counts."""
@@ -267,6 +253,9 @@ def _sums(
             suffix=SUFFIX,
             write=lambda part: npz_writer(**part),
             after_chunk=after_chunk,
+            bar=None if remote is None else bar,  # a worker's batches are not seen here
+            executor=None if remote is None else remote[0],
+            remote=None if remote is None else remote[1],
         )
     total = torch.zeros((cosines.n_layers, cosines.window), dtype=torch.float64)
     count = np.zeros(cosines.window, dtype=np.int64)
@@ -294,6 +283,7 @@ def past_similarity(
     resume: bool = False,
     chunk_texts: int = 256,
     progress: bool | None = None,
+    executor: Any = None,
     _after_chunk: Callable[[int], None] | None = None,
 ) -> SimilarityResult:
     """Cosine similarity of the `occurrence`-th `marker` with each of the `window` tokens before it
@@ -305,7 +295,8 @@ def past_similarity(
     position often holds massive attention-sink activations that would swamp it.
     A marker that is several tokens (with `add_marker=False`) is represented by its last token.
     With `checkpoint`, the sums over each finished chunk of `chunk_texts` texts are written
-    there; `resume=True` skips the texts already summed.
+    there; `resume=True` skips the texts already summed. With an `executor`
+    (`tokenprobe.executors.RayExecutor`), the chunks are summed on its workers.
     """
     single = isinstance(texts, str)
     items = [texts] if single else list(texts)  # type: ignore[list-item]
@@ -336,7 +327,13 @@ def past_similarity(
             **{k: v for k, v in options.items() if k != "batch_tokens"},
         }
         store = open_checkpoint(checkpoint, PARTIAL, settings, resume)
-    total, count = _sums(cosines, run, store, chunk_texts, batch_tokens, progress, _after_chunk)
+    remote = None
+    if executor is not None:
+        recipe = remote_sums(lm, run, marker if add_marker else None, options, batch_tokens)
+        remote = (executor, recipe)
+    total, count = _sums(
+        cosines, run, store, chunk_texts, batch_tokens, progress, _after_chunk, remote
+    )
     result = _result(lm, run, total, count, lacking, options)
     if store is not None:
         store.finish(result)  # removed now, or by result.save() inside kept_until_saved()

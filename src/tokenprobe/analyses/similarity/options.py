@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..base import Option
+from ..base import Option, ray_options
 from .compute import DIRECTIONS
 
 OPTIONS = [
@@ -87,4 +87,5 @@ OPTIONS = [
         action="store_true",
         group="similarity",
     ),
+    *ray_options(),
 ]

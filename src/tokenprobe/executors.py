@@ -1,0 +1,143 @@
+"""Where chunks of a data-set run are computed: here (the default) or on a Ray cluster.
+
+`RayExecutor` keeps one model replica per worker (a Ray actor that builds its state once,
+from a picklable factory: load the model by name or path, build the classifier), feeds the
+workers the runner's chunks, and yields each finished chunk as it arrives, so the runner
+writes it to the checkpoint at once and `--resume` works as in a local run. A worker whose
+process dies is restarted by Ray and its chunk rerun (`max_restarts`, `max_task_retries`);
+chunks are keyed by their number, so the result does not depend on which worker ran what.
+Ray Core actors rather than Ray Data: the runner already cuts the work into chunks and
+checkpoints them, and an actor per worker is the simplest way to load a model once per worker.
+Ray is imported only here, and only when a Ray run is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import TokenprobeError
+
+INSTALL = "pip install 'tokenprobe[ray]' (or pip install ray)"
+
+
+class _Worker:
+    """One model replica: its state is built once, then every chunk runs against it."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.state = factory()
+
+    def run(self, fn: Callable[[Any, Any], Any], payload: Any) -> Any:
+        return fn(self.state, payload)
+
+
+@dataclass
+class RayExecutor:
+    """Chunks on a Ray cluster: `RAY_ADDRESS` (or `address`) when set, else a local one."""
+
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    address: str | None = None
+    in_flight: int = 2  # chunks queued per worker, so none waits for the driver
+
+    def _ray(self) -> Any:
+        try:
+            import ray
+        except ImportError as exc:
+            raise TokenprobeError(f"`ray` needs Ray installed: {INSTALL}") from exc
+        if not ray.is_initialized():
+            address = self.address or os.environ.get("RAY_ADDRESS") or None
+            try:
+                ray.init(
+                    address=address,
+                    num_cpus=None if address else max(1, int(self.workers * self.cpus_per_worker)),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                    ignore_reinit_error=True,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+                raise TokenprobeError(
+                    f"cannot connect to {where} ({str(exc).splitlines()[0]}): check RAY_ADDRESS "
+                    "(`ray start --head` prints it), or unset it for a local cluster"
+                ) from exc
+        return ray
+
+    def _check_resources(self, ray: Any) -> None:
+        have = ray.cluster_resources()
+        for name, per in (("GPU", self.gpus_per_worker), ("CPU", self.cpus_per_worker)):
+            need = per * self.workers
+            if need > have.get(name, 0):
+                raise TokenprobeError(
+                    f"{self.workers} workers x {per:g} {name}s need {need:g} {name}s, and the Ray "
+                    f"cluster has {have.get(name, 0):g}: lower `workers` or the {name}s per worker"
+                )
+
+    def map(
+        self, factory: Callable[[], Any], fn: Callable[[Any, Any], Any], payloads: dict[int, Any]
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield (chunk number, fn(state, payload)) as chunks finish, on any worker."""
+        if not payloads:
+            return
+        ray = self._ray()
+        self._check_resources(ray)
+        remote = ray.remote(
+            num_cpus=self.cpus_per_worker,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=-1,
+            max_task_retries=-1,
+        )(_Worker)
+        actors = [remote.remote(factory) for _ in range(min(self.workers, len(payloads)))]
+        queue = sorted(payloads)
+        running: dict[Any, tuple[int, int]] = {}  # ref -> (chunk, actor)
+        load = [0] * len(actors)
+
+        def submit() -> None:
+            while queue and min(load) < self.in_flight:
+                actor = load.index(min(load))
+                k = queue.pop(0)
+                running[actors[actor].run.remote(fn, payloads[k])] = (k, actor)
+                load[actor] += 1
+
+        try:
+            submit()
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1)
+                k, actor = running.pop(done[0])
+                load[actor] -= 1
+                yield k, self._get(ray, done[0])
+                submit()
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+    @staticmethod
+    def _get(ray: Any, ref: Any) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise _one_line(exc) from exc
+
+
+def _one_line(exc: BaseException) -> TokenprobeError:
+    """A worker's failure as one line: its own TokenprobeError as it is, anything else named
+    with the finished chunks kept. Ray wraps the worker's exception (and for a failed
+    constructor, only its traceback text), so the last `...Error: message` line is the cause."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, TokenprobeError):
+        return cause
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.findall(r"^\s*([\w.]+(?:Error|Exception|Exit)): (.+)$", text, re.MULTILINE)
+    name, message = found[-1] if found else (type(exc).__name__, text.strip().splitlines()[0])
+    if name.endswith("TokenprobeError"):
+        return TokenprobeError(f"on a Ray worker: {message}")
+    return TokenprobeError(
+        f"a Ray worker failed ({name.rsplit('.', 1)[-1]}: {message}); the finished chunks are "
+        "kept: run the same command with `resume` to go on"
+    )
