@@ -143,3 +143,11 @@ def test_the_local_path_does_not_import_ray():
 
     code = "import sys, tokenprobe, tokenprobe.cli; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_an_unreachable_cluster_address_is_one_line_at_once(model_dir, data, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    argv = ["flips", "--model", str(model_dir), "--data", str(data["flips"]), "--labels", "a= the", "b= of"]
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path / "o"), "--ray")
+    assert code == 2 and "nothing answers at the Ray cluster address 127.0.0.1:1" in err

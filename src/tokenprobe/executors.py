@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ class RayExecutor:
             raise TokenprobeError(f"`ray` needs Ray installed: {INSTALL}") from exc
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS") or None
+            _check_reachable(address)
             try:
                 ray.init(
                     address=address,
@@ -123,6 +125,23 @@ class RayExecutor:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:
             raise _one_line(exc) from exc
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A cluster address (HOST:PORT or ray://HOST:PORT) that nothing answers at is one line
+    now, instead of after Ray's own connection retries (a minute or more)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # a form Ray knows and this check does not: let Ray judge it
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise TokenprobeError(
+            f"nothing answers at the Ray cluster address {address} ({exc.strerror or exc}): check "
+            "RAY_ADDRESS (`ray start --head` prints it), or unset it for a local cluster"
+        ) from exc
 
 
 def _one_line(exc: BaseException) -> TokenprobeError:
