@@ -193,6 +193,7 @@ class Analysis:
     dtype_auto: str = "bfloat16 on a GPU, float32 on CPU"  # what --dtype auto means here
     dtype: Callable[[str], str] = field(default=lambda dtype: dtype)  # --dtype -> load dtype
     groups: Sequence[str] = ()  # the order of option groups in --help (default: first use)
+    gradients: Callable[[argparse.Namespace], bool] = field(default=lambda args: False)
 
     def __post_init__(self) -> None:
         self.default_out = self.default_out or f"out/{self.command}"

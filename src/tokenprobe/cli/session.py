@@ -4,15 +4,19 @@ model (loaded once), checks before long work, and saving with a printed summary.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import model as model_module
 from ..analyses.base import Analysis
+from ..model.memory import check_fits
 from ..model.placement import placement_kwargs
 from ..results import check_writable
 from .flags import check_can_write, read_text_file
+
+log = logging.getLogger("tokenprobe")
 
 if TYPE_CHECKING:
     from ..model import LoadedModel
@@ -60,7 +64,18 @@ class Session:
             self._models[(task, dtype)] = lm
             # what `auto` loaded serves a later call that asks for that dtype by name
             self._models.setdefault((task, str(lm.dtype).removeprefix("torch.")), lm)
+            self._check_memory(lm)
         return self._models[(task, dtype)]
+
+    def _check_memory(self, lm: LoadedModel) -> None:
+        """Say what the largest batch needs against what the device has; refuse (one line
+        naming --batch-tokens) when it cannot fit."""
+        batch_tokens = getattr(self.args, "batch_tokens", None)
+        if batch_tokens is None:
+            return
+        gradients = bool(self.spec and self.spec.gradients(self.args))
+        est = check_fits(lm, batch_tokens, gradients)
+        log.info(est.line(batch_tokens))
 
     @property
     def offline(self) -> bool:

@@ -51,4 +51,6 @@ SPEC = Analysis(
     default_out="out/attr",
     dtype_auto="float32 everywhere (bfloat16 rounding is a sizeable part of small attributions)",
     dtype=lambda d: "float32" if d == "auto" else d,
+    # the gradient methods keep every block's activations for the backward pass
+    gradients=lambda args: getattr(args, "method", "") in GRADIENT_METHODS,
 )
