@@ -151,3 +151,16 @@ def test_an_unreachable_cluster_address_is_one_line_at_once(model_dir, data, tmp
     argv = ["flips", "--model", str(model_dir), "--data", str(data["flips"]), "--labels", "a= the", "b= of"]
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "o"), "--ray")
     assert code == 2 and "nothing answers at the Ray cluster address 127.0.0.1:1" in err
+
+
+def test_worker_shares_below_zero_are_one_line(model_dir, data, tmp_path, capsys):  # noqa: F811
+    argv = ["flips", "--model", str(model_dir), "--data", str(data["flips"]), "--labels", "a", "b"]
+    for flag, value, message in [
+        ("--cpus-per-worker", "0", "must be above 0, not 0"),
+        ("--gpus-per-worker", "-1", "must be at least 0, not -1"),
+        ("--workers", "0", "must be at least 1, not 0"),
+    ]:
+        with pytest.raises(SystemExit) as done:
+            run(capsys, *argv, "--out", str(tmp_path / "o"), "--ray", flag, value)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -38,6 +38,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def share(minimum_exclusive: bool) -> Callable[[str], float]:
+    """argparse type for a worker's CPUs (above 0) or GPUs (0 or more)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        if value < 0 or (minimum_exclusive and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"must be {'above' if minimum_exclusive else 'at least'} 0, not {value:g}"
+            )
+        return value
+
+    return parse
+
+
 def bounded_int(maximum: int) -> Callable[[str], int]:
     """argparse type for counts from 1 to `maximum`."""
 
@@ -260,8 +277,8 @@ def ray_options(group: str = "Ray (a data set over a cluster)") -> list[Option]:
         Option(None, "Ray workers, one model replica each (default 2)", flag="--workers", role="input",
                type=positive_int, default=2, metavar="N", group=group),
         Option(None, "CPUs per Ray worker (default 1)", flag="--cpus-per-worker", role="input",
-               type=float, default=1.0, metavar="N", group=group),
+               type=share(True), default=1.0, metavar="N", group=group),
         Option(None, "GPUs per Ray worker (default 0; 1 puts each replica on its own GPU)",
-               flag="--gpus-per-worker", role="input", type=float, default=0.0, metavar="N",
+               flag="--gpus-per-worker", role="input", type=share(False), default=0.0, metavar="N",
                group=group),
     ]
