@@ -66,6 +66,8 @@ def test_a_hub_data_set_goes_through_datasets(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fails)
     with pytest.raises(TokenprobeError, match=r"^--data hf:nope cannot be loaded \(FileNotFoundError"):
         read_table("hf:nope")
+    with pytest.raises(TokenprobeError, match=r"needs a data set name: --data hf:NAME"):
+        read_table("hf:")
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
     with pytest.raises(TokenprobeError, match=r"pip install 'tokenprobe\[hub\]'"):
         read_table("hf:some-org/emotions")

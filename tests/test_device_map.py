@@ -106,3 +106,6 @@ def test_the_command_line_places_the_model(monkeypatch, capsys):
     code = main(["lens", "--prompt", "hi", "--device-map", "auto", "--max-memory", "lots"])
     err = capsys.readouterr().err
     assert code == 2 and "tokenprobe: error: --max-memory 'lots': each part is DEVICE=SIZE" in err
+    code = main(["lens", "--prompt", "hi", "--max-memory", "0=2GiB"])
+    err = capsys.readouterr().err
+    assert code == 2 and "tokenprobe: error: --max-memory needs --device-map" in err
