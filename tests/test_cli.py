@@ -368,7 +368,7 @@ def test_attribute_bad_inputs(model_dir, tmp_path, capsys):
         ([*base, "--method", "lime"], "unknown method 'lime': use one of ablation, shapley"),
         (["--prompt", "Tools: hammer", "--target", ""], "the target is empty"),
         (["--prompt", "Tools: hammer"], "give a --target to score or --generate N"),
-        (["--target", " x"], "give one of --prompt TEXT or --prompt-file FILE"),
+        (["--target", " x"], "give one of --prompt TEXT, --prompt-file FILE or --data FILE"),
         (["--prompt", "Tools", "--target", " x" * 200], "longer than the model's context"),
     ]
     assert_one_line_errors(capsys, "attribute", m, tmp_path / "o", cases)

@@ -43,7 +43,10 @@ def data(tmp_path_factory) -> dict[str, Path]:
     pd.DataFrame({"text": TEXTS, "label": ["a", "b"] * 12}).to_csv(flips, index=False)
     marked = folder / "marked.csv"
     pd.DataFrame({"text": MARKED}).to_csv(marked, index=False)
-    return {"flips": flips, "marked": marked}
+    prompts = folder / "prompts.csv"
+    pd.DataFrame({"prompt": [f"the cat {i} sat on the" for i in range(10)],
+                  "answer": [" mat", " dog"] * 5}).to_csv(prompts, index=False)
+    return {"flips": flips, "marked": marked, "prompts": prompts}
 
 
 def test_flips_on_ray_equal_the_local_run(model_dir, data, tmp_path, capsys):  # noqa: F811
@@ -66,6 +69,22 @@ def test_similarity_over_data_on_ray_equals_the_local_run(model_dir, data, tmp_p
     here, there = (pd.read_parquet(tmp_path / d / "similarity.parquet") for d in ("here", "ray"))
     assert here["count"].equals(there["count"])
     np.testing.assert_allclose(there["cosine"], here["cosine"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("command", ["lens", "attribute"])
+def test_prompts_over_data_on_ray_equal_the_local_run(model_dir, data, tmp_path, capsys, command):  # noqa: F811
+    argv = [command, "--model", str(model_dir), "--data", str(data["prompts"]), "--target-column", "answer"]
+    if command == "attribute":
+        argv += ["--method", "ablation"]
+    kind = "lens" if command == "lens" else "attr"
+    assert run(capsys, *argv, "--out", str(tmp_path / "here"))[0] == 0
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path / "ray"), "--ray", "--workers", "2")
+    assert code == 0, err
+    here, there = (pd.read_parquet(tmp_path / d / f"{kind}.parquet") for d in ("here", "ray"))
+    # float32 sums in another order on a one-thread worker: an ablation score is a difference of
+    # log-probabilities near -6, so a few float32 steps of those (~5e-7 each) apart
+    pd.testing.assert_frame_equal(there, here, rtol=1e-6, atol=1e-5)
+    assert (tmp_path / "ray" / f"{kind}_row0.png").is_file()
 
 
 def _square_or_die(marker: str, payload: list[int]) -> list[int]:

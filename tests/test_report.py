@@ -255,9 +255,13 @@ def test_the_demo_report_in_chromium(browser, tmp_path, capsys):
     sections = page.query_selector_all("section.heatmap")
     kinds = [s.get_attribute("data-kind") for s in sections]
     assert (
-        sorted(set(kinds)) == ["attr", "flips", "lens", "similarity"] and kinds.count("flips") == 4
+        sorted(set(kinds)) == ["attr", "flips", "lens", "similarity", "trace"]
+        and kinds.count("flips") == 4
+        and kinds.count("trace") == 2  # the residual stream and the MLPs
     )
-    words = {"lens": "entropy", "similarity": "cosine", "attr": "attribution", "flips": "bucket"}
+    assert kinds.count("lens") == 3  # the Australia prompt's composite (two parts) and the Eiffel one
+    words = {"lens": "entropy", "similarity": "cosine", "attr": "attribution", "flips": "bucket",
+             "trace": "normalised"}
     for kind, word in words.items():
         assert word in _hover(page, sections[kinds.index(kind)], 300, 30), kind
     assert [u for u in requests if not u.startswith("file://")] == [] and dialogs == []

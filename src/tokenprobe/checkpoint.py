@@ -278,6 +278,14 @@ def _kept_work(folder: Path) -> str:
                 counts["step"] = counts.get("step", 0) + len(_read_npz(part)["steps"])
             elif part.name.endswith(".npz"):  # past similarity: sums over texts
                 counts["text"] = counts.get("text", 0) + len(_read_npz(part)["texts"])
+            elif part.name.endswith(".state.pt"):  # tune-lens: the training state after a step
+                step = int(part.name.removeprefix("part-").split(".")[0])
+                counts["training step"] = max(counts.get("training step", 0), step)
+            elif part.name.endswith(".rows.parquet"):  # a data file's rows (rowset.py)
+                import pandas as pd
+
+                rows = pd.read_parquet(part, columns=["row"])["row"]
+                counts["row"] = counts.get("row", 0) + int(rows.nunique())
             elif part.name.endswith(".parquet"):  # flip rates: one part per chunk of texts
                 import pandas as pd
 
@@ -287,9 +295,11 @@ def _kept_work(folder: Path) -> str:
         n = len(parts)
         return f"{n} finished part{'s' * (n != 1)}"
     words = []
-    for unit in ("text", "scored input"):
+    for unit in ("row", "text", "scored input"):
         if unit in counts:
             words.append(f"{counts[unit]} {unit}{'s' * (counts[unit] != 1)}")
+    if "training step" in counts:
+        words.append(f"the training state after step {counts['training step']}")
     if settings.get("method") == "integrated_gradients":
         words.append(f"{counts.get('step', 0)} of {settings.get('steps')} integration steps")
     elif "step" in counts:

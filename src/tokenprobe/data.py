@@ -145,3 +145,32 @@ def read_texts(path: str, text_column: str = "text") -> list[str]:
     if not texts:
         raise TokenprobeError(f"--data {path}: column {text_column!r} holds no text")
     return texts
+
+
+def read_prompts(
+    path: str, prompt_column: str = "prompt", target_column: str | None = None
+) -> list[dict[str, str | None]]:
+    """One {"prompt", "target"} per row of a data set of prompts, in the file's order (a row's
+    number is its place in the file, so a row without a prompt is an error, not dropped)."""
+    frame = read_table(path)
+    require_column(frame, path, prompt_column, "--prompt-column")
+    if target_column is not None:
+        require_column(frame, path, target_column, "--target-column")
+    rows: list[dict[str, str | None]] = []
+    for i, prompt in enumerate(frame[prompt_column].tolist()):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise TokenprobeError(
+                f"--data {path}: row {i} has no prompt in column {prompt_column!r}: fill it in or "
+                "remove the row"
+            )
+        target = None
+        if target_column is not None:
+            value = frame[target_column].iloc[i]
+            if not isinstance(value, str) or not value:
+                raise TokenprobeError(
+                    f"--data {path}: row {i} has no target in column {target_column!r}: fill it "
+                    "in or remove the row"
+                )
+            target = value
+        rows.append({"prompt": prompt, "target": target})
+    return rows

@@ -29,7 +29,8 @@ from .errors import TokenprobeError
 warnings.filterwarnings("ignore", message=r"Glyph .* missing from font", category=UserWarning)
 
 MAX_FIGURE_WIDTH_IN = 60.0
-FRAME_COLOUR = "#7b1fa2"
+FRAME_COLOUR = "#1b9e3e"  # green: outlined columns, e.g. the lens's dummy tokens (as seed 004)
+BOX_COLOUR = "#7b1fa2"  # purple: on an overview, the region drawn in detail below it
 MASKED_COLOUR = "#d9d9d9"
 
 
@@ -56,7 +57,9 @@ class Heatmap:
     cell_text: np.ndarray | None = None  # (rows, cols) str written in the cells
     annotate: bool = False  # write cell_text in the saved figure
     cell_fontsize: float = 7.0
-    frame: tuple[int, int] | None = None  # columns [start, end) outlined
+    frame: tuple[int, int] | None = None  # columns [start, end) outlined (FRAME_COLOUR)
+    box: tuple[int, int] | None = None  # columns [start, end) boxed (BOX_COLOUR): `detail`'s
+    detail: Heatmap | None = None  # drawn under this one in the same figure (a composite)
     tips: Callable[[], list[list[str]]] | None = None  # hover text per cell (the page only)
     about: list[str] = field(default_factory=list)  # lines above the page's section
     empty: str | None = None  # drawn instead of the grid when there are no rows
@@ -71,6 +74,7 @@ class Heatmap:
     ytick_step: int = 1
     gridlines: float = 0.0
     colorbar_fraction: float = 0.04
+    extend: str = "neither"  # colour bar arrows for values past vmin/vmax: min, max, both
     colorbar_pad: float = 0.01
     title_fontsize: float | None = None
     figure_title: bool = False  # the title above the whole figure rather than the axes
@@ -82,22 +86,71 @@ class Heatmap:
 
     # ------------------------------------------------------------------ matplotlib
     def figure(self) -> Any:
-        """The saved figure (a matplotlib Figure)."""
+        """The saved figure (a matplotlib Figure); with a `detail`, both in one figure."""
         import matplotlib
 
         matplotlib.use("Agg")  # figures are written to files; no display needed
         import matplotlib.pyplot as plt
-        from matplotlib.colors import Normalize
 
         if self.empty is not None and self.values.size == 0:
             fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
             ax.axis("off")
             ax.text(0.5, 0.5, self.empty, ha="center", va="center")
             return fig
+        if self.detail is not None:
+            return self._stacked_figure()
+        fig, ax = plt.subplots(figsize=self.size, layout="constrained")
+        mesh = self._draw(ax, self.size[0])
+        cbar = fig.colorbar(
+            mesh, ax=ax, fraction=self.colorbar_fraction, pad=self.colorbar_pad, extend=self.extend
+        )
+        cbar.set_label(self.colorbar)
+        if self.figure_title:
+            fig.suptitle(self.title, fontsize=self.title_fontsize or 11)
+        else:
+            ax.set_title(self.title, **({"fontsize": self.title_fontsize} if self.title_fontsize else {}))
+        return fig
+
+    def _stacked_figure(self) -> Any:
+        """This heatmap (an overview, `box` marking the detail's region) above `detail`, one
+        colour bar for both (give them the same limits); this title heads the figure. The
+        detail's axes come first in `fig.axes`, as they would without the overview."""
+        import matplotlib.pyplot as plt
+
+        detail = self.detail
+        assert detail is not None
+        width = max(self.size[0], detail.size[0])
+        heights = [self.size[1], detail.size[1]]
+        fig = plt.figure(figsize=(width, sum(heights)), layout="constrained")
+        grid = fig.add_gridspec(2, 1, height_ratios=heights)
+        ax_detail = fig.add_subplot(grid[1])
+        ax_over = fig.add_subplot(grid[0])
+        mesh = detail._draw(ax_detail, width)
+        self._draw(ax_over, width)
+        fraction = min(0.035, 0.4 / width)  # a bar about 0.4 inch wide, as tall as both parts
+        aspect = 0.9 * sum(heights) / (fraction * width)
+        cbar = fig.colorbar(
+            mesh,
+            ax=[ax_over, ax_detail],
+            fraction=fraction,
+            aspect=aspect,
+            pad=detail.colorbar_pad,
+            extend=_wider(self.extend, detail.extend),
+        )
+        cbar.set_label(detail.colorbar)
+        fig.suptitle(self.title, fontsize=self.title_fontsize or 12)
+        ax_detail.set_title(detail.title, fontsize=detail.title_fontsize or 10)
+        return fig
+
+    def _draw(self, ax: Any, fig_w: float) -> Any:
+        """The grid, cell text, ticks, frame and box on `ax` (of a figure `fig_w` inches
+        wide); returns the mesh for a colour bar."""
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import Normalize
+
         n_rows, n_cols = self.shape
         norm = Normalize(vmin=self.vmin, vmax=self.vmax)
         colormap = plt.get_cmap(self.cmap).with_extremes(bad=self.bad)
-        fig, ax = plt.subplots(figsize=self.size, layout="constrained")
         x0 = self.col_offset - 0.5
         mesh = ax.pcolormesh(
             np.arange(n_cols + 1) + x0,
@@ -112,16 +165,12 @@ class Heatmap:
         ax.set_ylim(*((-0.5, n_rows - 0.5) if self.origin == "lower" else (n_rows - 0.5, -0.5)))
         if self.annotate and self.cell_text is not None:
             self._write_cells(ax, text_colours(self.values, colormap, norm))
-        self._ticks(ax, fig)
+        self._ticks(ax, fig_w)
         if self.frame is not None:
-            self._draw_frame(ax)
-        cbar = fig.colorbar(mesh, ax=ax, fraction=self.colorbar_fraction, pad=self.colorbar_pad)
-        cbar.set_label(self.colorbar)
-        if self.figure_title:
-            fig.suptitle(self.title, fontsize=self.title_fontsize or 11)
-        else:
-            ax.set_title(self.title, **({"fontsize": self.title_fontsize} if self.title_fontsize else {}))
-        return fig
+            self._outline(ax, self.frame, FRAME_COLOUR, 2.6)
+        if self.box is not None:  # just outside its columns, so that a frame inside shows
+            self._outline(ax, self.box, BOX_COLOUR, 2.2, zorder=6, margin=(0.2, 0.45))
+        return mesh
 
     def _write_cells(self, ax: Any, colours: np.ndarray) -> None:
         assert self.cell_text is not None
@@ -138,9 +187,8 @@ class Heatmap:
                     clip_on=True,
                 )
 
-    def _ticks(self, ax: Any, fig: Any) -> None:
+    def _ticks(self, ax: Any, fig_w: float) -> None:
         n_rows, n_cols = self.shape
-        fig_w = self.size[0]
         step = max(1, math.ceil(n_cols * 0.11 / max(1.0, fig_w - 3.0)))
         ticks = np.arange(0, n_cols, step)
         if self.xticks_top:
@@ -166,24 +214,33 @@ class Heatmap:
         ax.set_xlabel(self.xlabel)
         ax.set_ylabel(self.ylabel)
 
-    def _draw_frame(self, ax: Any) -> None:
+    def _outline(
+        self,
+        ax: Any,
+        span: tuple[int, int],
+        colour: str,
+        width: float,
+        zorder: int = 5,
+        margin: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        """Columns [start, end) outlined over every row (`margin`: cells outside it, across
+        and up/down), with a white halo to stand out on any cell colour."""
         import matplotlib.patheffects as pe
         from matplotlib.patches import Rectangle
 
-        assert self.frame is not None
-        f0, f1 = self.frame
-        n_rows = self.shape[0]
+        f0, f1 = span
+        mx, my = margin
         rect = Rectangle(
-            (f0 + self.col_offset - 0.5, -0.5),
-            f1 - f0,
-            n_rows,
+            (f0 + self.col_offset - 0.5 - mx, -0.5 - my),
+            f1 - f0 + 2 * mx,
+            self.shape[0] + 2 * my,
             fill=False,
-            edgecolor=FRAME_COLOUR,
-            linewidth=2.6,
+            edgecolor=colour,
+            linewidth=width,
             clip_on=False,
-            zorder=5,
+            zorder=zorder,
         )
-        rect.set_path_effects([pe.Stroke(linewidth=4.5, foreground="white"), pe.Normal()])
+        rect.set_path_effects([pe.Stroke(linewidth=width + 1.9, foreground="white"), pe.Normal()])
         ax.add_patch(rect)
 
     # ------------------------------------------------------------------ the page
@@ -211,8 +268,22 @@ class Heatmap:
             "xlabel": self.xlabel,
             "ylabel": self.ylabel,
             "frame": list(self.frame) if self.frame else None,
+            "frame_colour": FRAME_COLOUR,
+            "box": list(self.box) if self.box else None,
+            "box_colour": BOX_COLOUR,
             "text_min_px": self.text_min_px,
         }
+
+    def sections(self) -> list[dict[str, Any]]:
+        """The page's sections: this heatmap, then its `detail` if it has one."""
+        return [self.section()] + (self.detail.sections() if self.detail is not None else [])
+
+
+def _wider(a: str, b: str) -> str:
+    """The colour bar arrows that cover both `extend`s."""
+    low = a in ("min", "both") or b in ("min", "both")
+    high = a in ("max", "both") or b in ("max", "both")
+    return "both" if low and high else "min" if low else "max" if high else "neither"
 
 
 def text_colours(values: np.ndarray, cmap: Any, norm: Any) -> np.ndarray:

@@ -72,6 +72,9 @@ def _previous_files(out: Path) -> set[str]:
     except TokenprobeError:
         return set()
     names = set(kind.saved_names(meta))
+    if "data_rows" in meta:  # a data-set run: its tables and its rows' figures
+        names = {n for n in map(str, meta.get("files") or []) if n.startswith(f"{kind.kind}")}
+        names.add("meta.json")
     files = meta.get("files")
     if isinstance(files, list):
         names &= {str(f) for f in files}
@@ -113,10 +116,10 @@ class Result:
         about = json.dumps(self.meta.get("options", {}), default=str)
         out = []
         for _, view in self.views(**options):
-            section = view.section()
-            section["kind"] = self.kind
-            section["about"] = [f"model: {model}", *section["about"], f"options: {about}"]
-            out.append(section)
+            for section in view.sections():  # a composite figure: each of its parts
+                section["kind"] = self.kind
+                section["about"] = [f"model: {model}", *section["about"], f"options: {about}"]
+                out.append(section)
         return out
 
     def summary(self) -> str:
@@ -148,6 +151,17 @@ class Result:
     def extra_meta(self) -> dict[str, Any]:
         """What `from_frame` needs beyond the table, stored in meta.json."""
         return {}
+
+    def row_frame(self) -> pd.DataFrame:
+        """This result as one row's part of a data-set table (`rowset.RowSet`): its table,
+        with columns that would differ between rows (e.g. named after a row's target) made
+        uniform. `from_row_frame` undoes it."""
+        return self.to_frame()
+
+    @classmethod
+    def from_row_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> Result:
+        """One row's result back from its part of a data-set table and its meta."""
+        return cls.from_frame(frame, meta)
 
     def save(
         self,
@@ -259,7 +273,12 @@ class Result:
         if not table.exists():
             raise TokenprobeError(f"{folder} lacks {table.name}: re-run the analysis")
         meta["_folder"] = str(folder)
-        result = cls.from_frame(pd.read_parquet(table), meta)
+        if "data_rows" in meta:  # one analysis over a data file's rows
+            from .rowset import RowSet
+
+            result: Result = RowSet.read(cls, pd.read_parquet(table), meta)
+        else:
+            result = cls.from_frame(pd.read_parquet(table), meta)
         result.meta.pop("_folder", None)
         result.meta.pop("files", None)  # what the folder holds, not part of the result
         return result

@@ -38,6 +38,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """argparse type for counts that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def share(minimum_exclusive: bool) -> Callable[[str], float]:
     """argparse type for a worker's CPUs (above 0) or GPUs (0 or more)."""
 
@@ -280,5 +291,23 @@ def ray_options(group: str = "Ray (a data set over a cluster)") -> list[Option]:
                type=share(True), default=1.0, metavar="N", group=group),
         Option(None, "GPUs per Ray worker (default 0; 1 puts each replica on its own GPU)",
                flag="--gpus-per-worker", role="input", type=share(False), default=0.0, metavar="N",
+               group=group),
+    ]
+
+
+def rows_options(group: str = "a data file of prompts (one result row each)") -> list[Option]:
+    """--data, --prompt-column, --target-column, --figures and --resume, for every analysis
+    that runs once per prompt and can run over a data file's rows (`rowset.run_rows`)."""
+    return [
+        Option(None, "run once per row of this CSV, JSONL or Parquet file, a folder of Parquet "
+               "files or a saved `datasets` folder, or hf:NAME[:CONFIG][:SPLIT]: one table for "
+               "all rows, with a `row` column", flag="--data", role="input", metavar="FILE",
+               group=group),
+        Option(None, "the --data column holding each row's prompt (default prompt)",
+               flag="--prompt-column", role="input", default="prompt", metavar="NAME", group=group),
+        Option(None, "the --data column holding each row's target (default: none)",
+               flag="--target-column", role="input", metavar="NAME", group=group),
+        Option(None, "with --data: draw the figures of the first N rows (default 3)",
+               flag="--figures", role="input", type=nonnegative_int, default=3, metavar="N",
                group=group),
     ]

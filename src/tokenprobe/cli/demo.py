@@ -19,8 +19,10 @@ def add_demo(sub: Any) -> None:
     demo = sub.add_parser(
         "demo",
         help="run every analysis on the built-in model with the demo inputs, then write the HTML report",
-        description="Logit lens (two prompts), past similarity (raw and centred), attribution (a few-shot arithmetic "
-        "prompt), flip rates (200 sample texts) and report.html in --out, on the built-in model: about 3 minutes on 2 cores.",
+        description="Logit lens (two prompts, the first as seed 004's composite figure with a foil), past "
+        "similarity (raw and centred), attribution (a few-shot arithmetic prompt), flip rates (200 sample texts), "
+        "a causal trace (the Eiffel Tower prompt, noise on its subject: residual stream and MLPs) and report.html "
+        "in --out, on the built-in model: about 3 minutes on 2 cores.",
     )
     add_common(demo, default_out="out/demo", batch_tokens=None)
 

@@ -13,7 +13,7 @@ def add_report(sub: Any) -> None:
     rep = sub.add_parser(
         "report",
         help="one self-contained interactive HTML page of every result under a folder",
-        description="Collects every saved result under FOLDER (any mix of lens, similarity, attribute and flips) "
+        description="Collects every saved result under FOLDER (any mix of lens, similarity, attribute, flips, trace, tune-lens and lens-eval) "
         "into one HTML file that opens offline: hover a cell for its numbers, wheel to zoom the long axis, "
         "drag to pan. Prints the file's path and size.",
     )

@@ -26,8 +26,9 @@ data.sections.forEach(function(s,k){
       if(s.text&&cw>=(s.text_min_px||34)){ctx.fillStyle=lum(fill)>0.45?"#000":"#fff";ctx.font="10px sans-serif";ctx.textAlign="center";ctx.textBaseline="middle";
         ctx.fillText(s.text[r][c],x+cw/2,y+rowH/2,cw-2);}
     }
-    if(s.frame){const a=Math.max(s.frame[0],view.c0),b=Math.min(s.frame[1],view.c1);if(a<b){ctx.strokeStyle="#7b1fa2";ctx.lineWidth=2.5;
-      ctx.strokeRect(left+(a-view.c0)*cw,topM,(b-a)*cw,nr*rowH);}}
+    function outline(span,colour,width){if(!span)return;const a=Math.max(span[0],view.c0),b=Math.min(span[1],view.c1);
+      if(a<b){ctx.strokeStyle=colour;ctx.lineWidth=width;ctx.strokeRect(left+(a-view.c0)*cw,topM,(b-a)*cw,nr*rowH);}}
+    outline(s.frame,s.frame_colour||"#1b9e3e",2.5);outline(s.box,s.box_colour||"#7b1fa2",2.2);
     ctx.fillStyle="#222";ctx.font="11px sans-serif";ctx.textAlign="right";ctx.textBaseline="middle";
     const ystep=Math.ceil(12/rowH);for(let r=0;r<nr;r+=ystep)ctx.fillText(s.rows[r],left-4,topM+r*rowH+rowH/2,left-8);
     const xstep=Math.max(1,Math.ceil(13/cw));ctx.textAlign="right";

@@ -6,11 +6,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ...data import read_prompts
 from ...errors import TokenprobeError
+from ...rowset import RowSet
 from ..base import Session
 from .compute import attribute
 from .methods import METHODS
 from .result import AttributionResult
+from .rows import attribute_rows
 
 
 def command(session: Session) -> None:
@@ -18,8 +21,12 @@ def command(session: Session) -> None:
     args = session.args
     if args.method not in METHODS:
         raise TokenprobeError(f"unknown method {args.method!r}: use one of {', '.join(METHODS)}")
+    if args.data is not None:
+        return _over_data(session)
+    if args.ray:
+        raise TokenprobeError("--ray goes with a --data file of prompts; --prompt runs here at once")
     if (args.prompt is None) == (args.prompt_file is None):
-        raise TokenprobeError("give one of --prompt TEXT or --prompt-file FILE")
+        raise TokenprobeError("give one of --prompt TEXT, --prompt-file FILE or --data FILE")
     prompt = (
         args.prompt
         if args.prompt is not None
@@ -30,6 +37,32 @@ def command(session: Session) -> None:
     out = Path(args.out)
     session.check_out(out, AttributionResult.files(args.format))
     result = attribute(session.load(), prompt, checkpoint=out, **session.params("run"))
+    session.save(result, out)
+
+
+def _over_data(session: Session) -> None:
+    """--data: every row's prompt attributed to its --target-column target (or --target /
+    --generate for all), one table."""
+    args = session.args
+    if args.prompt is not None or args.prompt_file is not None:
+        raise TokenprobeError("give the prompts with --data or with --prompt/--prompt-file, not both")
+    if args.target_column is not None and (args.target is not None or args.generate is not None):
+        raise TokenprobeError("--target-column gives each row's target: leave out --target and --generate")
+    if args.target_column is None and args.target is None and args.generate is None:
+        raise TokenprobeError("give --target-column NAME (each row's target), --target TEXT or --generate N")
+    rows = read_prompts(args.data, args.prompt_column, args.target_column)
+    out = Path(args.out)
+    session.check_out(out, RowSet.names(AttributionResult.kind, len(rows), args.figures, args.format))
+    result = attribute_rows(
+        session.load(),
+        [r["prompt"] for r in rows],
+        None if args.target_column is None else [r["target"] for r in rows],
+        figures=args.figures,
+        checkpoint=out,
+        executor=session.executor(),
+        data=args.data,
+        **session.params("run"),
+    )
     session.save(result, out)
 
 

@@ -24,6 +24,7 @@ from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
 from ...results import now, versions
 from ...runner import open_checkpoint, progress_disabled
+from ...text import token_texts
 from .features import AttributionInput, prepare_attribution
 from .gradients import GRADIENT_METHODS
 from .methods import DEFAULT_METHOD, METHODS, MethodOutput
@@ -37,6 +38,12 @@ DEFINITION = (
     "(exp of it with score=prob); ablation/occlusion: f(x) - f(x with the feature ablated); gradient "
     "methods on the prompt's embedding-layer output, summed over dimensions and a feature's tokens"
 )
+
+CONTRASTIVE = DEFINITION.replace(
+    "row score = sum of the row's target-token log-probabilities",
+    "row score = sum of the row's target-token log-probabilities less the foil's log-probability "
+    "at the row's first target position",
+).replace("(exp of it with score=prob)", "(p(row) - p(foil) with score=prob)")
 
 
 def attribute(
@@ -56,6 +63,7 @@ def attribute(
     steps: int = 32,
     ig_baseline: str = "unk",
     score: str = "logprob",
+    foil: str | None = None,
     chat: bool = False,
     system: str | None = None,
     batch_tokens: int = 4096,
@@ -72,6 +80,8 @@ def attribute(
     rows (a row's score is the sum of its tokens' log-probabilities). With `checkpoint`, scored
     inputs (and finished integration steps) are written there as the run goes;
     `resume=True` takes them from an interrupted run instead of computing them again.
+    With a `foil`, a row's score is contrastive: log p(row) - log p(foil) at the row's first
+    target position (p(row) - p(foil) with `score="prob"`), as inseq's contrastive attribution.
     """
     _check(prompt, target, generate, method, baseline, score)
     _warn_if_16_bit(lm)
@@ -85,12 +95,15 @@ def attribute(
         chat=chat,
         system=system,
     )
+    foil_id = _foil_id(lm, foil, inp.target_text)
     pb = Problem.of(
-        lm, inp, score=score, baseline=baseline, batch_tokens=batch_tokens, after_batch=_after_batch
+        lm, inp, score=score, foil_id=foil_id, baseline=baseline, batch_tokens=batch_tokens,
+        after_batch=_after_batch,
     )
     options = {
         "method": method,
         "score": score,
+        "foil": foil,
         "baseline": baseline,
         "samples": samples,
         "seed": seed,
@@ -112,6 +125,26 @@ def attribute(
     if pb.store is not None:  # removed now, or by result.save() inside kept_until_saved()
         pb.store.checkpoint.finish(result)
     return result
+
+
+def _foil_id(lm: LoadedModel, foil: str | None, target: str) -> int | None:
+    """The foil's token id (its first token, with a warning when it has several), or None."""
+    if foil is None:
+        return None
+    if not foil:
+        raise TokenprobeError("the foil is empty: give the token to contrast with, e.g. ' Vienna'")
+    if foil == target:
+        raise TokenprobeError(f"the foil {foil!r} is the target: give another token to contrast with")
+    ids = lm.tokenizer.encode(foil, add_special_tokens=False)
+    if not ids:
+        raise TokenprobeError(f"the foil {foil!r} (`foil`) gives no token")
+    if len(ids) > 1:
+        first = token_texts(lm.tokenizer, ids[:1])[0]
+        warn(
+            f"`foil` {foil!r} is {len(ids)} tokens; attribution contrasts with its first token {first!r}",
+            stacklevel=3,
+        )
+    return int(ids[0])
 
 
 def _check(
@@ -254,7 +287,8 @@ def _result(
             "options": options,
             "method_details": extra,
             "forward_passes": pb.forward_passes,
-            "definition": DEFINITION,
+            "definition": DEFINITION if options["foil"] is None else CONTRASTIVE,
+            "foil_id": pb.foil_id,
             "versions": versions(),
             "created": now(),
         },

@@ -19,7 +19,7 @@ import torch
 
 from ...errors import TokenprobeError
 from ...runner import map_batches, run_with_backoff
-from .problem import Problem, target_logprobs
+from .problem import Problem
 
 GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
 # unk first: an all-zero baseline sends the path through the point where RMSNorm divides by
@@ -169,7 +169,7 @@ def _completeness(
             logits = pb.lm.model(
                 inputs_embeds=ends[batch], logits_to_keep=m + 1, use_cache=False
             ).logits[:, :m]
-            return pb.row_scores(target_logprobs(logits, pb.target_ids)).double().cpu().numpy()
+            return pb.row_scores(pb.token_logprobs(logits)).double().cpu().numpy()
 
     f0, f1 = np.concatenate([s for _, s in run_with_backoff([0, 1], score_ends)])
     gap = per_token.sum(axis=1) - (f1 - f0)
@@ -248,15 +248,17 @@ def _differentiable_token_logprobs(pb: Problem, x: torch.Tensor) -> list[torch.T
             )
     if not pb.head_ok:
         return _fallback_token_logprobs(pb, x)
-    cols = []
+    cols, foils = [], []
     for j, t in enumerate(pb.target_ids):
         logp = torch.log_softmax(adapter.logits(hidden[:, n - 1 + j]), dim=-1)
         cols.append(logp[:, t])
-    return cols
+        if pb.foil_id is not None:
+            foils.append(logp[:, pb.foil_id])
+    return cols + foils
 
 
 def _fallback_token_logprobs(pb: Problem, x: torch.Tensor) -> list[torch.Tensor]:
     """The same columns from the model's own logits, for heads the adapter cannot rebuild."""
     m = len(pb.target_ids)
     logits = pb.lm.model(inputs_embeds=x, logits_to_keep=m, use_cache=False).logits
-    return list(target_logprobs(logits, pb.target_ids).unbind(dim=1))
+    return list(pb.token_logprobs(logits).unbind(dim=1))

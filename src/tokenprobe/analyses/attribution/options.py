@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..base import Option, prompt_options
+from ..base import Option, prompt_options, ray_options, rows_options
 from .gradients import IG_BASELINES
 from .methods import DEFAULT_METHOD, METHODS
 from .problem import BASELINES, DEFAULT_BASELINE, SCORES
@@ -18,6 +18,8 @@ def _listing(names: Iterable[str], default: str) -> str:
 
 OPTIONS = [
     *prompt_options(several=False),
+    *rows_options(),
+    *ray_options(),
     Option("target", "the continuation to attribute (scored by teacher forcing)", group="input"),
     Option(
         "generate",
@@ -71,6 +73,13 @@ OPTIONS = [
         "score",
         "a row's score: log-probability (default) or probability",
         choices=list(SCORES),
+        group="method",
+    ),
+    Option(
+        "foil",
+        "contrastive: a row's score becomes log p(target) - log p(TEXT) at the row's first "
+        "position (inseq's contrastive attribution; a foil of several tokens counts its first)",
+        metavar="TEXT",
         group="method",
     ),
     Option(

@@ -139,6 +139,7 @@ class Problem(Perturbation):
     rows: list[list[int]]  # target token indices of each row
     row_texts: list[str]
     score: str = "logprob"
+    foil_id: int | None = None  # contrastive: a row's score less the foil's at its first position
     baseline: str = "remove"
     batch_tokens: int = 4096
     cache: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
@@ -166,7 +167,16 @@ class Problem(Perturbation):
         Taking columns, not one stacked tensor, lets a backward from one row skip the others.
         """
         s = torch.stack([cols[j] for j in self.rows[r]]).sum(dim=0)
-        return s.exp() if self.score == "prob" else s
+        if self.foil_id is None:
+            return s.exp() if self.score == "prob" else s
+        # contrastive (`foil`): the foil's column at the row's first target position
+        foil = cols[len(self.target_ids) + self.rows[r][0]]
+        return s.exp() - foil.exp() if self.score == "prob" else s - foil
+
+    def token_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, m, V) logits predicting the targets to the (B, m) target log-probabilities,
+        followed with a foil by its (B, m) log-probabilities at the same positions."""
+        return target_logprobs(logits, self.target_ids, self.foil_id)
 
     def score_prompts(self, prompts: Sequence[list[int]]) -> torch.Tensor:
         """Scores (len(prompts), rows) of many perturbed prompts, batched by a token budget;
@@ -208,7 +218,7 @@ class Problem(Perturbation):
                 use_cache=False,
             ).logits[:, :m]
         self.forward_passes += 1
-        return self.row_scores(target_logprobs(logits, self.target_ids)).double().cpu()
+        return self.row_scores(self.token_logprobs(logits)).double().cpu()
 
     def coalition_scores(self, coalitions: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
         """Scores with only the features in each coalition present (cached across calls)."""
@@ -249,8 +259,12 @@ def _prompt_key(ids: Sequence[int]) -> bytes:
     return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=16).digest()
 
 
-def target_logprobs(logits: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
-    """(B, m, V) logits predicting the targets to (B, m) float32 log-probabilities of the targets."""
+def target_logprobs(
+    logits: torch.Tensor, target_ids: list[int], foil_id: int | None = None
+) -> torch.Tensor:
+    """(B, m, V) logits predicting the targets to (B, m) float32 log-probabilities of the
+    targets; with `foil_id`, (B, 2m): the foil's log-probabilities at the same positions after."""
     tgt = torch.tensor(target_ids, device=logits.device).expand(logits.shape[0], -1)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    out = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    return out if foil_id is None else torch.cat([out, logp[..., foil_id]], dim=1)

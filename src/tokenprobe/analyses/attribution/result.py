@@ -95,6 +95,15 @@ class AttributionResult(Result):
         """The attribution heatmap; see `views.attribution_view` for the options."""
         return [(self.kind, attribution_view(self, cmap=cmap, annotate=annotate, title=title))]
 
+    def row_frame(self) -> pd.DataFrame:
+        """As a data file's row (`attribute_rows`): `row` (the target row) is `target_row`,
+        since a data-set table's `row` is the data row."""
+        return self.to_frame().rename(columns={"row": "target_row"})
+
+    @classmethod
+    def from_row_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> AttributionResult:
+        return cls.from_frame(frame.rename(columns={"target_row": "row"}), meta)
+
     def summary(self) -> str:
         n_rows, n_feat = self.scores.shape
         return f"{self.method} attribution: {n_rows} target rows x {n_feat} features; max |score| {np.abs(self.scores).max():.4f}"

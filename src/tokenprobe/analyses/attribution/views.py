@@ -40,6 +40,9 @@ def attribution_view(
     fig_h = max(3.5, (0.36 if annotate else 0.16) * n_rows + 2.8)
     model_name = (result.meta.get("model") or {}).get("name", "")
     method = result.method.replace("_", " ")
+    foil = options.get("foil")
+    if foil is not None:  # contrastive: say what the score is contrasted with
+        method += f", vs foil {display_token(foil, 18)}"
     return Heatmap(
         values=scores,
         rows=[display_token(r, 18, show_spaces=not row_spans) for r in result.rows],
@@ -48,7 +51,7 @@ def attribution_view(
         vmin=-top,
         vmax=top,
         title=title or f"Token Attribution ({method}){' — ' + model_name if model_name else ''}",
-        colorbar="Token Attribution",
+        colorbar="Token Attribution" if foil is None else "Token Attribution (target - foil)",
         xlabel="input feature",
         ylabel="target token" if all(len(p) <= 1 for p in result.row_positions) else "target span",
         origin="upper",  # first target row on top

@@ -5,26 +5,57 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...data import read_prompts
 from ...errors import TokenprobeError
 from ...heatmap import clip_range, parse_range
+from ...rowset import RowSet
+from ...tuned import lens_format
 from ..base import Session
 from .compute import logit_lens
 from .result import LensResult
+from .rows import lens_rows
+
+
+def _figure_options(session: Session) -> dict[str, Any]:
+    """The figure options, ranges checked before the model loads (and --lens's folder)."""
+    if session.args.lens is not None:
+        lens_format(session.args.lens)  # neither format, or no such folder: before the load
+    figure = session.params("figure")
+    if session.args.no_frame:
+        figure["frame"] = False
+    _overview_and_colour(session.args, figure)
+    for name in ("zoom", "frame"):
+        if figure[name] is not False:
+            parse_range(figure[name], name)  # fail on a malformed range before loading the model
+    return figure
+
+
+def _overview_and_colour(args: Any, figure: dict[str, Any]) -> None:
+    """--overview / --no-overview into `figure`; --colour diff needs --foil (checked before the
+    model loads)."""
+    if args.overview and args.no_overview:
+        raise TokenprobeError("--overview and --no-overview contradict each other: give one")
+    if args.overview or args.no_overview:
+        figure["overview"] = bool(args.overview)
+    if args.overview and not figure["zoom"]:
+        raise TokenprobeError("--overview boxes the --zoom region on the whole prompt: give --zoom START:END too")
+    if figure["colour"] == "diff" and not args.foil:
+        raise TokenprobeError("--colour diff draws logit(target) - logit(foil): give --target and --foil")
 
 
 def command(session: Session) -> None:
     args = session.args
+    if args.data is not None:
+        return _over_data(session)
+    if args.ray or args.resume:
+        flag = "--ray" if args.ray else "--resume"
+        raise TokenprobeError(f"{flag} goes with a --data file of prompts; --prompt runs here at once")
     prompts = list(args.prompt or [])
     if args.prompt_file:
         prompts.append(session.read_text_file(args.prompt_file, "--prompt-file"))
     if not prompts:
-        raise TokenprobeError("no prompt: give --prompt TEXT or --prompt-file FILE")
-    figure = session.params("figure")
-    if args.no_frame:
-        figure["frame"] = False
-    for name in ("zoom", "frame"):
-        if figure[name] is not False:
-            parse_range(figure[name], name)  # fail on a malformed range before loading the model
+        raise TokenprobeError("no prompt: give --prompt TEXT, --prompt-file FILE or --data FILE")
+    figure = _figure_options(session)
     outs = (
         [Path(args.out)]
         if len(prompts) == 1
@@ -41,14 +72,45 @@ def command(session: Session) -> None:
         session.save(result, out, figure)
 
 
+def _over_data(session: Session) -> None:
+    """--data: every row's prompt (and --target-column target) through the lens, one table."""
+    args = session.args
+    if args.prompt or args.prompt_file:
+        raise TokenprobeError("give the prompts with --data or with --prompt/--prompt-file, not both")
+    figure = _figure_options(session)
+    rows = read_prompts(args.data, args.prompt_column, args.target_column)
+    out = Path(args.out)
+    session.check_out(out, RowSet.names(LensResult.kind, len(rows), args.figures, args.format))
+    result = lens_rows(
+        session.load(),
+        [r["prompt"] for r in rows],
+        None if args.target_column is None else [r["target"] for r in rows],
+        figures=args.figures,
+        checkpoint=out,
+        resume=args.resume,
+        executor=session.executor(),
+        data=args.data,
+        **session.params("run"),
+    )
+    for name in ("zoom", "frame"):
+        if figure[name]:
+            for i in range(min(args.figures, len(result))):
+                n = int(result.frame.loc[result.frame["row"] == i, "position"].max()) + 1
+                clip_range(parse_range(figure[name], name), n, name)
+    session.save(result, out, figure)
+
+
 def demo(session: Session, entry: dict[str, Any], out: Path) -> None:
-    """One demo.json lens entry: a prompt, chat or not, dummies and targets."""
+    """One demo.json lens entry: a prompt, chat or not, dummies, targets and a foil; its
+    figure options ("zoom", "colour", "overview") if it gives any."""
     result = logit_lens(
         session.load(),
         entry["prompt"],
         chat=entry.get("chat", False),
         dummy=entry.get("dummy", 0),
         targets=entry.get("targets", []),
+        foil=entry.get("foil"),
     )
     assert not isinstance(result, list)
-    session.save(result, out)
+    figure = {k: entry[k] for k in ("zoom", "colour", "overview") if k in entry}
+    session.save(result, out, figure or None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from ...results import now, versions
 from ...runner import map_batches, pad_batch, pad_id_of, progress_disabled, token_budget_batches
 from ...text import DEFAULT_MARKER, PreparedInput, prepare, token_texts
 from ..base import check_options
-from .decoders import Decoder, LogitDecoder
+from .decoders import Decoder, LogitDecoder, tuned_decoder
 from .options import MAX_TOP_K, OPTIONS
 from .result import LensResult
 
@@ -39,10 +40,14 @@ class _Stats:
     top_probs: torch.Tensor  # (n, k)
     target_probs: torch.Tensor  # (n, t)
     target_ranks: torch.Tensor  # (n, t)
+    logit_diff: torch.Tensor  # (n, 1): logit(target) - logit(foil); (n, 0) without a foil
 
 
-def logit_stats(logits: torch.Tensor, top_k: int, target_ids: torch.Tensor) -> _Stats:
-    """Entropy (nats), top-k and target probability/rank of each row of logits, in float32."""
+def logit_stats(
+    logits: torch.Tensor, top_k: int, target_ids: torch.Tensor, diff_ids: torch.Tensor | None = None
+) -> _Stats:
+    """Entropy (nats), top-k and target probability/rank of each row of logits, in float32;
+    with `diff_ids` (target, foil), the difference of their logits as decoded."""
     x = logits.float()
     lse = torch.logsumexp(x, dim=-1, keepdim=True)
     logp = x - lse
@@ -57,7 +62,11 @@ def logit_stats(logits: torch.Tensor, top_k: int, target_ids: torch.Tensor) -> _
     else:
         t_probs = x.new_zeros((x.shape[0], 0))
         t_ranks = torch.zeros((x.shape[0], 0), dtype=torch.long, device=x.device)
-    return _Stats(entropy, top_ids, top_probs, t_probs, t_ranks)
+    if diff_ids is not None and diff_ids.numel():
+        diff = x[:, diff_ids[0:1]] - x[:, diff_ids[1:2]]
+    else:
+        diff = x.new_zeros((x.shape[0], 0))
+    return _Stats(entropy, top_ids, top_probs, t_probs, t_ranks, diff)
 
 
 def _cat(parts: list[_Stats]) -> _Stats:
@@ -65,29 +74,51 @@ def _cat(parts: list[_Stats]) -> _Stats:
 
 
 def _stats_in_chunks(
-    decode, rows: torch.Tensor, chunk: int, top_k: int, target_ids: torch.Tensor
+    decode, rows: torch.Tensor, chunk: int, top_k: int, ids: tuple[torch.Tensor, torch.Tensor]
 ) -> _Stats:
+    """`logit_stats` of `decode(rows)`, `chunk` rows decoded at a time; `ids`: the target ids
+    and the (target, foil) pair of the logit difference (empty without a foil)."""
     parts = [
-        logit_stats(decode(rows[i : i + chunk]), top_k, target_ids)
+        logit_stats(decode(rows[i : i + chunk]), top_k, *ids)
         for i in range(0, rows.shape[0], chunk)
     ]
     return _cat(parts)
 
 
 def _layer_stats(
-    decoder: Decoder, states: list[torch.Tensor], chunk: int, top_k: int, target_ids: torch.Tensor
+    decoder: Decoder,
+    states: list[torch.Tensor],
+    chunk: int,
+    top_k: int,
+    ids: tuple[torch.Tensor, torch.Tensor],
 ) -> _Stats:
     """Statistics of layers 0..L-1 (each (n, width)), layer-major: decoded together when the
     decoder is the same for every layer, else layer by layer."""
     if decoder.shared:
         rows = torch.cat(states)
-        return _stats_in_chunks(lambda x: decoder.decode(x, None), rows, chunk, top_k, target_ids)
+        return _stats_in_chunks(lambda x: decoder.decode(x, None), rows, chunk, top_k, ids)
     return _cat(
         [
-            _stats_in_chunks(lambda x, i=i: decoder.decode(x, i), h, chunk, top_k, target_ids)
+            _stats_in_chunks(lambda x, i=i: decoder.decode(x, i), h, chunk, top_k, ids)
             for i, h in enumerate(states)
         ]
     )
+
+
+def _first_token(lm: LoadedModel, text: str, what: str, param: str, does: str) -> int:
+    """The id of `text`'s first token; a warning when it has several (`does`: what the lens
+    does with that first token)."""
+    enc = lm.tokenizer.encode(text, add_special_tokens=False)
+    if not enc:
+        raise TokenprobeError(f"the {what} {text!r} (`{param}`) gives no token")
+    if len(enc) > 1:
+        first = token_texts(lm.tokenizer, enc[:1])[0]
+        warnings.warn(
+            f"{what} {text!r} is {len(enc)} tokens; the lens {does} its first token {first!r}",
+            UserWarning,
+            stacklevel=4,
+        )
+    return int(enc[0])
 
 
 def _target_ids(lm: LoadedModel, targets: Sequence[str]) -> list[int]:
@@ -97,18 +128,29 @@ def _target_ids(lm: LoadedModel, targets: Sequence[str]) -> list[int]:
             raise TokenprobeError(
                 "a target in `targets` is empty: give the token text, e.g. ' Canberra'"
             )
-        enc = lm.tokenizer.encode(target, add_special_tokens=False)
-        if not enc:
-            raise TokenprobeError(f"the target {target!r} (`targets`) gives no token")
-        if len(enc) > 1:
-            first = token_texts(lm.tokenizer, enc[:1])[0]
-            warnings.warn(
-                f"target {target!r} is {len(enc)} tokens; the lens tracks its first token {first!r}",
-                UserWarning,
-                stacklevel=3,
-            )
-        ids.append(int(enc[0]))
+        ids.append(_first_token(lm, target, "target", "targets", "tracks"))
     return ids
+
+
+def _foil_id(lm: LoadedModel, foil: str | None, targets: Sequence[str], tids: list[int]) -> int | None:
+    """The foil's token id, checked against the first target it is compared with."""
+    if foil is None:
+        return None
+    if not foil:
+        raise TokenprobeError("`foil` is empty: give the token text, e.g. ' Sydney'")
+    if not targets:
+        raise TokenprobeError(
+            "`foil` needs a target to compare with: give `targets` too (the difference is "
+            "logit(first target) - logit(foil))"
+        )
+    fid = _first_token(lm, foil, "foil", "foil", "compares")
+    if fid == tids[0]:
+        same = token_texts(lm.tokenizer, [fid])[0]
+        raise TokenprobeError(
+            f"`foil` {foil!r} is the same token ({same!r}) as the target {targets[0]!r} it is "
+            "compared with: give a different foil"
+        )
+    return fid
 
 
 def _check_output_row(lm: LoadedModel, last_block: torch.Tensor, logits: torch.Tensor) -> str:
@@ -141,11 +183,13 @@ def logit_lens(
     dummy_after: str | None = None,
     dummy_before: str | None = None,
     targets: Sequence[str] = (),
+    foil: str | None = None,
     top_k: int = 5,
     batch_tokens: int = 2048,
     memory_mb: float | None = None,
     progress: bool | None = None,
     decoder: Decoder | None = None,
+    lens: Any = None,
 ) -> LensResult | list[LensResult]:
     """Logit lens of one prompt (returns a result) or many (returns a list, batched).
 
@@ -153,6 +197,9 @@ def logit_lens(
     GPU, where fewer and larger kernels pay); `batch_tokens` bounds the padded tokens of one
     forward pass. `decoder` turns each layer's states into logits (default: the model's own
     final norm and unembedding, the logit lens proper; a tuned lens is another decoder).
+    `foil` adds the logit difference logit(first target) - logit(foil) of every cell, taken
+    from the decoded logits (the "output" row: the model's own). `lens`: a tuned lens (a
+    `tune-lens` or tuned-lens package folder, or a `TunedLens`) decodes every inner layer.
     """
     single = isinstance(prompts, (str, PreparedInput))
     items = [prompts] if single else list(prompts)  # type: ignore[list-item]
@@ -173,7 +220,11 @@ def logit_lens(
         )
         for p in items
     ]
-    lens = _Lens(lm, inputs, _target_ids(lm, targets), top_k, memory_mb, decoder)
+    about = None
+    if lens is not None:
+        decoder, about = tuned_decoder(lm, lens, decoder)
+    tids = _target_ids(lm, targets)
+    lens = _Lens(lm, inputs, tids, _foil_id(lm, foil, targets, tids), top_k, memory_mb, decoder)
     out: list[LensResult | None] = [None] * len(inputs)
     lengths = [len(x) for x in inputs]
     # progress: forced on/off, or by default shown on a terminal when there is more than one batch
@@ -183,11 +234,13 @@ def logit_lens(
     with tqdm(total=len(inputs), desc="logit lens", unit="prompt", disable=disable) as bar:
         for sub, stats_list in map_batches(lengths, batch_tokens, lens.run):
             for i, st in zip(sub, stats_list, strict=True):
-                out[i] = lens.result(inputs[i], st, list(targets), options)
+                out[i] = lens.result(inputs[i], st, list(targets), foil, options)
             bar.update(len(sub))
     for r in out:
         assert r is not None
         r.meta["output_check"] = lens.check
+        if about is not None:
+            r.meta["analysis"], r.meta["lens"] = "tuned lens", about
     return out[0] if single else out  # type: ignore[return-value]
 
 
@@ -225,11 +278,12 @@ class _Lens:
         lm: LoadedModel,
         inputs: list[PreparedInput],
         tids: list[int],
+        fid: int | None,
         top_k: int,
         memory_mb: float | None,
         decoder: Decoder | None,
     ) -> None:
-        self.lm, self.inputs, self.tids = lm, inputs, tids
+        self.lm, self.inputs, self.tids, self.fid = lm, inputs, tids, fid
         self.adapter = lm.require_adapter()
         self.decoder = decoder if decoder is not None else LogitDecoder(self.adapter)
         vocab = int(self.adapter.unembed.weight.shape[0])
@@ -238,6 +292,8 @@ class _Lens:
         if memory_mb is None:
             memory_mb = DEFAULT_MEMORY_MB["cuda" if device.type == "cuda" else "cpu"]
         self.target_t = torch.tensor(tids, dtype=torch.long, device=device)
+        pair = [tids[0], fid] if fid is not None else []
+        self.ids = (self.target_t, torch.tensor(pair, dtype=torch.long, device=device))
         # float32 logits plus ~3 temporaries of the same size per decoded row
         self.chunk = max(1, int(memory_mb * 2**20) // (vocab * 4 * 4))
         self.pad = pad_id_of(lm.tokenizer)
@@ -262,10 +318,8 @@ class _Lens:
             valid = mask.bool()
             n = int(valid.sum())
             states = [hidden[layer][valid] for layer in range(n_blocks)]
-            inner = _layer_stats(self.decoder, states, self.chunk, self.top_k, self.target_t)
-            outer = _stats_in_chunks(
-                lambda x: x, fwd.logits[valid], self.chunk, self.top_k, self.target_t
-            )
+            inner = _layer_stats(self.decoder, states, self.chunk, self.top_k, self.ids)
+            outer = _stats_in_chunks(lambda x: x, fwd.logits[valid], self.chunk, self.top_k, self.ids)
             if self.check == "not run":
                 last = mask.sum(dim=1) - 1
                 rows = torch.arange(len(batch), device=lm.device)
@@ -292,9 +346,9 @@ class _Lens:
         return results
 
     def result(
-        self, inp: PreparedInput, st: _Stats, targets: list[str], options: dict
+        self, inp: PreparedInput, st: _Stats, targets: list[str], foil: str | None, options: dict
     ) -> LensResult:
-        tids = self.tids
+        tids, fid = self.tids, self.fid
         top_ids = st.top_ids.numpy().astype(np.int64)
         uniq, inverse = np.unique(top_ids, return_inverse=True)
         texts = np.asarray(token_texts(self.lm.tokenizer, uniq.tolist()), dtype=object)
@@ -310,6 +364,8 @@ class _Lens:
             target_ids=tids,
             target_probs=st.target_probs.numpy().astype(np.float32) if tids else None,
             target_ranks=st.target_ranks.numpy().astype(np.int64) if tids else None,
+            foil=foil if fid is not None else None,
+            logit_diff=st.logit_diff[..., 0].numpy().astype(np.float32) if fid is not None else None,
             marked=inp.marked,
             meta={
                 "analysis": "logit lens",
@@ -321,6 +377,9 @@ class _Lens:
                 "targets": targets,
                 "target_ids": tids,
                 "target_tokens": self.target_texts,
+                "foil": foil if fid is not None else None,
+                "foil_id": fid,
+                "foil_token": token_texts(self.lm.tokenizer, [fid])[0] if fid is not None else None,
                 "marked": list(inp.marked) if inp.marked else None,
                 "rows": "layer 0 = embeddings, layer i = block i output (final norm + unembedding), "
                 "'output' = the model's logits",

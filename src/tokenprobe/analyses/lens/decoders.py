@@ -7,11 +7,13 @@ another `Decoder`, without touching the lens's computation.
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+from typing import Any, Protocol
 
 import torch
 
-from ...model import Adapter
+from ...errors import TokenprobeError
+from ...model import Adapter, LoadedModel
 
 
 class Decoder(Protocol):
@@ -34,3 +36,23 @@ class LogitDecoder:
 
     def decode(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         return self.adapter.logits(hidden)
+
+
+def tuned_decoder(
+    lm: LoadedModel, lens: str | os.PathLike[str] | Any, decoder: Decoder | None
+) -> tuple[Decoder, dict[str, Any]]:
+    """The decoder of a tuned lens (a folder in tokenprobe's or the tuned-lens package's
+    format, or a loaded `tokenprobe.tuned.TunedLens`), and what meta.json says of it."""
+    from ...tuned import TunedDecoder, TunedLens, load_lens
+
+    if decoder is not None:
+        raise TokenprobeError("give a `lens` or a `decoder`, not both")
+    tuned = lens if isinstance(lens, TunedLens) else load_lens(lens, lm)
+    info = {
+        "kind": "tuned lens",
+        "path": None if isinstance(lens, TunedLens) else str(lens),
+        "format": tuned.info.get("format"),
+        "trained_for": tuned.info.get("model") or tuned.info.get("model_path"),
+        "training": {k: v for k, v in tuned.info.items() if k not in ("model", "model_path", "format")},
+    }
+    return TunedDecoder(tuned, lm.require_adapter()), info

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from ..base import Option, bounded_int, positive_int, prompt_options
+from ..base import Option, bounded_int, positive_int, prompt_options, ray_options, rows_options
 
 MAX_TOP_K = 100  # each kept token is three columns of the table, per cell
 
 OPTIONS = [
     *prompt_options(several=True),
+    *rows_options(),
+    Option(None, "with --data: continue an interrupted run in --out", flag="--resume", role="input",
+           action="store_true", group="a data file of prompts (one result row each)"),
+    *ray_options(),
     Option("dummy", "insert N dummy marker tokens (default {default})", type=int, metavar="N", group="input"),
     Option(
         "dummy_token",
@@ -30,6 +34,20 @@ OPTIONS = [
         group="lens",
     ),
     Option(
+        "foil",
+        "add the logit difference logit(target) - logit(TEXT) of every cell, with the first --target "
+        "(e.g. --target ' Canberra' --foil ' Sydney'); --colour diff draws it",
+        metavar="TEXT",
+        group="lens",
+    ),
+    Option(
+        "lens",
+        "decode every layer through this tuned lens: a tune-lens --out folder or a tuned-lens "
+        "package folder (config.json + params.pt); default: the logit lens",
+        metavar="DIR",
+        group="lens",
+    ),
+    Option(
         "top_k",
         "top tokens kept per cell, 1 to {maximum} (default {default})",
         type=bounded_int(MAX_TOP_K),
@@ -43,7 +61,14 @@ OPTIONS = [
         type=positive_int,
         group="lens",
     ),
-    Option("zoom", "draw only positions START..END-1", role="figure", metavar="START:END", group="figure"),
+    Option(
+        "zoom",
+        "draw positions START..END-1 in detail (negative: from the end, e.g. --zoom=-16:); under the "
+        "whole prompt unless --no-overview",
+        role="figure",
+        metavar="START:END",
+        group="figure",
+    ),
     Option(
         "frame",
         "outline positions START..END-1 (default: the dummy tokens)",
@@ -52,4 +77,21 @@ OPTIONS = [
         group="figure",
     ),
     Option(None, "outline nothing", flag="--no-frame", role="input", action="store_true", group="figure"),
+    Option(
+        "colour",
+        "what the colour shows: entropy, or diff = the --foil logit difference (default {default})",
+        role="figure",
+        choices=("entropy", "diff"),
+        group="figure",
+    ),
+    Option(
+        "overview",
+        "one figure: the whole prompt above, the --zoom region boxed, the zoom in detail below "
+        "(default with a --zoom shorter than the prompt)",
+        flag="--overview",
+        role="input",
+        action="store_true",
+        group="figure",
+    ),
+    Option(None, "with --zoom, only the zoomed figure", flag="--no-overview", role="input", action="store_true", group="figure"),
 ]

@@ -34,6 +34,8 @@ class LensResult(Result):
     target_ids: list[int] = field(default_factory=list)
     target_probs: np.ndarray | None = None  # (rows, positions, n_targets)
     target_ranks: np.ndarray | None = None  # (rows, positions, n_targets), 1 = top
+    foil: str | None = None  # compared with the first target
+    logit_diff: np.ndarray | None = None  # (rows, positions) logit(targets[0]) - logit(foil)
     marked: tuple[int, int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +76,8 @@ class LensResult(Result):
             assert self.target_probs is not None and self.target_ranks is not None
             data[f"prob[{name}]"] = self.target_probs[:, :, t].reshape(-1)
             data[f"rank[{name}]"] = self.target_ranks[:, :, t].reshape(-1)
+        if self.logit_diff is not None:
+            data["logit_diff"] = self.logit_diff.reshape(-1)
         return pd.DataFrame(data)
 
     @classmethod
@@ -107,6 +111,11 @@ class LensResult(Result):
             target_ranks=np.stack([grid(f"rank[{t}]") for t in targets], axis=-1).astype(np.int64)
             if targets
             else None,
+            # results saved before the foil existed have neither the column nor the meta
+            foil=meta.get("foil") if "logit_diff" in frame.columns else None,
+            logit_diff=grid("logit_diff").astype(np.float32)
+            if "logit_diff" in frame.columns
+            else None,
             marked=tuple(marked) if marked else None,
             meta=meta,
         )
@@ -116,17 +125,23 @@ class LensResult(Result):
         *,
         zoom: str | tuple[int, int] | None = None,
         frame: str | tuple[int, int] | bool | None = None,
+        colour: str = "entropy",
+        overview: bool | None = None,
         annotate: bool | None = None,
         label_chars: int = 7,
-        cmap: str = "RdYlBu_r",
+        cmap: str | None = None,
         vmax: float | None = None,
         title: str | None = None,
     ) -> list[tuple[str, Heatmap]]:
-        """The entropy heatmap; see `views.lens_view` for the options."""
+        """The lens heatmap (entropy, or the logit difference with `colour="diff"`); with
+        `zoom`, the composite figure (whole prompt above, the zoom below) unless `overview` is
+        False. See `views.lens_view` for the options."""
         view = lens_view(
             self,
             zoom=zoom,
             frame=frame,
+            colour=colour,
+            overview=overview,
             annotate=annotate,
             label_chars=label_chars,
             cmap=cmap,
@@ -134,6 +149,32 @@ class LensResult(Result):
             title=title,
         )
         return [(self.kind, view)]
+
+    def row_frame(self) -> pd.DataFrame:
+        """As a data file's row (`lens_rows`): the row's own target in `target`,
+        `target_prob` and `target_rank`, so that every row has the same columns (copied when
+        the row's target is also one tracked in every row, moved otherwise)."""
+        frame = self.to_frame()
+        target = self.meta.get("row_target")
+        if target is None:
+            return frame
+        prob, rank = frame[f"prob[{target}]"], frame[f"rank[{target}]"]
+        if not self.meta.get("row_target_shared"):
+            frame = frame.drop(columns=[f"prob[{target}]", f"rank[{target}]"])
+        return frame.assign(target=target, target_prob=prob, target_rank=rank)
+
+    @classmethod
+    def from_row_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> LensResult:
+        target = meta.get("row_target")
+        if target is not None:
+            own = frame.drop(columns=["target"])
+            if meta.get("row_target_shared"):
+                frame = own.drop(columns=["target_prob", "target_rank"])
+            else:
+                frame = own.rename(
+                    columns={"target_prob": f"prob[{target}]", "target_rank": f"rank[{target}]"}
+                )
+        return cls.from_frame(frame, meta)
 
     def summary(self) -> str:
         last = self.n_positions - 1

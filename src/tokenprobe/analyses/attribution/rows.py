@@ -1,0 +1,78 @@
+"""Attribution over a data file of prompts: one `attribute` per row, one table for all rows
+(`rowset.run_rows`; locally or on Ray workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ...errors import TokenprobeError
+from ...model import LoadedModel
+from ...rowset import DEFAULT_FIGURES, RowSet, run_rows
+from .compute import attribute
+from .result import AttributionResult
+
+DEFAULT_CHUNK_ROWS = 4  # rows per checkpointed chunk (and per Ray task)
+
+def _attribute_chunk(
+    lm: LoadedModel, rows: list[dict[str, Any]], options: dict[str, Any]
+) -> list[AttributionResult]:
+    """Each row of a chunk attributed on its own (a row's inputs are batched inside)."""
+    out = []
+    for row in rows:
+        given = {"target": row["target"]} if row.get("target") is not None else {}
+        out.append(attribute(lm, row["prompt"], **{**options, **given, "progress": False}))
+    return out
+
+
+def attribute_rows(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    row_targets: Sequence[str] | None = None,
+    *,
+    figures: int = DEFAULT_FIGURES,
+    chunk_rows: int | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    executor: Any = None,
+    progress: bool | None = None,
+    data: str | None = None,
+    **options: Any,
+) -> RowSet:
+    """`attribute` of every prompt (one data-file row each) to its target `row_targets[i]` (or
+    `options`' `target` / `generate` for every row): one table whose `row` is the data row and
+    `target_row` the attributed target row within it; the first `figures` rows' figures.
+    With `checkpoint` each finished chunk is kept there (`resume` goes on), with `executor`
+    (`executors.RayExecutor`) the chunks run on its workers."""
+    if row_targets is not None and len(row_targets) != len(prompts):
+        raise TokenprobeError(
+            f"`row_targets` has {len(row_targets)} entries for {len(prompts)} prompts: give one per prompt"
+        )
+    if row_targets is not None and (options.get("target") is not None or options.get("generate")):
+        raise TokenprobeError("each row has its target: leave out `target` and `generate`")
+    if row_targets is None and options.get("target") is None and options.get("generate") is None:
+        raise TokenprobeError(
+            "give each row's target (`row_targets`, --target-column), one `target` for every "
+            "row, or `generate` N to attribute the model's own answers"
+        )
+    options.pop("checkpoint", None)
+    rows = [
+        {"prompt": p, "target": None if row_targets is None else row_targets[i]}
+        for i, p in enumerate(prompts)
+    ]
+    return run_rows(
+        lm,
+        rows,
+        _attribute_chunk,
+        AttributionResult,
+        options,
+        chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS,
+        figures=figures,
+        checkpoint=checkpoint,
+        resume=resume,
+        executor=executor,
+        progress=progress,
+        desc="attribution",
+        data=data,
+    )

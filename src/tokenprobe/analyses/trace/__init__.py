@@ -1,0 +1,50 @@
+"""Causal tracing (activation patching): restore one (layer, position) state of the residual
+stream, an attention output or an MLP output from one run into another, and score the answer."""
+
+from __future__ import annotations
+
+from ..base import Analysis
+from .cli import command, demo
+from .compute import causal_trace, embedding_std
+from .options import COMPONENTS, CORRUPTIONS, DIRECTIONS, METHODS, METRICS, OPTIONS
+from .result import TraceResult
+from .sites import Site, find_sites
+from .tracer import Problem, Tracer
+
+__all__ = [
+    "COMPONENTS",
+    "CORRUPTIONS",
+    "DIRECTIONS",
+    "METHODS",
+    "METRICS",
+    "SPEC",
+    "Problem",
+    "Site",
+    "TraceResult",
+    "Tracer",
+    "causal_trace",
+    "embedding_std",
+    "find_sites",
+]
+
+SPEC = Analysis(
+    name="trace",
+    command="trace",
+    run=causal_trace,
+    result=TraceResult,
+    help="causal trace: which (layer, position) state carries the answer (activation patching)",
+    description="Runs a clean prompt and a corrupted one (--corrupted, a prompt of the same token length, "
+    "or --corrupt noise: Gaussian noise on --subject's input embeddings, --samples draws averaged), then "
+    "restores each (layer, position) state of each --component from the clean run into the corrupted "
+    "one (--direction corrupt: the other way round) and scores --target at the last position: its "
+    "probability, log-probability, or the logit difference to --foil; also normalised (0 = corrupted, "
+    "1 = clean). resid rows: layer 0 = embeddings, layer i = output of block i; attn and mlp rows: the "
+    "block's attention or MLP output. --method estimate gives attribution patching's first-order "
+    "estimate from one forward and backward pass; both gives the two and their correlation. Writes "
+    "trace.parquet, trace_<component>.png and meta.json (with the clean and corrupted scores).",
+    options=OPTIONS,
+    cli=command,
+    demo=demo,
+    # the estimate keeps every block's activations for the backward pass
+    gradients=lambda args: getattr(args, "method", "") in ("estimate", "both"),
+)

@@ -1,0 +1,222 @@
+"""Causal tracing (activation patching): which (layer, position) state carries the answer.
+
+A clean prompt and a corrupted one (another prompt of the same token length, or the clean one
+with Gaussian noise on the subject's input embeddings); for every layer and position of a
+component (the residual stream, the attention output, the MLP output), the source run's state
+is restored into the base run and the target scored: clean into corrupted by default (ROME's
+causal trace), corrupted into clean with `direction="corrupt"`. Scores are raw and normalised
+(0 = the corrupted run, 1 = the clean run). `method="estimate"` gives attribution patching's
+first-order estimate from one forward and backward pass instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...errors import TokenprobeError
+from ...model import LoadedModel
+from ...results import now, versions
+from ...runner import progress_disabled, token_budget_batches
+from ...text import PreparedInput, prepare, token_texts
+from ..base import check_options
+from .inputs import Settings, check_settings, corrupted_input, subject_span, token_id
+from .options import OPTIONS
+from .result import TraceResult
+from .tracer import Cell, Problem, Tracer, window_of
+
+
+def causal_trace(
+    lm: LoadedModel,
+    prompt: str | PreparedInput,
+    *,
+    target: str | None = None,
+    foil: str | None = None,
+    corrupted: str | None = None,
+    corrupt: str | None = None,
+    subject: str | None = None,
+    noise: float = 3.0,
+    samples: int = 10,
+    seed: int = 0,
+    components: Sequence[str] = ("resid",),
+    window: int = 1,
+    direction: str = "restore",
+    metric: str | None = None,
+    method: str = "exact",
+    chat: bool = False,
+    system: str | None = None,
+    batch_tokens: int = 2048,
+    progress: bool | None = None,
+) -> TraceResult:
+    """Causal trace of `target` (the next token after the prompt) over `components`.
+
+    Corruption: `corrupted` (a prompt of the same token length), or `corrupt="noise"` with
+    `subject` (noise of `noise` x the embeddings' standard deviation on the subject's tokens,
+    `samples` draws averaged, seeded by `seed`). `window` restores that many consecutive layers
+    at once. `metric`: prob, logprob, or diff (logit of `target` - logit of `foil`; the default
+    when a foil is given). `method`: exact, estimate (attribution patching) or both.
+    """
+    check_options(
+        OPTIONS,
+        {"window": window, "samples": samples, "direction": direction, "method": method,
+         "metric": metric, "corrupt": corrupt},
+    )
+    s = check_settings(target, foil, corrupted, corrupt, subject, noise, components, metric)
+    clean = prompt if isinstance(prompt, PreparedInput) else prepare(lm, prompt, chat=chat, system=system)
+    bad, differ = (None, None) if s.corrupt == "noise" else corrupted_input(lm, clean, corrupted or "", chat, system)
+    span = subject_span(lm, clean, subject) if subject is not None else None
+    target_id = token_id(lm, target or "", "target")
+    foil_id = token_id(lm, foil, "foil") if foil is not None else None
+    if foil_id is not None and foil_id == target_id:
+        raise TokenprobeError(
+            f"`foil` {foil!r} is the same token as `target` {target!r}"
+            f"{'' if foil == target else ' (their first tokens are the same)'}: give another foil"
+        )
+    noise_t, noise_std = (
+        _draw_noise(lm, span, samples, seed, noise) if s.corrupt == "noise" else (None, None)
+    )
+    problem = Problem(
+        clean_ids=list(clean.input_ids),
+        corrupted_ids=list(bad.input_ids) if bad is not None else list(clean.input_ids),
+        target_id=target_id,
+        foil_id=foil_id,
+        metric=s.metric,
+        direction=direction,
+        noise=noise_t,
+        span=span,
+    )
+    tracer = Tracer(lm, problem, s.components)
+    scores, estimates = _trace(tracer, s.components, window, method, batch_tokens, progress)
+    options = {"components": list(s.components), "window": window, "seed": seed,
+               "samples": samples if s.corrupt == "noise" else 1,
+               "noise": noise if s.corrupt == "noise" else None, "batch_tokens": batch_tokens}
+    given = {"subject": subject, "target": target, "foil": foil, "target_id": target_id,
+             "foil_id": foil_id, "direction": direction, "method": method, "noise_std": noise_std}
+    meta = _meta(lm, clean, bad, s, tracer, list(span or differ or []) or None, given, options)
+    result = TraceResult(
+        tokens=list(clean.tokens),
+        token_ids=list(clean.input_ids),
+        components=list(s.components),
+        scores=scores,
+        estimates=estimates,
+        meta=meta,
+    )
+    if method == "both":
+        result.meta["estimate_correlation"] = result.correlation()
+    return result
+
+
+def _meta(
+    lm: LoadedModel,
+    clean: PreparedInput,
+    bad: PreparedInput | None,
+    s: Settings,
+    tracer: Tracer,
+    marked: list[int] | None,
+    given: dict,
+    options: dict,
+) -> dict:
+    """meta.json: the inputs, the scored tokens, the clean and corrupted scores, the options."""
+    tok = lm.tokenizer
+    return {
+        "analysis": "causal trace",
+        "model": lm.describe(),
+        "prompt": clean.prompt,
+        "text": clean.text,
+        "token_ids": list(clean.input_ids),
+        "corrupted": bad.prompt if bad is not None else None,
+        "corrupted_token_ids": list(bad.input_ids) if bad is not None else None,
+        "corruption": s.corrupt,
+        "marked": marked,
+        **given,
+        "target_token": token_texts(tok, [given["target_id"]])[0],
+        "foil_token": token_texts(tok, [given["foil_id"]])[0] if given["foil_id"] is not None else None,
+        "metric": s.metric,
+        **_run_meta(tracer, s.components),
+        "options": {"chat": clean.options.get("chat", False), "system": clean.options.get("system"), **options},
+        "versions": versions(),
+        "created": now(),
+    }
+
+
+def _draw_noise(
+    lm: LoadedModel, span: tuple[int, int] | None, samples: int, seed: int, noise: float
+) -> tuple[torch.Tensor, float]:
+    """(samples, subject tokens, width) Gaussian draws, seeded on the CPU (the same on every
+    device), scaled to `noise` x the embeddings' standard deviation; and that scale."""
+    assert span is not None
+    std = embedding_std(lm) * noise
+    width = int(lm.require_adapter().embed.weight.shape[1])
+    draws = torch.randn((samples, span[1] - span[0], width), generator=torch.Generator().manual_seed(seed))
+    return (draws * std).to(lm.device), std
+
+
+def _run_meta(tracer: Tracer, components: Sequence[str]) -> dict:
+    """The clean and corrupted scores, where each row's state was read, how lower blocks ran."""
+    return {
+        "clean_score": tracer.clean_score,
+        "corrupted_score": float(np.mean(tracer.corrupted_scores)),
+        "corrupted_scores": tracer.corrupted_scores,
+        "sites": {c: [x.path if x is not None else None for x in tracer.sites[c]] for c in components},
+        "lower_blocks": "reused from the cached run" if tracer.skip else "recomputed",
+    }
+
+
+def _cells(tracer: Tracer, component: str, window: int) -> tuple[list[Cell], list[tuple[int, int]]]:
+    """Every (row, position) cell of a component that has a site, with the sites it restores."""
+    sites = tracer.sites[component]
+    cells, where = [], []
+    for row, site in enumerate(sites):
+        if site is None:
+            continue
+        idx = [tracer.index[(component, k)] for k in window_of(sites, row, window)]
+        for p in range(tracer.n_pos):
+            cells.append([(i, p) for i in idx])
+            where.append((row, p))
+    return cells, where
+
+
+def _trace(
+    tracer: Tracer,
+    components: Sequence[str],
+    window: int,
+    method: str,
+    batch_tokens: int,
+    progress: bool | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Each component's (rows, positions) grid of exact scores (or estimates when only those
+    are asked for), and the estimates beside exact ones with `method="both"`."""
+    plans = {c: _cells(tracer, c, window) for c in components}
+    grids = {c: np.full((len(tracer.sites[c]), tracer.n_pos), np.nan) for c in components}
+    estimates = None
+    if method in ("estimate", "both"):
+        deltas = tracer.first_order()
+        base = float(np.mean(tracer.base_scores))
+        estimates = {c: g.copy() for c, g in grids.items()}
+        for c, (cells, where) in plans.items():
+            for cell, (row, p) in zip(cells, where, strict=True):
+                estimates[c][row, p] = base + sum(float(deltas[i][:, p].mean()) for i, _ in cell)
+        if method == "estimate":
+            return estimates, None
+    n_rows = sum(len(cells) for cells, _ in plans.values()) * tracer.samples
+    n_batches = len(token_budget_batches([tracer.n_pos] * max(1, n_rows), batch_tokens))
+    disable = progress_disabled(progress, n_batches)
+    with tqdm(total=n_rows, desc="causal trace", unit="run", disable=disable) as bar:
+        for c, (cells, where) in plans.items():
+            values = tracer.score_cells(cells, batch_tokens, bar)
+            for (row, p), v in zip(where, values, strict=True):
+                grids[c][row, p] = v
+    return grids, estimates
+
+
+def embedding_std(lm: LoadedModel) -> float:
+    """The standard deviation of the input embedding's output over (up to 4,096 evenly spread
+    rows of) the vocabulary: the unit of the noise."""
+    embed = lm.require_adapter().embed
+    vocab = int(embed.weight.shape[0])
+    ids = torch.linspace(0, vocab - 1, steps=min(vocab, 4096)).long().to(lm.device)
+    with torch.inference_mode():
+        return float(embed(ids[None]).float().std())

@@ -1,0 +1,154 @@
+"""The causal trace's result: per component, a (layers x positions) grid of patched scores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ...heatmap import Heatmap
+from ...results import FIGURE_FORMATS, Result
+from .options import COMPONENTS
+from .views import trace_view
+
+
+@dataclass
+class TraceResult(Result):
+    """`scores[component][layer, position]`: the metric after restoring that cell (for the
+    residual stream layer 0 = embeddings, layer k = output of block k; for attn and mlp, the
+    block's number). `estimates` holds attribution patching's estimates beside exact scores
+    (method both); with method estimate, `scores` are the estimates. The clean and corrupted
+    runs' scores are in `meta`.
+    """
+
+    kind: ClassVar[str] = "trace"
+
+    tokens: list[str]
+    token_ids: list[int]
+    components: list[str]
+    scores: dict[str, np.ndarray]  # component -> (rows, positions) float64, NaN: no such site
+    estimates: dict[str, np.ndarray] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean_score(self) -> float:
+        return float(self.meta["clean_score"])
+
+    @property
+    def corrupted_score(self) -> float:
+        return float(self.meta["corrupted_score"])
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.tokens)
+
+    def normalised(self, values: np.ndarray) -> np.ndarray:
+        """0 = the corrupted run's score, 1 = the clean run's (NaN when the two are equal)."""
+        gap = self.clean_score - self.corrupted_score
+        if gap == 0:
+            return np.full_like(values, np.nan, dtype=np.float64)
+        return (values - self.corrupted_score) / gap
+
+    def correlation(self) -> dict[str, float | None]:
+        """Pearson correlation of the estimates with the exact scores, per component and over
+        all cells (None where either is constant)."""
+        if self.estimates is None:
+            return {}
+        out: dict[str, float | None] = {}
+        pairs = [(c, self.scores[c], self.estimates[c]) for c in self.components]
+        pairs.append(
+            ("all", *(np.concatenate([p[i].ravel() for p in pairs]) for i in (1, 2)))  # type: ignore[misc]
+        )
+        for name, exact, est in pairs:
+            ok = np.isfinite(exact) & np.isfinite(est)
+            a, b = np.ravel(exact)[np.ravel(ok)], np.ravel(est)[np.ravel(ok)]
+            out[name] = float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 and a.std() > 0 and b.std() > 0 else None
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (component, layer, position)."""
+        parts = []
+        for c in self.components:
+            grid = self.scores[c]
+            rows, positions = grid.shape
+            pos = np.tile(np.arange(positions), rows)
+            data: dict[str, Any] = {
+                "component": c,
+                "layer": np.repeat(np.arange(rows), positions),
+                "position": pos,
+                "token": np.asarray(self.tokens, dtype=object)[pos],
+                "score": grid.reshape(-1),
+                "normalised": self.normalised(grid).reshape(-1),
+            }
+            if self.estimates is not None:
+                data["estimate"] = self.estimates[c].reshape(-1)
+                data["estimate_normalised"] = self.normalised(self.estimates[c]).reshape(-1)
+            parts.append(pd.DataFrame(data))
+        return pd.concat(parts, ignore_index=True)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> TraceResult:
+        components = list(dict.fromkeys(str(c) for c in frame["component"]))
+        scores, estimates = {}, {} if "estimate" in frame.columns else None
+        tokens: list[str] = []
+        for c in components:
+            part = frame[frame["component"] == c].sort_values(["layer", "position"])
+            rows, positions = int(part["layer"].max()) + 1, int(part["position"].max()) + 1
+            scores[c] = part["score"].to_numpy(dtype=np.float64).reshape(rows, positions)
+            if estimates is not None:
+                estimates[c] = part["estimate"].to_numpy(dtype=np.float64).reshape(rows, positions)
+            tokens = [str(t) for t in part["token"][:positions]]
+        return cls(
+            tokens=tokens,
+            token_ids=list(meta.get("token_ids", [])),
+            components=components,
+            scores=scores,
+            estimates=estimates,
+            meta=meta,
+        )
+
+    @classmethod
+    def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:
+        """The table, meta.json and a figure per component that can be traced."""
+        figures = [f"trace_{c}.{fmt}" for c in COMPONENTS for fmt in formats]
+        return ["trace.parquet", "meta.json", *figures]
+
+    @classmethod
+    def saved_names(cls, meta: dict[str, Any]) -> list[str]:
+        return cls.files(FIGURE_FORMATS)
+
+    def views(
+        self,
+        *,
+        show: str = "score",
+        annotate: bool | None = None,
+        title: str | None = None,
+    ) -> list[tuple[str, Heatmap]]:
+        """A heatmap per component; see `views.trace_view` for the options."""
+        return [
+            (f"trace_{c}", trace_view(self, c, show=show, annotate=annotate, title=title))
+            for c in self.components
+        ]
+
+    def summary(self) -> str:
+        m = self.meta
+        best = []
+        lowest = m.get("direction") == "corrupt"  # corrupting: the cells that break the answer
+        for c in self.components:
+            grid = self.scores[c]
+            if np.isfinite(grid).any():
+                at = np.nanargmin(grid) if lowest else np.nanargmax(grid)
+                layer, pos = np.unravel_index(at, grid.shape)
+                word = "lowest" if lowest else "highest"
+                best.append(f"{c} {word} at layer {layer}, position {pos} ({grid[layer, pos]:.4g})")
+        line = (
+            f"causal trace ({m.get('method')}, {m.get('metric')}) of {str(m.get('prompt', ''))[:50]!r}: "
+            f"clean {self.clean_score:.4g}, corrupted {self.corrupted_score:.4g}; " + "; ".join(best)
+        )
+        corr = m.get("estimate_correlation")
+        if corr:
+            line += f"; estimate vs exact r = {corr.get('all') if corr.get('all') is None else round(corr['all'], 3)}"
+        return line

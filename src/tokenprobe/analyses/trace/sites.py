@@ -1,0 +1,265 @@
+"""Where a component's state lives in each block, and hooks that read it, overwrite it at
+chosen (row, position) cells, or skip the blocks below a batch's lowest patched layer.
+
+A site is one row of a trace: the residual stream at layer k (0 = the input of block 0, k =
+the output of block k), or the output of block b's attention or MLP module. Modules are found
+from the blocks' own children (attention and MLP modules by their class and attribute names,
+OPT's bare `fc2` as its MLP output), not from a table of model classes. A module that adds the
+residual itself (BLOOM's attention and MLP, MPT's MLP: a `residual` argument) is read and
+written as its own contribution, output - residual.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import TokenprobeError
+from ...model import Adapter
+
+_ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
+
+
+@dataclass
+class Site:
+    """One patchable state: `component` at row `layer`; `start` is the lowest block a run must
+    compute when this site is patched (the blocks below it keep the cached states)."""
+
+    component: str
+    layer: int
+    start: int
+    module: nn.Module | None = None  # attn/mlp: the module whose output is the state
+    path: str = ""  # where it is, for meta.json
+    residual: bool = False  # the module adds the residual itself: its state is output - residual
+
+
+def _is_norm_or_dropout(name: str, module: nn.Module) -> bool:
+    kind = type(module).__name__.lower()
+    return "norm" in kind or "dropout" in kind or "norm" in name or name.startswith("ln")
+
+
+def _find(block: nn.Module, component: str) -> tuple[str, nn.Module] | None:
+    """The attention or MLP module among a block's children, else None."""
+    children = [(n, m) for n, m in block.named_children() if not _is_norm_or_dropout(n, m)]
+    names, words = (
+        (_ATTN_NAMES, ("attention",)) if component == "attn" else (_MLP_NAMES, ("mlp", "moe", "feedforward"))
+    )
+    for name, module in children:
+        if name in names:
+            return name, module
+    for name, module in children:
+        if any(w in type(module).__name__.lower() for w in words):
+            return name, module
+    if component == "mlp":  # OPT: fc1, activation, fc2 directly in the block
+        for name, module in children:
+            if name == "fc2" and isinstance(module, nn.Linear):
+                return name, module
+    return None
+
+
+def _adds_residual(module: nn.Module) -> bool:
+    try:
+        return "residual" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def find_sites(adapter: Adapter, component: str) -> list[Site | None]:
+    """The sites of one component, by row: L + 1 for the residual stream, L for attn and mlp
+    (None for a block without such a module, e.g. Jamba's state-space blocks for attn)."""
+    n = adapter.n_blocks
+    if component == "resid":
+        return [Site("resid", k, k, path=f"{adapter.blocks_path} layer {k}") for k in range(n + 1)]
+    sites: list[Site | None] = []
+    for b, block in enumerate(adapter.blocks):
+        found = _find(block, component)
+        if found is None:
+            sites.append(None)
+            continue
+        name, module = found
+        path = f"{adapter.blocks_path}.{b}.{name}"
+        sites.append(Site(component, b, b, module, path, _adds_residual(module)))
+    if all(s is None for s in sites):
+        what = "attention" if component == "attn" else "MLP"
+        raise TokenprobeError(
+            f"`components` {component}: the blocks of this model have no {what} module "
+            f"({type(adapter.blocks[0]).__name__}: {', '.join(n for n, _ in adapter.blocks[0].named_children())}); "
+            "trace resid instead"
+        )
+    return sites
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _with_first(out: Any, state: torch.Tensor) -> Any:
+    if isinstance(out, tuple):
+        return (state, *out[1:])
+    if isinstance(out, list):
+        return [state, *out[1:]]
+    return state
+
+
+def _residual_arg(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+    return bound.arguments["residual"]
+
+
+# A hook's edit: given the output at a site (batch, positions, width) and, for a module that
+# adds the residual itself, that residual (else None), return the new output.
+Edit = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def _shaped(edit: Edit, n_pos: int) -> Edit:
+    """The edit of (batch, positions, width) states, also for modules that see the batch's
+    tokens flattened to (batch x positions, width) (OPT's fc2)."""
+
+    def apply(out: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        if out.dim() != 2:
+            return edit(out, residual)
+        width = out.shape[-1]
+        res3 = None if residual is None else residual.reshape(-1, n_pos, width)
+        return edit(out.reshape(-1, n_pos, width), res3).reshape(out.shape)
+
+    return apply
+
+
+@contextmanager
+def at_sites(
+    blocks: nn.ModuleList, edits: dict[int, Edit], sites: list[Site], n_pos: int
+) -> Iterator[None]:
+    """Apply `edits[i]` to the state of `sites[i]` in every forward pass run inside (inputs of
+    `n_pos` positions).
+
+    A residual-stream site k is the input of block 0 (k = 0) or the output of block k - 1; an
+    attn/mlp site the output of its module (as output - residual for a module that adds it)."""
+    handles = []
+    try:
+        for i, raw in edits.items():
+            site, edit = sites[i], _shaped(raw, n_pos)
+            if site.component == "resid" and site.layer == 0:
+                handles.append(blocks[0].register_forward_pre_hook(_input_hook(edit), with_kwargs=True))
+            elif site.component == "resid":
+                handles.append(blocks[site.layer - 1].register_forward_hook(_output_hook(edit)))
+            else:
+                assert site.module is not None
+                hook = _residual_hook(site.module, edit) if site.residual else _output_hook(edit)
+                handles.append(site.module.register_forward_hook(hook, with_kwargs=site.residual))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _input_hook(edit: Edit) -> Callable[..., Any]:
+    def hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (edit(args[0], None), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"], None)}
+
+    return hook
+
+
+def _output_hook(edit: Edit) -> Callable[..., Any]:
+    def hook(_m: nn.Module, _args: tuple, out: Any) -> Any:
+        return _with_first(out, edit(_first(out), None))
+
+    return hook
+
+
+def _residual_hook(module: nn.Module, edit: Edit) -> Callable[..., Any]:
+    def hook(_m: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        return _with_first(out, edit(_first(out), _residual_arg(module, args, kwargs)))
+
+    return hook
+
+
+def recorder(store: dict[int, tuple[torch.Tensor, torch.Tensor]], i: int) -> Edit:
+    """An edit that changes nothing and keeps (the state, the output tensor itself): the state
+    is output - residual for a module that adds it; the output is what gradients reach (the
+    gradient with respect to a module's contribution is the one with respect to its output)."""
+
+    def keep(out: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        store[i] = (out if residual is None else out - residual, out)
+        return out
+
+    return keep
+
+
+class Skipper:
+    """Runs a forward pass from block `start` up: the blocks below return the cached states
+    instead of computing them. The model's own forward still builds the masks, position ids and
+    rotary or ALiBi terms for the batch, so the blocks that run get exactly their usual inputs.
+
+    `structure` is learned from one plain forward pass: what a block returns besides its state
+    (a tensor, or a tuple whose other entries are kept, batch-expanded)."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.blocks = list(adapter.blocks)
+        self.others: list[tuple | None] = [None] * len(self.blocks)
+
+    def learn(self, run: Callable[[], Any]) -> None:
+        """Record each block's output structure during `run()` (a plain forward pass)."""
+        handles = []
+
+        def note(b: int) -> Callable[..., None]:
+            def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
+                self.others[b] = tuple(out[1:]) if isinstance(out, (tuple, list)) else None
+
+            return hook
+
+        try:
+            handles = [blk.register_forward_hook(note(b)) for b, blk in enumerate(self.blocks)]
+            run()
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextmanager
+    def skip_below(self, start: int, states: Callable[[int], torch.Tensor]) -> Iterator[None]:
+        """Blocks 0..start-1 return `states(k)` (the residual stream at layer k = their
+        output) without running."""
+        with ExitStack() as stack:
+            for b in range(min(start, len(self.blocks))):
+                stack.enter_context(_replaced_forward(self.blocks[b], self._fake(b, states)))
+            yield
+
+    def _fake(self, b: int, states: Callable[[int], torch.Tensor]) -> Callable[..., Any]:
+        others = self.others[b]
+        device = next((p.device for p in self.blocks[b].parameters()), None)
+
+        def forward(*_args: Any, **_kwargs: Any) -> Any:
+            state = states(b + 1)
+            if device is not None:
+                state = state.to(device)
+            if others is None:
+                return state
+            rest = tuple(
+                o.expand(state.shape[0], *o.shape[1:]) if torch.is_tensor(o) and o.shape[0] == 1 else o
+                for o in others
+            )
+            return (state, *rest)
+
+        return forward
+
+
+@contextmanager
+def _replaced_forward(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    had = "forward" in module.__dict__
+    old = module.__dict__.get("forward")
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if had:
+            module.forward = old  # type: ignore[method-assign]
+        else:
+            del module.forward

@@ -1,0 +1,258 @@
+"""The patched runs of a causal trace: the clean and corrupted runs once, then every cell's
+restoration in token-budget batches, and the first-order estimate (attribution patching).
+
+The clean and the corrupted run are computed once (noise samples together in one batch), with
+every site's state recorded. A cell restores the source run's state at one position of one or
+more sites (a window of layers) into the base run: base = corrupted and source = clean when
+restoring (the default), the other way round when corrupting. Each row of a batch patches a
+different cell (and noise sample). The blocks below a batch's lowest patched layer are not run:
+they hand on the base run's cached states, and the model's own forward still builds masks,
+position ids and rotary or ALiBi terms exactly as in a plain pass (checked once per trace
+against a plain pass; if the two disagree the lower blocks are recomputed instead).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...model import LoadedModel
+from ...runner import map_batches
+from .sites import Site, Skipper, at_sites, find_sites, recorder
+
+Cell = list[tuple[int, int]]  # (site index, position) pairs restored together
+
+
+@dataclass
+class Problem:
+    """What one trace compares: the clean ids, the corrupted ids (noise: the same ids, with
+    `noise` (samples, span, width) added to the embeddings of positions `span`), the scored
+    token(s) and which run is the base."""
+
+    clean_ids: list[int]
+    corrupted_ids: list[int]
+    target_id: int
+    foil_id: int | None
+    metric: str
+    direction: str
+    noise: torch.Tensor | None = None
+    span: tuple[int, int] | None = None
+
+
+def score_logits(logits: torch.Tensor, metric: str, target: int, foil: int | None) -> torch.Tensor:
+    """The metric of each row of (rows, vocabulary) logits, in float32 (float64 kept)."""
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    if metric == "prob":
+        return torch.softmax(x, dim=-1)[:, target]
+    if metric == "logprob":
+        return torch.log_softmax(x, dim=-1)[:, target]
+    assert foil is not None
+    return x[:, target] - x[:, foil]
+
+
+class Tracer:
+    """Clean and corrupted runs recorded once; then cells scored in batches."""
+
+    def __init__(self, lm: LoadedModel, problem: Problem, components: Sequence[str]) -> None:
+        self.lm, self.pb = lm, problem
+        self.adapter = lm.require_adapter()
+        self.n_pos = len(problem.clean_ids)
+        self.sites = {c: find_sites(self.adapter, c) for c in dict.fromkeys(["resid", *components])}
+        self.flat = [s for c in self.sites for s in self.sites[c] if s is not None]
+        self.index = {(s.component, s.layer): i for i, s in enumerate(self.flat)}
+        params = inspect.signature(lm.model.forward).parameters
+        self.keep_last = "logits_to_keep" in params
+        self.samples = 1 if problem.noise is None else int(problem.noise.shape[0])
+        noisy_base = problem.noise is not None and problem.direction == "restore"
+        self.base_noisy, self.source_noisy = noisy_base, problem.noise is not None and not noisy_base
+        self.skipper = Skipper(self.adapter)
+        clean_ids = torch.tensor([problem.clean_ids], device=lm.device)
+        with torch.inference_mode():
+            self.skipper.learn(lambda: self._forward(clean_ids, None, {}))
+        clean_scores, clean = self._record(clean_ids, None)
+        corrupted_ids = torch.tensor([problem.corrupted_ids], device=lm.device)
+        rows = None if problem.noise is None else torch.arange(self.samples, device=lm.device)
+        ids = corrupted_ids.expand(self.samples, -1)
+        corrupted_scores, corrupted = self._record(ids, rows)
+        self.clean_score = float(clean_scores[0])
+        self.corrupted_scores = corrupted_scores.tolist()
+        restore = problem.direction == "restore"
+        self.base, self.source = (corrupted, clean) if restore else (clean, corrupted)
+        self.base_scores = corrupted_scores if restore else clean_scores
+        self.base_ids = corrupted_ids if restore else clean_ids
+        self.skip = self._check_skip()
+
+    # ------------------------------------------------------------------ forward passes
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        noise_rows: torch.Tensor | None,
+        edits: dict,
+        start: int = 0,
+        states: Callable[[int], torch.Tensor] | None = None,
+        leaf: bool = False,
+    ) -> torch.Tensor:
+        """Metric of each row: `noise_rows` picks each row's noise sample (None: no noise),
+        `edits` patch sites, blocks below `start` hand on `states(k)`; `leaf` makes the
+        embedding output a leaf that requires gradients."""
+        with ExitStack() as stack:
+            if noise_rows is not None or leaf:
+                stack.enter_context(self._embedding_hook(noise_rows, leaf))
+            stack.enter_context(at_sites(self.adapter.blocks, edits, self.flat, self.n_pos))
+            if start > 0 and states is not None:
+                stack.enter_context(self.skipper.skip_below(start, states))
+            extra = {"logits_to_keep": 1} if self.keep_last else {}
+            out = self.lm.model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **extra
+            )
+        return score_logits(out.logits[:, -1], self.pb.metric, self.pb.target_id, self.pb.foil_id)
+
+    @contextmanager
+    def _embedding_hook(self, noise_rows: torch.Tensor | None, leaf: bool) -> Iterator[None]:
+        pb = self.pb
+
+        def hook(_m: torch.nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+            if noise_rows is not None:
+                assert pb.noise is not None and pb.span is not None
+                out = out.clone()
+                a, b = pb.span
+                out[:, a:b] += pb.noise[noise_rows].to(device=out.device, dtype=out.dtype)
+            return out.detach().requires_grad_(True) if leaf else out
+
+        handle = self.adapter.embed.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _record(
+        self, ids: torch.Tensor, noise_rows: torch.Tensor | None
+    ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Scores of a plain run and the state of every site, (rows, positions, width) each."""
+        store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        edits = {i: recorder(store, i) for i in range(len(self.flat))}
+        with torch.inference_mode():
+            scores = self._forward(ids, noise_rows, edits)
+        return scores.double().cpu().numpy(), [store[i][0] for i in range(len(self.flat))]
+
+    def _base_states(self, base_rows: torch.Tensor) -> Callable[[int], torch.Tensor]:
+        """The base run's residual stream at layer k for each row of a batch."""
+        resid = [self.base[self.index[("resid", k)]] for k in range(self.adapter.n_blocks + 1)]
+        if self.base_noisy:
+            return lambda k: resid[k][base_rows]
+        return lambda k: resid[k].expand(len(base_rows), -1, -1)
+
+    def _check_skip(self) -> bool:
+        """Does a run that skips the lower half of the blocks give the plain run's score?"""
+        start = self.adapter.n_blocks // 2
+        if start == 0:
+            return False
+        rows = torch.zeros(1, dtype=torch.long, device=self.lm.device)
+        noise_rows = rows if self.base_noisy else None
+        with torch.inference_mode():
+            got = float(self._forward(self.base_ids, noise_rows, {}, start, self._base_states(rows))[0])
+        want = float(self.base_scores[0])
+        tol = 1e-4 if self.lm.dtype == torch.float32 else 2e-2
+        return abs(got - want) <= tol * max(1.0, abs(want))
+
+    # ------------------------------------------------------------------ cells
+    def score_cells(
+        self,
+        cells: Sequence[Cell],
+        batch_tokens: int,
+        bar: object = None,
+    ) -> np.ndarray:
+        """The metric of each cell's patched run, averaged over the noise samples."""
+        rows = [(c, s) for c in range(len(cells)) for s in range(self.samples)]
+        start = [min(self.flat[i].start for i, _ in cells[c]) for c, _ in rows]
+        order = sorted(range(len(rows)), key=lambda r: start[r])  # a batch shares its lowest blocks
+        totals = np.zeros(len(cells))
+
+        def run(batch: list[int]) -> np.ndarray:
+            picked = [rows[order[i]] for i in batch]
+            return self._patched(picked, cells, min(start[order[i]] for i in batch))
+
+        for batch, scores in map_batches([self.n_pos] * len(rows), batch_tokens, run):
+            for i, score in zip(batch, scores, strict=True):
+                totals[rows[order[i]][0]] += score
+            if bar is not None:
+                bar.update(len(batch))  # type: ignore[attr-defined]
+        return totals / self.samples
+
+    def _patched(self, picked: list[tuple[int, int]], cells: Sequence[Cell], start: int) -> np.ndarray:
+        """One batch: row r restores cell picked[r][0] of noise sample picked[r][1]."""
+        device, n = self.lm.device, len(picked)
+        samples = torch.tensor([s for _, s in picked], device=device)
+        zeros = torch.zeros(n, dtype=torch.long, device=device)
+        base_rows = samples if self.base_noisy else zeros
+        source_rows = samples if self.source_noisy else zeros
+        wanted: dict[int, tuple[list[int], list[int]]] = {}
+        for r, (c, _) in enumerate(picked):
+            for i, p in cells[c]:
+                wanted.setdefault(i, ([], []))[0].append(r)
+                wanted[i][1].append(p)
+        edits = {}
+        for i, (rs, ps) in wanted.items():
+            r_t = torch.tensor(rs, device=device)
+            p_t = torch.tensor(ps, device=device)
+            edits[i] = _patch(r_t, p_t, self.source[i][source_rows[r_t], p_t])
+        ids = self.base_ids.expand(n, -1)
+        with torch.inference_mode():
+            scores = self._forward(
+                ids,
+                base_rows if self.base_noisy else None,
+                edits,
+                start if self.skip else 0,
+                self._base_states(base_rows),
+            )
+        return scores.double().cpu().numpy()
+
+    # ------------------------------------------------------------------ estimate
+    def first_order(self) -> list[np.ndarray]:
+        """Attribution patching: for every site, (samples, positions) of
+        (source - base) . d metric / d state at the base run, from one forward and backward."""
+        device = self.lm.device
+        rows = torch.arange(self.samples if self.base_noisy else 1, device=device)
+        store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        edits = {i: recorder(store, i) for i in range(len(self.flat))}
+        ids = self.base_ids.expand(len(rows), -1)
+        with torch.enable_grad():
+            scores = self._forward(ids, rows if self.base_noisy else None, edits, leaf=True)
+            paths = [store[i][1] for i in range(len(self.flat))]
+            grads = torch.autograd.grad(scores.sum(), paths, allow_unused=True)
+        samples = torch.arange(self.samples, device=device)
+        base_rows = samples if self.base_noisy else torch.zeros_like(samples)
+        source_rows = samples if self.source_noisy else torch.zeros_like(samples)
+        out = []
+        for i, g in enumerate(grads):
+            if g is None:  # a site the metric does not depend on (e.g. after the last position)
+                out.append(np.zeros((self.samples, self.n_pos)))
+                continue
+            dt = torch.float64 if g.dtype == torch.float64 else torch.float32
+            delta = self.source[i][source_rows].to(dt) - self.base[i][base_rows].to(dt)
+            out.append((delta * g[base_rows].to(dt)).sum(-1).double().cpu().numpy())
+        return out
+
+
+def _patch(rows: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> Callable:
+    """An edit writing `values` (n, width) at (rows, positions) of a site's state."""
+
+    def edit(out: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        new = out.clone()
+        v = values.to(device=out.device, dtype=out.dtype)
+        new[rows, positions] = v if residual is None else v + residual[rows, positions]
+        return new
+
+    return edit
+
+
+def window_of(sites: list[Site | None], row: int, window: int) -> list[int]:
+    """Rows restored together for `row`: W consecutive rows around it (ROME's window:
+    row - W//2 up to row + ceil(W/2) - 1), clipped, those without a site left out."""
+    lo, hi = max(0, row - window // 2), min(len(sites), row - (-window // 2))
+    return [k for k in range(lo, hi) if sites[k] is not None]

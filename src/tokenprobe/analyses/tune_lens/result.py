@@ -1,0 +1,90 @@
+"""The result of training a tuned lens: the lens itself (saved as lens files) and its training
+curve, the mean KL per layer at every step (the table and the figure)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ...heatmap import Heatmap
+from ...results import Result, check_writable
+from ...tuned import FORMATS, TunedLens, lens_files, lens_format, load_lens, save_lens
+from .views import curve_view
+
+
+@dataclass
+class TuneLensResult(Result):
+    """`losses` (steps, L): each step's mean KL(final || tuned layer) in nats, before the
+    step's update; `lens` the trained translators (None when its files are not there)."""
+
+    kind: ClassVar[str] = "tuned_lens"
+
+    losses: np.ndarray
+    lens: TunedLens | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    lens_formats: tuple[str, ...] = FORMATS  # what save() writes
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.losses.shape[0])
+
+    def to_frame(self) -> pd.DataFrame:
+        steps, layers = self.losses.shape
+        return pd.DataFrame(
+            {
+                "step": np.repeat(np.arange(steps), layers),
+                "layer": np.tile(np.arange(layers), steps),
+                "kl": self.losses.reshape(-1).astype(np.float64),
+            }
+        )
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> TuneLensResult:
+        frame = frame.sort_values(["step", "layer"])
+        steps, layers = int(frame["step"].max()) + 1, int(frame["layer"].max()) + 1
+        lens = None
+        folder = meta.get("_folder")
+        if folder is not None:
+            try:
+                lens_format(folder)
+                lens = load_lens(folder)
+            except Exception:  # the table is the result; the lens files may have been moved
+                lens = None
+        return cls(losses=frame["kl"].to_numpy().reshape(steps, layers), lens=lens, meta=meta)
+
+    @classmethod
+    def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:
+        return [*super().files(formats), *lens_files()]
+
+    def views(self) -> list[tuple[str, Heatmap]]:
+        return [(self.kind, curve_view(self.losses, self.meta))]
+
+    def summary(self) -> str:
+        first, last = self.losses[0], self.losses[-1]
+        return (
+            f"tuned lens: {self.losses.shape[1]} translators, {self.n_steps} steps; mean KL over "
+            f"layers {first.mean():.3f} -> {last.mean():.3f} nats"
+        )
+
+    def save(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        formats: Iterable[str] = ("png",),
+        overwrite: bool = False,
+        plot_options: dict[str, Any] | None = None,
+    ) -> dict[str, Path]:
+        """The lens files (each written atomically), then the table, meta.json and figure as
+        every result saves them (which removes the finished training checkpoint last)."""
+        written: dict[str, Path] = {}
+        if self.lens is not None:
+            check_writable(Path(out_dir), lens_files(self.lens_formats), overwrite)
+            written.update(save_lens(self.lens, out_dir, formats=self.lens_formats))
+        written.update(super().save(out_dir, formats=formats, overwrite=overwrite, plot_options=plot_options))
+        return written

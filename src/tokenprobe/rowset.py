@@ -1,0 +1,233 @@
+"""One analysis over every row of a data file of prompts: one table for all rows, figures for
+the first few.
+
+A per-prompt analysis (the lens, attribution) gives one `Result` per row. `run_rows` hands the
+rows to the runner in chunks (checkpointed in `--out`, so `--resume` continues; on Ray workers
+when given an executor) and `RowSet` keeps what came back: the rows' tables stacked with a
+`row` column (the data file's row number), each row's own meta.json entries in a second
+table, and the first `figures` rows' figures. `Result.load` reads a saved `RowSet` back.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .checkpoint import digest, model_settings
+from .errors import TokenprobeError
+from .model import LoadedModel
+from .results import Result, _json_default
+from .runner import Remote, open_checkpoint, progress_disabled, run_chunks
+
+ROW = "row"  # the data row's column in a RowSet's table
+ROW_META = "tokenprobe.rows"  # a checkpoint part's Parquet metadata key: the rows' metas
+DEFAULT_FIGURES = 3
+
+# fn(model, rows of one chunk, options) -> one result per row
+RowFunction = Callable[[LoadedModel, list[dict[str, Any]], dict[str, Any]], list[Result]]
+
+
+@dataclass
+class RowPart:
+    """One chunk's rows: their tables stacked (with `row`) and each row's own meta entries."""
+
+    frame: pd.DataFrame
+    metas: dict[int, dict[str, Any]]
+
+
+def _part(results: Sequence[Result], rows: Sequence[int]) -> RowPart:
+    frames, metas = [], {}
+    for i, result in zip(rows, results, strict=True):
+        frame = result.row_frame()
+        frame.insert(0, ROW, i)
+        frames.append(frame)
+        metas[i] = json.loads(
+            json.dumps({**result.meta, **result.extra_meta()}, default=_json_default)
+        )
+    return RowPart(pd.concat(frames, ignore_index=True), metas)
+
+
+def _write_part(part: RowPart) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        table = pa.Table.from_pandas(part.frame, preserve_index=False)
+        extra = {ROW_META.encode(): json.dumps(part.metas).encode()}
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **extra}), path)
+
+    return write
+
+
+def _read_part(path: Path) -> RowPart:
+    table = pq.read_table(path)
+    metas = json.loads((table.schema.metadata or {})[ROW_META.encode()])
+    return RowPart(table.to_pandas(), {int(k): v for k, v in metas.items()})
+
+
+def _chunk_on_worker(lm: LoadedModel, payload: tuple) -> RowPart:
+    """One chunk on a Ray worker, against the worker's own model."""
+    fn, chunk, rows, options = payload
+    return _part(fn(lm, rows, options), chunk)
+
+
+def _load_worker_model(load_args: dict[str, Any]) -> LoadedModel:
+    from .model import load
+
+    return load(**load_args)
+
+
+def run_rows(
+    lm: LoadedModel,
+    rows: Sequence[dict[str, Any]],
+    fn: RowFunction,
+    result: type[Result],
+    options: dict[str, Any],
+    *,
+    chunk_rows: int = 16,
+    figures: int = DEFAULT_FIGURES,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    executor: Any = None,
+    progress: bool | None = None,
+    desc: str = "rows",
+    data: str | None = None,
+) -> RowSet:
+    """`fn` over `rows` (each a dict of that row's inputs, e.g. its prompt and target) in chunks
+    of `chunk_rows`, checkpointed in `checkpoint` and resumable; on `executor`'s workers when
+    given (each loads the model as `lm` was loaded). `fn` must be a module-level function."""
+    if not rows:
+        raise TokenprobeError("the data set has no rows: give a file with at least one prompt")
+    if chunk_rows < 1:
+        raise TokenprobeError(f"`chunk_rows` must be at least 1, not {chunk_rows}")
+    chunks = [range(i, min(len(rows), i + chunk_rows)) for i in range(0, len(rows), chunk_rows)]
+    settings = {
+        "analysis": f"{result.kind} over rows",
+        "model": model_settings(lm),
+        "rows": digest([json.dumps(r, sort_keys=True, default=str) for r in rows]),
+        "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
+        "chunk_rows": chunk_rows,
+    }
+    store = open_checkpoint(checkpoint, f"{result.kind}.partial", settings, resume)
+    remote = None
+    if executor is not None:
+        if lm.load_args is None:
+            raise TokenprobeError(
+                "a Ray run loads the model on each worker by name or path: load it with "
+                "tokenprobe.load, not LoadedModel.wrap"
+            )
+        remote = Remote(
+            functools.partial(_load_worker_model, dict(lm.load_args)),
+            _chunk_on_worker,
+            lambda chunk: (fn, list(chunk), [dict(rows[i]) for i in chunk], options),
+        )
+
+    def compute(chunk: Sequence[int]) -> RowPart:
+        return _part(fn(lm, [dict(rows[i]) for i in chunk], options), chunk)
+
+    with tqdm(total=len(rows), desc=desc, unit="row", disable=progress_disabled(progress)) as bar:
+        done = run_chunks(
+            chunks, compute, store=store, suffix=".rows.parquet", write=_write_part,
+            read=_read_part, bar=bar, executor=executor, remote=remote,
+        )
+    parts = [done[k] for k in range(len(chunks))]
+    frame = pd.concat([p.frame for p in parts], ignore_index=True)
+    metas = {i: m for p in parts for i, m in p.metas.items()}
+    out = RowSet.build(result, frame, [metas[i] for i in range(len(rows))], figures, data)
+    if store is not None:
+        store.finish(out)  # removed now, or by out.save() inside kept_until_saved()
+    return out
+
+
+@dataclass
+class RowSet(Result):
+    """The results of one analysis over a data file's rows: one table, the first few figures.
+
+    `frame` stacks every row's table with a `row` column; `row_meta[i]` holds what row i's own
+    result needs beyond its table (its prompt, targets, ...); `result(i)` rebuilds it."""
+
+    kind: ClassVar[str] = ""  # set per instance: the inner kind (a RowSet saves as that kind)
+
+    inner: type[Result]
+    frame: pd.DataFrame
+    row_meta: list[dict[str, Any]]
+    figures: int = DEFAULT_FIGURES
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kind = self.inner.kind  # type: ignore[misc]
+
+    @classmethod
+    def build(
+        cls,
+        inner: type[Result],
+        frame: pd.DataFrame,
+        row_meta: list[dict[str, Any]],
+        figures: int,
+        data: str | None,
+    ) -> RowSet:
+        """A RowSet whose meta.json holds what every row shares (the first row's model,
+        options and versions), the data file and the row count."""
+        first = row_meta[0]
+        shared = {k: v for k, v in first.items() if all(m.get(k) == v for m in row_meta)}
+        meta = {**shared, "data": data, "data_rows": len(row_meta), "figure_rows": figures}
+        own = [{k: v for k, v in m.items() if k not in shared} for m in row_meta]
+        return cls(inner, frame, own, figures, meta)
+
+    def __len__(self) -> int:
+        return len(self.row_meta)
+
+    def result(self, i: int) -> Result:
+        """Row i's own result, as the analysis run on that prompt alone would give it."""
+        shared = {k: v for k, v in self.meta.items() if k not in ("data", "data_rows", "figure_rows")}
+        frame = self.frame[self.frame[ROW] == i].drop(columns=[ROW]).reset_index(drop=True)
+        return self.inner.from_row_frame(frame, {**shared, **self.row_meta[i]})
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        metas = [json.dumps(m, default=_json_default) for m in self.row_meta]
+        return {self.kind: self.frame, f"{self.kind}_rows": pd.DataFrame({ROW: range(len(self)), "meta": metas})}
+
+    def views(self, **options: Any) -> list[tuple[str, Any]]:
+        """The first `figures` rows' figures, each file stem and title naming its row."""
+        out = []
+        for i in range(min(self.figures, len(self))):
+            for stem, view in self.result(i).views(**options):
+                view.title = f"row {i}: {view.title}"
+                out.append((f"{stem}_row{i}", view))
+        return out
+
+    @staticmethod
+    def names(kind: str, n_rows: int, figures: int, formats: Sequence[str]) -> list[str]:
+        """The files a saved RowSet of `kind` occupies (its figures one stem per row)."""
+        stems = [f"{kind}_row{i}" for i in range(min(figures, n_rows))]
+        return [f"{kind}.parquet", f"{kind}_rows.parquet", "meta.json"] + [
+            f"{s}.{fmt}" for s in stems for fmt in formats
+        ]
+
+    @classmethod
+    def read(cls, inner: type[Result], frame: pd.DataFrame, meta: dict[str, Any]) -> RowSet:
+        """A saved RowSet from its table and meta.json (its row metas are read beside them)."""
+        folder = Path(meta["_folder"])
+        rows_table = folder / f"{inner.kind}_rows.parquet"
+        if not rows_table.is_file():
+            raise TokenprobeError(f"{folder} lacks {rows_table.name}: re-run the analysis")
+        metas = pd.read_parquet(rows_table).sort_values(ROW)["meta"]
+        meta = {k: v for k, v in meta.items() if k != "_folder"}
+        row_meta = [json.loads(m) for m in metas]
+        return cls(inner, frame, row_meta, int(meta.get("figure_rows", DEFAULT_FIGURES)), meta)
+
+    def summary(self) -> str:
+        n = len(self)
+        shown = min(self.figures, n)
+        about = f" of {self.meta['data']}" if self.meta.get("data") else ""
+        figs = f"; figures for rows 0..{shown - 1}" if shown else ""
+        return f"{self.kind} over {n} rows{about}: {len(self.frame)} table rows{figs}"

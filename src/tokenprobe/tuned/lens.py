@@ -1,0 +1,81 @@
+"""The tuned lens (Belrose et al. 2023): one affine translator per layer, and the decoder that
+reads each layer through its translator and then the model's own head.
+
+A translator maps layer l's residual stream to `h + W h + b`, with W and b starting at zero,
+exactly as the `tuned-lens` package parametrises it: an untrained lens is the identity (the
+logit lens), weight decay pulls towards the identity, and the package's `params.pt` holds the
+same W and b, so files move between the two without conversion. The model's last layer needs
+no translator: its output is decoded as the model decodes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..model import Adapter, LoadedModel
+from ..model.adapter import text_config
+
+
+class TunedLens(nn.Module):
+    """Translators for layers 0..L-1 (0 = embeddings, i = output of block i) of a model with
+    L blocks of width `width`; `info` says which model it was trained for and how."""
+
+    def __init__(self, n_blocks: int, width: int, info: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.n_blocks, self.width = int(n_blocks), int(width)
+        self.info: dict[str, Any] = dict(info or {})
+        self.translators = nn.ModuleList(nn.Linear(width, width, bias=True) for _ in range(n_blocks))
+        self.reset()
+
+    def reset(self) -> None:
+        """Every translator back to the identity (W = 0, b = 0)."""
+        with torch.no_grad():
+            for t in self.translators:
+                t.weight.zero_()
+                t.bias.zero_()
+
+    def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer `layer`'s states (..., width) moved towards the last layer's basis, in the
+        translators' dtype."""
+        translator = self.translators[layer]
+        h = hidden.to(translator.weight.dtype)
+        return h + translator(h)
+
+    def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        return self.transform(hidden, layer)
+
+
+class TunedDecoder:
+    """The lens's `Decoder` for a tuned lens: layer l (< L) decodes as
+    `adapter.logits(translator_l(h))`; layer L (and `layer=None`) as the model itself does."""
+
+    shared = False
+
+    def __init__(self, lens: TunedLens, adapter: Adapter) -> None:
+        self.lens = lens
+        self.adapter = adapter
+
+    def decode(self, hidden: torch.Tensor, layer: int | None) -> torch.Tensor:
+        if layer is None or layer >= self.lens.n_blocks:
+            return self.adapter.logits(hidden)
+        return self.adapter.logits(self.lens.transform(hidden, layer).to(hidden.dtype))
+
+
+def unembed_hash(adapter: Adapter) -> str:
+    """The tuned-lens package's fingerprint of the unembedding matrix (its `unembed_hash`):
+    sha256 of numpy's one-decimal summary of the float32 weights."""
+    import hashlib
+
+    import numpy as np
+
+    weight = adapter.unembed.weight.detach().cpu().float().numpy()
+    return hashlib.sha256(str.encode(np.array_str(weight, precision=1))).hexdigest()
+
+
+def residual_width(lm: LoadedModel) -> int:
+    """The residual stream's width: the config's hidden size, else the embeddings' width."""
+    width = getattr(text_config(lm.model.config), "hidden_size", None)
+    return int(width) if isinstance(width, int) else int(lm.model.get_input_embeddings().weight.shape[-1])

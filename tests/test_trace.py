@@ -1,0 +1,464 @@
+"""The causal trace against a brute-force loop (one forward pass per cell, a hook written here)
+on every family of the conformance matrix; restoring a whole layer gives the clean score back;
+attribution patching is exact on a model that is linear in every state; noise is seeded;
+batched equals one at a time; bad input is one line; save, load, figures and the report.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import zoo
+from conftest import TEST_DEVICE
+from test_cli import model_dir, run  # noqa: F401  (the tiny model folder fixture)
+from test_conformance import HEADS
+from torch import nn
+
+import tokenprobe
+from tokenprobe import LoadedModel, Result, TokenprobeError, causal_trace
+from tokenprobe.analyses.trace import Problem, Tracer, embedding_std
+
+CLEAN = "What is the capital of Australia? The capital is"
+CORRUPTED = "What is the capital of orange? The capital is"  # the same 10 tokens but one
+TARGET, FOIL = " Canberra", " Sydney"
+
+# the attention and MLP module of each family's blocks, by attribute name (written here, not
+# taken from the analysis's discovery); None: the family has no such module
+_STD = ("self_attn", "mlp")
+MODULES = {
+    **{arch: _STD for arch in zoo.CAUSAL},
+    **{a: ("attn", "mlp") for a in ("gpt2", "gpt_neo", "gptj", "gpt_bigcode", "codegen")},
+    "gpt_neox": ("attention", "mlp"),
+    **{a: ("self_attn", "fc2") for a in ("opt", "opt-project", "opt-350m")},
+    **{a: ("self_attention", "mlp") for a in ("bloom", "falcon", "falcon-alibi")},
+    "mpt": ("attn", "ffn"),
+    "jamba": ("self_attn", "feed_forward"),
+    "mamba": (None, None),
+    "mamba2": (None, None),
+}
+ADDS_RESIDUAL = {("bloom", "attn"), ("bloom", "mlp"), ("mpt", "mlp")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Hidden-32 models gain nothing from a second thread, and a busy machine makes OpenMP's
+    waiting threads cost seconds per forward pass: this file runs on one (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from conftest import make_tokenizer
+
+    return make_tokenizer()
+
+
+def _arch(lm) -> str:
+    return lm.name.removeprefix("tiny-")
+
+
+def _components(arch: str) -> list[str]:
+    return ["resid"] if MODULES[arch][0] is None else ["resid", "attn", "mlp"]
+
+
+# ----------------------------------------------------------------------------- brute force
+
+
+def _module(lm, component: str, layer: int):
+    """(module, "input" | "output") holding the state of a cell's row, or None."""
+    arch = _arch(lm)
+    blocks = lm.model.get_submodule(HEADS[arch][0])
+    if component == "resid":
+        return (blocks[0], "input") if layer == 0 else (blocks[layer - 1], "output")
+    name = MODULES[arch][0 if component == "attn" else 1]
+    return (getattr(blocks[layer], name), "output") if hasattr(blocks[layer], name) else None
+
+
+def _hook(lm, component: str, layer: int, change):
+    """Hook `change(state, residual or None) -> state` on a row's state."""
+    module, where = _module(lm, component, layer)
+    if where == "input":
+
+        def pre(_m, args, kwargs):
+            if args:
+                return (change(args[0], None), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": change(kwargs["hidden_states"], None)}
+
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+    adds = (_arch(lm), component) in ADDS_RESIDUAL
+
+    def post(_m, args, kwargs, out):
+        state = out[0] if isinstance(out, tuple) else out
+        res = inspect.signature(module.forward).bind(*args, **kwargs).arguments["residual"] if adds else None
+        new = change(state, res)
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    return module.register_forward_hook(post, with_kwargs=True)
+
+
+def _at(state: torch.Tensor, p: int) -> tuple:
+    return (p,) if state.dim() == 2 else (0, p)  # OPT's fc2 sees (tokens, width)
+
+
+def _logprob(lm, ids: list[int], hooks=(), noise=None) -> float:
+    """log p(TARGET) after `ids`, with hooks (and noise (span, values) on the embeddings)."""
+    handles = [_hook(lm, *h) for h in hooks]
+    if noise is not None:
+        (a, b), values = noise
+
+        def add(_m, _args, out):
+            out = out.clone()
+            out[0, a:b] += values.to(out.dtype)
+            return out
+
+        handles.append(lm.model.get_input_embeddings().register_forward_hook(add))
+    try:
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+    target = lm.tokenizer.encode(TARGET, add_special_tokens=False)[0]
+    return float(torch.log_softmax(logits[0, -1].double(), -1)[target])
+
+
+def _states(lm, ids: list[int], component: str, rows: int, noise=None) -> list:
+    """Each row's state in a plain run (output - residual for modules that add it)."""
+    kept: list = []
+    hooks = []
+    for k in range(rows):
+        if _module(lm, component, k) is None:
+            kept.append(None)
+            continue
+        kept.append([])
+        hooks.append((component, k, lambda s, r, k=k: kept[k].append(s if r is None else s - r) or s))
+    _logprob(lm, ids, hooks, noise)
+    return [x[0].clone() if x else None for x in kept]
+
+
+def _restore(p: int, value: torch.Tensor):
+    def change(state, res):
+        new = state.clone()
+        new[_at(state, p)] = value[_at(value, p)] + (0 if res is None else res[_at(res, p)])
+        return new
+
+    return change
+
+
+def brute_force(lm, clean, base, component: str, noises=(None,), window: int = 1) -> np.ndarray:
+    """One forward pass per (cell, noise sample): the clean states of the window's rows at one
+    position written into the base run (`noises`: each sample's noise on the base run)."""
+    rows = lm.n_blocks + (component == "resid")
+    source = _states(lm, clean, component, rows)
+    out = np.full((rows, len(clean)), np.nan)
+    for k in range(rows):
+        if source[k] is None:
+            continue
+        lo, hi = max(0, k - window // 2), min(rows, k - (-window // 2))
+        for p in range(len(clean)):
+            hooks = [(component, j, _restore(p, source[j])) for j in range(lo, hi) if source[j] is not None]
+            out[k, p] = np.mean([_logprob(lm, base, hooks, n) for n in noises])
+    return out
+
+
+# ----------------------------------------------------------------------------- the matrix
+
+
+@pytest.fixture(params=list(zoo.CAUSAL))
+def lm(request, bpe):
+    return zoo.make_causal(request.param, bpe, device=TEST_DEVICE)
+
+
+def _ids(lm, text: str) -> list[int]:
+    return lm.tokenizer(text)["input_ids"]
+
+
+def test_every_cell_equals_one_forward_per_cell(lm):
+    comps = _components(_arch(lm))
+    res = causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, metric="logprob",
+                       components=comps, progress=False)
+    clean, bad = _ids(lm, CLEAN), _ids(lm, CORRUPTED)
+    assert res.meta["lower_blocks"] == "reused from the cached run"
+    assert res.clean_score == pytest.approx(_logprob(lm, clean), abs=1e-4)
+    assert res.corrupted_score == pytest.approx(_logprob(lm, bad), abs=1e-4)
+    for c in comps:
+        np.testing.assert_allclose(res.scores[c], brute_force(lm, clean, bad, c), atol=2e-4, rtol=1e-4,
+                                   err_msg=c)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bloom", "opt", "falcon-alibi", "jamba"])
+def test_noise_and_window_equal_one_forward_per_cell(arch, bpe):
+    """Noise samples averaged (the noise as documented: seeded normal draws x noise x the
+    std of the embedding's output), and a window of two blocks for attn and mlp."""
+    lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
+    comps = _components(arch)
+    res = causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, metric="logprob",
+                       samples=2, seed=7, noise=2.0, window=2, components=comps, progress=False)
+    clean = _ids(lm, CLEAN)
+    assert res.meta["marked"] == [5, 6]
+    width = lm.model.get_input_embeddings().weight.shape[1]
+    draws = torch.randn((2, 1, width), generator=torch.Generator().manual_seed(7))
+    draws = draws * embedding_std(lm) * 2.0
+    noises = [((5, 6), draws[s].to(lm.device)) for s in range(2)]
+    assert res.corrupted_score == pytest.approx(np.mean([_logprob(lm, clean, (), n) for n in noises]), abs=1e-4)
+    for c in comps:
+        ref = brute_force(lm, clean, clean, c, noises, window=2)
+        np.testing.assert_allclose(res.scores[c], ref, atol=2e-4, rtol=1e-4, err_msg=c)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "bloom", "mamba", "opt-350m"])
+def test_restoring_every_position_of_a_layer_gives_the_clean_score(arch, bpe):
+    lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
+    clean, bad = _ids(lm, CLEAN), _ids(lm, CORRUPTED)
+    target = lm.tokenizer.encode(TARGET, add_special_tokens=False)[0]
+    for direction in ("restore", "corrupt"):
+        tracer = Tracer(lm, Problem(clean, bad, target, None, "logprob", direction), ["resid"])
+        cells = [[(tracer.index[("resid", k)], p) for p in range(len(clean))] for k in range(lm.n_layers)]
+        got = tracer.score_cells(cells, batch_tokens=4096)
+        want = tracer.clean_score if direction == "restore" else tracer.corrupted_scores[0]
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_batched_equals_one_at_a_time(bpe):
+    lm = zoo.make_causal("qwen2", bpe, device=TEST_DEVICE)
+    kw = dict(corrupt="noise", subject="Australia", target=TARGET, foil=FOIL, samples=3,
+              components=["resid", "mlp"], direction="corrupt", progress=False)
+    together = causal_trace(lm, CLEAN, batch_tokens=4096, **kw)
+    alone = causal_trace(lm, CLEAN, batch_tokens=1, **kw)  # one row (cell x sample) per batch
+    for c in ("resid", "mlp"):
+        np.testing.assert_allclose(together.scores[c], alone.scores[c], atol=1e-5, rtol=1e-5)
+
+
+def test_noise_is_reproducible_under_its_seed(bpe):
+    lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
+    kw = dict(corrupt="noise", subject="capital of Australia", target=TARGET, samples=2, progress=False)
+    a, b = causal_trace(lm, CLEAN, seed=1, **kw), causal_trace(lm, CLEAN, seed=1, **kw)
+    c = causal_trace(lm, CLEAN, seed=2, **kw)
+    np.testing.assert_array_equal(a.scores["resid"], b.scores["resid"])
+    assert a.corrupted_score == b.corrupted_score != c.corrupted_score
+    assert not np.allclose(a.scores["resid"], c.scores["resid"])
+
+
+# ----------------------------------------------------------------------------- the estimate
+
+
+class _Norm(nn.Module):
+    """A final 'norm' that is the identity, so that the model stays linear."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+
+class _Mix(nn.Module):
+    """'Attention' with fixed weights: each position gets the mean of a linear map of the
+    positions up to it. Returns a tuple, as attention modules do."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.v = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, None]:
+        n = h.shape[1]
+        weights = torch.tril(torch.ones(n, n, dtype=h.dtype, device=h.device))
+        weights = weights / weights.sum(-1, keepdim=True)
+        return weights @ self.v(h), None
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.self_attn, self.mlp = _Mix(width), nn.Linear(width, width)
+
+    def forward(self, hidden_states: torch.Tensor, **_: object) -> torch.Tensor:
+        h = hidden_states + self.self_attn(hidden_states)[0]
+        return h + self.mlp(h)
+
+
+class LinearLM(nn.Module):
+    """A causal LM whose logits are affine in every state (embeddings, block outputs,
+    attention and MLP outputs): attribution patching is exact for the logit difference."""
+
+    def __init__(self, vocab: int, width: int = 16, blocks: int = 3) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(num_hidden_layers=blocks, max_position_embeddings=128)
+        self.embed_tokens = nn.Embedding(vocab, width)
+        self.layers = nn.ModuleList(_Block(width) for _ in range(blocks))
+        self.norm = _Norm()
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False, logits_to_keep=0):
+        h = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            h = layer(h)
+        h = self.norm(h)
+        return SimpleNamespace(logits=self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h))
+
+
+@pytest.mark.parametrize("how", ["prompt", "noise restore", "noise corrupt"])
+def test_the_estimate_is_exact_for_a_model_linear_in_its_states(how, bpe):
+    torch.manual_seed(0)
+    lm = LoadedModel.wrap(LinearLM(len(bpe)).double().to(TEST_DEVICE), bpe, name="linear")
+    kw = dict(corrupted=CORRUPTED) if how == "prompt" else dict(corrupt="noise", subject="Australia", samples=3)
+    res = causal_trace(lm, CLEAN, target=TARGET, foil=FOIL, method="both", progress=False,
+                       components=["resid", "attn", "mlp"], direction=how.split()[-1].replace("prompt", "restore"), **kw)
+    for c in ("resid", "attn", "mlp"):
+        np.testing.assert_allclose(res.estimates[c], res.scores[c], atol=1e-8, rtol=1e-8, err_msg=c)
+    assert res.meta["estimate_correlation"]["all"] == pytest.approx(1.0, abs=1e-9)
+    alone = causal_trace(lm, CLEAN, target=TARGET, foil=FOIL, method="estimate", progress=False,
+                         components=["resid", "attn", "mlp"], direction=how.split()[-1].replace("prompt", "restore"), **kw)
+    for c in ("resid", "attn", "mlp"):
+        np.testing.assert_allclose(alone.scores[c], res.estimates[c], atol=1e-12)
+
+
+def test_the_estimate_correlates_on_a_real_architecture(bpe):
+    lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
+    res = causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, foil=FOIL, method="both",
+                       components=["resid", "attn", "mlp"], progress=False)
+    corr = res.meta["estimate_correlation"]
+    assert set(corr) == {"resid", "attn", "mlp", "all"} and corr["all"] > 0.5, corr
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@pytest.fixture(scope="module")
+def traced(bpe):
+    lm = zoo.make_causal("gpt2", bpe, device=TEST_DEVICE)
+    return causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, samples=2,
+                        components=["resid", "attn", "mlp"], method="both", progress=False)
+
+
+def test_save_and_load_round_trip_with_a_figure_per_component(traced, tmp_path):
+    written = traced.save(tmp_path / "t", formats=["png", "svg"])
+    names = {p.name for p in written.values()}
+    assert {"trace.parquet", "meta.json", "trace_resid.png", "trace_attn.svg", "trace_mlp.png"} <= names
+    meta = json.loads((tmp_path / "t" / "meta.json").read_text())
+    for key in ("clean_score", "corrupted_score", "metric", "estimate_correlation", "marked"):
+        assert meta[key] is not None, key
+    back = Result.load(tmp_path / "t")
+    assert type(back).__name__ == "TraceResult" and back.components == traced.components
+    assert back.tokens == traced.tokens
+    for c in traced.components:
+        np.testing.assert_array_equal(back.scores[c], traced.scores[c])
+        np.testing.assert_array_equal(back.estimates[c], traced.estimates[c])
+    table = back.to_frame()
+    assert list(table.columns[:6]) == ["component", "layer", "position", "token", "score", "normalised"]
+    assert len(table) == (3 + 2 + 2) * len(traced.tokens)
+
+
+def test_figures_and_report_sections(traced):
+    views = dict(traced.views())
+    assert set(views) == {"trace_resid", "trace_attn", "trace_mlp"}
+    assert [views[f"trace_{c}"].cmap for c in ("resid", "attn", "mlp")] == ["Purples", "Reds", "Greens"]
+    resid = views["trace_resid"]
+    assert resid.colorbar == "p(▁Canberra)" and resid.frame == (5, 6) and resid.cols[5].endswith("*")
+    assert resid.ylabel.startswith("layer") and resid.shape == (3, len(traced.tokens))
+    norm = dict(traced.views(show="normalised"))["trace_mlp"]
+    assert "normalised" in norm.colorbar
+    sections = traced.sections()
+    assert len(sections) == 3 and all(s["kind"] == "trace" for s in sections)
+    assert "normalised" in sections[0]["tips"][0][0] and "estimate" in sections[0]["tips"][0][0]
+    fig = traced.plot()
+    assert fig.axes[-1].get_ylabel() == "p(▁Canberra)"
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_trace_command_writes_table_figures_and_meta(model_dir, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "trace"
+    code, stdout, err = run(
+        capsys, "trace", "--model", str(model_dir), "--prompt", CLEAN, "--corrupted", CORRUPTED,
+        "--target", TARGET, "--foil", FOIL, "--component", "resid", "mlp", "attn",
+        "--method", "both", "--out", str(out), "--device", "cpu",
+    )
+    assert code == 0, err
+    for name in ("trace.parquet", "trace_resid.png", "trace_attn.png", "trace_mlp.png", "meta.json"):
+        assert (out / name).stat().st_size > 0, name
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["metric"] == "diff" and meta["marked"] == [5, 6] and "causal trace" in stdout
+
+
+def _one_error(capsys, argv, message) -> None:
+    try:
+        code, _, err = run(capsys, *argv)
+    except SystemExit as exc:  # the parser's own checks
+        code, err = int(exc.code or 0), capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("tokenprobe: error:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+    assert "Traceback" not in err
+
+
+def test_bad_input_is_one_line(model_dir, tmp_path, capsys):  # noqa: F811
+    base = ["trace", "--model", str(model_dir), "--out", str(tmp_path / "x"), "--prompt", CLEAN]
+    cases = [
+        (["--corrupted", "What is the capital of the orange? The capital is", "--target", TARGET],
+         "the corrupted prompt is 11 tokens and the prompt 10; --corrupted must have the same token "
+         "length (they diverge at position 5: ' the' vs ' Australia')"),
+        (["--corrupt", "noise", "--subject", "Austria", "--target", TARGET],
+         "--subject 'Austria' is not in the prompt"),
+        (["--corrupted", CORRUPTED, "--target", TARGET, "--foil", TARGET], "--foil ' Canberra' is the same token"),
+        (["--corrupted", CORRUPTED, "--target", TARGET, "--foil", " Canberra and"], "their first tokens are the same"),
+        (["--corrupted", CLEAN, "--target", TARGET], "nothing is corrupted"),
+        (["--target", TARGET], "nothing to corrupt: give --corrupted TEXT"),
+        (["--corrupted", CORRUPTED], "--target is required"),
+        (["--corrupted", CORRUPTED, "--target", TARGET, "--metric", "diff"], "give --foil TEXT"),
+        (["--subject", "Australia", "--corrupted", CORRUPTED, "--corrupt", "noise", "--target", TARGET],
+         "not both"),
+        (["--corrupted", CORRUPTED, "--target", TARGET, "--window", "0"], "--window: must be at least 1"),
+    ]
+    for argv, message in cases:
+        _one_error(capsys, [*base, *argv], message)
+
+
+def test_a_target_of_several_tokens_is_scored_by_its_first_with_a_warning(model_dir, tmp_path, capsys):  # noqa: F811
+    code, _, err = run(capsys, "trace", "--model", str(model_dir), "--out", str(tmp_path / "x"),
+                       "--prompt", CLEAN, "--corrupted", CORRUPTED, "--target", " Canberra, not")
+    assert code == 0, err
+    warned = [ln for ln in err.splitlines() if "warning" in ln]
+    assert len(warned) == 1 and "--target ' Canberra, not' is 3 tokens" in warned[0], err
+    assert "first token ' Canberra'" in warned[0]
+
+
+def test_library_errors_name_parameters(bpe):
+    lm = zoo.make_causal("mamba", bpe, device=TEST_DEVICE)
+    with pytest.raises(TokenprobeError, match="components attn: the blocks of this model have no attention"):
+        causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, components=["attn"], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TokenprobeError, match="samples must be at least 1"):
+            causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, samples=0)
+
+
+# ----------------------------------------------------------------------------- SmolLM2
+
+
+@pytest.mark.slow
+def test_smollm2_eiffel_tower_trace():
+    """ROME's picture on the demo prompt: restoring a subject token in the early and middle
+    layers brings ' Paris' back (in SmolLM2 it is 'iffel', not the last subject token ' Tower'),
+    and so does the last position at the last layer."""
+    lm = tokenprobe.load("smollm2", device="cpu")
+    res = causal_trace(lm, "The Eiffel Tower is in the city of", target=" Paris", corrupt="noise",
+                       subject="Eiffel Tower", samples=3, progress=False)
+    norm = res.normalised(res.scores["resid"])
+    a, b = res.meta["marked"]
+    assert res.clean_score > 0.2 and res.corrupted_score < res.clean_score / 2
+    assert np.nanmax(norm[1:12, a:b]) > 0.5  # a subject token, early-middle layers
+    assert np.nanmax(norm[1:12, b:-1]) < 0.2  # not the tokens after it
+    assert norm[-1, -1] == pytest.approx(1.0, abs=1e-4)  # the last position at the last layer
