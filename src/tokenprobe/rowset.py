@@ -71,6 +71,18 @@ def _read_part(path: Path) -> RowPart:
     return RowPart(table.to_pandas(), {int(k): v for k, v in metas.items()})
 
 
+def prompt_rows(prompts: Sequence[str], row_targets: Sequence[str] | None) -> list[dict[str, Any]]:
+    """One {"prompt", "target"} per prompt (target None without `row_targets`)."""
+    if row_targets is not None and len(row_targets) != len(prompts):
+        raise TokenprobeError(
+            f"`row_targets` has {len(row_targets)} entries for {len(prompts)} prompts: give one per prompt"
+        )
+    return [
+        {"prompt": p, "target": None if row_targets is None else row_targets[i]}
+        for i, p in enumerate(prompts)
+    ]
+
+
 def _chunk_on_worker(lm: LoadedModel, payload: tuple) -> RowPart:
     """One chunk on a Ray worker, against the worker's own model."""
     fn, chunk, rows, options = payload

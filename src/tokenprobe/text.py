@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import TokenprobeError
+from .errors import TokenprobeError, warn
 from .model import Adapter, LoadedModel
 
 DEFAULT_MARKER = "_PAUSE_"
@@ -286,3 +286,15 @@ def prepare(
             "dummy_before": dummy_before,
         },
     )
+
+
+def first_token(tokenizer: Any, text: str, param: str, does: str) -> int:
+    """The id of `text`'s first token, warning (naming `param`) when it has several; `does`
+    says what the caller does with that token, e.g. "the trace scores"."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if not ids:
+        raise TokenprobeError(f"`{param}` {text!r} gives no token")
+    if len(ids) > 1:
+        first = token_texts(tokenizer, ids[:1])[0]
+        warn(f"`{param}` {text!r} is {len(ids)} tokens; {does} its first token {first!r}", stacklevel=3)
+    return int(ids[0])

@@ -24,7 +24,7 @@ from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
 from ...results import now, versions
 from ...runner import open_checkpoint, progress_disabled
-from ...text import token_texts
+from ...text import first_token
 from .features import AttributionInput, prepare_attribution
 from .gradients import GRADIENT_METHODS
 from .methods import DEFAULT_METHOD, METHODS, MethodOutput
@@ -135,16 +135,7 @@ def _foil_id(lm: LoadedModel, foil: str | None, target: str) -> int | None:
         raise TokenprobeError("the foil is empty: give the token to contrast with, e.g. ' Vienna'")
     if foil == target:
         raise TokenprobeError(f"the foil {foil!r} is the target: give another token to contrast with")
-    ids = lm.tokenizer.encode(foil, add_special_tokens=False)
-    if not ids:
-        raise TokenprobeError(f"the foil {foil!r} (`foil`) gives no token")
-    if len(ids) > 1:
-        first = token_texts(lm.tokenizer, ids[:1])[0]
-        warn(
-            f"`foil` {foil!r} is {len(ids)} tokens; attribution contrasts with its first token {first!r}",
-            stacklevel=3,
-        )
-    return int(ids[0])
+    return first_token(lm.tokenizer, foil, "foil", "attribution contrasts with")
 
 
 def _check(

@@ -9,7 +9,7 @@ from typing import Any
 
 from ...errors import TokenprobeError
 from ...model import LoadedModel
-from ...rowset import DEFAULT_FIGURES, RowSet, run_rows
+from ...rowset import DEFAULT_FIGURES, RowSet, prompt_rows, run_rows
 from .compute import attribute
 from .result import AttributionResult
 
@@ -45,10 +45,6 @@ def attribute_rows(
     `target_row` the attributed target row within it; the first `figures` rows' figures.
     With `checkpoint` each finished chunk is kept there (`resume` goes on), with `executor`
     (`executors.RayExecutor`) the chunks run on its workers."""
-    if row_targets is not None and len(row_targets) != len(prompts):
-        raise TokenprobeError(
-            f"`row_targets` has {len(row_targets)} entries for {len(prompts)} prompts: give one per prompt"
-        )
     if row_targets is not None and (options.get("target") is not None or options.get("generate")):
         raise TokenprobeError("each row has its target: leave out `target` and `generate`")
     if row_targets is None and options.get("target") is None and options.get("generate") is None:
@@ -57,13 +53,9 @@ def attribute_rows(
             "row, or `generate` N to attribute the model's own answers"
         )
     options.pop("checkpoint", None)
-    rows = [
-        {"prompt": p, "target": None if row_targets is None else row_targets[i]}
-        for i, p in enumerate(prompts)
-    ]
     return run_rows(
         lm,
-        rows,
+        prompt_rows(prompts, row_targets),
         _attribute_chunk,
         AttributionResult,
         options,

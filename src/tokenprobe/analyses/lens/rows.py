@@ -9,7 +9,7 @@ from typing import Any
 
 from ...errors import TokenprobeError
 from ...model import LoadedModel
-from ...rowset import DEFAULT_FIGURES, RowSet, run_rows
+from ...rowset import DEFAULT_FIGURES, RowSet, prompt_rows, run_rows
 from .compute import logit_lens
 from .result import LensResult
 
@@ -58,19 +58,11 @@ def lens_rows(
     `targets`, in the columns `target`, `target_prob` and `target_rank`. `options` are
     `logit_lens`'s; with `checkpoint` each finished chunk is kept there (`resume` goes on),
     with `executor` (`executors.RayExecutor`) the chunks run on its workers."""
-    if row_targets is not None and len(row_targets) != len(prompts):
-        raise TokenprobeError(
-            f"`row_targets` has {len(row_targets)} entries for {len(prompts)} prompts: give one per prompt"
-        )
     if "decoder" in options and options["decoder"] is not None and executor is not None:
         raise TokenprobeError("a lens `decoder` runs here only: leave out `executor`")
-    rows = [
-        {"prompt": p, "target": None if row_targets is None else row_targets[i]}
-        for i, p in enumerate(prompts)
-    ]
     return run_rows(
         lm,
-        rows,
+        prompt_rows(prompts, row_targets),
         _lens_chunk,
         LensResult,
         options,

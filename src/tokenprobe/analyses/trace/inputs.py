@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ...errors import TokenprobeError, warn
+from ...errors import TokenprobeError
 from ...model import LoadedModel
-from ...text import PreparedInput, display_token, encode, prepare, token_texts
+from ...text import PreparedInput, display_token, encode, first_token, prepare
 from .options import COMPONENTS
 
 
@@ -120,13 +120,4 @@ def subject_span(lm: LoadedModel, clean: PreparedInput, subject: str) -> tuple[i
 
 def token_id(lm: LoadedModel, text: str, name: str) -> int:
     """The id of the token `text` (its first token, with a warning, when it is several)."""
-    ids = lm.tokenizer.encode(text, add_special_tokens=False)
-    if not ids:
-        raise TokenprobeError(f"`{name}` {text!r} gives no token")
-    if len(ids) > 1:
-        first = token_texts(lm.tokenizer, ids[:1])[0]
-        warn(
-            f"`{name}` {text!r} is {len(ids)} tokens; the trace scores its first token {first!r}",
-            stacklevel=3,
-        )
-    return int(ids[0])
+    return first_token(lm.tokenizer, text, name, "the trace scores")
