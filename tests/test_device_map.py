@@ -109,3 +109,27 @@ def test_the_command_line_places_the_model(monkeypatch, capsys):
     code = main(["lens", "--prompt", "hi", "--max-memory", "0=2GiB"])
     err = capsys.readouterr().err
     assert code == 2 and "tokenprobe: error: --max-memory needs --device-map" in err
+
+
+def test_trace_on_a_split_model(models):
+    # resid, attn and mlp, noise, and the estimate's backward pass through the offloaded blocks
+    kwargs = {"target": " orange", "corrupt": "noise", "subject": "hammer", "samples": 2,
+              "components": ["resid", "attn", "mlp"], "method": "both", "progress": False}
+    plain, split = (tokenprobe.causal_trace(lm, "Tools: hammer, wrench. Fruits:", **kwargs) for lm in models)
+    for component in ("resid", "attn", "mlp"):
+        np.testing.assert_allclose(split.scores[component], plain.scores[component], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(split.estimates[component], plain.estimates[component], rtol=1e-4, atol=1e-6)
+
+
+def test_a_tuned_lens_on_a_split_model(models):
+    import torch
+
+    from tokenprobe.tuned import TunedLens, residual_width
+
+    lens = TunedLens(models[0].n_blocks, residual_width(models[0]))
+    with torch.no_grad():
+        for t in lens.translators:
+            t.weight.normal_(std=0.3, generator=torch.Generator().manual_seed(0))
+    plain, split = (tokenprobe.logit_lens(lm, "The cat sat on the mat", lens=lens) for lm in models)
+    np.testing.assert_allclose(split.entropy, plain.entropy, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(plain.entropy, tokenprobe.logit_lens(models[0], "The cat sat on the mat").entropy)
