@@ -138,3 +138,18 @@ def test_a_row_target_also_tracked_everywhere_keeps_its_column(model_dir):  # no
     assert (one["target_prob"] == one["prob[ the]"]).all()
     alone = tokenprobe.logit_lens(lm, PROMPTS[1], targets=[" the"]).to_frame()
     pd.testing.assert_frame_equal(rows.result(1).to_frame(), alone, check_dtype=False, rtol=1e-5, atol=1e-6)
+
+
+def test_a_text_file_holds_one_prompt_per_line(model_dir, tmp_path, capsys):  # noqa: F811
+    lines = tmp_path / "prompts.txt"
+    lines.write_text(f"{PROMPTS[0]}\n\n{PROMPTS[1]}\n{PROMPTS[2]}\n", encoding="utf-8")
+    code, _, err = run(capsys, "lens", "--model", str(model_dir), "--data", str(lines),
+                       "--out", str(tmp_path / "out"), "--figures", "0")
+    assert code == 0, err
+    table = pd.read_parquet(tmp_path / "out" / "lens.parquet")
+    assert sorted(table["row"].unique()) == [0, 1, 2] and not list((tmp_path / "out").glob("*.png"))
+    alone = tokenprobe.logit_lens(tokenprobe.load(str(model_dir)), PROMPTS[2]).to_frame()
+    pd.testing.assert_frame_equal(_row(table, 2), alone, check_dtype=False, rtol=1e-5, atol=1e-6)
+    assert_one_line_errors(capsys, "lens", str(model_dir), tmp_path / "o", [
+        (["--data", str(lines), "--target-column", "answer"], "is a text file, one prompt per line"),
+    ])

@@ -151,7 +151,10 @@ def read_prompts(
     path: str, prompt_column: str = "prompt", target_column: str | None = None
 ) -> list[dict[str, str | None]]:
     """One {"prompt", "target"} per row of a data set of prompts, in the file's order (a row's
-    number is its place in the file, so a row without a prompt is an error, not dropped)."""
+    number is its place in the file, so a row without a prompt is an error, not dropped).
+    A `.txt` file holds one prompt per line (blank lines skipped), without targets."""
+    if path.lower().endswith(".txt"):
+        return _text_lines(path, target_column)
     frame = read_table(path)
     require_column(frame, path, prompt_column, "--prompt-column")
     if target_column is not None:
@@ -173,4 +176,23 @@ def read_prompts(
                 )
             target = value
         rows.append({"prompt": prompt, "target": target})
+    return rows
+
+
+def _text_lines(path: str, target_column: str | None) -> list[dict[str, str | None]]:
+    """The prompts of a `.txt` file, one per non-blank line."""
+    if target_column is not None:
+        raise TokenprobeError(
+            f"--data {path} is a text file, one prompt per line, without columns: give a CSV, "
+            "JSONL or Parquet file for --target-column"
+        )
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TokenprobeError(f"--data {path}: no such file or folder") from None
+    except UnicodeDecodeError as exc:
+        raise TokenprobeError(f"--data {path} is not UTF-8 text: save it as UTF-8") from exc
+    rows: list[dict[str, str | None]] = [{"prompt": line, "target": None} for line in lines if line.strip()]
+    if not rows:
+        raise TokenprobeError(f"--data {path} has no prompts: write one prompt per line")
     return rows
