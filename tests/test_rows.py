@@ -121,11 +121,14 @@ def test_bad_data_runs_are_one_line(model_dir, prompts_file, tmp_path, capsys): 
         ([*data, "--prompt", "hi"], "not both"),
         (["--prompt", "hi", "--ray"], "--ray goes with a --data file"),
         (["--prompt", "hi", "--resume"], "--resume goes with a --data file"),
+        (["--prompt", "hi", "--target-column", "answer"], "--target-column goes with a --data file"),
+        (["--prompt", "hi", "--prompt-column", "question"], "--prompt-column goes with a --data file"),
     ])
     assert_one_line_errors(capsys, "attribute", str(model_dir), tmp_path / "o", [
         (data, "give --target-column NAME"),
         ([*data, "--target-column", "answer", "--generate", "2"], "leave out --target and --generate"),
         (["--prompt", "hi", "--target", " x", "--ray"], "--ray goes with a --data file"),
+        (["--prompt", "hi", "--target", " x", "--target-column", "answer"], "--target-column goes with"),
     ])
 
 

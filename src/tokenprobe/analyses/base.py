@@ -311,3 +311,16 @@ def rows_options(group: str = "a data file of prompts (one result row each)") ->
                flag="--figures", role="input", type=nonnegative_int, default=3, metavar="N",
                group=group),
     ]
+
+
+def check_rows_flags(args: argparse.Namespace) -> None:
+    """Without --data, the data-file flags would be silently ignored: one line instead."""
+    if args.data is not None:
+        return
+    used = [flag for flag, on in (
+        ("--target-column", args.target_column is not None),
+        ("--prompt-column", args.prompt_column != "prompt"),
+        ("--ray", getattr(args, "ray", False)),
+    ) if on]
+    if used:
+        raise TokenprobeError(f"{used[0]} goes with a --data file of prompts; --prompt runs here at once")

@@ -9,7 +9,7 @@ from typing import Any
 from ...data import read_prompts
 from ...errors import TokenprobeError
 from ...rowset import RowSet
-from ..base import Session
+from ..base import Session, check_rows_flags
 from .compute import attribute
 from .methods import METHODS
 from .result import AttributionResult
@@ -23,8 +23,7 @@ def command(session: Session) -> None:
         raise TokenprobeError(f"unknown method {args.method!r}: use one of {', '.join(METHODS)}")
     if args.data is not None:
         return _over_data(session)
-    if args.ray:
-        raise TokenprobeError("--ray goes with a --data file of prompts; --prompt runs here at once")
+    check_rows_flags(args)
     if (args.prompt is None) == (args.prompt_file is None):
         raise TokenprobeError("give one of --prompt TEXT, --prompt-file FILE or --data FILE")
     prompt = (

@@ -10,7 +10,7 @@ from ...errors import TokenprobeError
 from ...heatmap import clip_range, parse_range
 from ...rowset import RowSet
 from ...tuned import lens_format
-from ..base import Session
+from ..base import Session, check_rows_flags
 from .compute import logit_lens
 from .result import LensResult
 from .rows import lens_rows
@@ -47,9 +47,9 @@ def command(session: Session) -> None:
     args = session.args
     if args.data is not None:
         return _over_data(session)
-    if args.ray or args.resume:
-        flag = "--ray" if args.ray else "--resume"
-        raise TokenprobeError(f"{flag} goes with a --data file of prompts; --prompt runs here at once")
+    check_rows_flags(args)
+    if args.resume:
+        raise TokenprobeError("--resume goes with a --data file of prompts; --prompt runs here at once")
     prompts = list(args.prompt or [])
     if args.prompt_file:
         prompts.append(session.read_text_file(args.prompt_file, "--prompt-file"))
