@@ -67,3 +67,15 @@ def test_bad_foils_are_one_line(model_dir, tmp_path, capsys):  # noqa: F811
         ([*base, "--foil", TARGET], "is the target"),
         ([*base, "--foil", ""], "the foil is empty"),
     ])
+
+
+@pytest.mark.filterwarnings("ignore:integrated gradients have not converged")
+@pytest.mark.parametrize("method", ["ablation", "input_x_gradient"])
+def test_contrastive_on_every_family(tiny, method):
+    # the gradient path rebuilds logits through each family's head (soft-cap included)
+    kw = {"method": method, "progress": False}
+    both = tokenprobe.attribute(tiny, PROMPT, target=TARGET, foil=FOIL, **kw)
+    target = tokenprobe.attribute(tiny, PROMPT, target=TARGET, **kw)
+    foil = tokenprobe.attribute(tiny, PROMPT, target=FOIL, **kw)
+    np.testing.assert_allclose(both.scores, target.scores - foil.scores, atol=5e-5)
+    np.testing.assert_allclose(both.target_scores, target.target_scores - foil.target_scores, atol=1e-5)
