@@ -462,3 +462,26 @@ def test_smollm2_eiffel_tower_trace():
     assert np.nanmax(norm[1:12, a:b]) > 0.5  # a subject token, early-middle layers
     assert np.nanmax(norm[1:12, b:-1]) < 0.2  # not the tokens after it
     assert norm[-1, -1] == pytest.approx(1.0, abs=1e-4)  # the last position at the last layer
+
+
+def test_review_cases_subject_repeats_and_close_scores(model_dir, tmp_path, capsys):  # noqa: F811
+    lm = tokenprobe.load(str(model_dir))
+    # a subject found only in the chat template after the prompt is not the prompt's
+    with pytest.raises(TokenprobeError, match="is not in the prompt"):
+        causal_trace(lm, "the cat sat on", target=" mat", corrupt="noise", subject="assistant",
+                     chat=True, samples=1, progress=False)
+    with pytest.warns(tokenprobe.TokenprobeWarning, match="occurs more than once"):
+        result = causal_trace(lm, "cat and cat sat on", target=" mat", corrupt="noise", subject="cat",
+                              samples=1, noise=0.001, progress=False)
+    assert result.meta["marked"][0] == 0  # the first occurrence
+    # noise this small leaves the corrupted score at the clean one: the normalised values warn
+    with pytest.warns(tokenprobe.TokenprobeWarning, match="scores are close"):
+        causal_trace(lm, "the cat sat on", target=" mat", corrupt="noise", subject="cat",
+                     samples=2, noise=1e-6, progress=False)
+    # --component repeated keeps every component asked for
+    code, _, err = run(capsys, "trace", "--model", str(model_dir), "--prompt", "the cat sat on",
+                       "--target", " mat", "--subject", "cat", "--samples", "1",
+                       "--component", "attn", "--component", "mlp", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert meta["options"]["components"] == ["attn", "mlp"]

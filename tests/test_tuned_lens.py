@@ -251,6 +251,7 @@ def test_bad_input_is_one_line_each(model_dir, corpus, tmp_path, capsys):
          "fewer than one sequence of --seq-len 64: give more text or a smaller --seq-len"),
         (tune_argv(model_dir, corpus, tmp_path / "t", "--tokens", "100"),
          "--tokens 100 is below one batch (--batch 4 x --seq-len 32 = 128 tokens): give at least 128"),
+        (tune_argv(model_dir, corpus, tmp_path / "t", "--seq-len", "1"), "--seq-len must be at least 2, not 1"),
     ]
     for argv, message in cases:
         code, _, err = run_any(capsys, *argv)

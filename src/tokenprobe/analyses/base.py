@@ -38,6 +38,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+class _ExtendGiven(argparse.Action):
+    """`extend` that starts from what is given, not from the default: `--component attn
+    --component mlp` is [attn, mlp], and the default only stands when the flag is absent."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        seen = f"_{self.dest}_given"
+        before = list(getattr(namespace, self.dest) or []) if getattr(namespace, seen, False) else []
+        setattr(namespace, self.dest, before + list(values))
+        setattr(namespace, seen, True)
+
+
 def nonnegative_int(text: str) -> int:
     """argparse type for counts that may be 0."""
     try:
@@ -100,7 +111,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     metavar: str | None = None
-    action: str | None = None  # argparse action: store_true, append
+    action: str | None = None  # argparse action: store_true, append, extend (a repeat adds)
     nargs: str | int | None = None
     required: bool = False
     invert: bool = False
@@ -152,7 +163,7 @@ class Option:
             kwargs["action"] = self.action
         else:
             if self.action:
-                kwargs["action"] = self.action
+                kwargs["action"] = _ExtendGiven if self.action == "extend" else self.action
             default = self.default
             if self.action == "append" and default not in (None, MISSING):
                 default = list(default)  # argparse appends to its default's copy

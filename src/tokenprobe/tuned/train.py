@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpoint
-from ..errors import TokenprobeError
+from ..errors import TokenprobeError, warn
 from ..model import LoadedModel
 from .corpus import check_seq_len, fingerprint, pack, read_corpus
 from .lens import TunedLens, residual_width, unembed_hash
@@ -116,9 +116,9 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
 
 def check_hyper(hyper: Hyper) -> None:
     """One error per impossible setting, naming its parameter."""
-    for name in ("seq_len", "batch_size", "tokens"):
-        if getattr(hyper, name) < 1:
-            raise TokenprobeError(f"`{name}` must be at least 1, not {getattr(hyper, name)}")
+    for name, least in (("seq_len", 2), ("batch_size", 1), ("tokens", 1)):  # a sequence of 1 has no next token
+        if getattr(hyper, name) < least:
+            raise TokenprobeError(f"`{name}` must be at least {least}, not {getattr(hyper, name)}")
     if hyper.steps == 0:
         one = hyper.batch_size * hyper.seq_len
         raise TokenprobeError(
@@ -298,6 +298,12 @@ def train_lens(
         raise TokenprobeError(f"`checkpoint_every` must be at least 1, not {checkpoint_every}")
     check_seq_len(seq_len, lm.context_length)
     sequences = pack(read_corpus(data, text_column), lm.tokenizer, seq_len, max_sequences=hyper.steps * batch_size)
+    if hyper.steps * batch_size > len(sequences):
+        warn(
+            f"the data holds {len(sequences)} sequences of {seq_len} tokens, fewer than `tokens` "
+            f"asks for ({hyper.steps * batch_size}): they are reused "
+            f"{hyper.steps * batch_size / len(sequences):.1f} times; give more text for a better lens"
+        )
     trainer = Trainer(lm, sequences, hyper, batch_tokens, memory_mb)
     settings = {
         "model": {k: lm.describe()[k] for k in ("name", "source", "class", "dtype")},

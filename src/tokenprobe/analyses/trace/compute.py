@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ...errors import TokenprobeError
+from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
 from ...results import now, versions
 from ...runner import progress_disabled, token_budget_batches
@@ -154,8 +154,22 @@ def _draw_noise(
     return (draws * std).to(lm.device), std
 
 
+def _warn_if_close(clean: float, corrupted: Sequence[float]) -> None:
+    """The normalised scores divide by clean - corrupted: say so when that difference is within
+    5% of the scores or within the noise samples' own spread."""
+    mean = float(np.mean(corrupted))
+    gap, spread = abs(clean - mean), float(np.std(corrupted))
+    if gap < 0.05 * max(abs(clean), abs(mean)) or (len(corrupted) > 1 and gap < spread):
+        warn(
+            f"the clean and corrupted scores are close ({clean:.4g} against {mean:.4g}): the "
+            "normalised values divide by their difference and are unreliable; corrupt more "
+            "(a larger `noise`) or score another `target`"
+        )
+
+
 def _run_meta(tracer: Tracer, components: Sequence[str]) -> dict:
     """The clean and corrupted scores, where each row's state was read, how lower blocks ran."""
+    _warn_if_close(tracer.clean_score, tracer.corrupted_scores)
     return {
         "clean_score": tracer.clean_score,
         "corrupted_score": float(np.mean(tracer.corrupted_scores)),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ...errors import TokenprobeError
+from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
 from ...text import PreparedInput, display_token, encode, first_token, prepare
 from .options import COMPONENTS
@@ -101,10 +101,12 @@ def subject_span(lm: LoadedModel, clean: PreparedInput, subject: str) -> tuple[i
     text = clean.text
     origin = max(0, text.find(clean.prompt))
     at = text.find(subject, origin)
-    if at < 0:
+    if at < 0 or at + len(subject) > origin + len(clean.prompt):  # not the chat template's text
         raise TokenprobeError(
             f"`subject` {subject!r} is not in the prompt: give a substring of `prompt` (case and spaces count)"
         )
+    if 0 <= text.find(subject, at + 1) < origin + len(clean.prompt) - len(subject) + 1:
+        warn(f"`subject` {subject!r} occurs more than once in the prompt: the noise goes on the first")
     ids, offsets = encode(lm.tokenizer, text, chat=clean.chat)
     end = at + len(subject)
     if offsets is not None and list(ids) == list(clean.input_ids):

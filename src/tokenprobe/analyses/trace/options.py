@@ -76,6 +76,7 @@ OPTIONS = [
         "(default resid)",
         flag="--component",
         nargs="+",
+        action="extend",
         choices=list(COMPONENTS),
         metavar="NAME",
         group="trace",
