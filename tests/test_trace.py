@@ -23,6 +23,7 @@ from torch import nn
 import tokenprobe
 from tokenprobe import LoadedModel, Result, TokenprobeError, causal_trace
 from tokenprobe.analyses.trace import Problem, Tracer, embedding_std
+from tokenprobe.analyses.trace import tiles as tiles_module
 
 CLEAN = "What is the capital of Australia? The capital is"
 CORRUPTED = "What is the capital of orange? The capital is"  # the same 10 tokens but one
@@ -182,23 +183,65 @@ def _ids(lm, text: str) -> list[int]:
     return lm.tokenizer(text)["input_ids"]
 
 
-def test_every_cell_equals_one_forward_per_cell(lm):
+@pytest.fixture
+def finest_tiles(monkeypatch):
+    """Batches of one cell each (a forward pass costs nothing in the tiling's cost model), so
+    that every cell runs from its own layer and its own position's caches."""
+    monkeypatch.setattr(tiles_module, "FORWARD_TOKENS", {"cpu": 0.0, "other": 0.0})
+
+
+# state-space models have no key/value cache to continue from; Jamba's Mamba blocks do not
+# continue their state exactly from a cache in transformers 5 (the check catches it); every
+# other family continues from the cached positions
+NO_PAST = {"mamba", "mamba2", "jamba"}
+
+
+def test_every_cell_equals_one_forward_per_cell(lm, monkeypatch):
+    """Both the default tiling and the finest one (every cell its own batch, continuing from
+    the cached states of its layer and of the positions before it) equal the brute force."""
     comps = _components(_arch(lm))
-    res = causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, metric="logprob",
-                       components=comps, progress=False)
+    kw = dict(corrupted=CORRUPTED, target=TARGET, metric="logprob", components=comps, progress=False)
+    res = causal_trace(lm, CLEAN, **kw)
+    monkeypatch.setattr(tiles_module, "FORWARD_TOKENS", {"cpu": 0.0, "other": 0.0})
+    finest = causal_trace(lm, CLEAN, **kw)
     clean, bad = _ids(lm, CLEAN), _ids(lm, CORRUPTED)
     assert res.meta["lower_blocks"] == "reused from the cached run"
+    past = "recomputed" if _arch(lm) in NO_PAST else "continued from the cached run"
+    assert res.meta["earlier_positions"] == past
     assert res.clean_score == pytest.approx(_logprob(lm, clean), abs=1e-4)
     assert res.corrupted_score == pytest.approx(_logprob(lm, bad), abs=1e-4)
     for c in comps:
-        np.testing.assert_allclose(res.scores[c], brute_force(lm, clean, bad, c), atol=2e-4, rtol=1e-4,
-                                   err_msg=c)
+        want = brute_force(lm, clean, bad, c)
+        np.testing.assert_allclose(res.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=c)
+        np.testing.assert_allclose(finest.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=f"{c}, finest")
+
+
+def test_the_tiling_continues_from_both_caches(bpe, monkeypatch):
+    """On a model deep and long enough for it, the default tiling's batches start above the
+    lowest layer and after the first position (the shortcuts pay), and equal the brute force."""
+    lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE, layers=6)
+    seen: list[tuple[int, int]] = []
+    patched = Tracer._patched
+
+    def spy(self, picked, cells, start, offset):
+        seen.append((start, offset))
+        return patched(self, picked, cells, start, offset)
+
+    monkeypatch.setattr(Tracer, "_patched", spy)
+    text = CLEAN + " the city that is in the south east of the country and"
+    res = causal_trace(lm, text, corrupted=text.replace("Australia", "orange"), target=TARGET,
+                       metric="logprob", progress=False)
+    assert len(seen) > 2 and any(s > 0 and o > 0 for s, o in seen), seen
+    ids = _ids(lm, text)
+    want = brute_force(lm, ids, _ids(lm, text.replace("Australia", "orange")), "resid")
+    np.testing.assert_allclose(res.scores["resid"], want, atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bloom", "opt", "falcon-alibi", "jamba"])
-def test_noise_and_window_equal_one_forward_per_cell(arch, bpe):
+def test_noise_and_window_equal_one_forward_per_cell(arch, bpe, finest_tiles):
     """Noise samples averaged (the noise as documented: seeded normal draws x noise x the
-    std of the embedding's output), and a window of two blocks for attn and mlp."""
+    std of the embedding's output), and a window of two blocks for attn and mlp; each cell in
+    its own batch, so that the subject's noise is split between cache and continuation."""
     lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
     comps = _components(arch)
     res = causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, metric="logprob",

@@ -314,8 +314,11 @@ SCALE = {"mamba": 3.0, "mamba2": 3.0, "jamba": 3.0}  # state-space layers blow u
 HEAD = {"gemma": 2.0, "gemma2": 6.0, "gemma3": 6.0, "jamba": 16.0}  # tied or soft-capped heads
 
 
-def make_causal(arch: str, tokenizer: Any, device: torch.device | str = "cpu", seed: int = 0):
-    """A tiny random causal LM of `arch`, wrapped as a LoadedModel (a fresh tokenizer copy)."""
+def make_causal(
+    arch: str, tokenizer: Any, device: torch.device | str = "cpu", seed: int = 0, layers: int | None = None
+):
+    """A tiny random causal LM of `arch` (with `layers` blocks instead of the usual number),
+    wrapped as a LoadedModel (a fresh tokenizer copy)."""
     from transformers import AutoModelForCausalLM
 
     from tokenprobe import LoadedModel
@@ -325,6 +328,8 @@ def make_causal(arch: str, tokenizer: Any, device: torch.device | str = "cpu", s
     config = CAUSAL[arch][0](len(tok))
     for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(config, attr, getattr(tok, attr))
+    if layers is not None:
+        config.num_hidden_layers = layers
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _scale(model, SCALE.get(arch, 8.0), head=HEAD.get(arch, 4.0))
     return LoadedModel.wrap(model.eval().to(device), tok, name=f"tiny-{arch}")

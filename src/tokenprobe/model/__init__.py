@@ -113,6 +113,19 @@ def resolve_dtype(
 # ----------------------------------------------------------------------------- loaded model
 
 
+def execution_device(module: torch.nn.Module) -> torch.device | None:
+    """Where `module` computes: its weights' device, or for a module a device map offloaded
+    (weights on the meta device) accelerate's execution device; None for a module without
+    weights or hook."""
+    weight = next((p for p in module.parameters(recurse=True)), None)
+    if weight is not None and weight.device.type != "meta":
+        return weight.device
+    execution = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if execution is not None:
+        return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+    return None
+
+
 @dataclass
 class LoadedModel:
     """A model, its tokenizer, where it came from, and its adapter."""
@@ -149,15 +162,8 @@ class LoadedModel:
     def device(self) -> torch.device:
         """Where inputs go: the input embedding's device (with a device map, the blocks may sit
         on others; an offloaded embedding runs on accelerate's execution device)."""
-        emb = self.model.get_input_embeddings()
-        weight = getattr(emb, "weight", None)
-        if weight is not None and weight.device.type != "meta":
-            return weight.device
-        hook = getattr(emb, "_hf_hook", None)
-        execution = getattr(hook, "execution_device", None)
-        if execution is not None:
-            return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
-        return next(p.device for p in self.model.parameters() if p.device.type != "meta")
+        found = execution_device(self.model.get_input_embeddings())
+        return found or next(p.device for p in self.model.parameters() if p.device.type != "meta")
 
     @property
     def dtype(self) -> torch.dtype:

@@ -168,15 +168,18 @@ def _warn_if_close(clean: float, corrupted: Sequence[float]) -> None:
 
 
 def _run_meta(tracer: Tracer, components: Sequence[str]) -> dict:
-    """The clean and corrupted scores, where each row's state was read, how lower blocks ran."""
+    """The clean and corrupted scores, where each row's state was read, and how the exact
+    cells' lower blocks and earlier positions ran."""
     _warn_if_close(tracer.clean_score, tracer.corrupted_scores)
     return {
         "clean_score": tracer.clean_score,
         "corrupted_score": float(np.mean(tracer.corrupted_scores)),
         "corrupted_scores": tracer.corrupted_scores,
         "sites": {c: [x.path if x is not None else None for x in tracer.sites[c]] for c in components},
+    } | ({} if "skip" not in vars(tracer) else {  # the shortcuts of the exact cells, when run
         "lower_blocks": "reused from the cached run" if tracer.skip else "recomputed",
-    }
+        "earlier_positions": "continued from the cached run" if tracer.past else "recomputed",
+    })
 
 
 def _cells(tracer: Tracer, component: str, window: int) -> tuple[list[Cell], list[tuple[int, int]]]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ...errors import TokenprobeError
-from ...model import Adapter
+from ...model import Adapter, execution_device
 
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
@@ -234,7 +234,7 @@ class Skipper:
 
     def _fake(self, b: int, states: Callable[[int], torch.Tensor]) -> Callable[..., Any]:
         others = self.others[b]
-        device = next((p.device for p in self.blocks[b].parameters()), None)
+        device = execution_device(self.blocks[b])  # an offloaded block's weights are on "meta"
 
         def forward(*_args: Any, **_kwargs: Any) -> Any:
             state = states(b + 1)

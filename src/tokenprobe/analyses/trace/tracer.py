@@ -5,27 +5,40 @@ The clean and the corrupted run are computed once (noise samples together in one
 every site's state recorded. A cell restores the source run's state at one position of one or
 more sites (a window of layers) into the base run: base = corrupted and source = clean when
 restoring (the default), the other way round when corrupting. Each row of a batch patches a
-different cell (and noise sample). The blocks below a batch's lowest patched layer are not run:
-they hand on the base run's cached states, and the model's own forward still builds masks,
-position ids and rotary or ALiBi terms exactly as in a plain pass (checked once per trace
-against a plain pass; if the two disagree the lower blocks are recomputed instead).
+different cell (and noise sample). Two shortcuts skip work a patch cannot change:
+
+- blocks below a batch's lowest patched layer are not run: they hand on the base run's cached
+  states, and the model's own forward still builds masks, position ids and rotary or ALiBi
+  terms exactly as in a plain pass;
+- in a causal model, positions before a batch's first patched position are not run: the batch
+  continues from the base run's key/value cache of those positions (the model's own cache, so
+  sliding windows and ALiBi are the model's business).
+
+Cells are batched in tiles of (layers x positions) sized by a cost model, so that both
+shortcuts pay. Each shortcut is checked once per trace against a plain pass; where the two
+disagree (or the model has no such cache) that work is recomputed instead.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from ...model import LoadedModel
 from ...runner import map_batches
+from . import tiles
 from .sites import Site, Skipper, at_sites, find_sites, recorder
+from .tiles import plan_tiles
 
 Cell = list[tuple[int, int]]  # (site index, position) pairs restored together
+
 
 
 @dataclass
@@ -72,8 +85,6 @@ class Tracer:
         self.base_noisy, self.source_noisy = noisy_base, problem.noise is not None and not noisy_base
         self.skipper = Skipper(self.adapter)
         clean_ids = torch.tensor([problem.clean_ids], device=lm.device)
-        with torch.inference_mode():
-            self.skipper.learn(lambda: self._forward(clean_ids, None, {}))
         clean_scores, clean = self._record(clean_ids, None)
         corrupted_ids = torch.tensor([problem.corrupted_ids], device=lm.device)
         rows = None if problem.noise is None else torch.arange(self.samples, device=lm.device)
@@ -85,7 +96,22 @@ class Tracer:
         self.base, self.source = (corrupted, clean) if restore else (clean, corrupted)
         self.base_scores = corrupted_scores if restore else clean_scores
         self.base_ids = corrupted_ids if restore else clean_ids
-        self.skip = self._check_skip()
+        self._prefix: tuple[int, object] | None = None  # (positions, the base run's cache of them)
+        self._has_past = "past_key_values" in params
+
+    @cached_property
+    def skip(self) -> bool:
+        """Can batches skip the blocks below their lowest patched layer (checked on first use,
+        so that an estimate-only trace does not pay for it)?"""
+        with torch.inference_mode():
+            self.skipper.learn(lambda: self._forward(self.base_ids[:1], None, {}))
+        return self._check_skip()
+
+    @cached_property
+    def past(self) -> bool:
+        """Can batches continue from the base run's cache of the positions before their first
+        patched one (checked on first use)?"""
+        return self._has_past and self._check_past()
 
     # ------------------------------------------------------------------ forward passes
     def _forward(
@@ -96,32 +122,44 @@ class Tracer:
         start: int = 0,
         states: Callable[[int], torch.Tensor] | None = None,
         leaf: bool = False,
+        past: object = None,
     ) -> torch.Tensor:
         """Metric of each row: `noise_rows` picks each row's noise sample (None: no noise),
         `edits` patch sites, blocks below `start` hand on `states(k)`; `leaf` makes the
-        embedding output a leaf that requires gradients."""
+        embedding output a leaf that requires gradients. With `past` (a cache of the first
+        positions), `ids` are the positions after them."""
+        offset = 0 if past is None else self.n_pos - ids.shape[1]
         with ExitStack() as stack:
             if noise_rows is not None or leaf:
-                stack.enter_context(self._embedding_hook(noise_rows, leaf))
-            stack.enter_context(at_sites(self.adapter.blocks, edits, self.flat, self.n_pos))
+                stack.enter_context(self._embedding_hook(noise_rows, leaf, offset))
+            stack.enter_context(at_sites(self.adapter.blocks, edits, self.flat, ids.shape[1]))
             if start > 0 and states is not None:
                 stack.enter_context(self.skipper.skip_below(start, states))
             extra = {"logits_to_keep": 1} if self.keep_last else {}
-            out = self.lm.model(
-                input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **extra
-            )
+            if past is not None:
+                extra |= {"past_key_values": past, "use_cache": True}
+            else:
+                extra["use_cache"] = False
+            mask = torch.ones((ids.shape[0], offset + ids.shape[1]), dtype=ids.dtype, device=ids.device)
+            out = self.lm.model(input_ids=ids, attention_mask=mask, **extra)
         return score_logits(out.logits[:, -1], self.pb.metric, self.pb.target_id, self.pb.foil_id)
 
     @contextmanager
-    def _embedding_hook(self, noise_rows: torch.Tensor | None, leaf: bool) -> Iterator[None]:
+    def _embedding_hook(
+        self, noise_rows: torch.Tensor | None, leaf: bool, offset: int = 0
+    ) -> Iterator[None]:
+        """Adds each row's noise to the subject's embeddings, for inputs that start at position
+        `offset` (the part of the subject they hold)."""
         pb = self.pb
 
         def hook(_m: torch.nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
             if noise_rows is not None:
                 assert pb.noise is not None and pb.span is not None
-                out = out.clone()
-                a, b = pb.span
-                out[:, a:b] += pb.noise[noise_rows].to(device=out.device, dtype=out.dtype)
+                a, b = max(pb.span[0], offset), min(pb.span[1], offset + out.shape[1])
+                if a < b:
+                    out = out.clone()
+                    noise = pb.noise[noise_rows][:, a - pb.span[0] : b - pb.span[0]]
+                    out[:, a - offset : b - offset] += noise.to(device=out.device, dtype=out.dtype)
             return out.detach().requires_grad_(True) if leaf else out
 
         handle = self.adapter.embed.register_forward_hook(hook)
@@ -140,12 +178,60 @@ class Tracer:
             scores = self._forward(ids, noise_rows, edits)
         return scores.double().cpu().numpy(), [store[i][0] for i in range(len(self.flat))]
 
-    def _base_states(self, base_rows: torch.Tensor) -> Callable[[int], torch.Tensor]:
-        """The base run's residual stream at layer k for each row of a batch."""
-        resid = [self.base[self.index[("resid", k)]] for k in range(self.adapter.n_blocks + 1)]
+    def _base_states(self, base_rows: torch.Tensor, offset: int = 0) -> Callable[[int], torch.Tensor]:
+        """The base run's residual stream at layer k for each row of a batch, from position
+        `offset` on."""
+        resid = [self.base[self.index[("resid", k)]][:, offset:] for k in range(self.adapter.n_blocks + 1)]
         if self.base_noisy:
             return lambda k: resid[k][base_rows]
         return lambda k: resid[k].expand(len(base_rows), -1, -1)
+
+    def _past(self, positions: int, base_rows: torch.Tensor) -> object:
+        """A fresh copy of the base run's cache of its first `positions` positions, one row per
+        batch row (the base run of that row's noise sample). The prefix is run once per length."""
+        if self._prefix is None or self._prefix[0] != positions:
+            n = self.samples if self.base_noisy else 1
+            rows = torch.arange(n, device=self.lm.device)
+            ids = self.base_ids[:1, :positions].expand(n, -1)
+            with ExitStack() as stack:
+                if self.base_noisy:
+                    stack.enter_context(self._embedding_hook(rows, False))
+                mask = torch.ones_like(ids)
+                with torch.inference_mode():
+                    out = self.lm.model(input_ids=ids, attention_mask=mask, use_cache=True)
+            self._prefix = (positions, out.past_key_values)
+        past = copy.deepcopy(self._prefix[1])
+        past.reorder_cache(base_rows)  # type: ignore[attr-defined]
+        return past
+
+    def _check_past(self) -> bool:
+        """Do runs that continue from the base run's cache give the plain run's score: from
+        half the positions and from all but the last (a model may take another path for one
+        new token), through every block, and once more with the lower blocks skipped where
+        that is on? Only a causal model's cache can pass (a later position cannot change an
+        earlier one), and only where every block continues exactly (Jamba's Mamba blocks in
+        transformers 5 do not)."""
+        if self.n_pos < 2 or getattr(self.lm.model.config, "is_encoder_decoder", False):
+            return False
+        half, skip = self.n_pos // 2, self.adapter.n_blocks // 2 if self.skip else 0
+        rows = torch.zeros(1, dtype=torch.long, device=self.lm.device)
+        noise_rows = rows if self.base_noisy else None
+        want = float(self.base_scores[0])
+        tol = 1e-4 if self.lm.dtype == torch.float32 else 2e-2
+        try:
+            for offset, start in dict.fromkeys([(half, 0), (self.n_pos - 1, 0), (half, skip)]):
+                past = self._past(offset, rows)
+                states = self._base_states(rows, offset)
+                with torch.inference_mode():
+                    ids = self.base_ids[:, offset:]
+                    got = float(self._forward(ids, noise_rows, {}, start, states, past=past)[0])
+                if abs(got - want) > tol * max(1.0, abs(want)):
+                    return False
+        except Exception:  # noqa: BLE001 - a model without a usable cache recomputes the positions
+            return False
+        finally:
+            self._prefix = None
+        return True
 
     def _check_skip(self) -> bool:
         """Does a run that skips the lower half of the blocks give the plain run's score?"""
@@ -170,22 +256,47 @@ class Tracer:
         """The metric of each cell's patched run, averaged over the noise samples."""
         rows = [(c, s) for c in range(len(cells)) for s in range(self.samples)]
         start = [min(self.flat[i].start for i, _ in cells[c]) for c, _ in rows]
-        order = sorted(range(len(rows)), key=lambda r: start[r])  # a batch shares its lowest blocks
+        first = [min(p for _, p in cells[c]) for c, _ in rows]
         totals = np.zeros(len(cells))
+        for tile, length in self._tiles(start, first, batch_tokens):
 
-        def run(batch: list[int]) -> np.ndarray:
-            picked = [rows[order[i]] for i in batch]
-            return self._patched(picked, cells, min(start[order[i]] for i in batch))
+            def run(batch: list[int], tile: list[int] = tile) -> np.ndarray:
+                picked = [tile[i] for i in batch]
+                return self._patched(
+                    [rows[r] for r in picked],
+                    cells,
+                    min(start[r] for r in picked) if self.skip else 0,
+                    min(first[r] for r in picked) if self.past else 0,
+                )
 
-        for batch, scores in map_batches([self.n_pos] * len(rows), batch_tokens, run):
-            for i, score in zip(batch, scores, strict=True):
-                totals[rows[order[i]][0]] += score
-            if bar is not None:
-                bar.update(len(batch))  # type: ignore[attr-defined]
+            for batch, scores in map_batches([length] * len(tile), batch_tokens, run):
+                for i, score in zip(batch, scores, strict=True):
+                    totals[rows[tile[i]][0]] += score
+                if bar is not None:
+                    bar.update(len(batch))  # type: ignore[attr-defined]
         return totals / self.samples
 
-    def _patched(self, picked: list[tuple[int, int]], cells: Sequence[Cell], start: int) -> np.ndarray:
-        """One batch: row r restores cell picked[r][0] of noise sample picked[r][1]."""
+    def _tiles(
+        self, start: Sequence[int], first: Sequence[int], batch_tokens: int
+    ) -> list[tuple[list[int], int]]:
+        """Rows in tiles of (lowest patched block, first patched position) bands, each with the
+        input length its batches run (the positions from its first patched one on)."""
+        device = "cpu" if self.lm.device.type == "cpu" else "other"
+        return plan_tiles(
+            start if self.skip else [0] * len(start),
+            first if self.past else [0] * len(first),
+            n_blocks=self.adapter.n_blocks,
+            n_pos=self.n_pos,
+            prefix_rows=self.samples if self.base_noisy else 1,
+            batch_tokens=batch_tokens,
+            forward_tokens=tiles.FORWARD_TOKENS[device],
+        )
+
+    def _patched(
+        self, picked: list[tuple[int, int]], cells: Sequence[Cell], start: int, offset: int
+    ) -> np.ndarray:
+        """One batch: row r restores cell picked[r][0] of noise sample picked[r][1]; blocks
+        below `start` and positions before `offset` come from the base run's caches."""
         device, n = self.lm.device, len(picked)
         samples = torch.tensor([s for _, s in picked], device=device)
         zeros = torch.zeros(n, dtype=torch.long, device=device)
@@ -200,15 +311,17 @@ class Tracer:
         for i, (rs, ps) in wanted.items():
             r_t = torch.tensor(rs, device=device)
             p_t = torch.tensor(ps, device=device)
-            edits[i] = _patch(r_t, p_t, self.source[i][source_rows[r_t], p_t])
-        ids = self.base_ids.expand(n, -1)
+            edits[i] = _patch(r_t, p_t - offset, self.source[i][source_rows[r_t], p_t])
+        ids = self.base_ids[:, offset:].expand(n, -1)
+        past = self._past(offset, base_rows) if offset > 0 else None
         with torch.inference_mode():
             scores = self._forward(
                 ids,
                 base_rows if self.base_noisy else None,
                 edits,
-                start if self.skip else 0,
-                self._base_states(base_rows),
+                start,
+                self._base_states(base_rows, offset),
+                past=past,
             )
         return scores.double().cpu().numpy()
 
