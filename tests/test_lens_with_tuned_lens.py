@@ -75,3 +75,37 @@ def test_bad_lens_folders_are_one_line(model_dir, tmp_path, capsys):  # noqa: F8
         (["--prompt", PROMPT, "--lens", str(tmp_path / "empty")], "is not a tuned lens"),
         (["--prompt", PROMPT, "--lens", str(tmp_path / "missing")], "no such folder"),
     ])
+
+
+def test_resuming_a_data_run_after_the_lens_was_trained_again_starts_over(model_dir, tmp_path):  # noqa: F811
+    """A data-file run's checkpoint records the lens's weights, not only its folder."""
+    from tokenprobe.analyses.lens import rows as lens_rows_module
+
+    lm = tokenprobe.load(str(model_dir))
+    save_lens(_random_lens(lm, seed=0), tmp_path / "lens")
+    prompts = ["the cat sat", "a dog ran", "the mat is red"]
+    real = lens_rows_module._lens_chunk
+    calls: list[int] = []
+
+    def stops_at_the_second_chunk(lm, rows, options):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(lm, rows, options)
+
+    lens_rows_module._lens_chunk = stops_at_the_second_chunk
+    try:
+        kw = dict(lens=str(tmp_path / "lens"), chunk_rows=1, checkpoint=tmp_path / "out", progress=False)
+        try:
+            tokenprobe.lens_rows(lm, prompts, **kw)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        lens_rows_module._lens_chunk = real
+    save_lens(_random_lens(lm, seed=1), tmp_path / "lens")  # trained again, same folder
+    try:
+        tokenprobe.lens_rows(lm, prompts, resume=True, **kw)
+    except tokenprobe.TokenprobeError as exc:
+        assert "other settings (different fingerprints)" in str(exc)
+    else:
+        raise AssertionError("the resume mixed two lenses")

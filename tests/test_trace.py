@@ -528,3 +528,16 @@ def test_review_cases_subject_repeats_and_close_scores(model_dir, tmp_path, caps
     assert code == 0, err
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert meta["options"]["components"] == ["attn", "mlp"]
+
+
+def test_noise_settings_with_a_corrupted_prompt_are_said_to_be_ignored(bpe):
+    lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
+    kw = dict(corrupted=CORRUPTED, target=TARGET, progress=False, method="estimate")
+    with pytest.warns(UserWarning, match=r"samples, seed only apply to noise corruption"):
+        causal_trace(lm, CLEAN, samples=3, seed=5, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            causal_trace(lm, CLEAN, samples=10, **kw)  # the default: nothing to say
+        except UserWarning as w:
+            assert "only apply to noise" not in str(w), w

@@ -110,10 +110,12 @@ def run_rows(
     progress: bool | None = None,
     desc: str = "rows",
     data: str | None = None,
+    fingerprints: dict[str, str] | None = None,
 ) -> RowSet:
     """`fn` over `rows` (each a dict of that row's inputs, e.g. its prompt and target) in chunks
     of `chunk_rows`, checkpointed in `checkpoint` and resumable; on `executor`'s workers when
-    given (each loads the model as `lm` was loaded). `fn` must be a module-level function."""
+    given (each loads the model as `lm` was loaded). `fn` must be a module-level function.
+    `fingerprints` (e.g. of a lens's weights) join the settings a resumed run must match."""
     if not rows:
         raise TokenprobeError("the data set has no rows: give a file with at least one prompt")
     if chunk_rows < 1:
@@ -125,6 +127,7 @@ def run_rows(
         "rows": digest([json.dumps(r, sort_keys=True, default=str) for r in rows]),
         "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
         "chunk_rows": chunk_rows,
+        **({"fingerprints": fingerprints} if fingerprints else {}),
     }
     store = open_checkpoint(checkpoint, f"{result.kind}.partial", settings, resume)
     remote = None

@@ -5,7 +5,7 @@ per layer (`lens`), their files in tokenprobe's and the tuned-lens package's for
 from __future__ import annotations
 
 from .corpus import pack, read_corpus
-from .files import FORMATS, lens_files, lens_format, load_lens, save_lens
+from .files import FORMATS, lens_digest, lens_files, lens_format, load_lens, save_lens
 from .lens import TunedDecoder, TunedLens, residual_width
 from .train import Hyper, Training, train_lens
 
@@ -15,6 +15,7 @@ __all__ = [
     "Training",
     "TunedDecoder",
     "TunedLens",
+    "lens_digest",
     "lens_files",
     "lens_format",
     "load_lens",

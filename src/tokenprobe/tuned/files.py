@@ -8,7 +8,8 @@
   and `params.pt` (`torch.save` of its `layer_translators.state_dict()`: `<i>.weight`,
   `<i>.bias`), which `TunedLens.from_model_and_pretrained(model, folder)` reads.
 
-`save_lens` writes both by default (each file atomically); `load_lens` reads either.
+`save_lens` writes both by default (each file atomically); `load_lens` reads either, and the
+name `builtin` (where no folder has that name) reads the lens shipped for the built-in model.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ FORMATS = ("tokenprobe", "tuned-lens")
 OURS_META, OURS_WEIGHTS = "tuned-lens.json", "tuned-lens.safetensors"
 THEIRS_CONFIG, THEIRS_WEIGHTS = "config.json", "params.pt"
 FORMAT_TAG = "tokenprobe tuned lens"
+BUILTIN = "builtin"  # the lens shipped for the built-in model (SmolLM2-135M-Instruct)
+
+
+def resolve_lens(folder: str | os.PathLike[str]) -> Path:
+    """The folder of a lens: as given, or for `builtin` (when no folder has that name) the
+    package's own lens for the built-in model."""
+    path = Path(folder).expanduser()
+    if str(folder) == BUILTIN and not path.exists():
+        from importlib import resources
+
+        return Path(str(resources.files("tokenprobe").joinpath("data/lenses/smollm2")))
+    return path
 
 
 def lens_files(formats: Iterable[str] = FORMATS) -> list[str]:
@@ -84,9 +97,12 @@ def save_lens(
 def lens_format(folder: str | os.PathLike[str]) -> str:
     """Which format `folder` holds ("tokenprobe" or "tuned-lens"), or one error saying what a
     lens folder holds."""
-    path = Path(folder)
+    path = resolve_lens(folder)
     if not path.is_dir():
-        raise TokenprobeError(f"`lens` {folder}: no such folder: give the --out folder of tune-lens")
+        raise TokenprobeError(
+            f"`lens` {folder}: no such folder: give the --out folder of tune-lens (or `{BUILTIN}` "
+            "for the built-in model's)"
+        )
     if (path / OURS_META).is_file() and (path / OURS_WEIGHTS).is_file():
         return "tokenprobe"
     if (path / THEIRS_CONFIG).is_file() and (path / THEIRS_WEIGHTS).is_file():
@@ -97,11 +113,24 @@ def lens_format(folder: str | os.PathLike[str]) -> str:
     )
 
 
+def lens_digest(folder: str | os.PathLike[str]) -> str:
+    """A SHA-256 digest of the weights file of the lens in `folder` (either format)."""
+    import hashlib
+
+    path = resolve_lens(folder)
+    name = OURS_WEIGHTS if lens_format(folder) == "tokenprobe" else THEIRS_WEIGHTS
+    digest = hashlib.sha256()
+    with open(path / name, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_lens(folder: str | os.PathLike[str], lm: LoadedModel | None = None) -> TunedLens:
     """A lens saved in either format, in float32 on `lm`'s device; with `lm`, checked against
     it (blocks and width must match: one error saying which differs)."""
     fmt = lens_format(folder)
-    path = Path(folder)
+    path = resolve_lens(folder)
     try:
         if fmt == "tokenprobe":
             from safetensors.torch import load_file
@@ -150,13 +179,14 @@ def check_fits(n_blocks: int, width: int, lm: LoadedModel, folder: Any) -> None:
     """One error when the lens was trained for another model: which of blocks, width differ."""
     adapter = lm.require_adapter()
     model_width = residual_width(lm)
+    whose = " (the built-in model's lens)" if str(folder) == BUILTIN else ""
     if n_blocks != adapter.n_blocks:
         raise TokenprobeError(
-            f"`lens` {folder} was trained for a model with {n_blocks} blocks; {lm.name} has "
+            f"`lens` {folder}{whose} was trained for a model with {n_blocks} blocks; {lm.name} has "
             f"{adapter.n_blocks}: train one for this model with tune-lens"
         )
     if width != model_width:
         raise TokenprobeError(
-            f"`lens` {folder} was trained for a model of hidden size {width}; {lm.name}'s is "
+            f"`lens` {folder}{whose} was trained for a model of hidden size {width}; {lm.name}'s is "
             f"{model_width}: train one for this model with tune-lens"
         )

@@ -3,6 +3,7 @@ one table for all rows (`rowset.run_rows`; locally or on Ray workers)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,4 +75,15 @@ def lens_rows(
         progress=progress,
         desc="lens",
         data=data,
+        fingerprints=_lens_fingerprint(options.get("lens")),
     )
+
+
+def _lens_fingerprint(lens: Any) -> dict[str, str] | None:
+    """The digest of a lens folder's weights, so that `--resume` after the lens was trained
+    again in the same folder starts over instead of mixing two lenses."""
+    if lens is None or not isinstance(lens, (str, os.PathLike)):
+        return None
+    from ...tuned import lens_digest
+
+    return {"lens": lens_digest(lens)}

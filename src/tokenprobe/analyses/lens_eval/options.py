@@ -10,7 +10,7 @@ OPTIONS = [
     Option("data", "held-out text: a .txt file, or any data set (.csv, .jsonl, .parquet, a folder, "
            "hf:NAME[:CONFIG][:SPLIT], sample:NAME)", metavar="FILE", required=True, group="data"),
     Option("text_column", "the data set's column of texts (default {default})", metavar="NAME", group="data"),
-    Option("tokens", "held-out tokens to evaluate at most (default {default})", type=positive_int, metavar="N",
+    Option("tokens", "held-out tokens to evaluate, in whole --seq-len sequences: TOKENS // SEQ_LEN of them, at least one (default {default})", type=positive_int, metavar="N",
            group="data"),
     Option("seq_len", "tokens per sequence (default {default})", type=positive_int, minimum=2, metavar="N", group="data"),
     Option("memory_mb", "memory for the logits of one layer decoded at once (default 512 on CPU, 4096 on a GPU)",

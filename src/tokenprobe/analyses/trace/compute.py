@@ -11,7 +11,9 @@ first-order estimate from one forward and backward pass instead.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +67,8 @@ def causal_trace(
          "metric": metric, "corrupt": corrupt},
     )
     s = check_settings(target, foil, corrupted, corrupt, subject, noise, components, metric)
+    if s.corrupt == "prompt":
+        _warn_unused_noise({"noise": noise, "samples": samples, "seed": seed})
     clean = prompt if isinstance(prompt, PreparedInput) else prepare(lm, prompt, chat=chat, system=system)
     bad, differ = (None, None) if s.corrupt == "noise" else corrupted_input(lm, clean, corrupted or "", chat, system)
     span = subject_span(lm, clean, subject) if subject is not None else None
@@ -152,6 +156,17 @@ def _draw_noise(
     width = int(lm.require_adapter().embed.weight.shape[1])
     draws = torch.randn((samples, span[1] - span[0], width), generator=torch.Generator().manual_seed(seed))
     return (draws * std).to(lm.device), std
+
+
+def _warn_unused_noise(given: dict[str, Any]) -> None:
+    """The noise settings do nothing when the corruption is a prompt: say so if any was set."""
+    defaults = inspect.signature(causal_trace).parameters
+    changed = [k for k, v in given.items() if v != defaults[k].default]
+    if changed:
+        warn(
+            f"`{'`, `'.join(changed)}` only apply to noise corruption and are ignored with a "
+            "`corrupted` prompt: drop them, or corrupt with noise instead"
+        )
 
 
 def _warn_if_close(clean: float, corrupted: Sequence[float]) -> None:
