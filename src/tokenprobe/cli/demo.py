@@ -19,7 +19,8 @@ def add_demo(sub: Any) -> None:
     demo = sub.add_parser(
         "demo",
         help="run every analysis on the built-in model with the demo inputs, then write the HTML report",
-        description="Logit lens (two prompts, the first as seed 004's composite figure with a foil), past "
+        description="Logit lens (two prompts, the first as seed 004's composite figure with a foil, and "
+        "that one again through the tuned lens shipped for the built-in model), past "
         "similarity (raw and centred), attribution (a few-shot arithmetic prompt), flip rates (200 sample texts), "
         "a causal trace (the Eiffel Tower prompt, noise on its subject: residual stream and MLPs) and report.html "
         "in --out, on the built-in model: about 3 minutes on 2 cores.",

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from ...data import read_prompts
-from ...errors import TokenprobeError
+from ...errors import TokenprobeError, warn
 from ...heatmap import clip_range, parse_range
 from ...rowset import RowSet
-from ...tuned import lens_format
+from ...tuned import lens_format, load_lens
 from ..base import Session, check_rows_flags
 from .compute import logit_lens
 from .result import LensResult
@@ -101,15 +101,24 @@ def _over_data(session: Session) -> None:
 
 
 def demo(session: Session, entry: dict[str, Any], out: Path) -> None:
-    """One demo.json lens entry: a prompt, chat or not, dummies, targets and a foil; its
-    figure options ("zoom", "colour", "overview") if it gives any."""
+    """One demo.json lens entry: a prompt, chat or not, dummies, targets, a foil and a tuned
+    lens ("builtin": the one shipped for the built-in model); its figure options ("zoom",
+    "colour", "overview") if it gives any."""
+    lm, lens = session.load(), entry.get("lens")
+    if lens is not None:
+        try:  # the shipped lens fits the built-in model only: a demo on another model skips it
+            load_lens(lens, lm)
+        except TokenprobeError as exc:
+            warn(f"the demo skips {entry['name']}: {exc}")
+            return
     result = logit_lens(
-        session.load(),
+        lm,
         entry["prompt"],
         chat=entry.get("chat", False),
         dummy=entry.get("dummy", 0),
         targets=entry.get("targets", []),
         foil=entry.get("foil"),
+        lens=lens,
     )
     assert not isinstance(result, list)
     figure = {k: entry[k] for k in ("zoom", "colour", "overview") if k in entry}

@@ -42,8 +42,9 @@ OPTIONS = [
     ),
     Option(
         "lens",
-        "decode every layer through this tuned lens: a tune-lens --out folder or a tuned-lens "
-        "package folder (config.json + params.pt); default: the logit lens",
+        "decode every layer through this tuned lens: a tune-lens --out folder, a tuned-lens "
+        "package folder (config.json + params.pt), or builtin (the lens shipped for the built-in "
+        "model); default: the logit lens",
         metavar="DIR",
         group="lens",
     ),

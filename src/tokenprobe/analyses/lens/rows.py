@@ -61,6 +61,7 @@ def lens_rows(
     with `executor` (`executors.RayExecutor`) the chunks run on its workers."""
     if "decoder" in options and options["decoder"] is not None and executor is not None:
         raise TokenprobeError("a lens `decoder` runs here only: leave out `executor`")
+    _check_foil(lm, options.get("foil"), options.get("targets") or (), row_targets or ())
     return run_rows(
         lm,
         prompt_rows(prompts, row_targets),
@@ -77,6 +78,20 @@ def lens_rows(
         data=data,
         fingerprints=_lens_fingerprint(options.get("lens")),
     )
+
+
+def _check_foil(lm: LoadedModel, foil: str | None, targets: Sequence[str], row_targets: Sequence[str]) -> None:
+    """Before any row runs: without shared `targets`, each row's foil is compared with that
+    row's target, so a row whose target starts with the foil's token fails here, naming it."""
+    if not foil or targets or not row_targets:
+        return
+    first = lm.tokenizer.encode(foil, add_special_tokens=False)[:1]
+    for i, target in enumerate(row_targets):
+        if target and lm.tokenizer.encode(target, add_special_tokens=False)[:1] == first:
+            raise TokenprobeError(
+                f"`foil` {foil!r} is the same token as row {i}'s target {target!r} it is compared "
+                "with: give a different foil, or shared `targets`"
+            )
 
 
 def _lens_fingerprint(lens: Any) -> dict[str, str] | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from ..base import Option, positive_int
 
 OPTIONS = [
-    Option("lens", "the tuned lens: a tune-lens --out folder, or a tuned-lens package folder "
-           "(config.json + params.pt)", metavar="DIR", required=True, group="lens"),
+    Option("lens", "the tuned lens: a tune-lens --out folder, a tuned-lens package folder "
+           "(config.json + params.pt), or builtin (the lens shipped for the built-in model)",
+           metavar="DIR", required=True, group="lens"),
     Option("data", "held-out text: a .txt file, or any data set (.csv, .jsonl, .parquet, a folder, "
            "hf:NAME[:CONFIG][:SPLIT], sample:NAME)", metavar="FILE", required=True, group="data"),
     Option("text_column", "the data set's column of texts (default {default})", metavar="NAME", group="data"),

@@ -33,22 +33,37 @@ class LinePlot:
 
         x = np.arange(len(self.layer_labels))
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-        for ax, (name, label), values in zip(axes, MEASURES, (self.kl, self.ce), strict=True):
+        for ax, (_name, label), values in zip(axes, MEASURES, (self.kl, self.ce), strict=True):
             for i, lens in enumerate(LENSES[: len(values)]):
                 ax.plot(x, values[i], marker="o", markersize=3, color=COLOURS[lens], label=f"{lens} lens")
             ax.set_xlabel("layer")
             ax.set_ylabel(label)
-            step = max(1, len(x) // 16)
-            ax.set_xticks(x[::step], [self.layer_labels[j] for j in x[::step]], fontsize=7)
-            ax.grid(alpha=0.3)
-            if name == "kl":
-                ax.set_ylim(bottom=0)
+            ticks = _ticks(len(x))
+            ax.set_xticks(ticks, [self.layer_labels[j] for j in ticks], fontsize=7)
+            ax.grid(alpha=0.3, which="both")
+            # the embeddings' row is often 10x the others (and KL is 0 at the output): linear
+            # up to 1 nat, logarithmic above, so every layer stays readable
+            ax.set_yscale("symlog", linthresh=1.0)
+            top = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+            ax.set_ylim(0, max(2.0, top * 1.6))
             ax.legend()
         fig.suptitle(self.title, fontsize=11)
         return fig
 
     def section(self) -> dict[str, Any]:
         return measure_heatmaps(self.layer_labels, self.kl, self.ce, self.title)[0].section()
+
+
+def _ticks(n: int, most: int = 12) -> list[int]:
+    """At most about `most` evenly spaced tick positions of n, always with the last (the
+    output) and without a neighbour so close that their labels overlap."""
+    step = max(1, -(-n // most))
+    ticks = list(range(0, n, step))
+    if ticks[-1] != n - 1:
+        if n - 1 - ticks[-1] < max(2, step // 2) and len(ticks) > 1:
+            ticks.pop()
+        ticks.append(n - 1)
+    return ticks
 
 
 def measure_heatmaps(layer_labels: list[str], kl: np.ndarray, ce: np.ndarray, title: str) -> list[Heatmap]:
