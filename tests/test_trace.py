@@ -216,6 +216,20 @@ def test_every_cell_equals_one_forward_per_cell(lm, monkeypatch):
         np.testing.assert_allclose(finest.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=f"{c}, finest")
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bloom", "gemma3"])
+def test_the_corrupt_direction_equals_one_forward_per_cell(arch, bpe, finest_tiles):
+    """Corrupted states written into the clean run, each cell in its own batch (so continuing
+    from the clean run's cache)."""
+    lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
+    res = causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, metric="logprob", direction="corrupt",
+                       components=_components(arch), progress=False)
+    assert res.meta["earlier_positions"] == "continued from the cached run"
+    clean, bad = _ids(lm, CLEAN), _ids(lm, CORRUPTED)
+    for c in _components(arch):
+        want = brute_force(lm, bad, clean, c)
+        np.testing.assert_allclose(res.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=c)
+
+
 def test_the_tiling_continues_from_both_caches(bpe, monkeypatch):
     """On a model deep and long enough for it, the default tiling's batches start above the
     lowest layer and after the first position (the shortcuts pay), and equal the brute force."""
