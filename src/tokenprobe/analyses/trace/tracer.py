@@ -35,10 +35,8 @@ from ...model import LoadedModel
 from ...runner import map_batches
 from . import tiles
 from .sites import Site, Skipper, at_sites, find_sites, recorder
-from .tiles import plan_tiles
 
 Cell = list[tuple[int, int]]  # (site index, position) pairs restored together
-
 
 
 @dataclass
@@ -282,7 +280,7 @@ class Tracer:
         """Rows in tiles of (lowest patched block, first patched position) bands, each with the
         input length its batches run (the positions from its first patched one on)."""
         device = "cpu" if self.lm.device.type == "cpu" else "other"
-        return plan_tiles(
+        return tiles.plan_tiles(
             start if self.skip else [0] * len(start),
             first if self.past else [0] * len(first),
             n_blocks=self.adapter.n_blocks,
