@@ -118,7 +118,7 @@ def test_trace_on_a_split_model(models):
     plain, split = (tokenprobe.causal_trace(lm, "Tools: hammer, wrench. Fruits:", **kwargs) for lm in models)
     # both shortcuts run across the offloaded block (its weights are on the meta device)
     assert split.meta["lower_blocks"] == "reused from the cached run"
-    assert split.meta["earlier_positions"] == "continued from the cached run"
+    assert split.meta["earlier_positions"].startswith("continued from the cached run")
     for component in ("resid", "attn", "mlp"):
         np.testing.assert_allclose(split.scores[component], plain.scores[component], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(split.estimates[component], plain.estimates[component], rtol=1e-4, atol=1e-6)

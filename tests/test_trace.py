@@ -190,9 +190,9 @@ def finest_tiles(monkeypatch):
     monkeypatch.setattr(tiles_module, "FORWARD_TOKENS", {"cpu": 0.0, "other": 0.0})
 
 
-# state-space models have no key/value cache to continue from; Jamba's Mamba blocks do not
-# continue their state exactly from a cache in transformers 5 (the check catches it); every
-# other family continues from the cached positions
+# state-space models have no key/value cache to continue from, and Jamba's cache holds its
+# Mamba blocks' states besides keys and values (they do not continue exactly in transformers
+# 5); every other family continues from the cached positions
 NO_PAST = {"mamba", "mamba2", "jamba"}
 
 
@@ -207,7 +207,7 @@ def test_every_cell_equals_one_forward_per_cell(lm, monkeypatch):
     clean, bad = _ids(lm, CLEAN), _ids(lm, CORRUPTED)
     assert res.meta["lower_blocks"] == "reused from the cached run"
     past = "recomputed" if _arch(lm) in NO_PAST else "continued from the cached run"
-    assert res.meta["earlier_positions"] == past
+    assert res.meta["earlier_positions"].startswith(past), res.meta["earlier_positions"]
     assert res.clean_score == pytest.approx(_logprob(lm, clean), abs=1e-4)
     assert res.corrupted_score == pytest.approx(_logprob(lm, bad), abs=1e-4)
     for c in comps:
@@ -223,11 +223,60 @@ def test_the_corrupt_direction_equals_one_forward_per_cell(arch, bpe, finest_til
     lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
     res = causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, metric="logprob", direction="corrupt",
                        components=_components(arch), progress=False)
-    assert res.meta["earlier_positions"] == "continued from the cached run"
+    assert res.meta["earlier_positions"].startswith("continued from the cached run")
     clean, bad = _ids(lm, CLEAN), _ids(lm, CORRUPTED)
     for c in _components(arch):
         want = brute_force(lm, bad, clean, c)
         np.testing.assert_allclose(res.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=c)
+
+
+@pytest.mark.parametrize("arch", ["llama", "bloom", "opt", "jamba"])
+def test_a_subject_split_between_cache_and_continuation(arch, bpe, finest_tiles):
+    """Noise on a subject of several tokens, restored cell by cell in batches of one: the
+    batches that start inside the subject continue from a cache holding part of its noise.
+    Scored as a probability (the checks compare states, so the metric's scale cannot hide a
+    cache that does not continue exactly)."""
+    lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
+    subject = "the capital of Australia"
+    res = causal_trace(lm, CLEAN, corrupt="noise", subject=subject, target=TARGET, metric="prob",
+                       samples=2, seed=3, noise=2.0, progress=False)
+    a, b = res.meta["marked"]  # the subject's span
+    assert b - a >= 3
+    width = lm.model.get_input_embeddings().weight.shape[1]
+    draws = torch.randn((2, b - a, width), generator=torch.Generator().manual_seed(3)) * embedding_std(lm) * 2.0
+    clean = _ids(lm, CLEAN)
+    want = np.mean([np.exp(brute_force(lm, clean, clean, "resid", [((a, b), d.to(lm.device))])) for d in draws], 0)
+    np.testing.assert_allclose(res.scores["resid"], want, atol=1e-6, rtol=1e-4)
+    assert res.meta["earlier_positions"].startswith("recomputed" if arch == "jamba" else "continued")
+
+
+def test_a_cache_that_does_not_continue_exactly_is_not_used(bpe, finest_tiles):
+    """Phi-3's longrope picks its rotary factors by the longest position in a pass: a prefix
+    within the original context is cached with other factors than the full prompt uses. The
+    prefix check sees it, and those cells are recomputed (equal to the brute force)."""
+    import transformers
+
+    tok = bpe
+    torch.manual_seed(0)
+    config = transformers.Phi3Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, sliding_window=None,
+        original_max_position_embeddings=16,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
+                         "long_factor": [1.0, 4.0, 16.0, 64.0], "original_max_position_embeddings": 16},
+    )
+    for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(config, attr, getattr(tok, attr))
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    zoo._scale(model, 8.0, head=4.0)
+    lm = LoadedModel.wrap(model.eval().to(TEST_DEVICE), tok, name="tiny-phi3")
+    text = CLEAN + " a city in the south east of the country and the capital is"
+    bad = text.replace("Australia", "orange")
+    assert len(_ids(lm, text)) > 16
+    res = causal_trace(lm, text, corrupted=bad, target=TARGET, metric="logprob", progress=False)
+    assert res.meta["earlier_positions"].startswith("recomputed after the cache of"), res.meta["earlier_positions"]
+    want = brute_force(lm, _ids(lm, text), _ids(lm, bad), "resid")
+    np.testing.assert_allclose(res.scores["resid"], want, atol=2e-4, rtol=1e-4)
 
 
 def test_the_tiling_continues_from_both_caches(bpe, monkeypatch):

@@ -76,7 +76,7 @@ def lens_rows(
         progress=progress,
         desc="lens",
         data=data,
-        fingerprints=_lens_fingerprint(options.get("lens")),
+        fingerprints=_lens_fingerprint(options.get("lens")) if checkpoint is not None else None,
     )
 
 

@@ -191,10 +191,8 @@ def _run_meta(tracer: Tracer, components: Sequence[str]) -> dict:
         "corrupted_score": float(np.mean(tracer.corrupted_scores)),
         "corrupted_scores": tracer.corrupted_scores,
         "sites": {c: [x.path if x is not None else None for x in tracer.sites[c]] for c in components},
-    } | ({} if "skip" not in vars(tracer) else {  # the shortcuts of the exact cells, when run
-        "lower_blocks": "reused from the cached run" if tracer.skip else "recomputed",
-        "earlier_positions": "continued from the cached run" if tracer.past else "recomputed",
-    })
+        **tracer.shortcuts(),
+    }
 
 
 def _cells(tracer: Tracer, component: str, window: int) -> tuple[list[Cell], list[tuple[int, int]]]:

@@ -27,12 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
 
 from ...model import LoadedModel
-from ...runner import map_batches
+from ...runner import is_oom, map_batches
 from . import tiles
 from .sites import Site, Skipper, at_sites, find_sites, recorder
 
@@ -94,8 +95,9 @@ class Tracer:
         self.base, self.source = (corrupted, clean) if restore else (clean, corrupted)
         self.base_scores = corrupted_scores if restore else clean_scores
         self.base_ids = corrupted_ids if restore else clean_ids
-        self._prefix: tuple[int, object] | None = None  # (positions, the base run's cache of them)
+        self._prefix: tuple[int, Any] | None = None  # (positions, the base run's cache of them)
         self._has_past = "past_key_values" in params
+        self.past_failed: int | None = None  # a prefix length whose cache did not continue exactly
 
     @cached_property
     def skip(self) -> bool:
@@ -108,8 +110,20 @@ class Tracer:
     @cached_property
     def past(self) -> bool:
         """Can batches continue from the base run's cache of the positions before their first
-        patched one (checked on first use)?"""
+        patched one? Checked on first use, and again for every prefix length a batch uses
+        (where one fails, this turns False and later batches recompute those positions)."""
         return self._has_past and self._check_past()
+
+    def shortcuts(self) -> dict[str, str]:
+        """For meta.json: how the exact cells' lower blocks and earlier positions ran (empty
+        before any exact cell was scored)."""
+        if "skip" not in self.__dict__:
+            return {}
+        past = "continued from the cached run (checked at every prefix length)" if self.past else "recomputed"
+        if self.past_failed is not None:
+            past = f"recomputed after the cache of {self.past_failed} positions did not continue exactly"
+        return {"lower_blocks": "reused from the cached run" if self.skip else "recomputed",
+                "earlier_positions": past}
 
     # ------------------------------------------------------------------ forward passes
     def _forward(
@@ -184,65 +198,84 @@ class Tracer:
             return lambda k: resid[k][base_rows]
         return lambda k: resid[k].expand(len(base_rows), -1, -1)
 
-    def _past(self, positions: int, base_rows: torch.Tensor) -> object:
-        """A fresh copy of the base run's cache of its first `positions` positions, one row per
-        batch row (the base run of that row's noise sample). The prefix is run once per length."""
+    def _past(self, positions: int, base_rows: torch.Tensor) -> Any:
+        """The base run's cache of its first `positions` positions, one row per batch row (the
+        base run of that row's noise sample), or None where that cache does not continue
+        exactly. The prefix is run and checked once per length."""
         if self._prefix is None or self._prefix[0] != positions:
-            n = self.samples if self.base_noisy else 1
-            rows = torch.arange(n, device=self.lm.device)
-            ids = self.base_ids[:1, :positions].expand(n, -1)
-            with ExitStack() as stack:
-                if self.base_noisy:
-                    stack.enter_context(self._embedding_hook(rows, False))
-                mask = torch.ones_like(ids)
-                with torch.inference_mode():
-                    out = self.lm.model(input_ids=ids, attention_mask=mask, use_cache=True)
-            self._prefix = (positions, out.past_key_values)
-        past = copy.deepcopy(self._prefix[1])
-        past.reorder_cache(base_rows)  # type: ignore[attr-defined]
-        return past
+            self._prefix = None
+            cache = self._prefix_cache(positions)
+            if cache is None:
+                return None
+            self._prefix = (positions, cache)
+        return _rows_of(self._prefix[1], base_rows)
+
+    def _prefix_cache(self, positions: int) -> Any:
+        """Run the base run's first `positions` positions (every noise sample) and check that
+        they give the full run's last states, and that continuing from their cache gives the
+        rest; the cache, or None (and `past_failed` set) where either differs."""
+        n = self.samples if self.base_noisy else 1
+        rows = torch.arange(n, device=self.lm.device)
+        last = self.index[("resid", self.adapter.n_blocks)]
+        store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        ids = self.base_ids[:1, :positions].expand(n, -1)
+        with ExitStack() as stack:
+            if self.base_noisy:
+                stack.enter_context(self._embedding_hook(rows, False))
+            stack.enter_context(at_sites(self.adapter.blocks, {last: recorder(store, last)}, self.flat, positions))
+            extra = {"logits_to_keep": 1} if self.keep_last else {}
+            with torch.inference_mode():
+                out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **extra)
+        cache = out.past_key_values
+        ok = _is_key_value_cache(cache) and self._agrees(store[last][0], self.base[last][:, :positions])
+        if ok:  # continue the first sample's run from the cache: the rest of its last states
+            zero = rows[:1]
+            with torch.inference_mode():
+                self._forward(self.base_ids[:, positions:], zero if self.base_noisy else None,
+                              {last: recorder(store, last)}, past=_rows_of(cache, zero))
+            ok = self._agrees(store[last][0], self.base[last][:1, positions:])
+        if not ok:
+            self.past_failed = positions
+            self.__dict__["past"] = False
+            return None
+        return cache
+
+    def _agrees(self, got: torch.Tensor, want: torch.Tensor) -> bool:
+        """Are two runs' states the same to float error: the largest error relative to the
+        state's norm at any position, 1e-4 in float32 (3e-2 in 16-bit types)?"""
+        g, w = got.double(), want.to(got.device).double()
+        err = (g - w).norm(dim=-1) / w.norm(dim=-1).clamp_min(1e-30)
+        tol = 1e-4 if self.lm.dtype in (torch.float32, torch.float64) else 3e-2
+        return bool(err.max() <= tol)
 
     def _check_past(self) -> bool:
-        """Do runs that continue from the base run's cache give the plain run's score: from
-        half the positions and from all but the last (a model may take another path for one
-        new token), through every block, and once more with the lower blocks skipped where
-        that is on? Only a causal model's cache can pass (a later position cannot change an
-        earlier one), and only where every block continues exactly (Jamba's Mamba blocks in
-        transformers 5 do not)."""
+        """Can a batch continue from the base run's cache at all: a decoder whose cache holds
+        only attention keys and values (a later position cannot change them; a state-space
+        layer's state continues by another code path, which in transformers 5 is not exact
+        for Jamba), and which continues exactly from half the positions?"""
         if self.n_pos < 2 or getattr(self.lm.model.config, "is_encoder_decoder", False):
             return False
-        half, skip = self.n_pos // 2, self.adapter.n_blocks // 2 if self.skip else 0
-        rows = torch.zeros(1, dtype=torch.long, device=self.lm.device)
-        noise_rows = rows if self.base_noisy else None
-        want = float(self.base_scores[0])
-        tol = 1e-4 if self.lm.dtype == torch.float32 else 2e-2
         try:
-            for offset, start in dict.fromkeys([(half, 0), (self.n_pos - 1, 0), (half, skip)]):
-                past = self._past(offset, rows)
-                states = self._base_states(rows, offset)
-                with torch.inference_mode():
-                    ids = self.base_ids[:, offset:]
-                    got = float(self._forward(ids, noise_rows, {}, start, states, past=past)[0])
-                if abs(got - want) > tol * max(1.0, abs(want)):
-                    return False
-        except Exception:  # noqa: BLE001 - a model without a usable cache recomputes the positions
-            return False
-        finally:
-            self._prefix = None
-        return True
+            ok = self._past(self.n_pos // 2, torch.zeros(1, dtype=torch.long, device=self.lm.device)) is not None
+        except Exception as exc:  # noqa: BLE001 - a model whose cache does not work recomputes the positions
+            if is_oom(exc):
+                raise
+            ok = False
+        self.past_failed = None  # the first check's failure is "recomputed", not a later one
+        return ok
 
     def _check_skip(self) -> bool:
-        """Does a run that skips the lower half of the blocks give the plain run's score?"""
+        """Does a run that skips the lower half of the blocks give the plain run's last states?"""
         start = self.adapter.n_blocks // 2
         if start == 0:
             return False
         rows = torch.zeros(1, dtype=torch.long, device=self.lm.device)
-        noise_rows = rows if self.base_noisy else None
+        last = self.index[("resid", self.adapter.n_blocks)]
+        store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         with torch.inference_mode():
-            got = float(self._forward(self.base_ids, noise_rows, {}, start, self._base_states(rows))[0])
-        want = float(self.base_scores[0])
-        tol = 1e-4 if self.lm.dtype == torch.float32 else 2e-2
-        return abs(got - want) <= tol * max(1.0, abs(want))
+            self._forward(self.base_ids, rows if self.base_noisy else None, {last: recorder(store, last)},
+                          start, self._base_states(rows))
+        return self._agrees(store[last][0], self.base[last][:1])
 
     # ------------------------------------------------------------------ cells
     def score_cells(
@@ -300,6 +333,9 @@ class Tracer:
         zeros = torch.zeros(n, dtype=torch.long, device=device)
         base_rows = samples if self.base_noisy else zeros
         source_rows = samples if self.source_noisy else zeros
+        past = self._past(offset, base_rows) if offset > 0 else None
+        if past is None:  # no cache, or one that did not continue exactly: every position
+            offset = 0
         wanted: dict[int, tuple[list[int], list[int]]] = {}
         for r, (c, _) in enumerate(picked):
             for i, p in cells[c]:
@@ -311,7 +347,6 @@ class Tracer:
             p_t = torch.tensor(ps, device=device)
             edits[i] = _patch(r_t, p_t - offset, self.source[i][source_rows[r_t], p_t])
         ids = self.base_ids[:, offset:].expand(n, -1)
-        past = self._past(offset, base_rows) if offset > 0 else None
         with torch.inference_mode():
             scores = self._forward(
                 ids,
@@ -367,3 +402,25 @@ def window_of(sites: list[Site | None], row: int, window: int) -> list[int]:
     row - W//2 up to row + ceil(W/2) - 1), clipped, those without a site left out."""
     lo, hi = max(0, row - window // 2), min(len(sites), row - (-window // 2))
     return [k for k in range(lo, hi) if sites[k] is not None]
+
+
+def _is_key_value_cache(cache: Any) -> bool:
+    """A transformers cache whose every layer holds attention keys and values only."""
+    from transformers import cache_utils
+
+    recurrent = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
+    layers = getattr(cache, "layers", None)
+    return (
+        isinstance(cache, cache_utils.Cache)
+        and bool(layers)
+        and all(isinstance(x, cache_utils.DynamicLayer) and not isinstance(x, recurrent) for x in layers)
+    )
+
+
+def _rows_of(cache: Any, rows: torch.Tensor) -> Any:
+    """A copy of a key/value cache with these batch rows (the original's tensors untouched:
+    the copy's layers get new tensors, and a forward pass concatenates into new ones)."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    out.reorder_cache(rows)
+    return out
