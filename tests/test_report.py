@@ -259,7 +259,9 @@ def test_the_demo_report_in_chromium(browser, tmp_path, capsys):
         and kinds.count("flips") == 4
         and kinds.count("trace") == 2  # the residual stream and the MLPs
     )
-    assert kinds.count("lens") == 3  # the Australia prompt's composite (two parts) and the Eiffel one
+    # the Australia prompt's composite (two parts) through the logit lens and through the
+    # shipped tuned lens, and the Eiffel one
+    assert kinds.count("lens") == 5
     words = {"lens": "entropy", "similarity": "cosine", "attr": "attribution", "flips": "bucket",
              "trace": "normalised"}
     for kind, word in words.items():
