@@ -75,6 +75,10 @@ def test_bad_lens_folders_are_one_line(model_dir, tmp_path, capsys):  # noqa: F8
         (["--prompt", PROMPT, "--lens", str(tmp_path / "empty")], "is not a tuned lens"),
         (["--prompt", PROMPT, "--lens", str(tmp_path / "missing")], "no such folder"),
     ])
+    # the lens shipped for the built-in model does not fit the tiny one: said as such
+    assert_one_line_errors(capsys, "lens", str(model_dir), tmp_path / "o", [
+        (["--prompt", PROMPT, "--lens", "builtin"], "builtin (the built-in model's lens) was trained for a model with 30 blocks"),
+    ])
 
 
 def test_resuming_a_data_run_after_the_lens_was_trained_again_starts_over(model_dir, tmp_path):  # noqa: F811
