@@ -25,6 +25,7 @@ from ...results import now, versions
 from ...runner import progress_disabled, token_budget_batches
 from ...text import PreparedInput, prepare, token_texts
 from ..base import check_options
+from .estimate import first_order
 from .inputs import Settings, check_settings, corrupted_input, subject_span, token_id
 from .options import OPTIONS
 from .result import TraceResult
@@ -223,7 +224,7 @@ def _trace(
     grids = {c: np.full((len(tracer.sites[c]), tracer.n_pos), np.nan) for c in components}
     estimates = None
     if method in ("estimate", "both"):
-        deltas = tracer.first_order()
+        deltas = first_order(tracer)
         base = float(np.mean(tracer.base_scores))
         estimates = {c: g.copy() for c, g in grids.items()}
         for c, (cells, where) in plans.items():

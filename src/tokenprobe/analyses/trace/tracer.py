@@ -1,5 +1,5 @@
 """The patched runs of a causal trace: the clean and corrupted runs once, then every cell's
-restoration in token-budget batches, and the first-order estimate (attribution patching).
+restoration in token-budget batches (the first-order estimate is in `estimate.py`).
 
 The clean and the corrupted run are computed once (noise samples together in one batch), with
 every site's state recorded. A cell restores the source run's state at one position of one or
@@ -21,7 +21,6 @@ disagree (or the model has no such cache) that work is recomputed instead.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -35,6 +34,7 @@ import torch
 from ...model import LoadedModel
 from ...runner import is_oom, map_batches
 from . import tiles
+from .kvcache import is_key_value_cache, rows_of
 from .sites import Site, Skipper, at_sites, find_sites, recorder
 
 Cell = list[tuple[int, int]]  # (site index, position) pairs restored together
@@ -104,7 +104,7 @@ class Tracer:
         """Can batches skip the blocks below their lowest patched layer (checked on first use,
         so that an estimate-only trace does not pay for it)?"""
         with torch.inference_mode():
-            self.skipper.learn(lambda: self._forward(self.base_ids[:1], None, {}))
+            self.skipper.learn(lambda: self.forward(self.base_ids[:1], None, {}))
         return self._check_skip()
 
     @cached_property
@@ -126,7 +126,7 @@ class Tracer:
                 "earlier_positions": past}
 
     # ------------------------------------------------------------------ forward passes
-    def _forward(
+    def forward(
         self,
         ids: torch.Tensor,
         noise_rows: torch.Tensor | None,
@@ -187,7 +187,7 @@ class Tracer:
         store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         edits = {i: recorder(store, i) for i in range(len(self.flat))}
         with torch.inference_mode():
-            scores = self._forward(ids, noise_rows, edits)
+            scores = self.forward(ids, noise_rows, edits)
         return scores.double().cpu().numpy(), [store[i][0] for i in range(len(self.flat))]
 
     def _base_states(self, base_rows: torch.Tensor, offset: int = 0) -> Callable[[int], torch.Tensor]:
@@ -208,7 +208,7 @@ class Tracer:
             if cache is None:
                 return None
             self._prefix = (positions, cache)
-        return _rows_of(self._prefix[1], base_rows)
+        return rows_of(self._prefix[1], base_rows)
 
     def _prefix_cache(self, positions: int) -> Any:
         """Run the base run's first `positions` positions (every noise sample) and check that
@@ -227,12 +227,12 @@ class Tracer:
             with torch.inference_mode():
                 out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **extra)
         cache = out.past_key_values
-        ok = _is_key_value_cache(cache) and self._agrees(store[last][0], self.base[last][:, :positions])
+        ok = is_key_value_cache(cache) and self._agrees(store[last][0], self.base[last][:, :positions])
         if ok:  # continue the first sample's run from the cache: the rest of its last states
             zero = rows[:1]
             with torch.inference_mode():
-                self._forward(self.base_ids[:, positions:], zero if self.base_noisy else None,
-                              {last: recorder(store, last)}, past=_rows_of(cache, zero))
+                self.forward(self.base_ids[:, positions:], zero if self.base_noisy else None,
+                              {last: recorder(store, last)}, past=rows_of(cache, zero))
             ok = self._agrees(store[last][0], self.base[last][:1, positions:])
         if not ok:
             self.past_failed = positions
@@ -273,7 +273,7 @@ class Tracer:
         last = self.index[("resid", self.adapter.n_blocks)]
         store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         with torch.inference_mode():
-            self._forward(self.base_ids, rows if self.base_noisy else None, {last: recorder(store, last)},
+            self.forward(self.base_ids, rows if self.base_noisy else None, {last: recorder(store, last)},
                           start, self._base_states(rows))
         return self._agrees(store[last][0], self.base[last][:1])
 
@@ -348,7 +348,7 @@ class Tracer:
             edits[i] = _patch(r_t, p_t - offset, self.source[i][source_rows[r_t], p_t])
         ids = self.base_ids[:, offset:].expand(n, -1)
         with torch.inference_mode():
-            scores = self._forward(
+            scores = self.forward(
                 ids,
                 base_rows if self.base_noisy else None,
                 edits,
@@ -357,32 +357,6 @@ class Tracer:
                 past=past,
             )
         return scores.double().cpu().numpy()
-
-    # ------------------------------------------------------------------ estimate
-    def first_order(self) -> list[np.ndarray]:
-        """Attribution patching: for every site, (samples, positions) of
-        (source - base) . d metric / d state at the base run, from one forward and backward."""
-        device = self.lm.device
-        rows = torch.arange(self.samples if self.base_noisy else 1, device=device)
-        store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        edits = {i: recorder(store, i) for i in range(len(self.flat))}
-        ids = self.base_ids.expand(len(rows), -1)
-        with torch.enable_grad():
-            scores = self._forward(ids, rows if self.base_noisy else None, edits, leaf=True)
-            paths = [store[i][1] for i in range(len(self.flat))]
-            grads = torch.autograd.grad(scores.sum(), paths, allow_unused=True)
-        samples = torch.arange(self.samples, device=device)
-        base_rows = samples if self.base_noisy else torch.zeros_like(samples)
-        source_rows = samples if self.source_noisy else torch.zeros_like(samples)
-        out = []
-        for i, g in enumerate(grads):
-            if g is None:  # a site the metric does not depend on (e.g. after the last position)
-                out.append(np.zeros((self.samples, self.n_pos)))
-                continue
-            dt = torch.float64 if g.dtype == torch.float64 else torch.float32
-            delta = self.source[i][source_rows].to(dt) - self.base[i][base_rows].to(dt)
-            out.append((delta * g[base_rows].to(dt)).sum(-1).double().cpu().numpy())
-        return out
 
 
 def _patch(rows: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> Callable:
@@ -402,25 +376,3 @@ def window_of(sites: list[Site | None], row: int, window: int) -> list[int]:
     row - W//2 up to row + ceil(W/2) - 1), clipped, those without a site left out."""
     lo, hi = max(0, row - window // 2), min(len(sites), row - (-window // 2))
     return [k for k in range(lo, hi) if sites[k] is not None]
-
-
-def _is_key_value_cache(cache: Any) -> bool:
-    """A transformers cache whose every layer holds attention keys and values only."""
-    from transformers import cache_utils
-
-    recurrent = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
-    layers = getattr(cache, "layers", None)
-    return (
-        isinstance(cache, cache_utils.Cache)
-        and bool(layers)
-        and all(isinstance(x, cache_utils.DynamicLayer) and not isinstance(x, recurrent) for x in layers)
-    )
-
-
-def _rows_of(cache: Any, rows: torch.Tensor) -> Any:
-    """A copy of a key/value cache with these batch rows (the original's tensors untouched:
-    the copy's layers get new tensors, and a forward pass concatenates into new ones)."""
-    out = copy.copy(cache)
-    out.layers = [copy.copy(layer) for layer in cache.layers]
-    out.reorder_cache(rows)
-    return out
