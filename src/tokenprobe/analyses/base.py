@@ -188,6 +188,19 @@ def check_options(options: Sequence[Option], values: Mapping[str, Any]) -> None:
             option.check(values[option.param])
 
 
+def read_prompt(session: Session, or_data: bool = False) -> str:
+    """The prompt of --prompt or --prompt-file (exactly one; `or_data`: the command also takes
+    --data), or one line saying what to give."""
+    args = session.args
+    if (args.prompt is None) == (args.prompt_file is None):
+        data = ", --prompt-file FILE or --data FILE" if or_data else " or --prompt-file FILE"
+        raise TokenprobeError(f"give one of --prompt TEXT{data}")
+    prompt = args.prompt if args.prompt is not None else session.read_text_file(args.prompt_file, "--prompt-file")
+    if not prompt.strip():
+        raise TokenprobeError("the prompt is empty: give --prompt or --prompt-file")
+    return prompt
+
+
 class Session(Protocol):
     """What an analysis's command-line glue gets from the command line (see `cli/session.py`)."""
 

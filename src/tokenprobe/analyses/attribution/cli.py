@@ -9,7 +9,7 @@ from typing import Any
 from ...data import read_prompts
 from ...errors import TokenprobeError
 from ...rowset import RowSet
-from ..base import Session, check_rows_flags
+from ..base import Session, check_rows_flags, read_prompt
 from .compute import attribute
 from .methods import METHODS
 from .result import AttributionResult
@@ -24,15 +24,7 @@ def command(session: Session) -> None:
     if args.data is not None:
         return _over_data(session)
     check_rows_flags(args)
-    if (args.prompt is None) == (args.prompt_file is None):
-        raise TokenprobeError("give one of --prompt TEXT, --prompt-file FILE or --data FILE")
-    prompt = (
-        args.prompt
-        if args.prompt is not None
-        else session.read_text_file(args.prompt_file, "--prompt-file")
-    )
-    if not prompt.strip():
-        raise TokenprobeError("the prompt is empty: give --prompt or --prompt-file")
+    prompt = read_prompt(session, or_data=True)
     out = Path(args.out)
     session.check_out(out, AttributionResult.files(args.format))
     result = attribute(session.load(), prompt, checkpoint=out, **session.params("run"))

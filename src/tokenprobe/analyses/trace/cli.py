@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...errors import TokenprobeError
-from ..base import Session
+from ..base import Session, read_prompt
 from .compute import causal_trace
 from .inputs import check_settings
 from .result import TraceResult
@@ -15,15 +14,7 @@ from .result import TraceResult
 def command(session: Session) -> None:
     """Check the prompt and the corruption settings before the model loads, then run and save."""
     args = session.args
-    if (args.prompt is None) == (args.prompt_file is None):
-        raise TokenprobeError("give one of --prompt TEXT or --prompt-file FILE")
-    prompt = (
-        args.prompt
-        if args.prompt is not None
-        else session.read_text_file(args.prompt_file, "--prompt-file")
-    )
-    if not prompt.strip():
-        raise TokenprobeError("the prompt is empty: give --prompt or --prompt-file")
+    prompt = read_prompt(session)
     params = session.params("run")
     check_settings(
         params["target"],
