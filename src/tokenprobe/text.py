@@ -144,6 +144,8 @@ def ensure_marker(lm: LoadedModel, marker: str) -> int:
         out_emb = lm.model.get_output_embeddings()
         tied = out_emb is not None and out_emb.weight is emb.weight
         lm.model.resize_token_embeddings(len(tok), mean_resizing=False)
+        if lm.loaded_vocab is None:
+            lm.loaded_vocab = old_rows
         with torch.no_grad():
             new_in = lm.model.get_input_embeddings().weight
             new_in[old_rows:] = new_in[:old_rows].mean(dim=0)

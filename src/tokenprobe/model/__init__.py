@@ -137,6 +137,7 @@ class LoadedModel:
     adapter: Adapter | None = None
     folder: str = ""  # the Hugging Face folder (or hub id) the weights were read from
     load_args: dict[str, Any] | None = None  # how `load` loaded it (a Ray worker loads it so)
+    loaded_vocab: int | None = None  # embedding rows before a marker token was added (None: none added)
 
     @classmethod
     def wrap(

@@ -64,9 +64,17 @@ def per_token_bytes(lm: LoadedModel, gradients: bool = False) -> int:
     cfg = text_config(lm.model.config)
     width = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "d_model", 0) or 0)
     inner = int(getattr(cfg, "intermediate_size", 0) or 4 * width)
-    vocab = int(lm.model.get_input_embeddings().weight.shape[0])
+    # a classifier's head gives one score per label, and it has no adapter (no LM head)
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    if head is not None:
+        vocab = int(lm.model.get_input_embeddings().weight.shape[0])
+    else:
+        vocab = int(getattr(lm.model.config, "num_labels", 0) or 2)
     size = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
-    layers = lm.n_layers
+    if lm.adapter is not None:
+        layers = lm.n_layers
+    else:
+        layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 1) + 1
     states = layers * width * (size + 4)
     block = (3 * width + 2 * inner) * size
     logits = vocab * (size + 4)

@@ -152,7 +152,7 @@ def load_lens(folder: str | os.PathLike[str], lm: LoadedModel | None = None) -> 
     if lm is not None:
         lens.to(lm.device)
         saved = info.get("unembed_hash")
-        if saved and saved != unembed_hash(lm.require_adapter()):
+        if saved and saved != unembed_hash(lm.require_adapter(), lm.loaded_vocab):
             warn(f"`lens` {folder} was trained with another unembedding than {lm.name}'s (same shape, other weights): its rows may mislead")
     return lens.eval()
 

@@ -64,14 +64,15 @@ class TunedDecoder:
         return self.adapter.logits(self.lens.transform(hidden, layer).to(hidden.dtype))
 
 
-def unembed_hash(adapter: Adapter) -> str:
+def unembed_hash(adapter: Adapter, rows: int | None = None) -> str:
     """The tuned-lens package's fingerprint of the unembedding matrix (its `unembed_hash`):
-    sha256 of numpy's one-decimal summary of the float32 weights."""
+    sha256 of numpy's one-decimal summary of the float32 weights; `rows` leaves out rows
+    added after loading (a marker token's), which the lens was not trained with."""
     import hashlib
 
     import numpy as np
 
-    weight = adapter.unembed.weight.detach().cpu().float().numpy()
+    weight = adapter.unembed.weight.detach()[:rows].cpu().float().numpy()
     return hashlib.sha256(str.encode(np.array_str(weight, precision=1))).hexdigest()
 
 

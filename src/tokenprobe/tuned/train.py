@@ -142,7 +142,7 @@ class Trainer:
         self.lm, self.sequences, self.hyper = lm, sequences, hyper
         self.adapter = lm.require_adapter()
         device = lm.device
-        info = {"model": lm.name, "model_path": lm.folder or lm.name, "unembed_hash": unembed_hash(self.adapter)}
+        info = {"model": lm.name, "model_path": lm.folder or lm.name, "unembed_hash": unembed_hash(self.adapter, lm.loaded_vocab)}
         self.lens = TunedLens(self.adapter.n_blocks, residual_width(lm), info).to(device)
         self.opt = torch.optim.SGD(
             self.lens.parameters(),

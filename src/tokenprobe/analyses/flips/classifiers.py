@@ -18,6 +18,7 @@ import torch
 
 from ...errors import TokenprobeError
 from ...model import LoadedModel
+from ...model.kvcache import cache_of, with_cache
 from ...runner import left_positions, map_batches, pad_batch, pad_id_of
 from ...text import render, token_texts
 from .words import TextInput, tokenize_words
@@ -222,9 +223,7 @@ class PromptedClassifier(Classifier):
         if self._cache is None:
             ids = torch.tensor([self.prefix_ids], device=self.lm.device)
             with torch.inference_mode():
-                cache = getattr(
-                    self.lm.model(input_ids=ids, use_cache=True), "past_key_values", None
-                )
+                cache = cache_of(self.lm.model(input_ids=ids, use_cache=True))
             try:  # Jamba's cache has the method, but its state-space layers lack it
                 copy.deepcopy(cache).batch_repeat_interleave(2)
             except (AttributeError, NotImplementedError, TypeError, RuntimeError):
@@ -303,8 +302,7 @@ class PromptedClassifier(Classifier):
             input_ids=ids,
             attention_mask=torch.cat([ones, mask], 1),
             position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
+            **with_cache(lm.model, cache),
             logits_to_keep=keep,
         ).logits
         rows = torch.arange(len(seqs), device=lm.device)
