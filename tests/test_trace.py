@@ -74,10 +74,15 @@ def _components(arch: str) -> list[str]:
 # ----------------------------------------------------------------------------- brute force
 
 
+# the block lists of the sweep's families (the "trust, again" issue), by HF module path
+BLOCKS = {**{a: h[0] for a, h in HEADS.items()}, **{a: "model.layers" for a in zoo.SWEEP}}
+BLOCKS |= {"rwkv": "rwkv.blocks", "xlstm": "backbone.blocks"}
+
+
 def _module(lm, component: str, layer: int):
     """(module, "input" | "output") holding the state of a cell's row, or None."""
     arch = _arch(lm)
-    blocks = lm.model.get_submodule(HEADS[arch][0])
+    blocks = lm.model.get_submodule(BLOCKS[arch])
     if component == "resid":
         return (blocks[0], "input") if layer == 0 else (blocks[layer - 1], "output")
     name = MODULES[arch][0 if component == "attn" else 1]
@@ -214,6 +219,38 @@ def test_every_cell_equals_one_forward_per_cell(lm, monkeypatch):
         want = brute_force(lm, clean, bad, c)
         np.testing.assert_allclose(res.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=c)
         np.testing.assert_allclose(finest.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=f"{c}, finest")
+
+
+# Gemma 3n's four-stream blocks are traced in tests/test_sweep_adapter.py
+SWEEP = [a for a in zoo.SWEEP if a != "gemma3n"]
+
+
+@pytest.mark.parametrize("arch", SWEEP)
+def test_the_sweeps_families_equal_one_forward_per_cell(arch, bpe, monkeypatch):
+    """The families of 2026's sweep, default tiles and finest: a shortcut that does not hold
+    (Gemma 4's shared key/value layers cannot skip the lower blocks, and run only the kept
+    positions under logits_to_keep) is switched off with its reason in meta.json."""
+    lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
+    kw = dict(corrupted=CORRUPTED, target=TARGET, metric="logprob", components=["resid"], progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = causal_trace(lm, CLEAN, **kw)
+    monkeypatch.setattr(tiles_module, "FORWARD_TOKENS", {"cpu": 0.0, "other": 0.0})
+    finest = causal_trace(lm, CLEAN, **kw)
+    want = brute_force(lm, _ids(lm, CLEAN), _ids(lm, CORRUPTED), "resid")
+    np.testing.assert_allclose(res.scores["resid"], want, atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(finest.scores["resid"], want, atol=2e-4, rtol=1e-4, err_msg="finest")
+    said = [str(w.message) for w in caught if "recomputed for every batch" in str(w.message)]
+    for key in ("lower_blocks", "earlier_positions"):
+        if res.meta[key].startswith("recomputed"):  # why, in meta.json and once on stderr
+            why = res.meta[key].split(": ", 1)[1]
+            assert len(why) > 10 and sum(why in m for m in said) == 1, (res.meta[key], said)
+    if arch == "gemma4-shared-kv":
+        assert "KeyError" in res.meta["lower_blocks"], res.meta["lower_blocks"]
+    if arch == "minimax":  # its linear-attention states live beside the cache's layers
+        assert "MiniMaxCache" in res.meta["earlier_positions"], res.meta["earlier_positions"]
+    if arch in ("gemma4", "doge-window"):
+        assert res.meta["earlier_positions"].startswith("continued"), res.meta["earlier_positions"]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bloom", "gemma3"])

@@ -38,13 +38,16 @@ def cache_of(output: Any) -> Any:
 
 
 def is_key_value_cache(cache: Any) -> bool:
-    """A transformers cache whose every layer holds attention keys and values only."""
+    """A plain `DynamicCache` whose every layer holds attention keys and values only. A
+    subclass may keep more state beside its layers, which `rows_of` would not copy (MiniMax's
+    keeps its linear-attention states in a list: continuing from a copy changed the original,
+    and every later batch started from a wrong state)."""
     from transformers import cache_utils
 
     recurrent = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
     layers = getattr(cache, "layers", None)
     return (
-        isinstance(cache, cache_utils.Cache)
+        type(cache) is cache_utils.DynamicCache
         and bool(layers)
         and all(isinstance(x, cache_utils.DynamicLayer) and not isinstance(x, recurrent) for x in layers)
     )

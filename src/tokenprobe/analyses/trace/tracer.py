@@ -86,6 +86,10 @@ class Tracer:
         self.skipper = Skipper(self.adapter)
         clean_ids = torch.tensor([problem.clean_ids], device=lm.device)
         clean_scores, clean = self._record(clean_ids, None)
+        if self.keep_last and any(state.shape[1] != self.n_pos for state in clean):
+            # Gemma 4's key/value-sharing layers run only the positions whose logits are kept
+            self.keep_last = False
+            clean_scores, clean = self._record(clean_ids, None)
         corrupted_ids = torch.tensor([problem.corrupted_ids], device=lm.device)
         rows = None if problem.noise is None else torch.arange(self.samples, device=lm.device)
         ids = corrupted_ids.expand(self.samples, -1)
@@ -242,22 +246,27 @@ class Tracer:
                 out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **extra)
         cache = cache_of(out)
         if not is_key_value_cache(cache):
-            why = f"its cache ({type(cache).__name__}) holds more than attention keys and values"
+            what = "no cache" if cache is None else f"a cache ({type(cache).__name__}) that holds more than attention keys and values"
+            why = f"it returns {what}"
         else:
             err = self._error(store[last][0], self.base[last][:, :positions])
-            why = f"a run of the first {positions} positions differs from the full run's by {err:.1e}"
+            why = f"a run of the first {positions} positions differs from the full run's by {err:.1e} {self._relative}"
             if err <= self._tolerance:  # continue the first sample's run from the cache
                 zero = rows[:1]
                 with torch.inference_mode():
                     self.forward(self.base_ids[:, positions:], zero if self.base_noisy else None,
                                   {last: recorder(store, last)}, past=rows_of(cache, zero))
                 err = self._error(store[last][0], self.base[last][:1, positions:])
-                why = f"continuing from the cache of {positions} positions differs from the full run by {err:.1e}"
+                why = f"continuing from the cache of {positions} positions differs from the full run by {err:.1e} {self._relative}"
                 if err <= self._tolerance:
                     return cache
         self.past_failed = positions
-        self._switch_off("past", f"{why} (relative error, tolerance {self._tolerance:.0e})")
+        self._switch_off("past", why)
         return None
+
+    @property
+    def _relative(self) -> str:
+        return f"(relative error; tolerance {self._tolerance:.0e})"
 
     @property
     def _tolerance(self) -> float:
@@ -314,8 +323,7 @@ class Tracer:
         err = self._error(store[last][0], self.base[last][:1])
         if err > self._tolerance:
             self._switch_off(
-                "skip", f"a run that skips the lower blocks differs from the full run by {err:.1e} "
-                f"(relative error, tolerance {self._tolerance:.0e})"
+                "skip", f"a run that skips the lower blocks differs from the full run by {err:.1e} {self._relative}"
             )
             return False
         return True
