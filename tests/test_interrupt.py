@@ -598,3 +598,24 @@ def test_overwrite_never_deletes_files_a_foreign_meta_json_lists(tmp_path):
         (tmp_path / "meta.json").write_text(json.dumps(meta))
         res.save(tmp_path, overwrite=True)
         assert (tmp_path / "data.csv").exists() and (tmp_path / "analysis.ipynb").exists()
+
+
+def test_an_interrupted_second_run_leaves_a_live_runs_checkpoint_alone(tmp_path):
+    """Ctrl-C of a second command in the same --out: the checkpoint whose lock belongs to a
+    live process (here holding only its settings, as a run in its first part does) is kept."""
+    from tokenprobe.checkpoint import LOCK, interrupted_note
+    from tokenprobe.files import host as _host
+
+    partial = tmp_path / "lens.partial"
+    partial.mkdir()
+    (partial / "settings.json").write_text("{}")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (partial / LOCK).write_text(f"{_host()} {other.pid}\n")
+        interrupted_note(tmp_path)
+        assert (partial / "settings.json").is_file() and (partial / LOCK).is_file()
+    finally:
+        other.kill()
+        other.wait()
+    assert "nothing was finished yet" in interrupted_note(tmp_path)  # its owner is gone now
+    assert not partial.exists()

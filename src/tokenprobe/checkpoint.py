@@ -250,12 +250,30 @@ def interrupted_note(out: Path) -> str:
                 f": finished work is kept in {folder} ({kept}); run the same command with "
                 "--resume to go on from it"
             )
+        if held_by_another(folder):  # a live run's checkpoint: never touched from here
+            continue
         if {p.name for p in folder.iterdir()} <= {"settings.json", LOCK}:
             shutil.rmtree(folder, ignore_errors=True)
         if folder.exists():
             return f": nothing was finished yet; delete {folder} to start afresh"
         return ": nothing was finished yet, so nothing is kept"
     return ""
+
+
+def held_by_another(folder: Path) -> bool:
+    """Is the checkpoint in `folder` locked by another process that is alive (or by one on
+    another host, which cannot be asked)?"""
+    from .files import host as _host
+    from .files import process_alive as _process_alive
+
+    try:
+        host, pid = (folder / LOCK).read_text(encoding="utf-8").split()
+        owner = int(pid)
+    except (OSError, ValueError):
+        return False
+    if host != _host():
+        return True
+    return owner != os.getpid() and _process_alive(owner)
 
 
 def _kept_work(folder: Path) -> str:
