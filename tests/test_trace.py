@@ -564,6 +564,12 @@ def test_bad_input_is_one_line(model_dir, tmp_path, capsys):  # noqa: F811
         (["--subject", "Australia", "--corrupted", CORRUPTED, "--corrupt", "noise", "--target", TARGET],
          "not both"),
         (["--corrupted", CORRUPTED, "--target", TARGET, "--window", "0"], "--window: must be at least 1"),
+        (["--corrupt", "noise", "--subject", "Australia", "--target", TARGET, "--noise", "inf"],
+         "argument --noise: must be a finite number, not 'inf'"),
+        (["--corrupt", "noise", "--subject", "Australia", "--target", TARGET, "--noise", "nan"],
+         "argument --noise: must be a finite number, not 'nan'"),
+        (["--corrupt", "noise", "--subject", "Australia", "--target", TARGET, "--noise", "1e308"],
+         "--noise 1e+308 x the embeddings' standard deviation is not a finite number in float32: give a smaller --noise"),
     ]
     for argv, message in cases:
         _one_error(capsys, [*base, *argv], message)
@@ -586,6 +592,9 @@ def test_library_errors_name_parameters(bpe):
         warnings.simplefilter("error")
         with pytest.raises(TokenprobeError, match="samples must be at least 1"):
             causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, samples=0)
+    for noise in (float("inf"), 1e300):
+        with pytest.raises(TokenprobeError, match="noise"):
+            causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, noise=noise, progress=False)
 
 
 # ----------------------------------------------------------------------------- SmolLM2

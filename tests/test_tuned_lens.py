@@ -256,3 +256,28 @@ def test_bad_input_is_one_line_each(model_dir, corpus, tmp_path, capsys):
     for argv, message in cases:
         code, _, err = run_any(capsys, *argv)
         assert_one_error(code, err, message)
+
+
+def test_non_finite_numbers_never_reach_a_lens(lm, model_dir, corpus, tmp_path, capsys):
+    """inf and nan flags are refused by the flag itself; a training that diverges (a finite
+    but huge --lr) stops with one line and saves nothing; a lens with NaN weights is neither
+    saved nor read."""
+    for flag, value in (("--lr", "inf"), ("--weight-decay", "nan"), ("--momentum", "nan")):
+        code, _, err = run_any(capsys, *tune_argv(model_dir, corpus, tmp_path / "t", flag, value))
+        assert_one_error(code, err, f"argument {flag}: must be a finite number, not '{value}'")
+    code, _, err = run_any(capsys, *tune_argv(model_dir, corpus, tmp_path / "huge", "--lr", "1e30"))
+    assert_one_error(code, err, "training diverged: the loss is not finite at step")
+    assert not list((tmp_path / "huge").glob("*.safetensors")) and not (tmp_path / "huge" / "params.pt").exists()
+    broken = randomised(TunedLens(lm.n_blocks, 32))
+    with torch.no_grad():
+        broken.translators[1].weight[0, 0] = float("nan")
+    with pytest.raises(tokenprobe.TokenprobeError, match="not finite .* layers 1: train it again"):
+        save_lens(broken, tmp_path / "nan")
+    save_lens(randomised(TunedLens(lm.n_blocks, 32)), tmp_path / "nan")  # then damaged on disk
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tmp_path / "nan" / "tuned-lens.safetensors"))
+    weights["translators.0.bias"][3] = float("inf")
+    save_file(weights, str(tmp_path / "nan" / "tuned-lens.safetensors"))
+    with pytest.raises(tokenprobe.TokenprobeError, match="not finite"):
+        load_lens(tmp_path / "nan", lm)

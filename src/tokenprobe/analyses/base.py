@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,14 +61,23 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    """argparse type for every number a flag reads: a finite one (inf and nan are refused
+    here, once, for every float flag; an option's `minimum`/`maximum` are checked after)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
 def share(minimum_exclusive: bool) -> Callable[[str], float]:
     """argparse type for a worker's CPUs (above 0) or GPUs (0 or more)."""
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        value = finite_float(text)
         if value < 0 or (minimum_exclusive and value == 0):
             raise argparse.ArgumentTypeError(
                 f"must be {'above' if minimum_exclusive else 'at least'} 0, not {value:g}"
@@ -147,6 +157,8 @@ class Option:
         """Refuse a value outside the option's choices or limits, naming the parameter."""
         if value is None or self.param is None:
             return
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TokenprobeError(f"`{self.param}` must be a finite number, not {value}")
         if self.choices is not None and value not in self.choices:
             raise TokenprobeError(
                 f"`{self.param}` must be one of {', '.join(map(str, self.choices))}, not {value!r}"
@@ -171,6 +183,8 @@ class Option:
             for key in ("type", "choices", "metavar", "nargs"):
                 if getattr(self, key) is not None:
                     kwargs[key] = getattr(self, key)
+            if self.type is float:
+                kwargs["type"] = finite_float
             if self.required:
                 kwargs["required"] = True
         group.add_argument(self.cli_flag, **kwargs)

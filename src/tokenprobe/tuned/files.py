@@ -25,7 +25,7 @@ import torch
 from ..errors import TokenprobeError, warn
 from ..journal import atomic_write
 from ..model import LoadedModel
-from .lens import TunedLens, residual_width, unembed_hash
+from .lens import TunedLens, check_finite, residual_width, unembed_hash
 
 FORMATS = ("tokenprobe", "tuned-lens")
 OURS_META, OURS_WEIGHTS = "tuned-lens.json", "tuned-lens.safetensors"
@@ -64,6 +64,7 @@ def save_lens(
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise TokenprobeError(f"`formats` must be among {', '.join(FORMATS)}, not {bad or 'none'}")
+    check_finite(lens, f"the lens for {folder}")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in lens.translators.state_dict().items()}
@@ -148,6 +149,7 @@ def load_lens(folder: str | os.PathLike[str], lm: LoadedModel | None = None) -> 
         check_fits(n_blocks, width, lm, folder)
     lens = TunedLens(n_blocks, width, {k: v for k, v in info.items() if k not in ("n_blocks", "width", "format", "version")})
     lens.translators.load_state_dict({k: v.float() for k, v in state.items()})
+    check_finite(lens, f"`lens` {folder}")
     lens.info["format"] = fmt
     if lm is not None:
         lens.to(lm.device)

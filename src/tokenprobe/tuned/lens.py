@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import TokenprobeError
 from ..model import Adapter, LoadedModel
 from ..model.adapter import text_config
 
@@ -80,3 +81,15 @@ def residual_width(lm: LoadedModel) -> int:
     """The residual stream's width: the config's hidden size, else the embeddings' width."""
     width = getattr(text_config(lm.model.config), "hidden_size", None)
     return int(width) if isinstance(width, int) else int(lm.model.get_input_embeddings().weight.shape[-1])
+
+
+def check_finite(lens: TunedLens, what: str) -> None:
+    """One error when any translator weight is inf or NaN (a diverged training, a damaged
+    file): such a lens decodes every state to the same token without a word."""
+    bad = [name for name, p in lens.translators.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        layers = sorted({int(name.split(".")[0]) for name in bad})
+        raise TokenprobeError(
+            f"{what} has weights that are not finite (inf or NaN) in the translators of layers "
+            f"{', '.join(map(str, layers[:8]))}{' ...' if len(layers) > 8 else ''}: train it again with a lower `lr`"
+        )

@@ -33,7 +33,7 @@ from ..checkpoint import Checkpoint
 from ..errors import TokenprobeError, warn
 from ..model import LoadedModel
 from .corpus import check_seq_len, fingerprint, pack, read_corpus
-from .lens import TunedLens, residual_width, unembed_hash
+from .lens import TunedLens, check_finite, residual_width, unembed_hash
 
 PRECISIONS = ("float32", "bfloat16")
 STATE = ".state.pt"  # a checkpoint part: the training state after some step
@@ -324,6 +324,11 @@ def train_lens(
     with frozen(lm.model), bar:
         for step in range(start, hyper.steps):
             losses.append(trainer.step(step))
+            if not np.isfinite(losses[-1]).all():
+                raise TokenprobeError(
+                    f"training diverged: the loss is not finite at step {step + 1} of {hyper.steps} "
+                    f"(`lr` {hyper.lr:g}, `weight_decay` {hyper.weight_decay:g}): lower `lr`; nothing was saved"
+                )
             bar.update(per_step)
             bar.set_postfix_str(band_text(losses[-1]), refresh=False)
             done = step + 1
@@ -331,6 +336,7 @@ def train_lens(
                 _save_state(store, trainer.state(done, losses), done)
             step_done(done)
     lens = trainer.lens.eval()
+    check_finite(lens, "the trained lens")
     lens.info.update(training={**settings, "steps": hyper.steps, "sequences": len(sequences),
                                "passes": round(hyper.steps * batch_size / len(sequences), 3)})
     return Training(lens, np.stack(losses), settings)

@@ -94,6 +94,13 @@ def causal_trace(
         span=span,
     )
     tracer = Tracer(lm, problem, s.components)
+    if not np.isfinite([tracer.clean_score, *tracer.corrupted_scores]).all():
+        bad_run = "clean" if not np.isfinite(tracer.clean_score) else "corrupted"
+        raise TokenprobeError(
+            f"the {bad_run} run's score is not finite: the model's numbers overflow"
+            + (" with this `noise`: give a smaller `noise`" if bad_run == "corrupted" and noise_t is not None
+               else f" in {str(lm.dtype).removeprefix('torch.')}: load it in float32 (`dtype`)")
+        )
     scores, estimates = _trace(tracer, s.components, window, method, batch_tokens, progress)
     options = {"components": list(s.components), "window": window, "seed": seed,
                "samples": samples if s.corrupt == "noise" else 1,
@@ -156,7 +163,13 @@ def _draw_noise(
     std = embedding_std(lm) * noise
     width = int(lm.require_adapter().embed.weight.shape[1])
     draws = torch.randn((samples, span[1] - span[0], width), generator=torch.Generator().manual_seed(seed))
-    return (draws * std).to(lm.device), std
+    scaled = (draws * std).to(lm.device)
+    if not (np.isfinite(std) and bool(torch.isfinite(scaled).all())):
+        raise TokenprobeError(
+            f"`noise` {noise:g} x the embeddings' standard deviation is not a finite number in "
+            f"{str(lm.dtype).removeprefix('torch.')}: give a smaller `noise` (3 is the usual)"
+        )
+    return scaled, std
 
 
 def _warn_unused_noise(given: dict[str, Any]) -> None:

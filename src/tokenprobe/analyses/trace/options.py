@@ -3,7 +3,7 @@ defaults themselves are `causal_trace`'s)."""
 
 from __future__ import annotations
 
-from ..base import Option, positive_int, prompt_options
+from ..base import Option, finite_float, positive_int, prompt_options
 
 COMPONENTS = ("resid", "attn", "mlp")  # residual stream, attention output, MLP output
 CORRUPTIONS = ("prompt", "noise")
@@ -17,10 +17,7 @@ def positive_float(text: str) -> float:
     """argparse type for a noise scale: a number above 0."""
     import argparse
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, not {value:g}")
     return value
