@@ -281,3 +281,17 @@ def test_non_finite_numbers_never_reach_a_lens(lm, model_dir, corpus, tmp_path, 
     save_file(weights, str(tmp_path / "nan" / "tuned-lens.safetensors"))
     with pytest.raises(tokenprobe.TokenprobeError, match="not finite"):
         load_lens(tmp_path / "nan", lm)
+
+
+def test_overwrite_in_one_format_removes_the_previous_lens_in_the_other(model_dir, corpus, tmp_path, capsys):
+    """A two-format lens trained again with --overwrite --lens-format tokenprobe: the old
+    tuned-lens files go (a load would otherwise find either lens), other files stay."""
+    out = tmp_path / "t"
+    code, _, err = run_any(capsys, *tune_argv(model_dir, corpus, out))
+    assert code == 0, err
+    assert (out / "config.json").is_file() and (out / "params.pt").is_file()
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run_any(capsys, *tune_argv(model_dir, corpus, out, "--overwrite", "--lens-format", "tokenprobe"))
+    assert code == 0, err
+    assert not (out / "config.json").exists() and not (out / "params.pt").exists()
+    assert (out / "tuned-lens.safetensors").is_file() and (out / "notes.txt").read_text() == "mine"

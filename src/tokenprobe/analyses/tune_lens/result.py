@@ -3,6 +3,7 @@ curve, the mean KL per layer at every step (the table and the figure)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -85,6 +86,21 @@ class TuneLensResult(Result):
         written: dict[str, Path] = {}
         if self.lens is not None:
             check_writable(Path(out_dir), lens_files(self.lens_formats), overwrite)
+            if overwrite:
+                self._remove_previous_lens(Path(out_dir))
             written.update(save_lens(self.lens, out_dir, formats=self.lens_formats))
         written.update(super().save(out_dir, formats=formats, overwrite=overwrite, plot_options=plot_options))
         return written
+
+    def _remove_previous_lens(self, out: Path) -> None:
+        """The previous tune-lens result's lens files in formats this one does not write (a
+        folder whose meta.json is another kind's keeps its files): otherwise a load would find
+        the old lens beside the new one."""
+        try:
+            previous = json.loads((out / "meta.json").read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            return
+        if previous != self.kind:
+            return
+        for name in sorted(set(lens_files()) - set(lens_files(self.lens_formats))):
+            (out / name).unlink(missing_ok=True)
