@@ -183,3 +183,30 @@ def test_worker_shares_below_zero_are_one_line(model_dir, data, tmp_path, capsys
             run(capsys, *argv, "--out", str(tmp_path / "o"), "--ray", flag, value)
         err = capsys.readouterr().err
         assert done.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_local_cluster_refuses_a_client_without_its_token(tmp_path):
+    """--ray without RAY_ADDRESS starts a local cluster whose servers listen on every
+    interface: a client without Ray's token is refused (one with it connects)."""
+    import subprocess
+
+    ray_module = RayExecutor(workers=1)._ray()
+    assert os.environ.get("RAY_AUTH_MODE", "token") == "token"
+    gcs = ray_module.get_runtime_context().gcs_address
+    code = f"import ray; ray.init(address={gcs!r}, log_to_driver=False); print('connected')"
+
+    def connects(**env: str) -> bool:
+        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=180)
+        return "connected" in proc.stdout
+
+    assert not connects(RAY_AUTH_MODE="disabled", HOME=str(tmp_path))  # no token sent
+    assert connects()  # the token Ray generated for this machine's user
+
+
+def test_a_cluster_without_authentication_is_warned_about(monkeypatch):
+    from tokenprobe.executors import _require_token
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.warns(tokenprobe.TokenprobeWarning, match="accepts work from anyone"):
+        _require_token()

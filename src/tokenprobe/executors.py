@@ -54,6 +54,8 @@ class RayExecutor:
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS") or None
             _check_reachable(address)
+            if address is None:
+                _require_token()
             try:
                 ray.init(
                     address=address,
@@ -125,6 +127,21 @@ class RayExecutor:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:
             raise _one_line(exc) from exc
+
+
+def _require_token() -> None:
+    """A local cluster's GCS server, raylets and workers listen on every interface, and Ray
+    runs whatever anyone who reaches them sends: Ray 2.59 and later (the lower bound of the
+    `ray` extra) start a local cluster with token authentication unless RAY_AUTH_MODE says
+    otherwise. A user who turned it off is warned, once."""
+    from .errors import warn
+
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
+        warn(
+            f"RAY_AUTH_MODE={mode}: the local Ray cluster accepts work from anyone who can reach "
+            "this machine's ports; unset it (Ray then starts the cluster with a token)"
+        )
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
