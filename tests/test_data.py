@@ -3,6 +3,7 @@ Parquet files as Ray and Spark write them, and a hub data set through `datasets`
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pandas as pd
@@ -82,3 +83,31 @@ def test_commands_read_a_saved_data_set(model_dir, tmp_path, capsys):  # noqa: F
     )
     assert code == 0, err
     assert "over 3 text(s)" in printed and (out / "similarity.parquet").exists()
+
+
+def test_cells_are_read_as_the_text_they_hold(tmp_path):
+    """A numeric-looking CSV target keeps its leading space, a JSON number is a prompt, a
+    `.json` array reads as rows; a header naming a column twice, a lone surrogate and a
+    non-object row are one line each (they were silently wrong)."""
+    from tokenprobe.data import read_prompts, read_texts
+
+    csv = tmp_path / "p.csv"
+    csv.write_text('prompt,answer\n"Two plus two is",\" 4\"\nSeven times five is, 35\n', encoding="utf-8")
+    assert read_prompts(str(csv), target_column="answer") == [
+        {"prompt": "Two plus two is", "target": " 4"}, {"prompt": "Seven times five is", "target": " 35"}]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": 42}\n{"prompt": "caf\\u00e9"}\n', encoding="utf-8")
+    assert [r["prompt"] for r in read_prompts(str(jsonl))] == ["42", "café"]
+    array = tmp_path / "p.json"
+    array.write_text('[{"text": "a b"}, {"text": "c"}]', encoding="utf-8")
+    assert read_texts(str(array)) == ["a b", "c"]
+    cases = {
+        "twice.csv": ("prompt,prompt\nfirst,second\n", "names the column 'prompt' 2 times"),
+        "lone.jsonl": ('{"prompt": "bad \\ud800 text"}\n', "row 0 of column 'prompt' holds a lone surrogate"),
+        "list.jsonl": ('["a", "b"]\n', "row 0 is list, not an object"),
+        "broken.jsonl": ('{"prompt": "a"}\n{"prompt": \n', "line 2"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(TokenprobeError, match=re.escape(message)):
+            read_prompts(str(tmp_path / name))

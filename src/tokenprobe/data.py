@@ -49,9 +49,11 @@ def read_table(path: str) -> pd.DataFrame:
         raise TokenprobeError(f"--data {path} is empty: give a file with a header and rows")
     try:
         if kind == "csv":
-            frame = pd.read_csv(file, encoding="utf-8")
+            _check_header(file, path)
+            # every cell as the text it is (" 35" stays " 35"); empty cells are missing
+            frame = pd.read_csv(file, encoding="utf-8", dtype=str)
         elif kind == "jsonl":
-            frame = pd.read_json(file, lines=True, encoding="utf-8")
+            frame = _read_json(file, path)
         else:
             frame = pd.read_parquet(file)
     except UnicodeDecodeError as exc:
@@ -61,6 +63,78 @@ def read_table(path: str) -> pd.DataFrame:
             f"--data {path} cannot be read as {kind}: {str(exc).splitlines()[0]}"
         ) from exc
     return _non_empty(frame, path)
+
+
+def _check_header(file: Path, path: str) -> None:
+    """A CSV header naming a column twice: pandas would rename the second (`prompt.1`) and
+    read the first without a word."""
+    import csv
+
+    with open(file, encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f), [])
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise TokenprobeError(
+            f"--data {path} names the column {twice[0]!r} {header.count(twice[0])} times in its header: "
+            "rename or remove the others"
+        )
+
+
+def _read_json(file: Path, path: str) -> pd.DataFrame:
+    """JSON Lines (one object per line), or a `.json` file holding one array of objects;
+    values as JSON gives them (pandas' reader drops lone surrogates and guesses types)."""
+    text = file.read_text(encoding="utf-8")
+    array = file.suffix.lower() == ".json" and text.lstrip().startswith("[")
+    lines = [(1, text)] if array else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    try:
+        parsed = [json.loads(line) for _, line in lines]
+    except json.JSONDecodeError as exc:
+        n = next(n for n, line in lines if _fails(line))
+        raise TokenprobeError(
+            f"--data {path} is not JSON Lines (one object per line) or a JSON array of objects: "
+            f"line {n + exc.lineno - 1}: {exc.msg}"
+        ) from exc
+    records = parsed[0] if array else parsed
+    if not isinstance(records, list):
+        records = [records]
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise TokenprobeError(
+                f"--data {path}: row {i} is {type(record).__name__}, not an object with named "
+                'columns (e.g. {"prompt": "..."})'
+            )
+        _check_text(record, path, i)
+    return pd.DataFrame.from_records(records)
+
+
+def _text(value: object) -> str | None:
+    """A cell as text: strings as they are, numbers as text (a JSON prompt `42` is "42"; CSV
+    cells are read as text already); None for a missing cell."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _fails(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return True
+    return False
+
+
+def _check_text(record: dict, path: str, row: int) -> None:
+    """Refuse a lone surrogate (JSON's `\\ud800`): it is no character, and the table would drop
+    or replace it without a word."""
+    for column, value in record.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise TokenprobeError(
+                    f"--data {path}: row {row} of column {column!r} holds a lone surrogate "
+                    f"(\\u{ord(value[exc.start]):04x}), which is not text: fix the file"
+                ) from None
 
 
 def _non_empty(frame: pd.DataFrame, path: str) -> pd.DataFrame:
@@ -141,7 +215,7 @@ def read_texts(path: str, text_column: str = "text") -> list[str]:
     """The texts of a data set's `text_column`, missing values dropped."""
     frame = read_table(path)
     require_column(frame, path, text_column, "--text-column")
-    texts = [str(t) for t in frame[text_column].dropna().tolist()]
+    texts = [t for t in (_text(v) for v in frame[text_column].tolist()) if t is not None]
     if not texts:
         raise TokenprobeError(f"--data {path}: column {text_column!r} holds no text")
     return texts
@@ -160,16 +234,17 @@ def read_prompts(
     if target_column is not None:
         require_column(frame, path, target_column, "--target-column")
     rows: list[dict[str, str | None]] = []
-    for i, prompt in enumerate(frame[prompt_column].tolist()):
-        if not isinstance(prompt, str) or not prompt.strip():
+    for i, cell in enumerate(frame[prompt_column].tolist()):
+        prompt = _text(cell)
+        if prompt is None or not prompt.strip():
             raise TokenprobeError(
                 f"--data {path}: row {i} has no prompt in column {prompt_column!r}: fill it in or "
                 "remove the row"
             )
         target = None
         if target_column is not None:
-            value = frame[target_column].iloc[i]
-            if not isinstance(value, str) or not value:
+            value = _text(frame[target_column].iloc[i])
+            if value is None or not value:
                 raise TokenprobeError(
                     f"--data {path}: row {i} has no target in column {target_column!r}: fill it "
                     "in or remove the row"
