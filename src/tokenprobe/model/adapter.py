@@ -1,12 +1,16 @@
 """Where a model keeps its residual stream and how it turns it into logits, found from the
 model's own Hugging Face conventions (embedding accessors, the block list, the norm beside it,
-the config's soft-cap) rather than from a table of model classes."""
+the config's logit multiplier and soft-cap) rather than from a table of model classes, and
+checked against the model's own logits (`Adapter.check_head`)."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Any
 
 import torch
@@ -21,6 +25,53 @@ def text_config(config: Any) -> Any:
     return getter() if callable(getter) else config
 
 
+# Logit post-processing the config names: soft-caps tanh(x / c) * c (Gemma 2, 3 and 3n,
+# RecurrentGemma, xLSTM), multipliers (Cohere, Falcon-H1) and divisors (Granite) of the logits.
+# `Adapter.check_head` also tries other config values whose name looks like one of these.
+SOFTCAP_NAMES = ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap")
+MULTIPLIER_NAMES = ("logit_scale", "lm_head_multiplier")
+DIVISOR_NAMES = ("logits_scaling",)
+
+
+def _config_numbers(config: Any) -> dict[str, float]:
+    """The config's finite, non-zero real numbers by name (no strings, booleans or None)."""
+    known = (*SOFTCAP_NAMES, *MULTIPLIER_NAMES, *DIVISOR_NAMES)  # also as class defaults
+    names = dict.fromkeys([*getattr(config, "__dict__", {}), *known])
+    items = [(k, _attribute(config, k)) for k in names]
+    real = [(k, float(v)) for k, v in items if isinstance(v, (int, float)) and v is not True]
+    return {k: v for k, v in real if math.isfinite(v) and v != 0.0}
+
+
+def _attribute(config: Any, name: str) -> Any:
+    """A config attribute, or None where reading it raises (Gemma 4's per-layer attributes)."""
+    try:
+        return getattr(config, name, None)
+    except Exception:  # noqa: BLE001 - a config may refuse any attribute it cannot give one value for
+        return None
+
+
+def _head_candidates(config: Any) -> list[tuple[float, float | None, str]]:
+    """(multiplier, soft-cap, what it is) to try: the named ones, then config values whose name
+    looks like one (a logit or LM-head scale or multiplier, tried both ways; a soft-cap of the
+    logits, not of attention, gates or routers), alone and together."""
+    mults: list[tuple[float, str]] = [(1.0, "")]
+    caps: list[tuple[float | None, str]] = [(None, "")]
+    for name, v in _config_numbers(config).items():
+        low = name.lower()
+        scale = re.search(r"logit|lm_head", low) and re.search(r"scal|mult", low)
+        if name in MULTIPLIER_NAMES or (scale and name not in DIVISOR_NAMES):
+            mults.append((v, f"logits multiplied by config.{name}={v:g}"))
+        if name in DIVISOR_NAMES or (scale and name not in MULTIPLIER_NAMES):
+            mults.append((1.0 / v, f"logits divided by config.{name}={v:g}"))
+        cap = re.search(r"soft_?cap|logit_cap", low) and not re.search(r"att|gate|rout", low)
+        if v > 0 and (name in SOFTCAP_NAMES or cap):
+            caps.append((v, f"logits soft-capped by config.{name}={v:g}"))
+    return [
+        (m, c, " and ".join(w for w in (mw, cw) if w) or "no logit multiplier or soft-cap")
+        for (m, mw), (c, cw) in product(mults, caps)
+    ]
+
+
 def _is_norm(module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower()
 
@@ -30,6 +81,29 @@ def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+class StreamMerge:
+    """The state a model decodes, from blocks that carry several streams: Gemma 3n's AltUp
+    blocks pass (streams, batch, positions, width) on, and the model turns the last block's
+    streams into one state before its final norm: stream 0 as it is, each other stream i
+    through `altup_unembed_projections[i - 1]`, rescaled to stream 0's root-mean-square
+    magnitude at each position, then the mean of all of them (Gemma3nTextModel.forward, the
+    same operations in the same order, so the last block's merge is bitwise the model's)."""
+
+    def __init__(self, projections: nn.ModuleList, path: str) -> None:
+        self.projections, self.path = projections, path
+        self.streams = len(projections) + 1
+
+    def __call__(self, state: torch.Tensor) -> torch.Tensor:
+        first = state[0]
+        target = torch.mean(first**2, dim=-1, keepdim=True) ** 0.5
+        parts = [first]
+        for i, projection in enumerate(self.projections, start=1):
+            x = projection(state[i]).to(dtype=first.dtype, device=target.device)
+            magnitude = torch.sqrt(torch.mean(x**2, dim=-1, keepdim=True).clamp(min=1e-5))
+            parts.append(x * target / magnitude)
+        return torch.mean(torch.stack(parts), dim=0)
+
+
 @dataclass
 class Adapter:
     """Where the residual stream lives in a model and how the model turns it into logits.
@@ -37,6 +111,12 @@ class Adapter:
     The residual stream is read with hooks on the blocks themselves (the input of the first
     block, then each block's output), not from `output_hidden_states`, whose layout differs
     between families: Mamba's has no embedding entry, and its last entry is usually normed.
+
+    The residual stream of a layer is the state the model's own decoding path would turn into
+    logits: the block's output itself in most families; for blocks that carry several streams
+    (Gemma 3n's AltUp, (4, batch, positions, width)), their merge as the model merges the last
+    block's streams before its final norm (`merge`, a `StreamMerge`). So every layer's state is
+    (batch, positions, width) and `logits` of the last one is the model's own logits.
     """
 
     embed: nn.Module
@@ -50,10 +130,30 @@ class Adapter:
     projection: nn.Module | None = None  # applied after the final norm (OPT's project_out)
     projection_path: str | None = None
     notes: list[str] = field(default_factory=list)
+    merge: StreamMerge | None = None  # blocks with several streams: the state the model decodes
+    config: Any = field(default=None, repr=False)  # the text config, for `check_head`
 
     @property
     def n_blocks(self) -> int:
         return len(self.blocks)
+
+    @property
+    def streams(self) -> int:
+        """How many streams the blocks carry (1 but for Gemma 3n's AltUp blocks)."""
+        return self.merge.streams if self.merge is not None else 1
+
+    def decoded(self, state: torch.Tensor) -> torch.Tensor:
+        """The residual stream the model would decode from a block's input or output `state`:
+        the state itself, or the merge of a multi-stream state."""
+        return self.merge(state) if self.merge is not None else state
+
+    def raw_logits(self, hidden: torch.Tensor, *, apply_norm: bool = True) -> torch.Tensor:
+        """Final norm, projection and unembedding of `hidden`, before any multiplier or
+        soft-cap; float32 out."""
+        h = self.final_norm(hidden) if apply_norm else hidden
+        if self.projection is not None and h.shape[-1] == self.projection.in_features:
+            h = self.projection(h)
+        return self.unembed(h).float()
 
     def logits(self, hidden: torch.Tensor, *, apply_norm: bool = True) -> torch.Tensor:
         """Decode residual-stream states the way the model decodes its last one; float32 out.
@@ -62,30 +162,62 @@ class Adapter:
         to states of the blocks' width only, so a state the model already projected is not
         projected twice.
         """
-        h = self.final_norm(hidden) if apply_norm else hidden
-        if self.projection is not None and h.shape[-1] == self.projection.in_features:
-            h = self.projection(h)
-        logits = self.unembed(h).float()
-        if self.logit_multiplier != 1.0:
-            logits = logits * self.logit_multiplier
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        raw = self.raw_logits(hidden, apply_norm=apply_norm)
+        return _post(raw, self.logit_multiplier, self.softcap)
+
+    def check_head(
+        self, hidden: torch.Tensor, logits: torch.Tensor, *, tol: float, name: str = "the model"
+    ) -> str:
+        """Does this head rebuild the model's own `logits` from `hidden` (the last layer's
+        residual stream at the same positions)? "ok" if it does as found; else the config's
+        logit multipliers and soft-caps are tried, and the one that rebuilds them (largest
+        error at most `tol` x max(1, largest logit)) is kept here and named ("ok: ..."). Where
+        none does, a TokenprobeError: inner layers decoded by this head would be wrong."""
+        ref = logits.float().to(hidden.device)
+        limit = tol * max(1.0, float(ref.abs().max()))
+        with torch.no_grad():
+            raw = self.raw_logits(hidden.detach())
+
+            def error(mult: float, cap: float | None) -> float:
+                return float((_post(raw, mult, cap) - ref).abs().max())
+
+            first = error(self.logit_multiplier, self.softcap)
+            if first <= limit:
+                return "ok"
+            tried = _head_candidates(self.config)
+            errors = [error(m, c) for m, c, _ in tried]
+            best = min(range(len(tried)), key=errors.__getitem__)
+            if errors[best] <= limit:
+                self.logit_multiplier, self.softcap, what = tried[best]
+                self.notes.append(f"{what} (found by rebuilding the model's logits)")
+                return f"ok: {what} (found by rebuilding the model's logits)"
+            scale = float((raw * ref).sum() / (raw * raw).sum().clamp_min(1e-30))
+            fits = math.isfinite(scale) and error(scale, None) <= limit
+        hint = f"; the model's logits are {scale:.6g} x the rebuilt ones" if fits else ""
+        parts = (self.final_norm_path or "no final norm", self.projection_path, "unembedding")
+        raise TokenprobeError(
+            f"{name}: its head as found ({' -> '.join(p for p in parts if p)}, x "
+            f"{self.logit_multiplier:g}, soft-cap {self.softcap or 'none'}) does not rebuild the "
+            f"model's own logits from its last layer (largest error {first:.3g}, tolerance "
+            f"{limit:.2g}), nor does any logit multiplier or soft-cap in its config (best "
+            f"{errors[best]:.3g}){hint}: inner layers cannot be decoded as the model decodes"
+        )
 
     @contextmanager
     def record(self, last_only: bool = False) -> Iterator[list[torch.Tensor]]:
         """Collect the residual stream of the forward passes run inside the block: layer 0 =
         the input of the first block (embeddings, with whatever the model adds or scales),
-        layer i = the output of block i. `last_only` keeps only the last block's output."""
+        layer i = the output of block i; a multi-stream state merged as the model decodes it
+        (`decoded`). `last_only` keeps only the last block's output."""
         states: list[torch.Tensor] = []
 
         device = self.embed.weight.device  # where states of a model spread over devices meet
 
         def first_input(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-            states.append((args[0] if args else kwargs["hidden_states"]).to(device))
+            states.append(self.decoded(args[0] if args else kwargs["hidden_states"]).to(device))
 
         def output(_m: nn.Module, _args: tuple, out: Any) -> None:
-            states.append(_block_output(out).to(device))
+            states.append(self.decoded(_block_output(out)).to(device))
 
         blocks = list(self.blocks)
         handles = [b.register_forward_hook(output) for b in (blocks[-1:] if last_only else blocks)]
@@ -145,14 +277,13 @@ class Adapter:
         if projection is not None:
             notes.append(f"states projected by {proj_path} before the unembedding")
 
-        softcap = getattr(config, "final_logit_softcapping", None)
-        multiplier = 1.0
-        if getattr(config, "logit_scale", None) is not None:  # Cohere multiplies its logits
-            multiplier *= float(config.logit_scale)
-            notes.append(f"logits multiplied by config.logit_scale={config.logit_scale}")
-        if getattr(config, "logits_scaling", None) not in (None, 1, 1.0):  # Granite divides
-            multiplier /= float(config.logits_scaling)
-            notes.append(f"logits divided by config.logits_scaling={config.logits_scaling}")
+        softcap, multiplier = _logit_post(config, notes)
+        merge = _stream_merge(model, blocks_path, config)
+        if merge is not None:
+            notes.append(
+                f"blocks carry {merge.streams} streams; each layer's state is their merge as the "
+                f"model decodes its last one ({merge.path})"
+            )
         return cls(
             embed=embed,
             blocks=blocks,
@@ -160,12 +291,53 @@ class Adapter:
             final_norm=final_norm,
             final_norm_path=norm_path,
             unembed=unembed,
-            softcap=float(softcap) if softcap else None,
+            softcap=softcap,
             logit_multiplier=multiplier,
             projection=projection,
             projection_path=proj_path,
             notes=notes,
+            merge=merge,
+            config=config,
         )
+
+
+def _logit_post(config: Any, notes: list[str]) -> tuple[float | None, float]:
+    """The soft-cap and the logit multiplier under the names the adapter knows (noted)."""
+    numbers = _config_numbers(config)
+    softcap = next((numbers[n] for n in SOFTCAP_NAMES if numbers.get(n, 0.0) > 0), None)
+    notes += [f"logits soft-capped at {softcap:g}"] if softcap is not None else []
+    multiplier = 1.0
+    for n in [n for n in MULTIPLIER_NAMES if n in numbers]:
+        multiplier *= numbers[n]
+        notes.append(f"logits multiplied by config.{n}={numbers[n]:g}")
+    for n in [n for n in DIVISOR_NAMES if numbers.get(n, 1.0) != 1.0]:
+        multiplier /= numbers[n]
+        notes.append(f"logits divided by config.{n}={numbers[n]:g}")
+    return softcap, multiplier
+
+
+def _post(logits: torch.Tensor, multiplier: float, softcap: float | None) -> torch.Tensor:
+    """The logit multiplier, then the soft-cap tanh(x / c) * c."""
+    if multiplier != 1.0:
+        logits = logits * multiplier
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _stream_merge(model: nn.Module, blocks_path: str, config: Any) -> StreamMerge | None:
+    """Gemma 3n's merge of its blocks' streams: `altup_unembed_projections` beside the blocks,
+    one per stream but the first (`config.altup_num_inputs` streams)."""
+    parent_path = blocks_path.rpartition(".")[0]
+    parent = model.get_submodule(parent_path) if parent_path else model
+    projections = getattr(parent, "altup_unembed_projections", None)
+    streams = getattr(config, "altup_num_inputs", None)
+    if not isinstance(projections, nn.ModuleList) or streams != len(projections) + 1:
+        return None
+    path = (
+        f"{parent_path}.altup_unembed_projections" if parent_path else "altup_unembed_projections"
+    )
+    return StreamMerge(projections, path)
 
 
 def _final_norm(

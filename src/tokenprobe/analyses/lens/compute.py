@@ -4,7 +4,8 @@ and unembedding, keeping only entropy, top-k and target statistics.
 One forward pass per batch gives all hidden states; the intermediate rows are unembedded in
 chunks sized by a memory budget, so a (layers x positions x vocabulary) array never exists.
 The last row is the model's own logits (its last hidden state is already normed: norming it
-again would be wrong).
+again would be wrong). Before any inner row is decoded, the adapter's head must rebuild those
+logits from the last block's output (`Adapter.check_head`), else the lens stops with an error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ...results import now, versions
 from ...runner import map_batches, pad_batch, pad_id_of, progress_disabled, token_budget_batches
 from ...text import DEFAULT_MARKER, PreparedInput, prepare, token_texts
 from ..base import check_options
+from .check import check_output_row, check_rows
 from .decoders import Decoder, LogitDecoder, tuned_decoder
 from .options import MAX_TOP_K, OPTIONS
 from .result import LensResult
@@ -132,7 +134,9 @@ def _target_ids(lm: LoadedModel, targets: Sequence[str]) -> list[int]:
     return ids
 
 
-def _foil_id(lm: LoadedModel, foil: str | None, targets: Sequence[str], tids: list[int]) -> int | None:
+def _foil_id(
+    lm: LoadedModel, foil: str | None, targets: Sequence[str], tids: list[int]
+) -> int | None:
     """The foil's token id, checked against the first target it is compared with."""
     if foil is None:
         return None
@@ -151,25 +155,6 @@ def _foil_id(lm: LoadedModel, foil: str | None, targets: Sequence[str], tids: li
             "compared with: give a different foil"
         )
     return fid
-
-
-def _check_output_row(lm: LoadedModel, last_block: torch.Tensor, logits: torch.Tensor) -> str:
-    """Do the adapter's final norm, projection and unembedding turn the last block's output
-    into the model's own logits? Warn if not: then the other rows are not decoded as the model
-    decodes."""
-    adapter = lm.require_adapter()
-    ref = logits.float()
-    tol = 1e-3 if lm.dtype == torch.float32 else 5e-2
-    scale = max(1.0, float(ref.abs().max()))
-    if float((adapter.logits(last_block) - ref).abs().max()) <= tol * scale:
-        return "ok"
-    warnings.warn(
-        f"{type(lm.model).__name__}: final norm + unembedding ({adapter.final_norm_path or 'no norm'}) do not "
-        "reproduce the model's own logits; intermediate lens rows may not be decoded the way the model decodes",
-        UserWarning,
-        stacklevel=3,
-    )
-    return "mismatch"
 
 
 def logit_lens(
@@ -298,7 +283,6 @@ class _Lens:
         self.chunk = max(1, int(memory_mb * 2**20) // (vocab * 4 * 4))
         self.pad = pad_id_of(lm.tokenizer)
         self.check = "not run"
-        self.model_info = lm.describe()
         self.target_texts = token_texts(lm.tokenizer, tids)
         self.layer_labels = [str(i) for i in range(self.adapter.n_blocks)] + ["output"]
 
@@ -317,15 +301,16 @@ class _Lens:
                 )
             valid = mask.bool()
             n = int(valid.sum())
+            if self.check == "not run":  # before any inner row is decoded by the adapter's head
+                rows, positions = check_rows(valid, self.chunk)
+                self.check = check_output_row(
+                    lm, hidden[n_blocks][rows, positions], fwd.logits[rows, positions]
+                )
             states = [hidden[layer][valid] for layer in range(n_blocks)]
             inner = _layer_stats(self.decoder, states, self.chunk, self.top_k, self.ids)
-            outer = _stats_in_chunks(lambda x: x, fwd.logits[valid], self.chunk, self.top_k, self.ids)
-            if self.check == "not run":
-                last = mask.sum(dim=1) - 1
-                rows = torch.arange(len(batch), device=lm.device)
-                self.check = _check_output_row(
-                    lm, hidden[n_blocks][rows, last], fwd.logits[rows, last]
-                )
+            outer = _stats_in_chunks(
+                lambda x: x, fwd.logits[valid], self.chunk, self.top_k, self.ids
+            )
         return self._split(batch, inner, outer, n)
 
     def _split(self, batch: list[int], inner: _Stats, outer: _Stats, n: int) -> list[_Stats]:
@@ -365,11 +350,13 @@ class _Lens:
             target_probs=st.target_probs.numpy().astype(np.float32) if tids else None,
             target_ranks=st.target_ranks.numpy().astype(np.int64) if tids else None,
             foil=foil if fid is not None else None,
-            logit_diff=st.logit_diff[..., 0].numpy().astype(np.float32) if fid is not None else None,
+            logit_diff=st.logit_diff[..., 0].numpy().astype(np.float32)
+            if fid is not None
+            else None,
             marked=inp.marked,
             meta={
                 "analysis": "logit lens",
-                "model": self.model_info,
+                "model": self.lm.describe(),  # after the output check: the head it found
                 "prompt": inp.prompt,
                 "text": inp.text,
                 "token_ids": list(inp.input_ids),
@@ -382,8 +369,15 @@ class _Lens:
                 "foil_token": token_texts(self.lm.tokenizer, [fid])[0] if fid is not None else None,
                 "marked": list(inp.marked) if inp.marked else None,
                 "rows": "layer 0 = embeddings, layer i = block i output (final norm + unembedding), "
-                "'output' = the model's logits",
+                "'output' = the model's logits"
+                + (
+                    f"; the blocks carry {self.adapter.streams} streams, decoded merged as the "
+                    "model merges its last block's"
+                    if self.adapter.streams > 1
+                    else ""
+                ),
                 "softcap": self.adapter.softcap,
+                "logit_multiplier": self.adapter.logit_multiplier,
                 "output_check": None,
                 "versions": versions(),
                 "created": now(),

@@ -4,7 +4,8 @@ states of the T tokens before (or after) it, for one text or averaged over a dat
 Layer 0 is the embedding output (the first block's input) and layer i the output of block i,
 as in the logit lens, read by hooks on the blocks: `output_hidden_states` ends with the
 final-normed state instead, which is not a block output, and some families (Mamba) leave out
-the embeddings.
+the embeddings. Blocks that carry several streams (Gemma 3n's AltUp) are compared on the state
+the model would decode, their merge (`Adapter.record`), as the logit lens decodes it.
 """
 
 from __future__ import annotations

@@ -94,13 +94,7 @@ def causal_trace(
         span=span,
     )
     tracer = Tracer(lm, problem, s.components)
-    if not np.isfinite([tracer.clean_score, *tracer.corrupted_scores]).all():
-        bad_run = "clean" if not np.isfinite(tracer.clean_score) else "corrupted"
-        raise TokenprobeError(
-            f"the {bad_run} run's score is not finite: the model's numbers overflow"
-            + (" with this `noise`: give a smaller `noise`" if bad_run == "corrupted" and noise_t is not None
-               else f" in {str(lm.dtype).removeprefix('torch.')}: load it in float32 (`dtype`)")
-        )
+    _check_finite(tracer, noise_t is not None)
     scores, estimates = _trace(tracer, s.components, window, method, batch_tokens, progress)
     options = {"components": list(s.components), "window": window, "seed": seed,
                "samples": samples if s.corrupt == "noise" else 1,
@@ -181,6 +175,17 @@ def _warn_unused_noise(given: dict[str, Any]) -> None:
             f"`{'`, `'.join(changed)}` only apply to noise corruption and are ignored with a "
             "`corrupted` prompt: drop them, or corrupt with noise instead"
         )
+
+
+def _check_finite(tracer: Tracer, noised: bool) -> None:
+    """One line when the clean or corrupted run's score overflowed (a huge `noise`, a 16-bit
+    model), rather than NaN cells."""
+    if np.isfinite([tracer.clean_score, *tracer.corrupted_scores]).all():
+        return
+    run = "clean" if not np.isfinite(tracer.clean_score) else "corrupted"
+    fix = (" with this `noise`: give a smaller `noise`" if run == "corrupted" and noised
+           else f" in {str(tracer.lm.dtype).removeprefix('torch.')}: load it in float32 (`dtype`)")
+    raise TokenprobeError(f"the {run} run's score is not finite: the model's numbers overflow{fix}")
 
 
 def _warn_if_close(clean: float, corrupted: Sequence[float]) -> None:

@@ -7,6 +7,13 @@ from the blocks' own children (attention and MLP modules by their class and attr
 OPT's bare `fc2` as its MLP output), not from a table of model classes. A module that adds the
 residual itself (BLOOM's attention and MLP, MPT's MLP: a `residual` argument) is read and
 written as its own contribution, output - residual.
+
+Blocks that carry several streams (Gemma 3n's AltUp: (streams, batch, positions, width)) are
+read and written in full: a residual-stream site holds all the streams of a position, laid out
+as (batch, positions, streams x width), so a restored cell carries everything the block above
+reads of that position (the state the model decodes is a function of it: restoring every
+position of the last layer restores the model's output exactly). Patching only the merged
+stream the lens decodes would not be a state of the model: the next block reads the streams.
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ def _find(block: nn.Module, component: str) -> tuple[str, nn.Module] | None:
     """The attention or MLP module among a block's children, else None."""
     children = [(n, m) for n, m in block.named_children() if not _is_norm_or_dropout(n, m)]
     names, words = (
-        (_ATTN_NAMES, ("attention",)) if component == "attn" else (_MLP_NAMES, ("mlp", "moe", "feedforward"))
+        (_ATTN_NAMES, ("attention",))
+        if component == "attn"
+        else (_MLP_NAMES, ("mlp", "moe", "feedforward"))
     )
     for name, module in children:
         if name in names:
@@ -118,11 +127,33 @@ def _residual_arg(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
 Edit = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
+def streams_flat(state: torch.Tensor) -> torch.Tensor:
+    """A multi-stream state (streams, batch, positions, width) as (batch, positions, streams x
+    width): each position's streams side by side."""
+    s, b, t, d = state.shape
+    return state.permute(1, 2, 0, 3).reshape(b, t, s * d)
+
+
+def streams_unflat(flat: torch.Tensor, streams: int) -> torch.Tensor:
+    """The inverse of `streams_flat`, contiguous like the blocks' own outputs."""
+    b, t, sd = flat.shape
+    return flat.reshape(b, t, streams, sd // streams).permute(2, 0, 1, 3).contiguous()
+
+
 def _shaped(edit: Edit, n_pos: int) -> Edit:
     """The edit of (batch, positions, width) states, also for modules that see the batch's
-    tokens flattened to (batch x positions, width) (OPT's fc2)."""
+    tokens flattened to (batch x positions, width) (OPT's fc2), and for blocks that carry
+    several streams (streams, batch, positions, width), edited as (batch, positions, streams x
+    width)."""
 
     def apply(out: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        if out.dim() == 4:
+            flat = streams_flat(out)
+            new = edit(flat, None if residual is None else streams_flat(residual))
+            if new is flat and not flat.requires_grad:
+                return out  # read, not changed: the model goes on with its own tensor
+            # (a recorded tensor that gradients must reach goes on through the flat one)
+            return streams_unflat(new, out.shape[0])
         if out.dim() != 2:
             return edit(out, residual)
         width = out.shape[-1]
@@ -146,7 +177,9 @@ def at_sites(
         for i, raw in edits.items():
             site, edit = sites[i], _shaped(raw, n_pos)
             if site.component == "resid" and site.layer == 0:
-                handles.append(blocks[0].register_forward_pre_hook(_input_hook(edit), with_kwargs=True))
+                handles.append(
+                    blocks[0].register_forward_pre_hook(_input_hook(edit), with_kwargs=True)
+                )
             elif site.component == "resid":
                 handles.append(blocks[site.layer - 1].register_forward_hook(_output_hook(edit)))
             else:
@@ -205,6 +238,7 @@ class Skipper:
     def __init__(self, adapter: Adapter) -> None:
         self.blocks = list(adapter.blocks)
         self.others: list[tuple | None] = [None] * len(self.blocks)
+        self.streams: list[int] = [1] * len(self.blocks)  # >1: the block returns several streams
 
     def learn(self, run: Callable[[], Any]) -> None:
         """Record each block's output structure during `run()` (a plain forward pass)."""
@@ -213,6 +247,8 @@ class Skipper:
         def note(b: int) -> Callable[..., None]:
             def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
                 self.others[b] = tuple(out[1:]) if isinstance(out, (tuple, list)) else None
+                state = _first(out)
+                self.streams[b] = int(state.shape[0]) if state.dim() == 4 else 1
 
             return hook
 
@@ -233,17 +269,21 @@ class Skipper:
             yield
 
     def _fake(self, b: int, states: Callable[[int], torch.Tensor]) -> Callable[..., Any]:
-        others = self.others[b]
+        others, streams = self.others[b], self.streams[b]
         device = execution_device(self.blocks[b])  # an offloaded block's weights are on "meta"
 
         def forward(*_args: Any, **_kwargs: Any) -> Any:
             state = states(b + 1)
+            if streams > 1:  # recorded as (batch, positions, streams x width)
+                state = streams_unflat(state, streams)
             if device is not None:
                 state = state.to(device)
             if others is None:
                 return state
             rest = tuple(
-                o.expand(state.shape[0], *o.shape[1:]) if torch.is_tensor(o) and o.shape[0] == 1 else o
+                o.expand(state.shape[0], *o.shape[1:])
+                if torch.is_tensor(o) and o.shape[0] == 1
+                else o
                 for o in others
             )
             return (state, *rest)
