@@ -4,6 +4,8 @@ the report, resume after an interrupted run, and one-line errors."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from test_cli import assert_one_line_errors, model_dir, run  # noqa: F401  (fixture)
@@ -50,6 +52,23 @@ def test_lens_over_data_equals_one_prompt_at_a_time(model_dir, prompts_file, tmp
     back = loaded.result(4)
     assert back.targets == [" the", TARGETS[4]] and back.meta["prompt"] == PROMPTS[4]
     pd.testing.assert_frame_equal(loaded.to_frame(), table)
+    # damaged copies of the folder: one line each, never a short set or a raw KeyError
+    import shutil
+
+    cases = {
+        "short": (lambda d: table[table["row"] < 3].to_parquet(d / "lens.parquet", index=False),
+                  f"meta.json says {len(PROMPTS)} data rows, lens_rows.parquet holds {len(PROMPTS)} and lens.parquet 3"),
+        "columns": (lambda d: table.drop(columns=["entropy"]).to_parquet(d / "lens.parquet", index=False),
+                    "cannot be read as a lens result (KeyError"),
+        "table": (lambda d: (d / "lens.parquet").write_bytes(b"PAR1 not parquet"), "cannot be read as a lens result"),
+        "meta": (lambda d: (d / "meta.json").write_text("[1, 2]"), "not a result's meta.json"),
+    }
+    for name, (damage, message) in cases.items():
+        copy = tmp_path / name
+        shutil.copytree(tmp_path / "all", copy)
+        damage(copy)
+        with pytest.raises(tokenprobe.TokenprobeError, match=re.escape(message)):
+            tokenprobe.Result.load(copy)
 
 
 def test_attribution_over_data_equals_one_prompt_at_a_time(model_dir, prompts_file, tmp_path, capsys):  # noqa: F811

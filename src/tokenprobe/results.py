@@ -264,6 +264,8 @@ class Result:
             raise TokenprobeError(
                 f"{meta_path} is not readable JSON ({exc}): re-run the analysis"
             ) from exc
+        if not isinstance(meta, dict):
+            raise TokenprobeError(f"{meta_path} is not a result's meta.json (not an object): re-run the analysis")
         kind = meta.get("kind")
         try:
             cls = registry.by_kind(kind).result
@@ -273,12 +275,25 @@ class Result:
         if not table.exists():
             raise TokenprobeError(f"{folder} lacks {table.name}: re-run the analysis")
         meta["_folder"] = str(folder)
-        if "data_rows" in meta:  # one analysis over a data file's rows
-            from .rowset import RowSet
+        try:
+            frame = pd.read_parquet(table)
+            if "data_rows" in meta:  # one analysis over a data file's rows
+                from .rowset import RowSet
 
-            result: Result = RowSet.read(cls, pd.read_parquet(table), meta)
-        else:
-            result = cls.from_frame(pd.read_parquet(table), meta)
+                rows = RowSet.read(cls, frame, meta)
+                rows.result(0)  # each row reads its part of the table when asked: read one now
+                result: Result = rows
+            else:
+                result = cls.from_frame(frame, meta)
+        except TokenprobeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged table or meta.json, whatever it breaks
+            lines = str(exc).strip().splitlines()
+            why = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+            raise TokenprobeError(
+                f"{folder} cannot be read as a {kind} result ({why[:200]}): it is damaged or from "
+                "another version; re-run the analysis"
+            ) from exc
         result.meta.pop("_folder", None)
         result.meta.pop("files", None)  # what the folder holds, not part of the result
         return result

@@ -238,6 +238,13 @@ class RowSet(Result):
         metas = pd.read_parquet(rows_table).sort_values(ROW)["meta"]
         meta = {k: v for k, v in meta.items() if k != "_folder"}
         row_meta = [json.loads(m) for m in metas]
+        want = meta.get("data_rows")
+        have = sorted(set(frame[ROW].tolist())) if ROW in frame.columns else []
+        if len(row_meta) != want or have != list(range(len(row_meta))):
+            raise TokenprobeError(
+                f"{folder} is damaged: meta.json says {want} data rows, {rows_table.name} holds "
+                f"{len(row_meta)} and {inner.kind}.parquet {len(have)}: re-run the analysis"
+            )
         return cls(inner, frame, row_meta, int(meta.get("figure_rows", DEFAULT_FIGURES)), meta)
 
     def summary(self) -> str:
