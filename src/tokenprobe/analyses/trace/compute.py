@@ -83,16 +83,8 @@ def causal_trace(
     noise_t, noise_std = (
         _draw_noise(lm, span, samples, seed, noise) if s.corrupt == "noise" else (None, None)
     )
-    problem = Problem(
-        clean_ids=list(clean.input_ids),
-        corrupted_ids=list(bad.input_ids) if bad is not None else list(clean.input_ids),
-        target_id=target_id,
-        foil_id=foil_id,
-        metric=s.metric,
-        direction=direction,
-        noise=noise_t,
-        span=span,
-    )
+    corrupted_ids = list(bad.input_ids) if bad is not None else list(clean.input_ids)
+    problem = Problem(list(clean.input_ids), corrupted_ids, target_id, foil_id, s.metric, direction, noise_t, span)
     tracer = Tracer(lm, problem, s.components)
     _check_finite(tracer, noise_t is not None)
     scores, estimates = _trace(tracer, s.components, window, method, batch_tokens, progress)
