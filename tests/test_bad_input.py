@@ -7,6 +7,7 @@ Bad input exits with status 2 and one `tokenprobe: error:` line; an internal err
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from contextlib import contextmanager
@@ -450,3 +451,21 @@ def test_a_file_that_cannot_be_written_is_bad_input_naming_the_path(monkeypatch,
 def test_argument_errors_are_one_line(capsys):
     code, _, err = run_any(capsys, "lens", "--no-such-flag")
     assert_one_error(code, err, "unrecognized arguments: --no-such-flag")
+
+
+def test_python_callers_giving_one_string_for_a_list_are_told(model_dir):
+    """One string where a list of texts is meant would be iterated into one-character texts
+    (targets " ", "C", "a", ...): refused, naming the parameter and what to write."""
+    from tokenprobe import attribute, attribute_rows, lens_rows, logit_lens
+
+    lm = tokenprobe.load(str(model_dir))
+    cases = [
+        (lambda: logit_lens(lm, "the cat sat", targets=" Canberra"), "`targets` takes a list of texts"),
+        (lambda: lens_rows(lm, "abc"), "`prompts` takes a list of texts, not one string: write ['abc']"),
+        (lambda: lens_rows(lm, ["a b", "c d"], row_targets=" x"), "`row_targets` takes a list"),
+        (lambda: attribute_rows(lm, "ab", target=" x", method="ablation"), "`prompts` takes a list"),
+        (lambda: attribute(lm, "the cat sat", target=" on", features="cat"), "`features` takes a list"),
+    ]
+    for call, message in cases:
+        with pytest.raises(tokenprobe.TokenprobeError, match=re.escape(message.replace("`", ""))):
+            call()

@@ -49,3 +49,14 @@ def warn(message: str, stacklevel: int = 2) -> None:
     import warnings
 
     warnings.warn(TokenprobeWarning(message), stacklevel=stacklevel + 1)
+
+
+def text_list(value: object, name: str) -> list[str] | None:
+    """A parameter that takes several texts, as a list; one string is refused, since iterating
+    it would give one-character texts (`targets=" Paris"` tracking " ", "P", "a", ...)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise TokenprobeError(f"`{name}` takes a list of texts, not one string: write [{shown!r}]")
+    return [v for v in value]  # type: ignore[attr-defined]

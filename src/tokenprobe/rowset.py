@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .checkpoint import digest, model_settings
-from .errors import TokenprobeError
+from .errors import TokenprobeError, text_list
 from .model import LoadedModel
 from .results import Result, _json_default
 from .runner import Remote, open_checkpoint, progress_disabled, run_chunks
@@ -73,6 +73,8 @@ def _read_part(path: Path) -> RowPart:
 
 def prompt_rows(prompts: Sequence[str], row_targets: Sequence[str] | None) -> list[dict[str, Any]]:
     """One {"prompt", "target"} per prompt (target None without `row_targets`)."""
+    prompts = text_list(prompts, "prompts") or []
+    row_targets = text_list(row_targets, "row_targets")
     if row_targets is not None and len(row_targets) != len(prompts):
         raise TokenprobeError(
             f"`row_targets` has {len(row_targets)} entries for {len(prompts)} prompts: give one per prompt"

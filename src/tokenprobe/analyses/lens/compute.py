@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ...errors import TokenprobeError
+from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
 from ...results import now, versions
 from ...runner import map_batches, pad_batch, pad_id_of, progress_disabled, token_budget_batches
@@ -188,6 +188,7 @@ def logit_lens(
     """
     single = isinstance(prompts, (str, PreparedInput))
     items = [prompts] if single else list(prompts)  # type: ignore[list-item]
+    targets = text_list(targets, "targets") or []
     _check(items, top_k, dummy, dummy_after, dummy_before, memory_mb)
     check_options(OPTIONS, {"top_k": top_k})
     inputs = [
