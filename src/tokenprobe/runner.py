@@ -9,7 +9,8 @@ is split in halves and retried.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 from .checkpoint import Checkpoint
-from .errors import TokenprobeError
+from .errors import TokenprobeError, warn
 
 T = TypeVar("T")
 
@@ -79,6 +80,155 @@ def pad_id_of(tokenizer: object, default: Any = 0) -> Any:
         if isinstance(value, int):
             return value
     return default
+
+
+def takes(model: torch.nn.Module, name: str) -> bool:
+    """Does the model's forward name this keyword? (A `**kwargs` catch-all does not count:
+    xLSTM's swallows `logits_to_keep` and `position_ids` and ignores them.)"""
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def keep_last(model: torch.nn.Module, k: int) -> dict[str, int]:
+    """Forward keywords that unembed only the last `k` positions where the model's forward
+    takes `logits_to_keep`; slice the output's last `k` positions (`logits[:, -k:]`) all the
+    same, since a forward may ignore the keyword and return every position."""
+    return {"logits_to_keep": k} if takes(model, "logits_to_keep") else {}
+
+
+def float_tolerance(dtype: torch.dtype) -> float:
+    """Two runs of the same input agree to float error: 1e-4 relative in float32, 3e-2 in
+    16-bit types."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest error between two outputs relative to the reference's norm over the last
+    dimension (positions compared one by one)."""
+    g, w = got.double(), want.to(got.device).double()
+    return float(((g - w).norm(dim=-1) / w.norm(dim=-1).clamp_min(1e-30)).max())
+
+
+class PathUnavailable(Exception):
+    """A batching path that cannot run on this model (the message says why); `quiet` where
+    the next path is as fast (left padding for a model without position ids: right padding),
+    so that passing it over is recorded in meta.json but not warned about."""
+
+    def __init__(self, message: str, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet
+
+
+ALONE = "alone"  # the batching path of last resort: one unpadded input at a time
+
+
+class CheckedBatching:
+    """Batches of token sequences through a model, the batched path checked against one input
+    alone on the first batch of a run.
+
+    `paths` are the ways a batch can run, in order of preference, each
+    `fn(sequences) -> (B, ...)` outputs, and `labels` name them for meta.json; `alone(seq)`
+    gives one sequence's output run alone, unpadded, with the model's own positions. The first
+    batch runs with one more row, a probe: its longest sequence with the first half dropped
+    (at least `min_probe` tokens kept), so that the probe is padded the most; the probe's
+    batched output is compared with its output alone (`relative_error`, `float_tolerance`).
+    The first path that agrees (and does not raise) runs the rest of the run; where none
+    does, every input runs alone. Falling back is said once, as a warning (not where a path
+    was only inapplicable and the next one as fast: `PathUnavailable(quiet=True)`); `note`
+    says which path ran and why, for meta.json. Costs one forward of one row per run.
+    """
+
+    def __init__(
+        self,
+        paths: Mapping[str, Callable[[list[list[int]]], torch.Tensor]],
+        labels: Mapping[str, str],
+        alone: Callable[[list[int]], torch.Tensor],
+        *,
+        dtype: torch.dtype,
+        what: str,
+        min_probe: int = 1,
+    ) -> None:
+        self.paths = dict(paths)
+        self.labels = {**labels, ALONE: "one input at a time"}
+        self.alone = alone
+        self.tolerance = float_tolerance(dtype)
+        self.what = what
+        self.min_probe = min_probe
+        self.path: str | None = None  # the path chosen; None until the first batch ran
+        self.rejected: dict[str, str] = {}  # path -> why it was not used
+        self.loud = False  # was a path passed over that is worth a warning?
+        self.forwards = 0  # model forward passes run, the check's included
+
+    @property
+    def note(self) -> str | None:
+        """Which path ran and why, for meta.json (None before the first batch)."""
+        if self.path is None:
+            return None
+        why = "; ".join(f"{self.labels[k]}: {v}" for k, v in self.rejected.items())
+        if self.path == ALONE:
+            return f"one input at a time ({why})"
+        checked = f"{self.labels[self.path]} (checked against one input alone)"
+        return f"{checked}; not used: {why}" if why else checked
+
+    def __call__(self, seqs: list[list[int]]) -> torch.Tensor:
+        """(len(seqs), ...) outputs of a batch, by the chosen path (checked on the first)."""
+        if self.path is None:
+            return self._check(seqs)
+        if self.path == ALONE:
+            return self._one_at_a_time(seqs)
+        self.forwards += 1
+        return self.paths[self.path](seqs)
+
+    def _one_at_a_time(self, seqs: list[list[int]]) -> torch.Tensor:
+        self.forwards += len(seqs)
+        return torch.stack([self.alone(s) for s in seqs])
+
+    def _probe(self, seqs: list[list[int]]) -> list[int]:
+        """The longest sequence with its first half dropped (the same where it is too short)."""
+        longest = max(seqs, key=len)
+        cut = max(0, min(len(longest) // 2, len(longest) - self.min_probe))
+        return list(longest[cut:])
+
+    def _check(self, seqs: list[list[int]]) -> torch.Tensor:
+        """Run the first batch with a probe row, compare the probe with its run alone, and
+        choose the path for the rest of the run."""
+        probe = self._probe(seqs)
+        self.forwards += 1
+        want = self.alone(probe)
+        rows = [*seqs, probe]
+        for name, fn in self.paths.items():
+            try:
+                got = fn(rows)
+            except PathUnavailable as exc:
+                self.rejected[name] = str(exc)
+                self.loud |= not exc.quiet
+                continue
+            except Exception as exc:  # noqa: BLE001 - a path that fails falls back to the next
+                if is_oom(exc):
+                    raise  # run_with_backoff splits the batch; the check runs on a half
+                self.forwards += 1
+                self.rejected[name] = f"fails ({type(exc).__name__}: {str(exc)[:200]})"
+                self.loud = True
+                continue
+            self.forwards += 1
+            err = relative_error(got[-1], want)
+            if err <= self.tolerance:
+                self._choose(name)
+                return got[: len(seqs)]
+            self.rejected[name] = (
+                f"differs from one input alone by {err:.1e} "
+                f"(relative error, tolerance {self.tolerance:.0e})"
+            )
+            self.loud = True
+        self._choose(ALONE)
+        return self._one_at_a_time(seqs)
+
+    def _choose(self, name: str) -> None:
+        self.path = name
+        if self.loud or name == ALONE:
+            warn(f"{self.what} runs {self.note}", stacklevel=5)
 
 
 def progress_disabled(progress: bool | None, n_batches: int | None = None) -> bool | None:

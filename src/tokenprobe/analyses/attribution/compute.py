@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...checkpoint import digest, model_settings
-from ...errors import TokenprobeError, warn
+from ...errors import TokenprobeError, text_list, warn
 from ...model import LoadedModel
 from ...results import now, versions
 from ...runner import open_checkpoint, progress_disabled
@@ -84,22 +84,13 @@ def attribute(
     target position (p(row) - p(foil) with `score="prob"`), as inseq's contrastive attribution.
     """
     _check(prompt, target, generate, method, baseline, score)
+    features, target_spans = text_list(features, "features"), text_list(target_spans, "target_spans")
     _warn_if_16_bit(lm)
-    inp = prepare_attribution(
-        lm,
-        prompt,
-        target=target,
-        generate=generate,
-        features=features,
-        target_spans=target_spans,
-        chat=chat,
-        system=system,
-    )
+    inp = prepare_attribution(lm, prompt, target=target, generate=generate, features=features,
+                              target_spans=target_spans, chat=chat, system=system)
     foil_id = _foil_id(lm, foil, inp.target_text)
-    pb = Problem.of(
-        lm, inp, score=score, foil_id=foil_id, baseline=baseline, batch_tokens=batch_tokens,
-        after_batch=_after_batch,
-    )
+    pb = Problem.of(lm, inp, score=score, foil_id=foil_id, baseline=baseline, batch_tokens=batch_tokens,
+                    after_batch=_after_batch)
     options = {
         "method": method,
         "score": score,
@@ -134,7 +125,9 @@ def _foil_id(lm: LoadedModel, foil: str | None, target: str) -> int | None:
     if not foil:
         raise TokenprobeError("the foil is empty: give the token to contrast with, e.g. ' Vienna'")
     if foil == target:
-        raise TokenprobeError(f"the foil {foil!r} is the target: give another token to contrast with")
+        raise TokenprobeError(
+            f"the foil {foil!r} is the target: give another token to contrast with"
+        )
     return first_token(lm.tokenizer, foil, "foil", "attribution contrasts with")
 
 
@@ -244,6 +237,13 @@ def _warn_if_not_converged(
         )
 
 
+def _batching_note(pb: Problem) -> str:
+    """How the run's batches went through the model, for meta.json: padded batches checked
+    against one input alone on the run's first batch, or what ran instead and why."""
+    note = None if pb.batching is None else pb.batching.note
+    return note or "no model batch ran (every score came from the checkpoint)"
+
+
 def _result(
     lm: LoadedModel,
     inp: AttributionInput,
@@ -278,6 +278,7 @@ def _result(
             "options": options,
             "method_details": extra,
             "forward_passes": pb.forward_passes,
+            "batching": _batching_note(pb),
             "definition": DEFINITION if options["foil"] is None else CONTRASTIVE,
             "foil_id": pb.foil_id,
             "versions": versions(),

@@ -16,7 +16,16 @@ import torch
 
 from ...checkpoint import Checkpoint, npz_writer
 from ...errors import TokenprobeError
-from ...runner import left_positions, map_batches, pad_batch
+from ...runner import (
+    CheckedBatching,
+    PathUnavailable,
+    keep_last,
+    left_positions,
+    map_batches,
+    pad_batch,
+    pad_id_of,
+    takes,
+)
 
 if TYPE_CHECKING:
     from ...model import LoadedModel
@@ -148,6 +157,7 @@ class Problem(Perturbation):
     bar: Any = None  # a tqdm bar counting model inputs (or integration steps)
     store: ScoreStore | None = None  # where finished scores go, so an interrupted run resumes
     after_batch: Callable[[], None] | None = None  # test hook: called after each model batch
+    batching: CheckedBatching | None = None  # how batches run, checked on the run's first
 
     @classmethod
     def of(cls, lm: LoadedModel, inp: AttributionInput, **options: Any) -> Problem:
@@ -191,7 +201,7 @@ class Problem(Perturbation):
             else:
                 todo.append(i)
         self.grow_bar(len(prompts), len(prompts) - len(todo))
-        seqs = [list(prompts[i]) + self.target_ids for i in todo]
+        seqs = [self.sequence(prompts[i]) for i in todo]
         lengths = [len(s) for s in seqs]
         for batch, scores in map_batches(
             lengths, self.batch_tokens, lambda b: self._score(seqs, b)
@@ -204,21 +214,70 @@ class Problem(Perturbation):
             self.batch_done(len(batch))
         return out
 
+    @property
+    def pad_id(self) -> int:
+        """The id padding goes in with: the tokenizer's pad (else eos) id."""
+        return int(pad_id_of(self.lm.tokenizer))
+
+    def sequence(self, prompt: Sequence[int]) -> list[int]:
+        """The ids a prompt is scored with: the prompt, then the target. An empty prompt (every
+        feature removed) has no position to predict the first target token from: the pad
+        token stands in for it, whichever way the batch runs."""
+        return (list(prompt) or [self.pad_id]) + self.target_ids
+
     def _score(self, seqs: list[list[int]], batch: list[int]) -> torch.Tensor:
         """(len(batch), rows) float64 scores of one batch of prompt + target sequences."""
-        lm, m = self.lm, len(self.target_ids)
-        # left padding: the targets end every row, so only the last m + 1 columns are unembedded
-        ids, mask = pad_batch([seqs[i] for i in batch], 0, lm.device, side="left")
+        if self.batching is None:
+            self.batching = CheckedBatching(
+                {"left": self._left_padded, "right": self._right_padded},
+                {"left": "left-padded batches with position ids", "right": "right-padded batches"},
+                self._alone,
+                dtype=self.lm.dtype,
+                what=f"attribution on {type(self.lm.model).__name__}",
+                min_probe=len(self.target_ids) + 1,
+            )
+        before = self.batching.forwards
         with torch.inference_mode():
-            logits = lm.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=left_positions(mask),
-                logits_to_keep=m + 1,
-                use_cache=False,
-            ).logits[:, :m]
-        self.forward_passes += 1
+            logits = self.batching([seqs[i] for i in batch])
+        self.forward_passes += self.batching.forwards - before
         return self.row_scores(self.token_logprobs(logits)).double().cpu()
+
+    # -- the ways a batch runs: (B, m, V) logits predicting the target tokens
+    def _left_padded(self, seqs: list[list[int]]) -> torch.Tensor:
+        """Left padding with position ids counting from each row's first token: the targets end
+        every row, so only the last m + 1 columns are unembedded."""
+        lm, m = self.lm, len(self.target_ids)
+        if not takes(lm.model, "position_ids"):
+            raise PathUnavailable("its forward takes no position_ids", quiet=True)
+        ids, mask = pad_batch(seqs, self.pad_id, lm.device, side="left")
+        logits = lm.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=left_positions(mask),
+            use_cache=False,
+            **keep_last(lm.model, m + 1),
+        ).logits
+        return logits[:, -(m + 1) : -1]
+
+    def _right_padded(self, seqs: list[list[int]]) -> torch.Tensor:
+        """Right padding, the model's own positions: each row's targets end where it ends."""
+        lm, m = self.lm, len(self.target_ids)
+        ids, mask = pad_batch(seqs, self.pad_id, lm.device, side="right")
+        width = ids.shape[1]
+        cols = mask.sum(dim=1, keepdim=True) - m - 1 + torch.arange(m, device=lm.device)
+        k = width - int(cols.min())  # the last k columns hold every row's
+        logits = lm.model(
+            input_ids=ids, attention_mask=mask, use_cache=False, **keep_last(lm.model, k)
+        ).logits[:, -k:]
+        rows = torch.arange(len(seqs), device=lm.device)[:, None]
+        return logits[rows, cols - (width - k)]
+
+    def _alone(self, seq: list[int]) -> torch.Tensor:
+        """(m, V) logits of one sequence run alone, unpadded."""
+        lm, m = self.lm, len(self.target_ids)
+        ids = torch.tensor([seq], device=lm.device)
+        logits = lm.model(input_ids=ids, use_cache=False, **keep_last(lm.model, m + 1)).logits
+        return logits[0, -(m + 1) : -1]
 
     def coalition_scores(self, coalitions: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
         """Scores with only the features in each coalition present (cached across calls)."""

@@ -2,7 +2,9 @@
 
 A `SequenceClassifier` is a model with a classification head; a `PromptedClassifier` is a
 causal LM asked a question, whose prediction is the argmax over the verbalisers' next-token
-scores. Every batch goes through `runner.map_batches` (split in halves on out-of-memory).
+scores. Every batch goes through `runner.map_batches` (split in halves on out-of-memory), and
+the first batch of a run is checked against one input alone (`runner.CheckedBatching`): where
+the batched path differs, the run falls back to another, or to one input at a time.
 """
 
 from __future__ import annotations
@@ -19,8 +21,18 @@ import torch
 from ...errors import TokenprobeError
 from ...model import LoadedModel
 from ...model.kvcache import cache_of, with_cache
-from ...runner import left_positions, map_batches, pad_batch, pad_id_of
+from ...runner import (
+    CheckedBatching,
+    PathUnavailable,
+    keep_last,
+    left_positions,
+    map_batches,
+    pad_batch,
+    pad_id_of,
+    takes,
+)
 from ...text import render, token_texts
+from .verbalisers import check_template, verbaliser_ids
 from .words import TextInput, tokenize_words
 
 DEFAULT_TEMPLATE = (
@@ -56,6 +68,27 @@ class Classifier:
         raise NotImplementedError
 
     _init: dict[str, Any]  # the constructor's arguments besides the model
+    _batching: CheckedBatching | None = None  # how batches run: checked on a run's first
+
+    def begin_run(self) -> None:
+        """Start a run: its first batch is checked against one input alone again."""
+        self._batching = None
+
+    def batching_note(self) -> str | None:
+        """Which way this run's batches went through the model and why (None before the
+        first batch), for meta.json."""
+        return None if self._batching is None else self._batching.note
+
+    def _checking(self) -> CheckedBatching:
+        """The batching of the classifier's current run (a new one checks its first batch)."""
+        raise NotImplementedError
+
+    def _batched(self, seqs: list[list[int]]) -> torch.Tensor:
+        """(len(seqs), ...) outputs of one batch, by the run's checked path."""
+        if self._batching is None:
+            self._batching = self._checking()
+        with torch.inference_mode():
+            return self._batching(seqs)
 
     def replica(self) -> Callable[[], Classifier]:
         """A picklable factory that builds the same classifier around a fresh copy of the model
@@ -117,52 +150,30 @@ class SequenceClassifier(Classifier):
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
 
         def run(batch: list[int]) -> np.ndarray:
-            ids, mask = pad_batch([texts[i] for i in batch], self.pad_id, self.lm.device)
-            with torch.inference_mode():
-                logits = self.lm.model(input_ids=ids, attention_mask=mask).logits
-            return logits.float().cpu().numpy()
+            return self._batched([list(texts[i]) for i in batch]).float().cpu().numpy()
 
         for batch, logits in map_batches([len(s) for s in texts], batch_tokens, run):
             out[batch] = logits
         return out
 
+    def _checking(self) -> CheckedBatching:
+        return CheckedBatching(
+            {"right": self._right_padded},
+            {"right": "right-padded batches"},
+            self._alone,
+            dtype=self.lm.dtype,
+            what=f"flip rates with {type(self.lm.model).__name__}",
+        )
+
+    def _right_padded(self, seqs: list[list[int]]) -> torch.Tensor:
+        ids, mask = pad_batch(seqs, self.pad_id, self.lm.device)
+        return self.lm.model(input_ids=ids, attention_mask=mask).logits
+
+    def _alone(self, seq: list[int]) -> torch.Tensor:
+        return self.lm.model(input_ids=torch.tensor([seq], device=self.lm.device)).logits[0]
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "sequence classifier", "labels": self.labels}
-
-
-def check_template(template: str) -> None:
-    """A prompted classifier's template holds `{text}` exactly once (checked before a model is
-    loaded, too)."""
-    if template.count("{text}") != 1:
-        raise TokenprobeError(
-            "the template must hold the {text} placeholder exactly once: put one {text} where the text goes"
-        )
-
-
-def _verbaliser_ids(tok: Any, labels: list[str], verbalisers: list[str]) -> list[int]:
-    """The first token of each verbaliser (warning where a verbaliser is several); they must
-    differ, or two labels could never be told apart."""
-    first = []
-    for label, verb in zip(labels, verbalisers, strict=True):
-        ids = tok.encode(verb, add_special_tokens=False)
-        if not ids:
-            raise TokenprobeError(f"the verbaliser {verb!r} for {label!r} gives no tokens")
-        if len(ids) > 1:
-            pieces = token_texts(tok, ids)
-            warnings.warn(
-                f"verbaliser {verb!r} is split into {len(ids)} tokens {pieces}; its first token {pieces[0]!r} "
-                "stands for it",
-                UserWarning,
-                stacklevel=3,
-            )
-        first.append(int(ids[0]))
-    dupes = {t for t in first if first.count(t) > 1}
-    if dupes:
-        clash = [v for v, t in zip(verbalisers, first, strict=True) if t in dupes]
-        raise TokenprobeError(
-            f"verbalisers {clash} begin with the same token: choose words whose first tokens differ (label=word)"
-        )
-    return first
 
 
 class PromptedClassifier(Classifier):
@@ -209,7 +220,7 @@ class PromptedClassifier(Classifier):
         self.prefix_ids = list(tok(prefix_text, add_special_tokens=not chat)["input_ids"])
         self.suffix_ids = list(tok(suffix_text, add_special_tokens=False)["input_ids"])
         self.rendered = rendered
-        self.verbaliser_ids = _verbaliser_ids(tok, self.labels, self.verbalisers)
+        self.verbaliser_ids = verbaliser_ids(tok, self.labels, self.verbalisers)
         self._cache = None
         if not self.prefix_ids:  # a template that starts with the text: no prefix to cache
             self.reuse_prefix = False
@@ -218,95 +229,118 @@ class PromptedClassifier(Classifier):
         return len(self.prefix_ids) + n_text_tokens + len(self.suffix_ids)
 
     def _prefix_cache(self) -> Any:
-        """The prefix's key/value cache; None (and a warning, once) where the model has no cache
-        that can be copied across a batch (state-space and hybrid models)."""
+        """The prefix's cache, run once and kept (a copy of it starts every batch)."""
         if self._cache is None:
             ids = torch.tensor([self.prefix_ids], device=self.lm.device)
             with torch.inference_mode():
                 cache = cache_of(self.lm.model(input_ids=ids, use_cache=True))
-            try:  # Jamba's cache has the method, but its state-space layers lack it
-                copy.deepcopy(cache).batch_repeat_interleave(2)
-            except (AttributeError, NotImplementedError, TypeError, RuntimeError):
-                cache = None
             if cache is None:
-                self.reuse_prefix = False
-                warnings.warn(
-                    f"{type(self.lm.model).__name__} has no key/value cache that can be shared by a batch: "
-                    "the whole prompt runs for every input (the same predictions, slower)",
-                    UserWarning,
-                    stacklevel=3,
+                raise PathUnavailable("its forward returns no cache")
+            if not hasattr(cache, "batch_repeat_interleave"):
+                raise PathUnavailable(
+                    f"its cache ({type(cache).__name__}) cannot be repeated for a batch"
                 )
-                return None
             self._cache = cache
         return self._cache
 
     def scores(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
         """(texts, labels) next-token logits of the verbalisers' first tokens, float32.
 
-        With the prefix cache, each text follows the cached prefix directly and the padding goes
-        after it (right padding): padding between the prefix and the text would shift the text
-        away from the prefix, which changes ALiBi scores and pushes the prefix out of sliding
-        windows. Without it, the batch is left-padded with explicit position ids, which is exact
-        because every text keeps its own slots' distances.
+        With the prefix cache, each text follows a copy of the cached prefix directly and the
+        padding goes after it (right padding): padding between the prefix and the text would
+        shift the text away from the prefix, which changes ALiBi scores and pushes the prefix
+        out of sliding windows. Without it, the batch is left-padded with explicit position ids
+        (exact where every text keeps its own slots' distances), else right-padded. The first
+        batch of a run checks its path against one input alone (a continuation from the cache
+        against the whole prompt run at once) and falls back where they differ
+        (`runner.CheckedBatching`).
         """
         lm = self.lm
-        if self.reuse_prefix and texts:
-            self._prefix_cache()  # may turn reuse_prefix off for models without a usable cache
-        pad = pad_id_of(lm.tokenizer)
-        p = len(self.prefix_ids)
         verb = torch.tensor(self.verbaliser_ids, device=lm.device)
-        if self.reuse_prefix:
-            seqs = [list(t) + self.suffix_ids for t in texts]
-        else:
-            seqs = [self.prefix_ids + list(t) + self.suffix_ids for t in texts]
+        seqs = [list(t) + self.suffix_ids for t in texts]
         out = np.empty((len(seqs), len(self.labels)), dtype=np.float32)
 
         def run(batch: list[int]) -> np.ndarray:
-            with torch.inference_mode():
-                if self.reuse_prefix:
-                    logits = self._cached_last_logits([seqs[i] for i in batch], pad)
-                else:
-                    logits = self._last_logits([seqs[i] for i in batch], pad)
+            logits = self._batched([seqs[i] for i in batch])
+            if self._batching is not None and self._batching.path not in (None, "cache"):
+                self._cache = None  # not used this run: let it go
             return logits[:, verb].float().cpu().numpy()
 
-        lengths = [len(s) + (p if self.reuse_prefix else 0) for s in seqs]
+        lengths = [len(self.prefix_ids) + len(s) for s in seqs]
         for batch, logits in map_batches(lengths, batch_tokens, run):
             out[batch] = logits
         return out
 
-    def _last_logits(self, seqs: list[list[int]], pad: int) -> torch.Tensor:
-        """(B, V) logits at each sequence's last token, the whole prompt run: left padding puts
-        every row's last token in the last column, so only it is unembedded."""
+    def _checking(self) -> CheckedBatching:
+        paths = {"cache": self._after_prefix_cache} if self.reuse_prefix else {}
+        paths.update(left=self._left_padded, right=self._right_padded)
+        return CheckedBatching(
+            paths,
+            {
+                "cache": "right-padded batches after a copy of the prefix's cache",
+                "left": "left-padded batches with position ids",
+                "right": "right-padded batches",
+            },
+            self._alone,
+            dtype=self.lm.dtype,
+            what=f"flip rates with {type(self.lm.model).__name__}",
+        )
+
+    # -- the ways a batch of texts (each with the suffix) runs: (B, V) logits at the last token
+    @property
+    def pad_id(self) -> int:
+        return int(pad_id_of(self.lm.tokenizer))
+
+    def _left_padded(self, seqs: list[list[int]]) -> torch.Tensor:
+        """The whole prompts, left-padded: every row's last token is in the last column, so
+        only it is unembedded."""
         lm = self.lm
-        ids, mask = pad_batch(seqs, pad, lm.device, side="left")
+        if not takes(lm.model, "position_ids"):
+            raise PathUnavailable("its forward takes no position_ids", quiet=True)
+        ids, mask = pad_batch(
+            [self.prefix_ids + s for s in seqs], self.pad_id, lm.device, side="left"
+        )
         return lm.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=left_positions(mask),
             use_cache=False,
-            logits_to_keep=1,
+            **keep_last(lm.model, 1),
         ).logits[:, -1]
 
-    def _cached_last_logits(self, seqs: list[list[int]], pad: int) -> torch.Tensor:
-        """(B, V) logits at each sequence's last token, run after a copy of the prefix cache."""
+    def _right_padded(self, seqs: list[list[int]]) -> torch.Tensor:
+        """The whole prompts, right-padded, with the model's own positions."""
+        lm = self.lm
+        ids, mask = pad_batch([self.prefix_ids + s for s in seqs], self.pad_id, lm.device)
+        return _at_last_tokens(lm.model, ids, mask, attention_mask=mask, use_cache=False)
+
+    def _after_prefix_cache(self, seqs: list[list[int]]) -> torch.Tensor:
+        """The texts right-padded after a copy of the prefix's cache, repeated for the batch."""
         lm, p = self.lm, len(self.prefix_ids)
         cache = copy.deepcopy(self._prefix_cache())
         cache.batch_repeat_interleave(len(seqs))
-        ids, mask = pad_batch(seqs, pad, lm.device, side="right")
-        width = ids.shape[1]
-        last = mask.sum(dim=1) - 1
-        keep = torch.unique(last)  # sorted; rows of similar length share a few columns
+        ids, mask = pad_batch(seqs, self.pad_id, lm.device, side="right")
         ones = torch.ones((len(seqs), p), dtype=mask.dtype, device=lm.device)
-        positions = torch.arange(p, p + width, device=lm.device).expand(len(seqs), -1)
-        logits = lm.model(
-            input_ids=ids,
+        extra: dict[str, Any] = {}
+        if takes(lm.model, "position_ids"):
+            width = ids.shape[1]
+            extra["position_ids"] = torch.arange(p, p + width, device=lm.device).expand(
+                len(seqs), -1
+            )
+        return _at_last_tokens(
+            lm.model,
+            ids,
+            mask,
             attention_mask=torch.cat([ones, mask], 1),
-            position_ids=positions,
+            **extra,
             **with_cache(lm.model, cache),
-            logits_to_keep=keep,
-        ).logits
-        rows = torch.arange(len(seqs), device=lm.device)
-        return logits[rows, torch.searchsorted(keep, last)]
+        )
+
+    def _alone(self, seq: list[int]) -> torch.Tensor:
+        """(V,) logits at the last token of one whole prompt run alone, unpadded."""
+        lm = self.lm
+        ids = torch.tensor([self.prefix_ids + seq], device=lm.device)
+        return lm.model(input_ids=ids, use_cache=False, **keep_last(lm.model, 1)).logits[0, -1]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -318,5 +352,25 @@ class PromptedClassifier(Classifier):
             "chat": self.chat,
             "prompt": self.rendered,
             "prefix_tokens": len(self.prefix_ids),
-            "prefix_cache_reused": self.reuse_prefix,
+            "prefix_cache_reused": self.prefix_cache_reused,
         }
+
+    @property
+    def prefix_cache_reused(self) -> bool:
+        """Does the run continue every batch from the prefix's cache (asked for with
+        `reuse_prefix`, and checked against the whole prompt on the run's first batch)?"""
+        checked = None if self._batching is None else self._batching.path
+        return self.reuse_prefix if checked is None else checked == "cache"
+
+
+def _at_last_tokens(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, **kwargs: Any
+) -> torch.Tensor:
+    """(B, V) logits at each right-padded row's last token: only the last columns from the
+    shortest row's last token on are unembedded."""
+    width = ids.shape[1]
+    last = mask.sum(dim=1) - 1
+    k = width - int(last.min())
+    logits = model(input_ids=ids, **kwargs, **keep_last(model, k)).logits[:, -k:]
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    return logits[rows, last - (width - k)]

@@ -130,6 +130,7 @@ def flip_rates(
     its own copy of the classifier (the model loaded as `load` loaded it here).
     """
     _check_args(classifier, texts, gold, buckets, group)
+    classifier.begin_run()  # the run's first batch is checked against one input alone
     replacement = replacement_ids(classifier.lm, perturbation, filler)
     inputs = [classifier.encode(t) for t in texts]
     empty = [i for i, inp in enumerate(inputs) if not inp.ids or not inp.words]
@@ -169,7 +170,9 @@ def flip_rates(
             executor=executor,
             remote=None if executor is None else _remote(classifier, inputs, gold, settings),
         )
-    occurrences = pd.concat([done[k] for k in range(len(chunks))], ignore_index=True)
+    parts = [done[k] for k in range(len(chunks))]
+    occurrences = pd.concat(parts, ignore_index=True)
+    occurrences.attrs = {}
     result = _result(
         classifier,
         occurrences,
@@ -178,6 +181,7 @@ def flip_rates(
         len(empty),
         {**options, "group": group, "batch_tokens": batch_tokens},
     )
+    result.meta["batching"] = _batching_note(parts)
     if store is not None:
         store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
     return result
@@ -219,6 +223,15 @@ def _result(
             "versions": versions(),
             "created": now(),
         },
+    )
+
+
+def _batching_note(parts: Sequence[pd.DataFrame]) -> str:
+    """How the run's batches went through the model (each chunk says, in its frame's attrs,
+    whichever process ran it and whether this run or an interrupted one), for meta.json."""
+    notes = list(dict.fromkeys(p.attrs["batching"] for p in parts if p.attrs.get("batching")))
+    return (
+        " / ".join(notes) if notes else "not recorded (every chunk came from an older checkpoint)"
     )
 
 
@@ -270,7 +283,11 @@ def _run_chunk(
                 "flipped": int(p) != original[i],
             }
         )
-    return pd.DataFrame(rows, columns=COLUMNS)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    note = classifier.batching_note()
+    if note is not None:  # which way the batches ran, kept with the chunk (and its checkpoint)
+        frame.attrs["batching"] = note
+    return frame
 
 
 def _remote(
@@ -295,4 +312,6 @@ def _remote(
 def _chunk_on_worker(classifier: Classifier, payload: tuple) -> pd.DataFrame:
     """One chunk on a Ray worker, against the worker's own classifier."""
     chunk, inputs, gold, (perturbation, replacement, buckets, batch_tokens) = payload
-    return _run_chunk(classifier, inputs, chunk, gold, perturbation, replacement, buckets, batch_tokens)
+    return _run_chunk(
+        classifier, inputs, chunk, gold, perturbation, replacement, buckets, batch_tokens
+    )
