@@ -2,6 +2,22 @@
 output of the prompt tokens (the target tokens stay fixed), summed over embedding dimensions
 and over a feature's tokens. Saliency is the sum of |gradient|.
 
+The attributed input is the output of the model's input-embedding module
+(`get_input_embeddings()`) at the prompt's positions. The model runs on the real ids, a
+forward hook putting the gradient-carrying (or interpolated) embeddings in place of that
+module's output, so whatever the model does after the module happens as in a plain forward
+with ids: a scale applied outside it (Falcon-H1's `embedding_multiplier`, Granite's; Gemma's
+sqrt(d) sits inside the module, so it is part of the attributed input), and inputs computed
+from the ids themselves (Gemma 3n's and 4's per-layer token embeddings). A run with
+`inputs_embeds` alone is not the same forward on every family: Falcon-H1 skips its
+multiplier, Gemma 3n its per-layer token embeddings, Gemma 4 tries to recover the ids and fails.
+
+The integrated-gradients baseline lives in the same space: zeros, or the module's output for
+the pad or unk token at every prompt position. What the model computes from the ids rather
+than from the module's output is the real prompt's along the whole path, the baseline
+included: completeness is f(prompt) - f(prompt with the module's output at the prompt
+positions replaced by the baseline's).
+
 Integration steps go through the model in token-budget batches (split on out of memory); the
 per-token sums of each finished batch add up to the integral, so a batch is written to the
 checkpoint as soon as it is done and skipped on resume.
@@ -10,7 +26,8 @@ checkpoint as soon as it is done and skipped on resume.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +35,7 @@ import numpy as np
 import torch
 
 from ...errors import TokenprobeError
-from ...runner import map_batches, run_with_backoff
+from ...runner import keep_last, map_batches, run_with_backoff
 from .problem import Problem
 
 GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
@@ -29,9 +46,11 @@ IG_BASELINES = ("unk", "pad", "zero")
 
 @dataclass
 class _Path:
-    """The embeddings (prompt and target), the prompt's baseline, and the steps between them."""
+    """The ids and embeddings (prompt and target), the prompt's baseline, and the steps between
+    them."""
 
-    emb: torch.Tensor  # (L, D) prompt and target tokens
+    ids: torch.Tensor  # (L,) prompt and target tokens
+    emb: torch.Tensor  # (L, D) the embedding module's output for them
     base: torch.Tensor  # (n, D)
     delta: torch.Tensor  # (n, D) prompt minus baseline
     alphas: np.ndarray  # where each step is on the path
@@ -101,7 +120,7 @@ def _path(pb: Problem, method: str, steps: int, ig_baseline: str) -> _Path:
         factor = emb[None, :n].float()
     else:
         factor = delta[None].float()
-    return _Path(emb, base, delta, alphas, weights, factor)
+    return _Path(ids, emb, base, delta, alphas, weights, factor)
 
 
 def _integrate(pb: Problem, path: _Path) -> np.ndarray:
@@ -145,8 +164,9 @@ def _step_batch(pb: Problem, path: _Path, idx: list[int]) -> np.ndarray:
     prompt_part = (path.base[None] + a[:, None, None] * path.delta[None]).requires_grad_(True)
     # the last target token predicts nothing that is scored, so it is left out
     x = torch.cat([prompt_part, emb[None, n : n + m - 1].expand(len(a), -1, -1)], dim=1)
+    ids = path.ids[None, : n + m - 1].expand(len(a), -1)
     with torch.enable_grad():
-        cols = _differentiable_token_logprobs(pb, x)
+        cols = _differentiable_token_logprobs(pb, ids, x)
         pb.forward_passes += 1
         grads = _per_row_grads([pb.row_score(cols, r) for r in range(len(pb.rows))], prompt_part)
     if path.factor is None:  # saliency
@@ -161,14 +181,14 @@ def _completeness(
 ) -> dict[str, Any]:
     """Integrated gradients' details: how far the attributions miss f(x) - f(baseline)."""
     n, m = len(pb.prompt_ids), len(pb.target_ids)
-    emb = path.emb
+    emb, model = path.emb, pb.lm.model
     ends = torch.stack([torch.cat([path.base, emb[n:]]), emb])
+    ids = path.ids[None].expand(2, -1)
 
     def score_ends(batch: list[int]) -> np.ndarray:
-        with torch.no_grad():
-            logits = pb.lm.model(
-                inputs_embeds=ends[batch], logits_to_keep=m + 1, use_cache=False
-            ).logits[:, :m]
+        with torch.no_grad(), _embedding_output(model, ends[batch]):
+            out = model(input_ids=ids[batch], use_cache=False, **keep_last(model, m + 1))
+            logits = out.logits[:, -(m + 1) :][:, :m]  # sliced by hand: xLSTM ignores logits_to_keep
             return pb.row_scores(pb.token_logprobs(logits)).double().cpu().numpy()
 
     f0, f1 = np.concatenate([s for _, s in run_with_backoff([0, 1], score_ends)])
@@ -221,44 +241,70 @@ def _per_row_grads(scores: Sequence[torch.Tensor], inputs: torch.Tensor) -> torc
     )
 
 
-def _differentiable_token_logprobs(pb: Problem, x: torch.Tensor) -> list[torch.Tensor]:
-    """m columns (S,) of target log-probabilities of input embeddings `x` (prompt and all but
-    the last target token), keeping the graph.
+@contextmanager
+def _embedding_output(model: torch.nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """Runs of the model inside return `x` (B, L, D) from its input-embedding module, in place
+    of the module's output for the ids (B, L) the model is given; the graph of `x` is kept."""
+
+    def hook(_m: torch.nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+        if out.shape != x.shape:
+            raise TokenprobeError(
+                f"{type(model).__name__} calls its input embeddings on something other than the "
+                f"input ids (output {tuple(out.shape)}, not {tuple(x.shape)}): gradient methods "
+                "cannot put the attributed embeddings in their place"
+            )
+        return x.to(device=out.device, dtype=out.dtype)
+
+    handle = model.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _differentiable_token_logprobs(
+    pb: Problem, ids: torch.Tensor, x: torch.Tensor
+) -> list[torch.Tensor]:
+    """m columns (S,) of target log-probabilities of `ids` (S, L: prompt and all but the last
+    target token) with `x` (S, L, D) as their embedding module's output, keeping the graph.
 
     Each target position is unembedded on its own where the adapter reproduces the model's own
     logits, so the backward of one row passes through its own unembedding rows only (the
     vocabulary matmul dominates otherwise).
     """
-    lm, n = pb.lm, len(pb.prompt_ids)
+    lm, m = pb.lm, len(pb.target_ids)
     model = lm.model
     adapter = lm.require_adapter()
     if pb.head_ok is False:
-        return _fallback_token_logprobs(pb, x)
-    with adapter.record(last_only=True) as states:
-        out = model(inputs_embeds=x, logits_to_keep=1, use_cache=False)
-    hidden = states[-1]  # the last block's output, before the final norm
+        return _fallback_token_logprobs(pb, ids, x)
+    # the last m positions predict the targets; the last blocks may run on the positions whose
+    # logits are kept only (Gemma 4's layers that share earlier layers' keys and values)
+    with adapter.record(last_only=True) as states, _embedding_output(model, x):
+        out = model(input_ids=ids, use_cache=False, **keep_last(model, m))
+    hidden = states[-1][:, -m:]  # the last block's output, before the final norm
     if pb.head_ok is None:
         with torch.no_grad():
             rebuilt = adapter.logits(hidden[:, -1])
             ref = out.logits[:, -1].float()
-            pb.head_ok = bool(
+            pb.head_ok = rebuilt.shape == ref.shape and bool(
                 torch.allclose(
                     rebuilt, ref, atol=1e-3 * max(1.0, float(ref.abs().max())), rtol=1e-3
                 )
             )
     if not pb.head_ok:
-        return _fallback_token_logprobs(pb, x)
+        return _fallback_token_logprobs(pb, ids, x)
     cols, foils = [], []
     for j, t in enumerate(pb.target_ids):
-        logp = torch.log_softmax(adapter.logits(hidden[:, n - 1 + j]), dim=-1)
+        logp = torch.log_softmax(adapter.logits(hidden[:, j]), dim=-1)
         cols.append(logp[:, t])
         if pb.foil_id is not None:
             foils.append(logp[:, pb.foil_id])
     return cols + foils
 
 
-def _fallback_token_logprobs(pb: Problem, x: torch.Tensor) -> list[torch.Tensor]:
+def _fallback_token_logprobs(pb: Problem, ids: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
     """The same columns from the model's own logits, for heads the adapter cannot rebuild."""
-    m = len(pb.target_ids)
-    logits = pb.lm.model(inputs_embeds=x, logits_to_keep=m, use_cache=False).logits
+    m, model = len(pb.target_ids), pb.lm.model
+    with _embedding_output(model, x):
+        logits = model(input_ids=ids, use_cache=False, **keep_last(model, m)).logits[:, -m:]
     return list(pb.token_logprobs(logits).unbind(dim=1))
