@@ -30,6 +30,12 @@ from .cache import (
     cached_build,
     remove_stale_builds,
 )
+from .checks import (
+    check_model_folder,
+    check_nothing_initialised,
+    check_supported,
+    newly_initialised,
+)
 from .hub import hub_error, offline, offline_wanted
 from .hub import offline as offline_block
 from .placement import parse_max_memory, placement_kwargs
@@ -43,6 +49,8 @@ __all__ = [
     "LoadedModel",
     "builtin_gguf",
     "cache_root",
+    "check_nothing_initialised",
+    "newly_initialised",
     "cached_build",
     "load",
     "offline",
@@ -137,7 +145,8 @@ class LoadedModel:
     adapter: Adapter | None = None
     folder: str = ""  # the Hugging Face folder (or hub id) the weights were read from
     load_args: dict[str, Any] | None = None  # how `load` loaded it (a Ray worker loads it so)
-    loaded_vocab: int | None = None  # embedding rows before a marker token was added (None: none added)
+    # embedding rows before a marker token was added (None: none added)
+    loaded_vocab: int | None = None
 
     @classmethod
     def wrap(
@@ -228,33 +237,6 @@ class LoadedModel:
 # ----------------------------------------------------------------------------- load
 
 
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.pt", "*.h5", "*.msgpack")
-
-
-def _check_model_folder(name: str, folder: Path) -> None:
-    """A model folder with config.json but no tokenizer or no weights: one line saying what is
-    missing, instead of the tokenizer library's cut-off message."""
-    missing = []
-    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
-        missing.append("no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
-    if not any(next(folder.glob(p), None) is not None for p in _WEIGHT_FILES):
-        missing.append("no weights (model.safetensors or pytorch_model.bin)")
-    if missing:
-        raise TokenprobeError(
-            f"the model folder {name} holds config.json but {' and '.join(missing)}: save both there with "
-            "model.save_pretrained(FOLDER) and tokenizer.save_pretrained(FOLDER)"
-        )
-
-
 def _from_folder(
     folder: str,
     task: str,
@@ -263,17 +245,28 @@ def _from_folder(
     trust: bool = False,
     **placement: Any,
 ) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    """The model and tokenizer in `folder` (or of a hub id), refused in one line when tokenprobe
+    cannot use them as `task` asks: an encoder-decoder, a classifier asked for as a causal LM,
+    or any weight that loading would initialise at random."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
-    auto = {
-        "causal-lm": AutoModelForCausalLM,
-        "sequence-classification": AutoModelForSequenceClassification,
-    }
+    auto = {"causal-lm": AutoModelForCausalLM, "sequence-classification": AutoModelForSequenceClassification}
     if task not in auto:
         raise TokenprobeError(f"unknown task '{task}': use causal-lm or sequence-classification")
     kwargs = {"local_files_only": local_only, "trust_remote_code": trust}
+    config = AutoConfig.from_pretrained(folder, **kwargs)
+    check_supported(folder, config, task)
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    model = auto[task].from_pretrained(folder, dtype=dtype, **kwargs, **placement)
+    model, info = auto[task].from_pretrained(  # a weight of another shape: refused below
+        folder, config=config, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True,
+        **kwargs, **placement,
+    )
+    check_nothing_initialised(folder, model, info)
     return model, tokenizer
 
 
@@ -328,9 +321,13 @@ def _load_where(
     """`_load` with or without the network, as the name and `offline` say."""
     hub_id = _is_hub_id(name)
     if hub_id and not offline_wanted(offline):
-        return _load(name, device, dtype, task, local_only=False, trust=trust_remote_code, **placement)
+        return _load(
+            name, device, dtype, task, local_only=False, trust=trust_remote_code, **placement
+        )
     with offline_block():  # local files, or a hub id from the cache only: no connection
-        return _load(name, device, dtype, task, local_only=True, trust=trust_remote_code, **placement)
+        return _load(
+            name, device, dtype, task, local_only=True, trust=trust_remote_code, **placement
+        )
 
 
 def _is_hub_id(name: str) -> bool:
@@ -371,7 +368,7 @@ def _load(
             raise TokenprobeError(
                 f"{name} is a folder without config.json: point `name` at a Hugging Face model folder"
             )
-        _check_model_folder(name, Path(folder))
+        check_model_folder(name, Path(folder))
     elif Path(name).expanduser().is_file():
         raise TokenprobeError(
             f"{name} is a file, not a model: pass a model folder, a .gguf file, a cached hub id or "

@@ -73,8 +73,16 @@ def per_token_bytes(lm: LoadedModel, gradients: bool = False) -> int:
     size = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
     if lm.adapter is not None:
         layers = lm.n_layers
-    else:
-        layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 1) + 1
+    else:  # a classifier: the config's block count (the adapter needs an LM head)
+        blocks = next(
+            (
+                getattr(cfg, a)
+                for a in ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+                if isinstance(getattr(cfg, a, None), int)
+            ),
+            1,
+        )
+        layers = max(int(blocks), 1) + 1
     states = layers * width * (size + 4)
     block = (3 * width + 2 * inner) * size
     logits = vocab * (size + 4)
@@ -86,7 +94,9 @@ def estimate(lm: LoadedModel, batch_tokens: int, gradients: bool = False) -> Est
     """The estimate for a run whose largest batch holds `batch_tokens` tokens."""
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
     device = lm.device
-    return Estimate(weights, batch_tokens * per_token_bytes(lm, gradients), available_bytes(device), device)
+    return Estimate(
+        weights, batch_tokens * per_token_bytes(lm, gradients), available_bytes(device), device
+    )
 
 
 def check_fits(lm: LoadedModel, batch_tokens: int, gradients: bool = False) -> Estimate:
