@@ -314,3 +314,38 @@ def test_prompted_flips_fall_back_on_a_model_that_padding_breaks(llama, reuse_pr
         mine = res.occurrences[res.occurrences["text_id"] == t].sort_values("word_index")
         assert (mine["original"] == WORDS[ref[0]]).all()
         assert mine["perturbed"].tolist() == [WORDS[r] for r in ref[1:]]
+
+
+SIMILARITY_TEXTS = [
+    "a b _PAUSE_ c d e f _PAUSE_",
+    "Tools: hammer, wrench, level, pliers. _PAUSE_ Fruits _PAUSE_ orange",
+    "Hello _PAUSE_ world _PAUSE_",
+]
+
+
+@pytest.mark.parametrize("arch", ["doge-window", "llama"])
+def test_similarity_checks_its_padded_batches(arch, bpe):
+    """Doge's dynamic mask window is shorter than the texts: a padded batch changed a middle
+    text's states (cosines off by 0.19); the run-time check sees it and runs each text alone,
+    saying so once and in meta.json. Llama's padded batches pass the check."""
+    lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        alone = [tokenprobe.past_similarity(lm, t, occurrence=2, window=5) for t in SIMILARITY_TEXTS]
+        together = tokenprobe.past_similarity(lm, SIMILARITY_TEXTS, occurrence=2, window=5)
+    want = np.nanmean(np.stack([a.cosine for a in alone]), axis=0)
+    np.testing.assert_allclose(together.cosine, want, atol=1e-5)
+    said = [str(w.message) for w in caught if "each text runs alone" in str(w.message)]
+    if arch == "doge-window":
+        assert together.meta["batching"].startswith("one text at a time"), together.meta["batching"]
+        assert len(said) == 1
+    else:
+        assert together.meta["batching"] == "padded batches (checked against one text alone)"
+        assert not said
+
+
+def test_a_marker_that_cannot_be_added_is_one_line(bpe):
+    """transformers cannot resize xLSTM's embeddings (its init looks for `embeddings`)."""
+    lm = zoo.make_causal("xlstm", bpe, device=TEST_DEVICE)
+    with pytest.raises(tokenprobe.TokenprobeError, match="cannot add a row to xLSTMForCausalLM's embeddings"):
+        tokenprobe.past_similarity(lm, SIMILARITY_TEXTS[0], occurrence=2, window=5)

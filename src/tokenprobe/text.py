@@ -143,7 +143,14 @@ def ensure_marker(lm: LoadedModel, marker: str) -> int:
     if new_id >= old_rows:
         out_emb = lm.model.get_output_embeddings()
         tied = out_emb is not None and out_emb.weight is emb.weight
-        lm.model.resize_token_embeddings(len(tok), mean_resizing=False)
+        try:
+            lm.model.resize_token_embeddings(len(tok), mean_resizing=False)
+        except (AttributeError, NotImplementedError, RuntimeError, ValueError) as exc:
+            raise TokenprobeError(
+                f"the marker {marker!r} is not one token of this tokenizer, and transformers cannot "
+                f"add a row to {type(lm.model).__name__}'s embeddings ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}): choose a marker that is already one token"
+            ) from exc
         if lm.loaded_vocab is None:
             lm.loaded_vocab = old_rows
         with torch.no_grad():

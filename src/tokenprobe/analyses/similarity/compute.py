@@ -22,15 +22,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...checkpoint import Checkpoint, digest, model_settings, npz_writer
-from ...errors import TokenprobeError
+from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
 from ...results import now, versions
 from ...runner import (
+    float_tolerance,
     map_batches,
     open_checkpoint,
     pad_batch,
     pad_id_of,
     progress_disabled,
+    relative_error,
     run_chunks,
     token_budget_batches,
 )
@@ -174,17 +176,49 @@ class _Cosines:
         self.adapter = lm.require_adapter()
         self.n_layers = self.adapter.n_blocks + 1
         self.pad = pad_id_of(lm.tokenizer)
+        self.batching: str | None = None  # how batches ran, once the first padded one is checked
+        self.alone = False  # one text per forward: a padded batch was not exact on this model
+
+    def _states(self, seqs: list[list[int]]) -> torch.Tensor:
+        """(layers, B, T, D) of right-padded sequences: block 0's input, each block's output."""
+        ids, mask = pad_batch(seqs, self.pad, self.lm.device)
+        with torch.inference_mode(), self.adapter.record() as hidden:
+            self.lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        return torch.stack(hidden)
+
+    def _rows(self, seqs: list[list[int]]) -> list[torch.Tensor]:
+        """Each sequence's (layers, n, D) states; the first padded batch of a run is checked:
+        a few of its padded texts run alone must give the same states, else every text runs
+        alone (a window shorter than the text, as Doge's, is not
+        padding-invariant in transformers itself), said once and in meta.json."""
+        if self.alone:
+            return [self._states([s])[:, 0] for s in seqs]
+        states = self._states(seqs)
+        rows = [states[:, b, : len(s)] for b, s in enumerate(seqs)]
+        if self.batching is None and len({len(s) for s in seqs}) > 1:
+            # up to 4 padded texts of lengths spread over the batch (not only the most padded:
+            # Doge's dynamic mask changed a middle one and left the shortest alone)
+            order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))[:-1]
+            probes = sorted({order[round(q * (len(order) - 1))] for q in (0, 1 / 3, 2 / 3, 1)})
+            err = max(relative_error(rows[b], self._states([seqs[b]])[:, 0]) for b in probes)
+            if err <= float_tolerance(self.lm.dtype):
+                self.batching = "padded batches (checked against one text alone)"
+            else:
+                self.alone = True
+                self.batching = (f"one text at a time: a padded batch differed from one text alone "
+                                 f"by {err:.1e} (relative error)")
+                warn(f"past similarity: {type(self.lm.model).__name__} {self.batching} on this model; "
+                     "each text runs alone (the same numbers, slower)")
+                return [self._states([s])[:, 0] for s in seqs]
+        return rows
 
     def __call__(self, batch: list[int]) -> list[tuple[torch.Tensor, int]]:
         encoded, window = self.texts.encoded, self.window
-        ids, mask = pad_batch([encoded[i] for i in batch], self.pad, self.lm.device)
-        with torch.inference_mode(), self.adapter.record() as hidden:
-            self.lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-        states = torch.stack(hidden)  # (layers, B, T, D): block 0's input, each block's output
+        states = self._rows([encoded[i] for i in batch])
         rows = []
         for b, i in enumerate(batch):
             n = len(encoded[i])
-            h = states[:, b, :n].float()
+            h = states[b].float()
             if self.centre:
                 # the first position often carries massive activations (an attention sink, 100x
                 # the norm of the rest) that would dominate the mean: leave it out unless asked
@@ -336,6 +370,7 @@ def past_similarity(
         cosines, run, store, chunk_texts, batch_tokens, progress, _after_chunk, remote
     )
     result = _result(lm, run, total, count, lacking, options)
+    result.meta["batching"] = cosines.batching or "no padded batch was run here"
     if store is not None:
         store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
     return result
