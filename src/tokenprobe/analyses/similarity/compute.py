@@ -12,31 +12,25 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...checkpoint import Checkpoint, digest, model_settings, npz_writer
-from ...errors import TokenprobeError, warn
+from ...errors import TokenprobeError
 from ...model import LoadedModel
 from ...results import now, versions
 from ...runner import (
-    float_tolerance,
-    map_batches,
     open_checkpoint,
-    pad_batch,
-    pad_id_of,
     progress_disabled,
-    relative_error,
     run_chunks,
     token_budget_batches,
 )
 from ...text import DEFAULT_MARKER, ensure_marker, token_texts
+from .cosines import _Cosines, _Texts
 from .layout import _chunks, _texts_of_part
 from .markers import find_marker, insert_markers
 from .remote import remote_sums
@@ -45,21 +39,6 @@ from .result import SimilarityResult
 DIRECTIONS = ("past", "future")
 PARTIAL = "similarity.partial"  # the checkpoint folder inside --out
 SUFFIX = ".npz"  # a checkpoint part: the chunk's float64 sums, counts and text indices
-
-
-@dataclass
-class _Texts:
-    """The texts as run: markers inserted, token ids, each one's anchor (None: skipped)."""
-
-    items: list[str]
-    encoded: list[list[int]]
-    anchors: list[int | None]
-    pattern: list[int]  # the marker's token ids; the anchor is its last token
-    single: bool
-
-    @property
-    def used(self) -> list[int]:
-        return [i for i, a in enumerate(self.anchors) if a is not None]
 
 
 def _check(
@@ -156,103 +135,6 @@ def _check_anchors(texts: _Texts, marker: str, occurrence: int, direction: str) 
             stacklevel=3,
         )
     return lacking
-
-
-class _Cosines:
-    """One batch of texts through the model: each text's cosines (layers, m) and m, the
-    number of tokens it has on the compared side within the window."""
-
-    def __init__(
-        self,
-        lm: LoadedModel,
-        texts: _Texts,
-        window: int,
-        direction: str,
-        centre: bool,
-        centre_skip_first: bool,
-    ) -> None:
-        self.lm, self.texts, self.window, self.direction = lm, texts, window, direction
-        self.centre, self.centre_skip_first = centre, centre_skip_first
-        self.adapter = lm.require_adapter()
-        self.n_layers = self.adapter.n_blocks + 1
-        self.pad = pad_id_of(lm.tokenizer)
-        self.batching: str | None = None  # how batches ran, once the first padded one is checked
-        self.alone = False  # one text per forward: a padded batch was not exact on this model
-
-    def _states(self, seqs: list[list[int]]) -> torch.Tensor:
-        """(layers, B, T, D) of right-padded sequences: block 0's input, each block's output."""
-        ids, mask = pad_batch(seqs, self.pad, self.lm.device)
-        with torch.inference_mode(), self.adapter.record() as hidden:
-            self.lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-        return torch.stack(hidden)
-
-    def _rows(self, seqs: list[list[int]]) -> list[torch.Tensor]:
-        """Each sequence's (layers, n, D) states; the first padded batch of a run is checked:
-        a few of its padded texts run alone must give the same states, else every text runs
-        alone (a window shorter than the text, as Doge's, is not
-        padding-invariant in transformers itself), said once and in meta.json."""
-        if self.alone:
-            return [self._states([s])[:, 0] for s in seqs]
-        states = self._states(seqs)
-        rows = [states[:, b, : len(s)] for b, s in enumerate(seqs)]
-        if self.batching is None and len({len(s) for s in seqs}) > 1:
-            # up to 4 padded texts of lengths spread over the batch (not only the most padded:
-            # Doge's dynamic mask changed a middle one and left the shortest alone)
-            order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))[:-1]
-            probes = sorted({order[round(q * (len(order) - 1))] for q in (0, 1 / 3, 2 / 3, 1)})
-            err = max(relative_error(rows[b], self._states([seqs[b]])[:, 0]) for b in probes)
-            if err <= float_tolerance(self.lm.dtype):
-                self.batching = "padded batches (checked against one text alone)"
-            else:
-                self.alone = True
-                self.batching = (f"one text at a time: a padded batch differed from one text alone "
-                                 f"by {err:.1e} (relative error)")
-                warn(f"past similarity: {type(self.lm.model).__name__} {self.batching} on this model; "
-                     "each text runs alone (the same numbers, slower)")
-                return [self._states([s])[:, 0] for s in seqs]
-        return rows
-
-    def __call__(self, batch: list[int]) -> list[tuple[torch.Tensor, int]]:
-        encoded, window = self.texts.encoded, self.window
-        states = self._rows([encoded[i] for i in batch])
-        rows = []
-        for b, i in enumerate(batch):
-            n = len(encoded[i])
-            h = states[b].float()
-            if self.centre:
-                # the first position often carries massive activations (an attention sink, 100x
-                # the norm of the rest) that would dominate the mean: leave it out unless asked
-                base = h[:, 1:] if (self.centre_skip_first and n > 1) else h
-                h = h - base.mean(dim=1, keepdim=True)
-            p = self.texts.anchors[i]
-            assert p is not None
-            others = (
-                [p - d for d in range(1, window + 1)]
-                if self.direction == "past"
-                else [p + d for d in range(1, window + 1)]
-            )
-            others = [o for o in others if 0 <= o < n]
-            cos = (
-                F.cosine_similarity(h[:, p : p + 1], h[:, others], dim=-1)
-                if others
-                else h.new_zeros((self.n_layers, 0))
-            )
-            rows.append((cos.cpu(), len(others)))
-        return rows
-
-    def sums(self, chunk: Sequence[int], batch_tokens: int, bar: Any) -> dict[str, np.ndarray]:
-        """One chunk's float64 sum of cosines per (layer, distance), its counts and its texts."""
-        chunk = list(chunk)
-        part_total = torch.zeros((self.n_layers, self.window), dtype=torch.float64)
-        part_count = np.zeros(self.window, dtype=np.int64)
-        lengths = [len(self.texts.encoded[i]) for i in chunk]
-        for sub, rows in map_batches(lengths, batch_tokens, lambda b: self([chunk[j] for j in b])):
-            for cos, m in rows:
-                part_total[:, :m] += cos.double()
-                part_count[:m] += 1
-            bar.update(len(sub))
-        texts_done = np.asarray(chunk, dtype=np.int64)
-        return {"total": part_total.numpy(), "count": part_count, "texts": texts_done}
 
 
 def _sums(

@@ -31,7 +31,7 @@ def _worker_state(load_args: dict[str, Any], marker: str | None) -> LoadedModel:
 
 def _chunk_on_worker(lm: LoadedModel, payload: tuple) -> dict:
     """One chunk's sums against the worker's model."""
-    from .compute import _Cosines, _Texts
+    from .cosines import _Cosines, _Texts
 
     chunk, encoded, anchors, (window, direction, centre, skip_first, batch_tokens) = payload
     texts = _Texts(items=[], encoded=encoded, anchors=anchors, pattern=[], single=False)
