@@ -151,7 +151,7 @@ def test_similarity_killed_before_meta_json_resumes_without_recomputing(
         raise AssertionError("texts were run through the model again")
 
     with monkeypatch.context() as m:
-        m.setattr("tokenprobe.analyses.similarity.compute.map_batches", recompute)
+        m.setattr("tokenprobe.analyses.similarity.cosines.map_batches", recompute)
         code, _, err = run(capsys, *argv, "--out", str(out), "--resume")
     assert code == 0, err
     assert run(capsys, *argv, "--out", str(tmp_path / "whole"))[0] == 0
