@@ -650,3 +650,43 @@ def test_noise_settings_with_a_corrupted_prompt_are_said_to_be_ignored(bpe):
             causal_trace(lm, CLEAN, samples=10, **kw)  # the default: nothing to say
         except UserWarning as w:
             assert "only apply to noise" not in str(w), w
+
+
+def test_counts_that_are_not_whole_numbers_are_one_line(bpe):
+    lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
+    noise = dict(corrupt="noise", subject="Australia", target=TARGET, progress=False)
+    for name, value in (("samples", 2.5), ("samples", True), ("window", 1.5), ("seed", 0.5)):
+        with pytest.raises(TokenprobeError, match=f"^{name} must be a whole number, not {value!r}$"):
+            causal_trace(lm, CLEAN, **{**noise, name: value})
+    with pytest.raises(TokenprobeError, match="^window must be a whole number"):
+        causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, window=2.0, progress=False)
+
+
+def test_an_implausible_target_is_warned_about_once(bpe, model_dir, tmp_path, capsys):  # noqa: F811
+    lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
+    kw = dict(corrupted=CORRUPTED, components=["resid", "mlp"], method="both", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        causal_trace(lm, CLEAN, target=TARGET, **kw)
+    said = [str(w.message) for w in caught if "implausible" in str(w.message)]
+    assert len(said) == 1 and caught[0].filename == __file__, said  # pointed at the caller
+    ids = torch.tensor([lm.tokenizer(CLEAN)["input_ids"]], device=lm.device)
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits[0, -1].double()
+    p = float(torch.softmax(logits, -1)[lm.tokenizer.encode(TARGET)[0]])
+    rank = int((logits > logits[lm.tokenizer.encode(TARGET)[0]]).sum()) + 1
+    assert p < 1e-3 and rank > 10
+    assert said[0].startswith(f"the target ' Canberra' is implausible in the clean run (probability {p:.2g}, rank {rank})")
+    assert "check target (a leading space" in said[0] and "or chat (" in said[0]
+    top = lm.tokenizer.decode([int(logits.argmax())])  # the clean run's own answer: no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        causal_trace(lm, CLEAN, target=top, **kw)
+    assert not [w for w in caught if "implausible" in str(w.message)]
+    # on the command line the parameters are the flags
+    code, _, err = run(capsys, "trace", "--model", str(model_dir), "--prompt", "the cat sat on",
+                       "--target", " mat", "--subject", "cat", "--samples", "2", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    (line,) = [ln for ln in err.splitlines() if "implausible" in ln]
+    assert line.startswith("tokenprobe: warning: the target ' mat' is implausible in the clean run")
+    assert "check --target (a leading space, as in ' Paris'?) or --chat (" in line

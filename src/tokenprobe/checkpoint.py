@@ -294,6 +294,8 @@ def _kept_work(folder: Path) -> str:
                 )
             elif part.name.endswith(".steps.npz"):  # attribution: batches of gradient steps
                 counts["step"] = counts.get("step", 0) + len(_read_npz(part)["steps"])
+            elif part.name.endswith(".cells.npz"):  # causal trace: cells with every sample run
+                counts["traced cell"] = counts.get("traced cell", 0) + len(_read_npz(part)["cells"])
             elif part.name.endswith(".npz"):  # past similarity: sums over texts
                 counts["text"] = counts.get("text", 0) + len(_read_npz(part)["texts"])
             elif part.name.endswith(".state.pt"):  # tune-lens: the training state after a step
@@ -313,7 +315,7 @@ def _kept_work(folder: Path) -> str:
         n = len(parts)
         return f"{n} finished part{'s' * (n != 1)}"
     words = []
-    for unit in ("row", "text", "scored input"):
+    for unit in ("row", "text", "scored input", "traced cell"):
         if unit in counts:
             words.append(f"{counts[unit]} {unit}{'s' * (counts[unit] != 1)}")
     if "training step" in counts:

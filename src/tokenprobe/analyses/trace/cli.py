@@ -1,4 +1,5 @@
-"""`tokenprobe trace`: flags -> prompt and corruption -> `causal_trace` -> one result folder."""
+"""`tokenprobe trace`: flags -> prompt and corruption -> `causal_trace` (checkpointed in --out,
+so that --resume continues it) -> one result folder."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def command(session: Session) -> None:
     )
     out = Path(args.out)
     session.check_out(out, TraceResult.files(args.format))
-    result = causal_trace(session.load(), prompt, **params)
+    result = causal_trace(session.load(), prompt, checkpoint=out, **params)
     session.save(result, out, session.params("figure"))
 
 

@@ -12,7 +12,9 @@ first-order estimate from one forward and backward pass instead.
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,13 @@ from .estimate import first_order
 from .inputs import Settings, check_settings, corrupted_input, subject_span, token_id
 from .options import OPTIONS
 from .result import TraceResult
+from .store import CellStore, open_store
 from .tracer import Cell, Problem, Tracer, window_of
+
+IMPLAUSIBLE = 1e-3  # warn when the target's clean probability is below this ...
+TOP = 10  # ... and it is not among the clean run's top this many tokens
+# each component's cells (the sites each restores) and the (row, position) each fills
+Plans = dict[str, tuple[list[Cell], list[tuple[int, int]]]]
 
 
 def causal_trace(
@@ -52,6 +60,8 @@ def causal_trace(
     chat: bool = False,
     system: str | None = None,
     batch_tokens: int = 2048,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
     progress: bool | None = None,
 ) -> TraceResult:
     """Causal trace of `target` (the next token after the prompt) over `components`.
@@ -60,13 +70,13 @@ def causal_trace(
     `subject` (noise of `noise` x the embeddings' standard deviation on the subject's tokens,
     `samples` draws averaged, seeded by `seed`). `window` restores that many consecutive layers
     at once. `metric`: prob, logprob, or diff (logit of `target` - logit of `foil`; the default
-    when a foil is given). `method`: exact, estimate (attribution patching) or both.
+    when a foil is given). `method`: exact, estimate (attribution patching) or both. With
+    `checkpoint`, each finished batch of patched runs is written there as the run goes;
+    `resume=True` takes them from an interrupted run instead of computing them again (the
+    estimate, one forward and backward pass, is computed again).
     """
-    check_options(
-        OPTIONS,
-        {"window": window, "samples": samples, "direction": direction, "method": method,
-         "metric": metric, "corrupt": corrupt},
-    )
+    _check_options(window=window, samples=samples, seed=seed, direction=direction, method=method,
+                   metric=metric, corrupt=corrupt)
     s = check_settings(target, foil, corrupted, corrupt, subject, noise, components, metric)
     if s.corrupt == "prompt":
         _warn_unused_noise({"noise": noise, "samples": samples, "seed": seed})
@@ -80,19 +90,21 @@ def causal_trace(
             f"`foil` {foil!r} is the same token as `target` {target!r}"
             f"{'' if foil == target else ' (their first tokens are the same)'}: give another foil"
         )
-    noise_t, noise_std = (
-        _draw_noise(lm, span, samples, seed, noise) if s.corrupt == "noise" else (None, None)
-    )
+    noised = s.corrupt == "noise"
+    noise_t, noise_std = _draw_noise(lm, span, samples, seed, noise) if noised else (None, None)
     corrupted_ids = list(bad.input_ids) if bad is not None else list(clean.input_ids)
     problem = Problem(list(clean.input_ids), corrupted_ids, target_id, foil_id, s.metric, direction, noise_t, span)
     tracer = Tracer(lm, problem, s.components)
     _check_finite(tracer, noise_t is not None)
-    scores, estimates = _trace(tracer, s.components, window, method, batch_tokens, progress)
+    _warn_if_implausible(tracer, target or "")
     options = {"components": list(s.components), "window": window, "seed": seed,
-               "samples": samples if s.corrupt == "noise" else 1,
-               "noise": noise if s.corrupt == "noise" else None, "batch_tokens": batch_tokens}
+               "samples": samples if noised else 1, "noise": noise if noised else None}
+    settings = {**options, "seed": seed if noised else None, "corrupt": s.corrupt, "method": method}
+    store = open_store(lm, problem, settings, checkpoint, resume)
+    scores, estimates = _trace(tracer, s.components, window, method, batch_tokens, progress, store)
     given = {"subject": subject, "target": target, "foil": foil, "target_id": target_id,
              "foil_id": foil_id, "direction": direction, "method": method, "noise_std": noise_std}
+    options["batch_tokens"] = batch_tokens
     meta = _meta(lm, clean, bad, s, tracer, list(span or differ or []) or None, given, options)
     result = TraceResult(
         tokens=list(clean.tokens),
@@ -104,7 +116,19 @@ def causal_trace(
     )
     if method == "both":
         result.meta["estimate_correlation"] = result.correlation()
+    if store is not None:  # removed now, or by result.save() inside kept_until_saved()
+        store.checkpoint.finish(result)
     return result
+
+
+def _check_options(**values: Any) -> None:
+    """The options' choices and limits; counts and the seed must be whole numbers (2.5 samples
+    would fail deep in torch, and True count as 1)."""
+    for name in ("samples", "window", "seed"):
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TokenprobeError(f"`{name}` must be a whole number, not {value!r}")
+    check_options(OPTIONS, values)
 
 
 def _meta(
@@ -193,6 +217,20 @@ def _warn_if_close(clean: float, corrupted: Sequence[float]) -> None:
         )
 
 
+def _warn_if_implausible(tracer: Tracer, target: str) -> None:
+    """A target the clean run all but rules out is most often a tokenization slip (no leading
+    space) or a chat model given a bare prompt, and its trace says little: say so before the work."""
+    probability, rank = tracer.target_standing
+    if probability < IMPLAUSIBLE and rank > TOP:
+        warn(
+            f"the target {target!r} is implausible in the clean run (probability {probability:.2g}, "
+            f"rank {rank}): the trace follows an answer the model does not give; check `target` "
+            "(a leading space, as in ' Paris'?) or `chat` (an instruction-tuned model may need "
+            "its chat template)",
+            stacklevel=3,
+        )
+
+
 def _run_meta(tracer: Tracer, components: Sequence[str]) -> dict:
     """The clean and corrupted scores, where each row's state was read, and how the exact
     cells' lower blocks and earlier positions ran."""
@@ -227,30 +265,62 @@ def _trace(
     method: str,
     batch_tokens: int,
     progress: bool | None,
+    store: CellStore | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """Each component's (rows, positions) grid of exact scores (or estimates when only those
-    are asked for), and the estimates beside exact ones with `method="both"`."""
+    are asked for), and the estimates beside exact ones with `method="both"`. With a `store`,
+    its finished patched runs are taken and each new batch is written to it."""
     plans = {c: _cells(tracer, c, window) for c in components}
-    grids = {c: np.full((len(tracer.sites[c]), tracer.n_pos), np.nan) for c in components}
-    estimates = None
-    if method in ("estimate", "both"):
-        deltas = first_order(tracer)
-        base = float(np.mean(tracer.base_scores))
-        estimates = {c: g.copy() for c, g in grids.items()}
-        for c, (cells, where) in plans.items():
-            for cell, (row, p) in zip(cells, where, strict=True):
-                estimates[c][row, p] = base + sum(float(deltas[i][:, p].mean()) for i, _ in cell)
+    try:
+        estimates = _estimates(tracer, plans) if method in ("estimate", "both") else None
         if method == "estimate":
-            return estimates, None
+            return estimates or {}, None
+        return _exact(tracer, plans, batch_tokens, progress, store), estimates
+    except TokenprobeError:
+        # settings that can never finish: keeping their checkpoint would only make the
+        # corrected call ask for `resume`
+        if store is not None:
+            store.checkpoint.discard()
+        raise
+
+
+def _grids(tracer: Tracer, plans: Plans) -> dict[str, np.ndarray]:
+    """A (rows, positions) grid of NaN per component, for its cells' values."""
+    return {c: np.full((len(tracer.sites[c]), tracer.n_pos), np.nan) for c in plans}
+
+
+def _estimates(tracer: Tracer, plans: Plans) -> dict[str, np.ndarray]:
+    """Attribution patching's estimate of every cell, from one forward and backward pass."""
+    deltas = first_order(tracer)
+    base = float(np.mean(tracer.base_scores))
+    estimates = _grids(tracer, plans)
+    for c, (cells, where) in plans.items():
+        for cell, (row, p) in zip(cells, where, strict=True):
+            estimates[c][row, p] = base + sum(float(deltas[i][:, p].mean()) for i, _ in cell)
+    return estimates
+
+
+def _exact(
+    tracer: Tracer,
+    plans: Plans,
+    batch_tokens: int,
+    progress: bool | None,
+    store: CellStore | None,
+) -> dict[str, np.ndarray]:
+    """Every cell's patched run, in batches; the progress bar starts at what `store` holds."""
+    grids = _grids(tracer, plans)
     n_rows = sum(len(cells) for cells, _ in plans.values()) * tracer.samples
     n_batches = len(token_budget_batches([tracer.n_pos] * max(1, n_rows), batch_tokens))
     disable = progress_disabled(progress, n_batches)
     with tqdm(total=n_rows, desc="causal trace", unit="run", disable=disable) as bar:
+        bar.update(0 if store is None else store.n_done)
         for c, (cells, where) in plans.items():
-            values = tracer.score_cells(cells, batch_tokens, bar)
+            done = None if store is None else store.done[c]
+            write = None if store is None else (lambda r, v, c=c: store.write(c, r, v))
+            values = tracer.score_cells(cells, batch_tokens, bar, done, write)
             for (row, p), v in zip(where, values, strict=True):
                 grids[c][row, p] = v
-    return grids, estimates
+    return grids
 
 
 def embedding_std(lm: LoadedModel) -> float:

@@ -110,6 +110,12 @@ OPTIONS = [
         group="trace",
     ),
     Option(
+        "resume",
+        "continue an interrupted run in --out (its finished cells are kept there)",
+        action="store_true",
+        group="trace",
+    ),
+    Option(
         "show",
         "what the figures draw: score (the metric, default) or normalised (0 = corrupted, 1 = clean)",
         role="figure",

@@ -22,7 +22,7 @@ disagree (or the model has no such cache) that work is recomputed instead.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +32,14 @@ import torch
 
 from ...model import LoadedModel
 from ...model.kvcache import cache_keyword, with_cache
-from ...runner import map_batches
+from ...runner import run_with_backoff, token_budget_batches
 from . import tiles
 from .shortcuts import Shortcuts
 from .sites import Site, Skipper, at_sites, find_sites, recorder
 
 Cell = list[tuple[int, int]]  # (site index, position) pairs restored together
+# rows of `score_cells`' batch and their scores (row = cell x samples + sample), once computed
+OnBatch = Callable[[list[int], np.ndarray], None]
 
 
 @dataclass
@@ -84,11 +86,13 @@ class Tracer(Shortcuts):
         self.base_noisy, self.source_noisy = noisy_base, problem.noise is not None and not noisy_base
         self.skipper = Skipper(self.adapter)
         clean_ids = torch.tensor([problem.clean_ids], device=lm.device)
-        clean_scores, clean = self._record(clean_ids, None)
+        logits: list[torch.Tensor] = []
+        clean_scores, clean = self._record(clean_ids, None, logits)
         if self.keep_last and any(state.shape[1] != self.n_pos for state in clean):
             # Gemma 4's key/value-sharing layers run only the positions whose logits are kept
             self.keep_last = False
-            clean_scores, clean = self._record(clean_ids, None)
+            clean_scores, clean = self._record(clean_ids, None, logits)
+        self.target_standing = standing(logits[-1][0], problem.target_id)  # (probability, rank)
         corrupted_ids = torch.tensor([problem.corrupted_ids], device=lm.device)
         rows = None if problem.noise is None else torch.arange(self.samples, device=lm.device)
         ids = corrupted_ids.expand(self.samples, -1)
@@ -115,11 +119,12 @@ class Tracer(Shortcuts):
         states: Callable[[int], torch.Tensor] | None = None,
         leaf: bool = False,
         past: object = None,
+        logits: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Metric of each row: `noise_rows` picks each row's noise sample (None: no noise),
         `edits` patch sites, blocks below `start` hand on `states(k)`; `leaf` makes the
         embedding output a leaf that requires gradients. With `past` (a cache of the first
-        positions), `ids` are the positions after them."""
+        positions), `ids` are the positions after them. `logits` gets the last position's."""
         offset = 0 if past is None else self.n_pos - ids.shape[1]
         with ExitStack() as stack:
             if noise_rows is not None or leaf:
@@ -134,6 +139,8 @@ class Tracer(Shortcuts):
                 extra["use_cache"] = False
             mask = torch.ones((ids.shape[0], offset + ids.shape[1]), dtype=ids.dtype, device=ids.device)
             out = self.lm.model(input_ids=ids, attention_mask=mask, **extra)
+        if logits is not None:
+            logits.append(out.logits[:, -1].detach().float().cpu())
         return score_logits(out.logits[:, -1], self.pb.metric, self.pb.target_id, self.pb.foil_id)
 
     @contextmanager
@@ -161,13 +168,13 @@ class Tracer(Shortcuts):
             handle.remove()
 
     def _record(
-        self, ids: torch.Tensor, noise_rows: torch.Tensor | None
+        self, ids: torch.Tensor, noise_rows: torch.Tensor | None, logits: list | None = None
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
         """Scores of a plain run and the state of every site, (rows, positions, width) each."""
         store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         edits = {i: recorder(store, i) for i in range(len(self.flat))}
         with torch.inference_mode():
-            scores = self.forward(ids, noise_rows, edits)
+            scores = self.forward(ids, noise_rows, edits, logits=logits)
         return scores.double().cpu().numpy(), [store[i][0] for i in range(len(self.flat))]
 
     def _base_states(self, base_rows: torch.Tensor, offset: int = 0) -> Callable[[int], torch.Tensor]:
@@ -184,12 +191,19 @@ class Tracer(Shortcuts):
         cells: Sequence[Cell],
         batch_tokens: int,
         bar: object = None,
+        done: Mapping[int, float] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> np.ndarray:
-        """The metric of each cell's patched run, averaged over the noise samples."""
+        """The metric of each cell's patched run, averaged over the noise samples. `done` holds
+        rows (cell x samples + sample) already scored, by an interrupted run: batches of them
+        are not run again, and the rest run in the same batches as without them. `on_batch`
+        gets each batch's rows and scores as soon as they are computed."""
         rows = [(c, s) for c in range(len(cells)) for s in range(self.samples)]
         start = [min(self.flat[i].start for i, _ in cells[c]) for c, _ in rows]
         first = [min(p for _, p in cells[c]) for c, _ in rows]
-        totals = np.zeros(len(cells))
+        done = dict(done or {})
+        values = np.zeros(len(rows))
+        values[list(done)] = list(done.values())
         for tile, length in self._tiles(start, first, batch_tokens):
 
             def run(batch: list[int], tile: list[int] = tile) -> np.ndarray:
@@ -201,12 +215,17 @@ class Tracer(Shortcuts):
                     min(first[r] for r in picked) if self.past else 0,
                 )
 
-            for batch, scores in map_batches([length] * len(tile), batch_tokens, run):
-                for i, score in zip(batch, scores, strict=True):
-                    totals[rows[tile[i]][0]] += score
-                if bar is not None:
-                    bar.update(len(batch))  # type: ignore[attr-defined]
-        return totals / self.samples
+            for planned in token_budget_batches([length] * len(tile), batch_tokens):
+                todo = [i for i in planned if tile[i] not in done]
+                for batch, scores in run_with_backoff(todo, run) if todo else ():
+                    picked = [tile[i] for i in batch]
+                    values[picked] = scores
+                    if on_batch is not None:
+                        on_batch(picked, scores)
+                    if bar is not None:
+                        bar.update(len(batch))  # type: ignore[attr-defined]
+        # summed in one order, however the rows were batched or resumed
+        return values.reshape(len(cells), self.samples).sum(axis=1) / self.samples
 
     def _tiles(
         self, start: Sequence[int], first: Sequence[int], batch_tokens: int
@@ -277,3 +296,9 @@ def window_of(sites: list[Site | None], row: int, window: int) -> list[int]:
     row - W//2 up to row + ceil(W/2) - 1), clipped, those without a site left out."""
     lo, hi = max(0, row - window // 2), min(len(sites), row - (-window // 2))
     return [k for k in range(lo, hi) if sites[k] is not None]
+
+
+def standing(logits: torch.Tensor, target: int) -> tuple[float, int]:
+    """The target's probability under (vocabulary,) logits, and its rank (1: the top token)."""
+    x = logits.double()
+    return float(torch.softmax(x, dim=-1)[target]), int((x > x[target]).sum()) + 1
