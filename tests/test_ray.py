@@ -87,6 +87,23 @@ def test_prompts_over_data_on_ray_equal_the_local_run(model_dir, data, tmp_path,
     assert (tmp_path / "ray" / f"{kind}_row0.png").is_file()
 
 
+def test_the_workers_warnings_are_shown_as_a_local_run_shows_them(model_dir, data, tmp_path, capsys):  # noqa: F811
+    """A row target of several tokens warns in the chunk's own code (the lens tracks its first
+    token), which runs on a worker with --ray: the driver shows what the local run shows."""
+    import warnings
+
+    argv = ["lens", "--model", str(model_dir), "--data", str(data["prompts"]), "--target-column", "answer",
+            "--figures", "0"]
+    shown = {}
+    for where, extra in (("here", []), ("ray", ["--ray", "--workers", "2"])):
+        with warnings.catch_warnings():  # each run starts with nothing shown yet, as a new process
+            code, _, err = run(capsys, *argv, "--out", str(tmp_path / where), *extra)
+        assert code == 0, err
+        shown[where] = sorted(ln for ln in err.splitlines() if ln.startswith("tokenprobe: warning:"))
+    assert any("target ' mat' is 4 tokens; the lens tracks its first token" in ln for ln in shown["here"])
+    assert shown["ray"] == shown["here"]
+
+
 def _square_or_die(marker: str, payload: list[int]) -> list[int]:
     """Squares; the first time it sees 7 its worker process dies (as if killed)."""
     if 7 in payload and not os.path.exists(marker):

@@ -143,7 +143,7 @@ def test_bad_data_runs_are_one_line(model_dir, prompts_file, tmp_path, capsys): 
         (["--prompt", "hi", "--target-column", "answer"], "--target-column goes with a --data file"),
         (["--prompt", "hi", "--prompt-column", "question"], "--prompt-column goes with a --data file"),
         # row 5's target is the foil: said before any row runs, naming the row
-        ([*data, "--target-column", "answer", "--foil", " cat"], "the same token as row 5's target ' cat'"),
+        ([*data, "--target-column", "answer", "--foil", " cat"], "(line 7): --foil ' cat' is the same token (' c') as the target ' cat'"),
     ])
     assert_one_line_errors(capsys, "attribute", str(model_dir), tmp_path / "o", [
         (data, "give --target-column NAME"),

@@ -5,6 +5,7 @@ package (`sample:NAME`)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from importlib import resources
 from pathlib import Path
@@ -68,8 +69,6 @@ def read_table(path: str) -> pd.DataFrame:
 def _check_header(file: Path, path: str) -> None:
     """A CSV header naming a column twice: pandas would rename the second (`prompt.1`) and
     read the first without a word."""
-    import csv
-
     with open(file, encoding="utf-8", newline="") as f:
         header = next(csv.reader(f), [])
     twice = sorted({name for name in header if header.count(name) > 1})
@@ -147,6 +146,7 @@ def read_folder(folder: Path, path: str) -> pd.DataFrame:
     """A `datasets.save_to_disk` folder (one split; of a DatasetDict, the only split or
     `train`) or a folder of Parquet files (read recursively, `_SUCCESS` and hidden files left
     out)."""
+    check_saved_dataset(folder, path)
     splits_file = folder / "dataset_dict.json"
     if splits_file.is_file():
         splits = json.loads(splits_file.read_text(encoding="utf-8")).get("splits", [])
@@ -161,10 +161,18 @@ def read_folder(folder: Path, path: str) -> pd.DataFrame:
         import pyarrow as pa
 
         tables = []
-        for name in files:
-            with pa.memory_map(str(folder / name)) as source:
-                tables.append(pa.ipc.open_stream(source).read_all())
-        return pa.concat_tables(tables).to_pandas()
+        try:
+            for name in files:
+                with pa.memory_map(str(folder / name)) as source:
+                    tables.append(pa.ipc.open_stream(source).read_all())
+            return pa.concat_tables(tables).to_pandas()
+        except Exception as exc:  # a damaged Arrow file: pyarrow raises many types
+            lines = str(exc).strip().splitlines()
+            why = f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
+            raise TokenprobeError(
+                f"`data` {path}: its data files cannot be read ({why}): the folder is damaged; "
+                "save the data set again (save_to_disk), or give another `data`"
+            ) from exc
     if next(folder.rglob("*.parquet"), None) is not None:
         try:
             return pd.read_parquet(folder)
@@ -176,6 +184,49 @@ def read_folder(folder: Path, path: str) -> pd.DataFrame:
         f"--data {path} is a folder without Parquet files or a saved `datasets` data set "
         "(state.json): give a file, a folder of .parquet files, or a save_to_disk folder"
     )
+
+
+def _unusable(data: str, file: Path, problem: str) -> TokenprobeError:
+    return TokenprobeError(
+        f"`data` {data}: {file} {problem}: the saved data set is damaged; save it again "
+        "(save_to_disk), or give another `data`"
+    )
+
+
+def _json_object(file: Path, data: str) -> dict:
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        raise _unusable(data, file, f"is not readable JSON ({type(exc).__name__})") from exc
+    if not isinstance(value, dict):
+        raise _unusable(data, file, f"holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def check_saved_dataset(folder: Path, data: str) -> None:
+    """A `datasets.save_to_disk` folder (of a Dataset, or of a DatasetDict: its only split or
+    `train`, the one `--data` reads) whose index files are damaged or whose Arrow files are
+    missing: one error naming the file, before reading. Other folders are left to `read_texts`."""
+    splits_file = folder / "dataset_dict.json"
+    if splits_file.is_file():
+        splits = _json_object(splits_file, data).get("splits")
+        if not isinstance(splits, list) or not splits or not all(isinstance(x, str) for x in splits):
+            raise _unusable(data, splits_file, "lists no splits (`splits`: a list of names)")
+        if len(splits) > 1 and "train" not in splits:
+            return  # read_texts says which split to give
+        folder = folder / (splits[0] if len(splits) == 1 else "train")
+        if not (folder / "state.json").is_file():
+            raise _unusable(data, folder / "state.json", "is missing")
+    state = folder / "state.json"
+    if not state.is_file():
+        return
+    files = _json_object(state, data).get("_data_files")
+    names = [f.get("filename") if isinstance(f, dict) else None for f in files] if isinstance(files, list) else []
+    if not names or not all(isinstance(n, str) and n and Path(n).name == n for n in names):
+        raise _unusable(data, state, "lists no data files (`_data_files`, each with a file name)")
+    for name in names:
+        if not (folder / name).is_file():
+            raise _unusable(data, folder / name, "is missing")
 
 
 def read_hub(path: str) -> pd.DataFrame:
@@ -252,6 +303,45 @@ def read_prompts(
             target = value
         rows.append({"prompt": prompt, "target": target})
     return rows
+
+
+def row_lines(path: str) -> list[int] | None:
+    """The line (from 1) where each data row of `path` starts, for a message naming a row;
+    None where rows have no lines (Parquet, a JSON array, a folder, the hub) or the file
+    cannot be read again. Only read when a row fails."""
+    if path.startswith(SAMPLE_PREFIX):
+        ref = resources.files("tokenprobe").joinpath(f"data/{path[len(SAMPLE_PREFIX):]}.csv")
+        if not ref.is_file():
+            return None
+        with resources.as_file(ref) as local:
+            return row_lines(str(local))
+    file = Path(path).expanduser()
+    suffix = file.suffix.lower()
+    try:
+        if not file.is_file() or suffix not in (".csv", ".txt", ".jsonl", ".json"):
+            return None
+        if suffix == ".csv":
+            return _csv_lines(file)
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if suffix == ".json" and text.lstrip().startswith("["):
+        return None  # one array: its rows are not lines
+    return [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _csv_lines(file: Path) -> list[int]:
+    """Where each record after the header starts (a quoted cell may span lines; pandas skips
+    blank lines)."""
+    with open(file, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        starts, start = [], reader.line_num + 1
+        for record in reader:
+            if record:
+                starts.append(start)
+            start = reader.line_num + 1
+    return starts
 
 
 def _text_lines(path: str, target_column: str | None) -> list[dict[str, str | None]]:

@@ -3,12 +3,19 @@
 A message names the library's parameters in backticks (`` `top_k` must be at least 1``): a
 Python caller reads the parameter name, and the command line shows the flag that sets it
 (``--top-k``), so neither sees names the other never typed.
+
+Warnings raised where the user cannot see them (a Ray worker) are caught there
+(`caught_warnings`) and shown again here (`warn_again`), once, as a local run shows them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 _NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
@@ -46,9 +53,74 @@ class TokenprobeWarning(UserWarning):
 
 def warn(message: str, stacklevel: int = 2) -> None:
     """Warn with a `TokenprobeWarning` (stacklevel as for `warnings.warn`, counted from the caller)."""
-    import warnings
-
     warnings.warn(TokenprobeWarning(message), stacklevel=stacklevel + 1)
+
+
+@dataclass
+class CaughtWarning:
+    """A warning raised elsewhere (on a Ray worker), kept to be shown here: picklable."""
+
+    message: Warning
+    filename: str
+    lineno: int
+
+
+@contextmanager
+def caught_warnings() -> Iterator[list[CaughtWarning]]:
+    """Keep the warnings raised inside (each distinct one once) instead of showing them; the
+    list fills as the block ends. A Ray worker sends them back with its chunk's result, since
+    what it would print never reaches the user's terminal."""
+    caught: list[CaughtWarning] = []
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")  # the driver's filters decide what is shown
+        yield caught
+    seen = set()
+    for w in log:
+        key = (w.category, str(w.message), w.filename, w.lineno)
+        if key not in seen:
+            seen.add(key)
+            caught.append(CaughtWarning(_picklable(w.message), w.filename, w.lineno))
+
+
+def _picklable(message: Warning | str) -> Warning:
+    """The warning as it is where it pickles and unpickles, else a UserWarning of its text."""
+    import pickle
+
+    if isinstance(message, Warning):
+        try:
+            pickle.loads(pickle.dumps(message))
+            return message
+        except Exception:  # noqa: BLE001 - any warning class that does not travel
+            pass
+    return UserWarning(str(message))
+
+
+_MODULES: dict[str, str] = {}  # a source file -> the name of the module loaded from it
+_REGISTRIES: dict[str, dict] = {}  # once-per-place registries of files no module here is from
+
+
+def _registry_of(filename: str) -> tuple[str | None, dict]:
+    """The module loaded here from `filename` (its name) and the registry `warnings.warn` keeps
+    in it of what was shown; a registry of its own where no module here came from that file."""
+    if filename not in _MODULES:
+        for name, module in list(sys.modules.items()):
+            if getattr(module, "__file__", None) == filename:
+                _MODULES[filename] = name
+                break
+    name = _MODULES.get(filename)
+    module = sys.modules.get(name) if name else None
+    if module is None:
+        return None, _REGISTRIES.setdefault(filename, {})
+    return name, vars(module).setdefault("__warningregistry__", {})
+
+
+def warn_again(caught: Iterable[CaughtWarning]) -> None:
+    """Show warnings caught elsewhere as if raised here, at their own file and line: the
+    filters and the once-per-place registry of that module decide, as for a local run, so a
+    warning every worker raised is shown once."""
+    for w in caught:
+        name, registry = _registry_of(w.filename)
+        warnings.warn_explicit(w.message, type(w.message), w.filename, w.lineno, module=name, registry=registry)
 
 
 def text_list(value: object, name: str) -> list[str] | None:

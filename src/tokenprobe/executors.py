@@ -6,6 +6,8 @@ workers the runner's chunks, and yields each finished chunk as it arrives, so th
 writes it to the checkpoint at once and `--resume` works as in a local run. A worker whose
 process dies is restarted by Ray and its chunk rerun (`max_restarts`, `max_task_retries`);
 chunks are keyed by their number, so the result does not depend on which worker ran what.
+Warnings a worker raises (building its state, running a chunk) come back with the chunk's
+result and are shown here, at their own file and line, so a Ray run says what a local one does.
 Ray Core actors rather than Ray Data: the runner already cuts the work into chunks and
 checkpoints them, and an actor per worker is the simplest way to load a model once per worker.
 Ray is imported only here, and only when a Ray run is asked for.
@@ -21,19 +23,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import TokenprobeError
+from .errors import CaughtWarning, TokenprobeError, caught_warnings, warn_again
 
 INSTALL = "pip install 'tokenprobe[ray]' (or pip install ray)"
 
 
 class _Worker:
-    """One model replica: its state is built once, then every chunk runs against it."""
+    """One model replica: its state is built once, then every chunk runs against it. Each
+    chunk's result goes back with the warnings raised since the last (the first chunk's with
+    those of building the state)."""
 
     def __init__(self, factory: Callable[[], Any]) -> None:
-        self.state = factory()
+        with caught_warnings() as self.caught:
+            self.state = factory()
 
-    def run(self, fn: Callable[[Any, Any], Any], payload: Any) -> Any:
-        return fn(self.state, payload)
+    def run(self, fn: Callable[[Any, Any], Any], payload: Any) -> tuple[Any, list[CaughtWarning]]:
+        with caught_warnings() as caught:
+            out = fn(self.state, payload)
+        earlier, self.caught = self.caught, []
+        return out, earlier + caught
 
 
 @dataclass
@@ -115,7 +123,9 @@ class RayExecutor:
                 done, _ = ray.wait(list(running), num_returns=1)
                 k, actor = running.pop(done[0])
                 load[actor] -= 1
-                yield k, self._get(ray, done[0])
+                part, caught = self._get(ray, done[0])
+                warn_again(caught)
+                yield k, part
                 submit()
         finally:
             for actor in actors:

@@ -6,13 +6,20 @@ rows to the runner in chunks (checkpointed in `--out`, so `--resume` continues; 
 when given an executor) and `RowSet` keeps what came back: the rows' tables stacked with a
 `row` column (the data file's row number), each row's own meta.json entries in a second
 table, and the first `figures` rows' figures. `Result.load` reads a saved `RowSet` back.
+
+An error about a row names it, in one place (here): each row's cheap preparation (`check`:
+tokenisation, target ids) runs for every row before any model work, and a `TokenprobeError`
+raised while a chunk runs is said with the rows it is about ("row 17 of data.csv (line 19):
+..."). Rows count from 0, as the `row` column does; the line is the file's, where it has lines.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +30,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .checkpoint import digest, model_settings
+from .data import row_lines
 from .errors import TokenprobeError, text_list
 from .model import LoadedModel
 from .results import Result, _json_default
@@ -34,6 +42,11 @@ DEFAULT_FIGURES = 3
 
 # fn(model, rows of one chunk, options) -> one result per row
 RowFunction = Callable[[LoadedModel, list[dict[str, Any]], dict[str, Any]], list[Result]]
+# check(model, one row, options): raises the TokenprobeError the row would fail with, cheaply
+RowCheck = Callable[[LoadedModel, dict[str, Any], dict[str, Any]], None]
+_IN_CHUNK = "_tokenprobe_chunk_rows"  # set on an error: the rows (places in its chunk) it is about
+_DATA_ROWS = "_tokenprobe_data_rows"  # set on an error: the data rows it is about
+SHOWN_ROWS = 5  # bad rows listed in one message
 
 
 @dataclass
@@ -85,10 +98,96 @@ def prompt_rows(prompts: Sequence[str], row_targets: Sequence[str] | None) -> li
     ]
 
 
+@contextmanager
+def at_rows(places: Sequence[int]) -> Iterator[None]:
+    """In a row function: a TokenprobeError raised inside is about these rows of its chunk
+    (their places in the chunk's list), so the runner names them rather than the whole chunk."""
+    try:
+        yield
+    except TokenprobeError as exc:
+        if getattr(exc, _IN_CHUNK, None) is None:
+            setattr(exc, _IN_CHUNK, list(places))
+        raise
+
+
+def _computed(fn: RowFunction, lm: LoadedModel, chunk: Sequence[int], rows: list[dict[str, Any]],
+              options: dict[str, Any]) -> RowPart:
+    """`fn` over one chunk; a TokenprobeError it raises learns the data rows it is about (here
+    or on a Ray worker: the attribute travels with the pickled error)."""
+    try:
+        return _part(fn(lm, rows, options), chunk)
+    except TokenprobeError as exc:
+        places = getattr(exc, _IN_CHUNK, None)
+        setattr(exc, _DATA_ROWS, [chunk[j] for j in places] if places is not None else list(chunk))
+        raise
+
+
 def _chunk_on_worker(lm: LoadedModel, payload: tuple) -> RowPart:
     """One chunk on a Ray worker, against the worker's own model."""
     fn, chunk, rows, options = payload
-    return _part(fn(lm, rows, options), chunk)
+    return _computed(fn, lm, chunk, rows, options)
+
+
+def _rows_text(rows: Sequence[int]) -> str:
+    """"7", "16 to 31", "3, 5 and 9", or "3, 5, 9, 11, 12 and 4 more"."""
+    rows = sorted(rows)
+    if len(rows) == 1:
+        return str(rows[0])
+    if len(rows) > 2 and rows == list(range(rows[0], rows[-1] + 1)):
+        return f"{rows[0]} to {rows[-1]}"
+    if len(rows) <= SHOWN_ROWS:
+        return f"{', '.join(map(str, rows[:-1]))} and {rows[-1]}"
+    return f"{', '.join(map(str, rows[:SHOWN_ROWS]))} and {len(rows) - SHOWN_ROWS} more"
+
+
+def where(rows: Sequence[int], data: str | None, n_rows: int) -> str:
+    """How a message names data rows: "row 17 of data.csv (line 19)", "rows 16 to 31 of
+    data.csv" (the `row` column's numbers, from 0; the file's line where rows have lines)."""
+    of = f" of {data}" if data else ""
+    if len(rows) != 1:
+        return f"rows {_rows_text(rows)}{of}"
+    lines = row_lines(data) if data else None
+    line = f" (line {lines[rows[0]]})" if lines is not None and len(lines) == n_rows else ""
+    return f"row {rows[0]}{of}{line}"
+
+
+def one_token_text(tokenizer: Any, prefer: str) -> str:
+    """`prefer` where the tokenizer reads it as one token it has, else one of its special
+    tokens that is: for a row check that must not add a token to the tokenizer (a marker)."""
+    special = [getattr(tokenizer, f"{name}_token", None) for name in ("eos", "bos", "unk", "pad")]
+    for text in (prefer, *special):
+        if isinstance(text, str) and text:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if len(ids) == 1 and tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text:
+                return text
+    return prefer
+
+
+def _check_rows(
+    lm: LoadedModel, rows: Sequence[dict[str, Any]], check: RowCheck, options: dict[str, Any],
+    data: str | None,
+) -> None:
+    """Every row's cheap preparation before any model work, so that a bad row 900 fails at
+    once, not after 899 rows: the first bad row's error, naming it and how many more fail."""
+    bad: list[tuple[int, TokenprobeError]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the run itself warns, where a run always did
+        for i, row in enumerate(rows):
+            try:
+                check(lm, dict(row), options)
+            except TokenprobeError as exc:
+                bad.append((i, exc))
+    if not bad:
+        return
+    first, exc = bad[0]
+    if len(bad) == len(rows) > 1 and all(e.template == exc.template for _, e in bad):
+        of = f" of {data}" if data else ""
+        raise TokenprobeError(f"all {len(rows)} rows{of}: {exc.template}") from exc
+    more = [i for i, _ in bad[1:]]
+    also = ""
+    if more:
+        also = f" (and {len(more)} more bad {'row' if len(more) == 1 else 'rows'}: {_rows_text(more)})"
+    raise TokenprobeError(f"{where([first], data, len(rows))}: {exc.template}{also}") from exc
 
 
 def _load_worker_model(load_args: dict[str, Any]) -> LoadedModel:
@@ -104,6 +203,7 @@ def run_rows(
     result: type[Result],
     options: dict[str, Any],
     *,
+    check: RowCheck | None = None,
     chunk_rows: int = 16,
     figures: int = DEFAULT_FIGURES,
     checkpoint: str | Path | None = None,
@@ -117,11 +217,14 @@ def run_rows(
     """`fn` over `rows` (each a dict of that row's inputs, e.g. its prompt and target) in chunks
     of `chunk_rows`, checkpointed in `checkpoint` and resumable; on `executor`'s workers when
     given (each loads the model as `lm` was loaded). `fn` must be a module-level function.
-    `fingerprints` (e.g. of a lens's weights) join the settings a resumed run must match."""
+    `check` runs on every row first (cheap: no model work). `fingerprints` (e.g. of a lens's
+    weights) join the settings a resumed run must match. An error about a row names it."""
     if not rows:
         raise TokenprobeError("the data set has no rows: give a file with at least one prompt")
     if chunk_rows < 1:
         raise TokenprobeError(f"`chunk_rows` must be at least 1, not {chunk_rows}")
+    if check is not None:
+        _check_rows(lm, rows, check, options, data)
     chunks = [range(i, min(len(rows), i + chunk_rows)) for i in range(0, len(rows), chunk_rows)]
     settings = {
         "analysis": f"{result.kind} over rows",
@@ -132,27 +235,22 @@ def run_rows(
         **({"fingerprints": fingerprints} if fingerprints else {}),
     }
     store = open_checkpoint(checkpoint, f"{result.kind}.partial", settings, resume)
-    remote = None
-    if executor is not None:
-        if lm.load_args is None:
-            raise TokenprobeError(
-                "a Ray run loads the model on each worker by name or path: load it with "
-                "tokenprobe.load, not LoadedModel.wrap"
-            )
-        remote = Remote(
-            functools.partial(_load_worker_model, dict(lm.load_args)),
-            _chunk_on_worker,
-            lambda chunk: (fn, list(chunk), [dict(rows[i]) for i in chunk], options),
-        )
+    remote = None if executor is None else _remote(lm, fn, rows, options)
 
     def compute(chunk: Sequence[int]) -> RowPart:
-        return _part(fn(lm, [dict(rows[i]) for i in chunk], options), chunk)
+        return _computed(fn, lm, chunk, [dict(rows[i]) for i in chunk], options)
 
-    with tqdm(total=len(rows), desc=desc, unit="row", disable=progress_disabled(progress)) as bar:
-        done = run_chunks(
-            chunks, compute, store=store, suffix=".rows.parquet", write=_write_part,
-            read=_read_part, bar=bar, executor=executor, remote=remote,
-        )
+    try:
+        with tqdm(total=len(rows), desc=desc, unit="row", disable=progress_disabled(progress)) as bar:
+            done = run_chunks(
+                chunks, compute, store=store, suffix=".rows.parquet", write=_write_part,
+                read=_read_part, bar=bar, executor=executor, remote=remote,
+            )
+    except TokenprobeError as exc:
+        about = getattr(exc, _DATA_ROWS, None)
+        if about is None:
+            raise
+        raise TokenprobeError(f"{where(about, data, len(rows))}: {exc.template}") from exc
     parts = [done[k] for k in range(len(chunks))]
     frame = pd.concat([p.frame for p in parts], ignore_index=True)
     metas = {i: m for p in parts for i, m in p.metas.items()}
@@ -160,6 +258,22 @@ def run_rows(
     if store is not None:
         store.finish(out)  # removed now, or by out.save() inside kept_until_saved()
     return out
+
+
+def _remote(
+    lm: LoadedModel, fn: RowFunction, rows: Sequence[dict[str, Any]], options: dict[str, Any]
+) -> Remote:
+    """How a chunk of rows runs on a Ray worker, which loads the model as `lm` was loaded."""
+    if lm.load_args is None:
+        raise TokenprobeError(
+            "a Ray run loads the model on each worker by name or path: load it with "
+            "tokenprobe.load, not LoadedModel.wrap"
+        )
+    return Remote(
+        functools.partial(_load_worker_model, dict(lm.load_args)),
+        _chunk_on_worker,
+        lambda chunk: (fn, list(chunk), [dict(rows[i]) for i in chunk], options),
+    )
 
 
 @dataclass

@@ -34,7 +34,7 @@ def read_corpus(data: str | Sequence[str], text_column: str = "text") -> list[st
         if not text.strip():
             raise TokenprobeError(f"`data` {data} is empty: give a file with text")
         return [text]
-    return read_texts(data, text_column)
+    return read_texts(data, text_column)  # a damaged saved folder is one error (data.py)
 
 
 def separator_id(tokenizer: object) -> int:

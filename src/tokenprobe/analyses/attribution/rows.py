@@ -3,27 +3,55 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...errors import TokenprobeError
+from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
-from ...rowset import DEFAULT_FIGURES, RowSet, prompt_rows, run_rows
-from .compute import attribute
+from ...rowset import DEFAULT_FIGURES, RowSet, at_rows, one_token_text, prompt_rows, run_rows
+from .compute import _check, _foil_id, attribute
+from .features import prepare_attribution
 from .result import AttributionResult
 
 DEFAULT_CHUNK_ROWS = 4  # rows per checkpointed chunk (and per Ray task)
+DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(attribute).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
 
 def _attribute_chunk(
     lm: LoadedModel, rows: list[dict[str, Any]], options: dict[str, Any]
 ) -> list[AttributionResult]:
     """Each row of a chunk attributed on its own (a row's inputs are batched inside)."""
     out = []
-    for row in rows:
+    for j, row in enumerate(rows):
         given = {"target": row["target"]} if row.get("target") is not None else {}
-        out.append(attribute(lm, row["prompt"], **{**options, **given, "progress": False}))
+        with at_rows([j]):
+            out.append(attribute(lm, row["prompt"], **{**options, **given, "progress": False}))
     return out
+
+
+def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) -> None:
+    """What `attribute` makes of one row before its model runs: the prompt and target checked,
+    rendered and tokenised, the spans found, within the context, the foil against the target.
+    A row whose target is generated is checked with a one-token stand-in for it (the least
+    any answer adds), since generating it is model work."""
+    o = {**DEFAULTS, **options}
+    target = row["target"] if row.get("target") is not None else o["target"]
+    generate = o["generate"] if target is None else None
+    _check(row["prompt"], target, generate, o["method"], o["baseline"], o["score"])
+    stand_in = one_token_text(lm.tokenizer, " the")
+    inp = prepare_attribution(
+        lm, row["prompt"], target=stand_in if target is None else target, generate=None,
+        features=text_list(o["features"], "features"),
+        target_spans=text_list(o["target_spans"], "target_spans") if target is not None else None,
+        chat=o["chat"], system=o["system"],
+    )
+    if target is not None:
+        _foil_id(lm, o["foil"], inp.target_text)
 
 
 def attribute_rows(
@@ -59,6 +87,7 @@ def attribute_rows(
         _attribute_chunk,
         AttributionResult,
         options,
+        check=_check_row,
         chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS,
         figures=figures,
         checkpoint=checkpoint,

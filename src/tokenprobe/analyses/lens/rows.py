@@ -3,18 +3,31 @@ one table for all rows (`rowset.run_rows`; locally or on Ray workers)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...errors import TokenprobeError
+from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
-from ...rowset import DEFAULT_FIGURES, RowSet, prompt_rows, run_rows
-from .compute import logit_lens
+from ...rowset import DEFAULT_FIGURES, RowSet, at_rows, one_token_text, prompt_rows, run_rows
+from ...text import prepare
+from .compute import _foil_id, _target_ids, logit_lens
 from .result import LensResult
 
 DEFAULT_CHUNK_ROWS = 16  # rows per checkpointed chunk (and per Ray task)
+DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(logit_lens).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
+
+
+def _row_targets(targets: Sequence[str], target: str | None) -> list[str]:
+    """The targets a row tracks: the shared ones, then its own (unless shared already)."""
+    return list(targets) if target is None or target in targets else [*targets, target]
+
 
 def _lens_chunk(lm: LoadedModel, rows: list[dict[str, Any]], options: dict[str, Any]) -> list[LensResult]:
     """The lens of each row of a chunk: rows sharing a target (or having none) in one batched
@@ -25,12 +38,12 @@ def _lens_chunk(lm: LoadedModel, rows: list[dict[str, Any]], options: dict[str, 
         groups.setdefault(row.get("target"), []).append(i)
     out: list[LensResult | None] = [None] * len(rows)
     for target, members in groups.items():
-        row_targets = targets if target is None or target in targets else [*targets, target]
-        results = logit_lens(
-            lm,
-            [rows[i]["prompt"] for i in members],
-            **{**options, "targets": row_targets, "progress": False},
-        )
+        with at_rows(members):  # an error in this call is about these rows
+            results = logit_lens(
+                lm,
+                [rows[i]["prompt"] for i in members],
+                **{**options, "targets": _row_targets(targets, target), "progress": False},
+            )
         assert isinstance(results, list)
         for i, result in zip(members, results, strict=True):
             if target is not None:
@@ -38,6 +51,19 @@ def _lens_chunk(lm: LoadedModel, rows: list[dict[str, Any]], options: dict[str, 
                 result.meta["row_target_shared"] = target in targets
             out[i] = result
     return [r for r in out if r is not None]
+
+
+def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) -> None:
+    """What `logit_lens` makes of one row before its model runs: the prompt rendered, tokenised
+    and within the context, its dummies placed, its targets' and foil's tokens. A stand-in
+    that is one token already takes the place of a marker the tokenizer lacks, so that the
+    check adds no token (the run adds it, and says so)."""
+    o = {**DEFAULTS, **options}
+    marker = one_token_text(lm.tokenizer, o["dummy_token"]) if o["dummy"] else o["dummy_token"]
+    prepare(lm, row["prompt"], chat=o["chat"], system=o["system"], dummy=o["dummy"], dummy_token=marker,
+            dummy_after=o["dummy_after"], dummy_before=o["dummy_before"])
+    targets = _row_targets(text_list(o["targets"], "targets") or [], row.get("target"))
+    _foil_id(lm, o["foil"], targets, _target_ids(lm, targets))
 
 
 def lens_rows(
@@ -61,13 +87,13 @@ def lens_rows(
     with `executor` (`executors.RayExecutor`) the chunks run on its workers."""
     if "decoder" in options and options["decoder"] is not None and executor is not None:
         raise TokenprobeError("a lens `decoder` runs here only: leave out `executor`")
-    _check_foil(lm, options.get("foil"), options.get("targets") or (), row_targets or ())
     return run_rows(
         lm,
         prompt_rows(prompts, row_targets),
         _lens_chunk,
         LensResult,
         options,
+        check=_check_row,
         chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS,
         figures=figures,
         checkpoint=checkpoint,
@@ -78,20 +104,6 @@ def lens_rows(
         data=data,
         fingerprints=_lens_fingerprint(options.get("lens")) if checkpoint is not None else None,
     )
-
-
-def _check_foil(lm: LoadedModel, foil: str | None, targets: Sequence[str], row_targets: Sequence[str]) -> None:
-    """Before any row runs: without shared `targets`, each row's foil is compared with that
-    row's target, so a row whose target starts with the foil's token fails here, naming it."""
-    if not foil or targets or not row_targets:
-        return
-    first = lm.tokenizer.encode(foil, add_special_tokens=False)[:1]
-    for i, target in enumerate(row_targets):
-        if target and lm.tokenizer.encode(target, add_special_tokens=False)[:1] == first:
-            raise TokenprobeError(
-                f"`foil` {foil!r} is the same token as row {i}'s target {target!r} it is compared "
-                "with: give a different foil, or shared `targets`"
-            )
 
 
 def _lens_fingerprint(lens: Any) -> dict[str, str] | None:
