@@ -32,14 +32,15 @@ def check_report_path(html_path: Path, overwrite: bool, flag: str) -> None:
 
 
 def write_report(folder: Path, html_path: Path, title: str, overwrite: bool) -> Path:
-    """Collect the results under `folder` into one page and say where it is."""
-    from ..report import collect
-    from ..report import write_report as write_page
+    """Collect the results under `folder` into one page and say where it is; a folder that
+    cannot be read or drawn is skipped with a warning (`gather`)."""
+    from ..report import check_page_path, gather, page_of, write_page
 
-    found = collect(folder)
-    path = write_page([r for _, r in found], html_path, title=title, overwrite=overwrite)
+    drawn = gather(folder)
+    check_page_path(html_path, overwrite)
+    path = write_page(page_of(drawn, title), html_path)
     size = path.stat().st_size
-    print(f"report of {len(found)} result(s): {path} ({size / 2**20:.1f} MB)")
+    print(f"report of {len(drawn)} result(s): {path} ({size / 2**20:.1f} MB)")
     return path
 
 

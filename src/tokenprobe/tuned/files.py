@@ -25,7 +25,7 @@ import torch
 from ..errors import TokenprobeError, warn
 from ..journal import atomic_write
 from ..model import LoadedModel
-from .lens import TunedLens, check_finite, residual_width, unembed_hash
+from .lens import TunedLens, check_finite, check_lens, unembed_hash
 
 FORMATS = ("tokenprobe", "tuned-lens")
 OURS_META, OURS_WEIGHTS = "tuned-lens.json", "tuned-lens.safetensors"
@@ -37,6 +37,11 @@ BUILTIN = "builtin"  # the lens shipped for the built-in model (SmolLM2-135M-Ins
 def resolve_lens(folder: str | os.PathLike[str]) -> Path:
     """The folder of a lens: as given, or for `builtin` (when no folder has that name) the
     package's own lens for the built-in model."""
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TokenprobeError(
+            f"`lens` is of type {type(folder).__name__}: give a tuned lens folder (or `{BUILTIN}`) or a "
+            "tokenprobe.tuned.TunedLens"
+        )
     path = Path(folder).expanduser()
     if str(folder) == BUILTIN and not path.exists():
         from importlib import resources
@@ -99,6 +104,8 @@ def lens_format(folder: str | os.PathLike[str]) -> str:
     """Which format `folder` holds ("tokenprobe" or "tuned-lens"), or one error saying what a
     lens folder holds."""
     path = resolve_lens(folder)
+    if path.is_file():
+        raise TokenprobeError(f"`lens` {folder} is a file: give the folder that holds the lens, {path.parent}")
     if not path.is_dir():
         raise TokenprobeError(
             f"`lens` {folder}: no such folder: give the --out folder of tune-lens (or `{BUILTIN}` "
@@ -128,67 +135,110 @@ def lens_digest(folder: str | os.PathLike[str]) -> str:
 
 
 def load_lens(folder: str | os.PathLike[str], lm: LoadedModel | None = None) -> TunedLens:
-    """A lens saved in either format, in float32 on `lm`'s device; with `lm`, checked against
-    it (blocks and width must match: one error saying which differs)."""
+    """A lens saved in either format, in float32 on `lm`'s device. Checked as it is read: every
+    file parses, the two files agree, every tensor has its translator's shape and is finite,
+    and with `lm` the lens fits it (`check_lens`); else one error naming the file and the fix."""
     fmt = lens_format(folder)
     path = resolve_lens(folder)
-    try:
-        if fmt == "tokenprobe":
-            from safetensors.torch import load_file
-
-            info = json.loads((path / OURS_META).read_text(encoding="utf-8"))
-            state = {k.removeprefix("translators."): v for k, v in load_file(str(path / OURS_WEIGHTS)).items()}
-        else:
-            config = json.loads((path / THEIRS_CONFIG).read_text(encoding="utf-8"))
-            state = torch.load(path / THEIRS_WEIGHTS, map_location="cpu", weights_only=True)
-            info = _info_of_config(config, folder)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # damaged JSON, weights, pickle
-        raise TokenprobeError(f"`lens` {folder} cannot be read ({type(exc).__name__}): save it again") from exc
-    n_blocks, width = _shape_of(state, folder)
-    if lm is not None:
-        check_fits(n_blocks, width, lm, folder)
-    lens = TunedLens(n_blocks, width, {k: v for k, v in info.items() if k not in ("n_blocks", "width", "format", "version")})
+    what = f"`lens` {folder}" + (" (the built-in model's lens)" if str(folder) == BUILTIN else "")
+    meta_name, weights_name = (OURS_META, OURS_WEIGHTS) if fmt == "tokenprobe" else (THEIRS_CONFIG, THEIRS_WEIGHTS)
+    meta = _read_json(path / meta_name, what)
+    state = _read_weights(path / weights_name, fmt, what)
+    n_blocks, width = _shape_of(state, path / weights_name, what)
+    info = _info_of(meta, fmt, (n_blocks, width), path / meta_name, what)
+    lens = TunedLens(n_blocks, width, info)
     lens.translators.load_state_dict({k: v.float() for k, v in state.items()})
-    check_finite(lens, f"`lens` {folder}")
+    if lm is not None:
+        check_lens(lens, lm, what)
+    else:
+        check_finite(lens, what)
     lens.info["format"] = fmt
     if lm is not None:
         lens.to(lm.device)
         saved = info.get("unembed_hash")
         if saved and saved != unembed_hash(lm.require_adapter(), lm.loaded_vocab):
-            warn(f"`lens` {folder} was trained with another unembedding than {lm.name}'s (same shape, other weights): its rows may mislead")
+            warn(f"{what} was trained with another unembedding than {lm.name}'s (same shape, other weights): its rows may mislead")
     return lens.eval()
 
 
-def _info_of_config(config: Any, folder: Any) -> dict[str, Any]:
-    if not isinstance(config, dict) or "d_model" not in config or "num_hidden_layers" not in config:
-        raise TokenprobeError(f"`lens` {folder}: its {THEIRS_CONFIG} is not a tuned-lens config (no d_model, num_hidden_layers)")
-    if config.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens" or config.get("bias") is False:
-        raise TokenprobeError(f"`lens` {folder}: only linear tuned lenses with a bias are read, not {config.get('lens_type')!r}")
-    return {"model": config.get("base_model_name_or_path", ""), "unembed_hash": config.get("unembed_hash")}
+def _damaged(what: str, file: Path, problem: str) -> TokenprobeError:
+    """The one error of a lens file that cannot be used: which file, what is wrong, the fix."""
+    return TokenprobeError(
+        f"{what}: {file} {problem}: the lens is damaged or not a lens; train it again with "
+        "tune-lens, or give the folder the lens was saved in"
+    )
 
 
-def _shape_of(state: dict[str, torch.Tensor], folder: Any) -> tuple[int, int]:
-    """Blocks and width from the weights themselves (what the decoding depends on)."""
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
+
+
+def _read_json(file: Path, what: str) -> dict[str, Any]:
+    """A lens's JSON file as an object."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        raise _damaged(what, file, f"is not readable JSON ({_first_line(exc)})") from exc
+    if not isinstance(value, dict):
+        raise _damaged(what, file, f"holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _read_weights(file: Path, fmt: str, what: str) -> Any:
+    """The translators' tensors of either format (keys `<i>.weight`, `<i>.bias`), unchecked."""
+    try:
+        if fmt == "tokenprobe":
+            from safetensors.torch import load_file
+
+            raw = load_file(str(file))
+        else:
+            raw = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: safetensors, zip and pickle raise many types
+        raise _damaged(what, file, f"cannot be read ({_first_line(exc)})") from exc
+    if fmt != "tokenprobe":
+        return raw
+    stray = [k for k in raw if not k.startswith("translators.")]
+    if stray:
+        raise _damaged(what, file, f"holds {stray[0]!r}, not a translator's tensor")
+    return {k.removeprefix("translators."): v for k, v in raw.items()}
+
+
+def _shape_of(state: Any, file: Path, what: str) -> tuple[int, int]:
+    """Blocks and width from the weights themselves (what the decoding depends on): a dict of
+    floating tensors, `<i>.weight` (width x width) and `<i>.bias` (width) for i = 0..n-1."""
+    if not isinstance(state, dict):
+        raise _damaged(what, file, f"holds a {type(state).__name__}, not a dict of translator tensors")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise _damaged(what, file, f"holds {key!r}: {type(value).__name__}, not a translator's tensor")
+        if not value.is_floating_point():
+            raise _damaged(what, file, f"holds {key} as {value.dtype}, not floating point")
     n = len({k.split(".")[0] for k in state})
     expected = {f"{i}.{p}" for i in range(n) for p in ("weight", "bias")}
-    weight = state.get("0.weight")
-    if n == 0 or set(state) != expected or weight is None or weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
-        raise TokenprobeError(f"`lens` {folder}: its weights are not one square translator per layer: save it again")
-    return n, int(weight.shape[0])
+    if n == 0 or set(state) != expected:
+        odd = sorted(set(state) ^ expected)[:3]
+        raise _damaged(what, file, f"is not one translator per layer (`<i>.weight`, `<i>.bias`; {n} layers, odd: {', '.join(odd) or 'none'})")
+    width = int(state["0.weight"].shape[-1]) if state["0.weight"].dim() else 0
+    for i in range(n):
+        for part, shape in (("weight", (width, width)), ("bias", (width,))):
+            if tuple(state[f"{i}.{part}"].shape) != shape or width == 0:
+                got = "x".join(map(str, state[f"{i}.{part}"].shape)) or "a scalar"
+                raise _damaged(what, file, f"holds {i}.{part} of shape {got}, not {'x'.join(map(str, shape))}")
+    return n, width
 
 
-def check_fits(n_blocks: int, width: int, lm: LoadedModel, folder: Any) -> None:
-    """One error when the lens was trained for another model: which of blocks, width differ."""
-    adapter = lm.require_adapter()
-    model_width = residual_width(lm)
-    whose = " (the built-in model's lens)" if str(folder) == BUILTIN else ""
-    if n_blocks != adapter.n_blocks:
-        raise TokenprobeError(
-            f"`lens` {folder}{whose} was trained for a model with {n_blocks} blocks; {lm.name} has "
-            f"{adapter.n_blocks}: train one for this model with tune-lens"
-        )
-    if width != model_width:
-        raise TokenprobeError(
-            f"`lens` {folder}{whose} was trained for a model of hidden size {width}; {lm.name}'s is "
-            f"{model_width}: train one for this model with tune-lens"
-        )
+def _info_of(meta: dict[str, Any], fmt: str, shape: tuple[int, int], file: Path, what: str) -> dict[str, Any]:
+    """What the lens's JSON file says of it, checked against the weights' blocks and width."""
+    keys = ("n_blocks", "width") if fmt == "tokenprobe" else ("num_hidden_layers", "d_model")
+    if fmt != "tokenprobe":
+        if any(k not in meta for k in keys):
+            raise _damaged(what, file, "is not a tuned-lens config (no d_model, num_hidden_layers)")
+        if meta.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens" or meta.get("bias") is False:
+            raise TokenprobeError(f"{what}: only linear tuned lenses with a bias are read, not {meta.get('lens_type')!r}")
+    for key, have, of in zip(keys, shape, ("{} translators", "translators {} wide"), strict=True):
+        if key in meta and meta[key] != have:
+            raise _damaged(what, file, f"says {key} {meta[key]!r}, but the weights are {of.format(have)}")
+    if fmt != "tokenprobe":
+        return {"model": meta.get("base_model_name_or_path", ""), "unembed_hash": meta.get("unembed_hash")}
+    return {k: v for k, v in meta.items() if k not in ("n_blocks", "width", "format", "version")}

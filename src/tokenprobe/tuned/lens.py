@@ -93,3 +93,44 @@ def check_finite(lens: TunedLens, what: str) -> None:
             f"{what} has weights that are not finite (inf or NaN) in the translators of layers "
             f"{', '.join(map(str, layers[:8]))}{' ...' if len(layers) > 8 else ''}: train it again with a lower `lr`"
         )
+
+
+def check_fits(n_blocks: int, width: int, lm: LoadedModel, what: str) -> None:
+    """One error when a lens of `n_blocks` translators of `width` was trained for another model
+    than `lm`: which of blocks, width differ (`what`: the lens, as the error names it)."""
+    adapter = lm.require_adapter()
+    model_width = residual_width(lm)
+    if n_blocks != adapter.n_blocks:
+        raise TokenprobeError(
+            f"{what} was trained for a model with {n_blocks} blocks; {lm.name} has "
+            f"{adapter.n_blocks}: train one for this model with tune-lens"
+        )
+    if width != model_width:
+        raise TokenprobeError(
+            f"{what} was trained for a model of hidden size {width}; {lm.name}'s is "
+            f"{model_width}: train one for this model with tune-lens"
+        )
+
+
+def check_lens(lens: Any, lm: LoadedModel, what: str) -> None:
+    """The one check of a lens before it decodes `lm`'s layers, loaded or built in memory: a
+    `TunedLens` with one square translator of the model's width per block, all finite."""
+    if not isinstance(lens, TunedLens):
+        raise TokenprobeError(
+            f"{what} is of type {type(lens).__name__}: give a tuned lens folder or a "
+            "tokenprobe.tuned.TunedLens"
+        )
+    square = ((lens.width, lens.width), (lens.width,))
+    shapes = [
+        (tuple(t.weight.shape), None if t.bias is None else tuple(t.bias.shape))
+        for t in lens.translators
+    ]
+    odd = [i for i, shape in enumerate(shapes) if shape != square]
+    if not shapes or len(shapes) != lens.n_blocks or odd:
+        raise TokenprobeError(
+            f"{what} holds {len(shapes)} translators for n_blocks {lens.n_blocks} of width "
+            f"{lens.width}{f' (translator {odd[0]} is {shapes[odd[0]]})' if odd else ''}: build it "
+            "with TunedLens(n_blocks, width), or read it with load_lens"
+        )
+    check_fits(lens.n_blocks, lens.width, lm, what)
+    check_finite(lens, what)

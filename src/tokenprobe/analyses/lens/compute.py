@@ -24,6 +24,7 @@ from ...model import LoadedModel
 from ...results import now, versions
 from ...runner import map_batches, pad_batch, pad_id_of, progress_disabled, token_budget_batches
 from ...text import DEFAULT_MARKER, PreparedInput, prepare, token_texts
+from ...tuned.lens import TunedLens, check_lens
 from ..base import check_options
 from .check import check_output_row, check_rows
 from .decoders import Decoder, LogitDecoder, tuned_decoder
@@ -189,8 +190,8 @@ def logit_lens(
     single = isinstance(prompts, (str, PreparedInput))
     items = [prompts] if single else list(prompts)  # type: ignore[list-item]
     targets = text_list(targets, "targets") or []
-    _check(items, top_k, dummy, dummy_after, dummy_before, memory_mb)
-    check_options(OPTIONS, {"top_k": top_k})
+    check_options(OPTIONS, {"top_k": top_k, "dummy": dummy, "memory_mb": memory_mb})
+    _check(items, top_k, dummy, dummy_after, dummy_before, memory_mb, batch_tokens)
     inputs = [
         p
         if isinstance(p, PreparedInput)
@@ -209,6 +210,8 @@ def logit_lens(
     about = None
     if lens is not None:
         decoder, about = tuned_decoder(lm, lens, decoder)
+        if isinstance(lens, TunedLens):  # a folder's lens was checked as it was read
+            check_lens(lens, lm, "`lens` (in memory)")
     tids = _target_ids(lm, targets)
     lens = _Lens(lm, inputs, tids, _foil_id(lm, foil, targets, tids), top_k, memory_mb, decoder)
     out: list[LensResult | None] = [None] * len(inputs)
@@ -237,6 +240,7 @@ def _check(
     dummy_after: str | None,
     dummy_before: str | None,
     memory_mb: float | None,
+    batch_tokens: int,
 ) -> None:
     if not items:
         raise TokenprobeError("no prompts given")
@@ -254,6 +258,8 @@ def _check(
             )
     if memory_mb is not None and memory_mb <= 0:
         raise TokenprobeError(f"`memory_mb` must be positive, not {memory_mb:g}")
+    if not batch_tokens >= 1:  # NaN too
+        raise TokenprobeError(f"`batch_tokens` must be at least 1, not {batch_tokens}")
 
 
 class _Lens:

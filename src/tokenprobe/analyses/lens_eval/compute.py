@@ -19,8 +19,10 @@ from ...model import LoadedModel
 from ...results import now, versions
 from ...tuned import TunedDecoder, TunedLens, load_lens, pack, read_corpus
 from ...tuned.corpus import check_seq_len
-from ...tuned.files import check_fits
+from ...tuned.lens import check_lens
 from ...tuned.train import rowdot
+from ..base import check_options
+from .options import OPTIONS
 from .result import LENSES, LensEvalResult
 
 DEFAULT_MEMORY_MB = {"cpu": 512, "cuda": 4096}
@@ -41,15 +43,16 @@ def lens_eval(
     """Per layer, mean KL(final || layer) and next-token cross-entropy (nats) over up to
     `tokens` tokens of `data` packed into `seq_len` sequences, for the logit lens and for
     `lens` (a tuned lens or the folder it was saved in)."""
+    check_options(OPTIONS, {"tokens": tokens, "seq_len": seq_len, "memory_mb": memory_mb})
     for name, value in (("tokens", tokens), ("seq_len", seq_len), ("batch_tokens", batch_tokens)):
-        if value < 1:
+        if not value >= 1:  # NaN too
             raise TokenprobeError(f"`{name}` must be at least 1, not {value}")
     if memory_mb is not None and memory_mb <= 0:
         raise TokenprobeError(f"`memory_mb` must be positive, not {memory_mb:g}")
     source = str(lens) if not isinstance(lens, TunedLens) else lens.info.get("path", "a lens in memory")
     tuned = load_lens(lens, lm) if not isinstance(lens, TunedLens) else lens
     if isinstance(lens, TunedLens):
-        check_fits(lens.n_blocks, lens.width, lm, "(in memory)")
+        check_lens(lens, lm, "`lens` (in memory)")
     check_seq_len(seq_len, lm.context_length)
     max_seq = max(1, tokens // seq_len)
     sequences = pack(read_corpus(data, text_column), lm.tokenizer, seq_len, max_sequences=max_seq)

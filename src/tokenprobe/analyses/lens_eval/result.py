@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from ...errors import TokenprobeError
 from ...results import Result
 from .views import LENSES, LinePlot, measure_heatmaps
 
@@ -48,6 +49,12 @@ class LensEvalResult(Result):
         order = {name: i for i, name in enumerate(LENSES)}
         frame = frame.assign(_lens=frame["lens"].map(order)).sort_values(["_lens", "layer"])
         n_lens, n_layers = frame["_lens"].nunique(), int(frame["layer"].max()) + 1
+        values = frame[["kl", "ce"]].to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise TokenprobeError(
+                f"{cls.kind}.parquet: {int((~np.isfinite(values)).sum())} of its kl and ce values are "
+                "not finite (NaN or inf): the table is damaged; run lens-eval again"
+            )
         return cls(
             layer_labels=[str(x) for x in frame["label"][:n_layers]],
             kl=frame["kl"].to_numpy().reshape(n_lens, n_layers),

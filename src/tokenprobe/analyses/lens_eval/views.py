@@ -44,7 +44,7 @@ class LinePlot:
             # the embeddings' row is often 10x the others (and KL is 0 at the output): linear
             # up to 1 nat, logarithmic above, so every layer stays readable
             ax.set_yscale("symlog", linthresh=1.0)
-            top = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+            top = _top(values)
             ax.set_ylim(0, max(2.0, top * 1.6))
             ax.legend()
         fig.suptitle(self.title, fontsize=11)
@@ -78,7 +78,7 @@ def measure_heatmaps(layer_labels: list[str], kl: np.ndarray, ce: np.ndarray, ti
                 cols=list(layer_labels),
                 cmap="magma_r",
                 vmin=0.0,
-                vmax=float(np.nanmax(values)) if values.size else 1.0,
+                vmax=_top(values),
                 title=f"{title}: {label}",
                 colorbar=label,
                 xlabel="layer",
@@ -89,3 +89,9 @@ def measure_heatmaps(layer_labels: list[str], kl: np.ndarray, ce: np.ndarray, ti
             )
         )
     return out
+
+
+def _top(values: np.ndarray) -> float:
+    """The largest finite value (1 when there is none): a colour or axis limit that is a number."""
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 1.0

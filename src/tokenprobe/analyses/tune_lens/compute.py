@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ...checkpoint import Checkpoint
+from ...errors import TokenprobeError
 from ...model import LoadedModel
 from ...results import now, versions
 from ...tuned import train_lens
@@ -48,9 +49,11 @@ def tune_lens(
     `checkpoint_every` steps; `resume=True` goes on from it (the same settings are required),
     and the numbers equal those of an uninterrupted run.
     """
-    values = {"seq_len": seq_len, "batch_size": batch_size, "momentum": momentum,
-              "weight_decay": weight_decay, "warmup_steps": warmup_steps}
+    values = {"tokens": tokens, "seq_len": seq_len, "batch_size": batch_size, "lr": lr, "momentum": momentum,
+              "weight_decay": weight_decay, "warmup_steps": warmup_steps, "memory_mb": memory_mb}
     check_options(OPTIONS, values)
+    if memory_mb is not None and memory_mb <= 0:
+        raise TokenprobeError(f"`memory_mb` must be positive, not {memory_mb:g}")
     stores: list[Checkpoint] = []
 
     def checkpoint(settings: dict[str, Any]) -> Checkpoint:
