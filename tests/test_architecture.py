@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ LAYERS = [
     {"analyses.base"},
     {"analyses.*"},  # each analysis's folder; never another analysis's
     {"analyses", "report"},
-    {"cli"},
+    {"cli", "_start"},
     {"__init__"},
 ]
 
@@ -152,4 +153,19 @@ def test_files_and_functions_stay_small():
 def test_the_viewer_script_parses():
     script = SRC / "report" / "viewer.js"
     done = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_package_imports_its_names_on_first_use():
+    """`import tokenprobe` waits for no torch (the command's Ctrl-C window is short); every
+    public name resolves; a saved result's kind is found with nothing else imported first."""
+    code = (
+        "import sys, tokenprobe\n"
+        "assert 'torch' not in sys.modules, 'import tokenprobe imported torch'\n"
+        "assert sorted(set(tokenprobe.__all__) - {'__version__'}) == sorted(tokenprobe._WHERE)\n"
+        "from tokenprobe import registry\n"
+        "assert registry.by_kind('trace').name == 'trace'\n"
+        "assert all(getattr(tokenprobe, n) is not None for n in tokenprobe.__all__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -1,61 +1,109 @@
-"""tokenprobe: token-level analysis of transformer language models (the public API)."""
+"""tokenprobe: token-level analysis of transformer language models (the public API).
+
+The names below are imported on first use (PEP 562), so `import tokenprobe` and the start of
+the `tokenprobe` command do not wait for torch and transformers before they are needed (a
+Ctrl-C while the command starts is then one line, not a traceback from inside an import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .analyses import ANALYSES, Analysis, Option, register  # noqa: E402, I001
-from .analyses.lens import LensResult, logit_lens  # noqa: E402
-from .errors import TokenprobeError, TokenprobeWarning  # noqa: E402
-from .rowset import RowSet  # noqa: E402
-from .model import Adapter, LoadedModel, load  # noqa: E402
-from .results import Result  # noqa: E402
-from .text import PreparedInput, prepare  # noqa: E402
-
-from .analyses.attribution import AttributionResult, attribute  # noqa: E402
-from .analyses.attribution.rows import attribute_rows  # noqa: E402
-from .analyses.lens.rows import lens_rows  # noqa: E402
-from .analyses.flips import FlipResult, PromptedClassifier, SequenceClassifier, flip_rates  # noqa: E402
-from .analyses.similarity import SimilarityResult, past_similarity  # noqa: E402
-from .analyses.trace import TraceResult, causal_trace  # noqa: E402
-from .analyses.lens_eval import LensEvalResult, lens_eval  # noqa: E402
-from .analyses.tune_lens import TuneLensResult, tune_lens  # noqa: E402
-from .tuned import TunedDecoder, TunedLens, load_lens, save_lens, train_lens  # noqa: E402
+# public name -> the module (relative to this package) that defines it
+_WHERE = {
+    **dict.fromkeys(("ANALYSES", "Analysis", "Option", "register"), ".analyses"),
+    **dict.fromkeys(("LensResult", "logit_lens"), ".analyses.lens"),
+    **dict.fromkeys(("TokenprobeError", "TokenprobeWarning"), ".errors"),
+    "RowSet": ".rowset",
+    **dict.fromkeys(("Adapter", "LoadedModel", "load"), ".model"),
+    "Result": ".results",
+    **dict.fromkeys(("PreparedInput", "prepare"), ".text"),
+    **dict.fromkeys(("AttributionResult", "attribute"), ".analyses.attribution"),
+    "attribute_rows": ".analyses.attribution.rows",
+    "lens_rows": ".analyses.lens.rows",
+    **dict.fromkeys(
+        ("FlipResult", "PromptedClassifier", "SequenceClassifier", "flip_rates"), ".analyses.flips"
+    ),
+    **dict.fromkeys(("SimilarityResult", "past_similarity"), ".analyses.similarity"),
+    **dict.fromkeys(("TraceResult", "causal_trace"), ".analyses.trace"),
+    **dict.fromkeys(("LensEvalResult", "lens_eval"), ".analyses.lens_eval"),
+    **dict.fromkeys(("TuneLensResult", "tune_lens"), ".analyses.tune_lens"),
+    **dict.fromkeys(("TunedDecoder", "TunedLens", "load_lens", "save_lens", "train_lens"), ".tuned"),
+}
 
 __all__ = [
+    "__version__",
     "ANALYSES",
-    "Adapter",
     "Analysis",
-    "AttributionResult",
-    "FlipResult",
-    "LensResult",
-    "LoadedModel",
     "Option",
-    "PreparedInput",
-    "PromptedClassifier",
-    "Result",
-    "SequenceClassifier",
-    "SimilarityResult",
+    "register",
+    "LensResult",
+    "logit_lens",
     "TokenprobeError",
     "TokenprobeWarning",
     "RowSet",
+    "Adapter",
+    "LoadedModel",
+    "load",
+    "Result",
+    "PreparedInput",
+    "prepare",
+    "AttributionResult",
+    "attribute",
     "attribute_rows",
     "lens_rows",
-    "__version__",
-    "attribute",
+    "FlipResult",
+    "PromptedClassifier",
+    "SequenceClassifier",
     "flip_rates",
-    "load",
-    "logit_lens",
+    "SimilarityResult",
     "past_similarity",
-    "prepare",
-    "register",
+    "TraceResult",
+    "causal_trace",
     "LensEvalResult",
+    "lens_eval",
     "TuneLensResult",
+    "tune_lens",
     "TunedDecoder",
     "TunedLens",
-    "lens_eval",
     "load_lens",
     "save_lens",
     "train_lens",
-    "tune_lens",
-    "TraceResult",
-    "causal_trace",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module the first time the name is asked for (the built-in
+    analyses first, so that they are registered whichever name comes first)."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tokenprobe' has no attribute {name!r}")
+    importlib.import_module(".analyses", __name__)
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from .analyses import ANALYSES, Analysis, Option, register
+    from .analyses.attribution import AttributionResult, attribute
+    from .analyses.attribution.rows import attribute_rows
+    from .analyses.flips import FlipResult, PromptedClassifier, SequenceClassifier, flip_rates
+    from .analyses.lens import LensResult, logit_lens
+    from .analyses.lens.rows import lens_rows
+    from .analyses.lens_eval import LensEvalResult, lens_eval
+    from .analyses.similarity import SimilarityResult, past_similarity
+    from .analyses.trace import TraceResult, causal_trace
+    from .analyses.tune_lens import TuneLensResult, tune_lens
+    from .errors import TokenprobeError, TokenprobeWarning
+    from .model import Adapter, LoadedModel, load
+    from .results import Result
+    from .rowset import RowSet
+    from .text import PreparedInput, prepare
+    from .tuned import TunedDecoder, TunedLens, load_lens, save_lens, train_lens

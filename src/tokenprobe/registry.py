@@ -2,11 +2,13 @@
 
 It lives apart from the analyses so that the layers below them (saving and loading results,
 the report, the command line) can look an analysis up without importing any of them. It is
-filled when `tokenprobe.analyses` is imported, which `import tokenprobe` does.
+filled when `tokenprobe.analyses` is imported; a lookup that finds nothing imports it first
+(by name, as a plug-in would be found), so `Result.load` works before anything else is used.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from .errors import TokenprobeError
@@ -15,6 +17,12 @@ if TYPE_CHECKING:
     from .analyses.base import Analysis
 
 ANALYSES: dict[str, Analysis] = {}
+BUILT_IN = "tokenprobe.analyses"  # the package that registers the built-in analyses
+
+
+def _load_built_in() -> None:
+    """Register the built-in analyses if nothing has imported them yet."""
+    importlib.import_module(BUILT_IN)
 
 
 def register(spec: Analysis) -> Analysis:
@@ -40,6 +48,7 @@ def unregister(name: str) -> None:
 
 def by_kind(kind: object) -> Analysis:
     """The analysis whose results are saved with `kind` in their meta.json."""
+    _load_built_in()
     for spec in ANALYSES.values():
         if spec.result.kind == kind:
             return spec
@@ -48,6 +57,7 @@ def by_kind(kind: object) -> Analysis:
 
 def by_command(command: str) -> Analysis:
     """The analysis behind a command-line subcommand."""
+    _load_built_in()
     for spec in ANALYSES.values():
         if spec.command == command:
             return spec

@@ -239,7 +239,13 @@ def progress_disabled(progress: bool | None, n_batches: int | None = None) -> bo
 
 
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    """Out of memory, on any device: torch's OutOfMemoryError, Python's (and numpy's)
+    MemoryError, or an allocator's message (CUDA's "out of memory", the CPU allocator's
+    "can't allocate memory")."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def run_with_backoff(

@@ -28,15 +28,32 @@ MISSING: Any = object()  # an option's default not given: taken from the run fun
 ROLES = ("run", "figure", "input")  # what an option's value goes to
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+INT_MAX = 2**63 - 1  # the largest whole number a setting takes: an int64, what torch and numpy hold
+INT_MIN = -(2**63)
+SEED_PARAMS = ("seed",)  # random seeds: 0 to INT_MAX, what numpy's and torch's generators both take
+
+
+class Whole:
+    """argparse type for whole numbers from `minimum` to `maximum` (default: what an int64
+    holds), so a huge value is refused as the flag is read, not overflowing deep in torch."""
+
+    def __init__(self, minimum: int = INT_MIN, maximum: int = INT_MAX) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < self.minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {self.minimum}, not {value}")
+        if value > self.maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {self.maximum}, not {value}")
+        return value
+
+
+positive_int = Whole(1)  # counts that must be at least 1
+nonnegative_int = Whole(0)  # counts that may be 0
 
 
 class _ExtendGiven(argparse.Action):
@@ -48,17 +65,6 @@ class _ExtendGiven(argparse.Action):
         before = list(getattr(namespace, self.dest) or []) if getattr(namespace, seen, False) else []
         setattr(namespace, self.dest, before + list(values))
         setattr(namespace, seen, True)
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type for counts that may be 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
-    return value
 
 
 def finite_float(text: str) -> float:
@@ -87,16 +93,14 @@ def share(minimum_exclusive: bool) -> Callable[[str], float]:
     return parse
 
 
-def bounded_int(maximum: int) -> Callable[[str], int]:
+def _shown(limit: float) -> str:
+    """A limit as a message shows it: a whole number in full (2**63 - 1 is not 9.22e+18)."""
+    return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
+
+
+def bounded_int(maximum: int) -> Whole:
     """argparse type for counts from 1 to `maximum`."""
-
-    def parse(text: str) -> int:
-        value = positive_int(text)
-        if value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {value}")
-        return value
-
-    return parse
+    return Whole(1, maximum)
 
 
 @dataclass(frozen=True)
@@ -145,13 +149,21 @@ class Option:
         fill = {
             "{default}": str(default),
             "{choices}": ", ".join(map(str, self.choices or ())),
-            "{minimum}": f"{self.minimum:g}" if self.minimum is not None else "",
-            "{maximum}": f"{self.maximum:g}" if self.maximum is not None else "",
+            "{minimum}": _shown(self.minimum) if self.minimum is not None else "",
+            "{maximum}": _shown(self.maximum) if self.maximum is not None else "",
         }
         text = self.help
         for key, value in fill.items():  # not str.format: help may show "{text}" literally
             text = text.replace(key, value)
         return text
+
+    @property
+    def whole_range(self) -> tuple[int, int] | None:
+        """For a whole-number option, the range any value must be in besides its declared
+        limits: what an int64 holds (a seed: 0 and up); None for other options."""
+        if self.type is int or isinstance(self.type, Whole):
+            return (0 if self.param in SEED_PARAMS else INT_MIN, INT_MAX)
+        return None
 
     def check(self, value: Any) -> None:
         """Refuse a value outside the option's choices or limits, naming the parameter."""
@@ -163,10 +175,14 @@ class Option:
             raise TokenprobeError(
                 f"`{self.param}` must be one of {', '.join(map(str, self.choices))}, not {value!r}"
             )
-        if self.minimum is not None and value < self.minimum:
-            raise TokenprobeError(f"`{self.param}` must be at least {self.minimum:g}, not {value}")
-        if self.maximum is not None and value > self.maximum:
-            raise TokenprobeError(f"`{self.param}` must be at most {self.maximum:g}, not {value}")
+        limits = [(self.minimum, self.maximum)]
+        if isinstance(value, int) and not isinstance(value, bool) and self.whole_range:
+            limits.append(self.whole_range)
+        for low, high in limits:
+            if low is not None and value < low:
+                raise TokenprobeError(f"`{self.param}` must be at least {_shown(low)}, not {value}")
+            if high is not None and value > high:
+                raise TokenprobeError(f"`{self.param}` must be at most {_shown(high)}, not {value}")
 
     def add_to(self, group: Any) -> None:
         """Add this option's flag to an argparse group."""
@@ -185,6 +201,8 @@ class Option:
                     kwargs[key] = getattr(self, key)
             if self.type is float:
                 kwargs["type"] = finite_float
+            elif self.type is int:  # every whole-number flag in range as it is read
+                kwargs["type"] = Whole(*(self.whole_range or ()))
             if self.required:
                 kwargs["required"] = True
         group.add_argument(self.cli_flag, **kwargs)

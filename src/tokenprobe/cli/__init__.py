@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -15,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..checkpoint import interrupted_note, kept_until_saved
+from ..analyses import ANALYSES, by_command
+from ..checkpoint import drop_unstarted, interrupted_note, kept_until_saved
 from ..errors import TokenprobeError, TokenprobeWarning
 from ..model import offline, offline_wanted
-from ..registry import ANALYSES, by_command
 from ..runner import is_oom
 from .demo import add_demo, demo_specs, run_demo
-from .flags import COMMON_FLAGS, DEBUG_ENV, DEBUG_HELP, Parser, add_analysis
+from .flags import COMMON_FLAGS, DEBUG_ENV, DEBUG_HELP, Parser, add_analysis, check_utf8
 from .report import add_report, run_report
 from .session import Session
 
@@ -111,10 +114,11 @@ def error_line(exc: BaseException, flags: dict[str, str] | None = None) -> tuple
         return f"tokenprobe: error: {paths}: {why} (check the path and its permissions)", 2
     lines = str(exc).strip().splitlines()
     first = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
-    if is_oom(exc):  # one input too large for the device even alone: the user's setting
+    if is_oom(exc):  # one input too large for the device even alone, or a count set too high
         return (
-            f"tokenprobe: error: out of memory ({first}): lower --batch-tokens (and --memory-mb for "
-            "the lens), use --dtype bfloat16, shorter inputs, or --device cpu",
+            f"tokenprobe: error: out of memory ({_allocation(first)}): lower --batch-tokens (and "
+            "--memory-mb for the lens) or a count you raised (such as --samples), use --dtype "
+            "bfloat16, shorter inputs, or --device cpu",
             2,
         )
     return (
@@ -122,6 +126,12 @@ def error_line(exc: BaseException, flags: dict[str, str] | None = None) -> tuple
         f"handle; rerun with --debug for the traceback and {BUG_REPORT})",
         1,
     )
+
+
+def _allocation(first: str) -> str:
+    """The CPU allocator's long message as the size it was asked for; any other as it is."""
+    asked = re.search(r"tried to allocate (\d+) bytes", first)
+    return f"{int(asked.group(1)) / 2**30:,.1f} GiB asked for" if asked else first
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -137,12 +147,43 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Every failure ends in one line on stderr: exit status 2 for bad input, 1 for
-    an internal error (--debug or TOKENPROBE_DEBUG=1 print the traceback too), 130 on Ctrl-C."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    an internal error (--debug or TOKENPROBE_DEBUG=1 print the traceback too), 130 on Ctrl-C,
+    whenever it comes (reading the flags, loading the model, or the run itself)."""
+    args: argparse.Namespace | None = None
+    try:
+        if getattr(signal.getsignal(signal.SIGINT), "tokenprobe_startup", False):
+            # the command's handler while its imports ran (one line, exit 130): from here a
+            # Ctrl-C is a KeyboardInterrupt again, so a run can keep what it finished
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        # the command's last act (argv None): a second Ctrl-C must not cut this line short
+        # with a traceback; a Python caller gets its handler back
+        previous = _ignore_interrupts()
+        hint = ""
+        if getattr(args, "resume", None) is not None:  # the commands that checkpoint
+            hint = interrupted_note(Path(args.out))  # what is kept, only if something is
+        print(f"tokenprobe: interrupted{hint}", file=sys.stderr)
+        if argv is not None and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        return 130
+
+
+def _ignore_interrupts() -> Any:
+    """Ignore SIGINT from now on; the handler it had (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The parsed command, every failure as its one line and exit status."""
     _configure_output(_flags_of(args.command))
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
+        check_utf8(parser, args)
         # offline (--offline, HF_HUB_OFFLINE=1): no connection, even where a hub id is only
         # looked up; kept_until_saved: a checkpoint goes only once the outputs are all written
         network = offline() if offline_wanted(getattr(args, "offline", False) or None) else nullcontext()
@@ -152,13 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         line, status = error_line(exc, _flags_of(args.command))
+        if getattr(args, "resume", None) is not None:  # a refused run leaves no checkpoint
+            drop_unstarted(Path(args.out))
         print(line, file=sys.stderr)
         return status
-    except KeyboardInterrupt:
-        hint = ""
-        if getattr(args, "resume", None) is not None:  # the commands that checkpoint
-            hint = interrupted_note(Path(args.out))  # what is kept, only if something is
-        print(f"tokenprobe: interrupted{hint}", file=sys.stderr)
-        return 130
-
-

@@ -8,8 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..analyses import ANALYSES
 from ..errors import TokenprobeError
-from ..registry import ANALYSES
 from ..results import check_writable
 from .flags import add_common
 from .report import check_report_path, write_report

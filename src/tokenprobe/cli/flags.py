@@ -125,10 +125,54 @@ def add_analysis(sub: Any, spec: Analysis) -> argparse.ArgumentParser:
     return parser
 
 
-def read_text_file(path: str, flag: str) -> str:
-    """A UTF-8 file's text, or one clear error naming the flag."""
+def check_utf8(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every text or path a flag gave is UTF-8: bytes that are not (a shell passes them on,
+    Python keeps them as lone surrogates) are one line naming the flag, not a tokenizer's
+    TypeError or a file name that cannot be written into a table."""
+    for action in _actions_of(parser, args):
+        values = getattr(args, action.dest, None)
+        for value in values if isinstance(values, list) else [values]:
+            for text in value if isinstance(value, list) else [value]:  # append + nargs
+                if isinstance(text, str) and not _is_utf8(text):
+                    name = "/".join(action.option_strings) or (action.metavar or action.dest)
+                    raise TokenprobeError(
+                        f"{name} {_as_bytes(text)} is not valid UTF-8 text: give it in UTF-8 "
+                        "(check the encoding of the terminal, script or file it came from)"
+                    )
+
+
+def _actions_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[argparse.Action]:
+    """The parser's arguments and those of the command `args.command` chose."""
+    actions = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            actions += action.choices[args.command]._actions
+    return actions
+
+
+def _is_utf8(text: str) -> bool:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _as_bytes(text: str, limit: int = 60) -> str:
+    """The bytes the shell passed (Python keeps each undecodable one as a lone surrogate)."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte stands for (from a Python caller)
+        raw = text.encode("utf-8", "backslashreplace")
+    shown = repr(raw)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
+def read_text_file(path: str, flag: str) -> str:
+    """A UTF-8 file's text, byte for byte (a \\r stays a \\r: no newline translation), or one
+    clear error naming the flag."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError as exc:
         raise TokenprobeError(f"{flag} {path}: no such file") from exc
     except UnicodeDecodeError as exc:

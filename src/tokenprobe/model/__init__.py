@@ -34,9 +34,10 @@ from .checks import (
     check_model_folder,
     check_nothing_initialised,
     check_supported,
+    load_error,
     newly_initialised,
 )
-from .hub import hub_error, offline, offline_wanted
+from .hub import check_reachable, offline, offline_wanted
 from .hub import offline as offline_block
 from .placement import parse_max_memory, placement_kwargs
 
@@ -258,6 +259,8 @@ def _from_folder(
     auto = {"causal-lm": AutoModelForCausalLM, "sequence-classification": AutoModelForSequenceClassification}
     if task not in auto:
         raise TokenprobeError(f"unknown task '{task}': use causal-lm or sequence-classification")
+    if not local_only:  # a hub id: a network that is down is one line now, not minutes of retries
+        check_reachable(folder)
     kwargs = {"local_files_only": local_only, "trust_remote_code": trust}
     config = AutoConfig.from_pretrained(folder, **kwargs)
     check_supported(folder, config, task)
@@ -292,7 +295,7 @@ def load(
     `max_memory` (`"0=20GiB,cpu=64GiB"` or a dict) split a model too large for one device
     across devices with accelerate, offloading to `offload_folder` what fits nowhere.
     """
-    placement = placement_kwargs(device_map, max_memory, offload_folder)
+    placement = placement_kwargs(device_map, max_memory, offload_folder, present=True)
     args = {
         "name": name,
         "device": str(device),
@@ -381,11 +384,8 @@ def _load(
     except TokenprobeError:
         raise
     except (OSError, ValueError) as exc:
-        if folder == name and not Path(name).expanduser().exists():
-            raise hub_error(name, exc, local_only) from exc
-        raise TokenprobeError(
-            f"cannot load model from {folder}: {str(exc).splitlines()[0]}"
-        ) from exc
+        hub = folder == name and not Path(name).expanduser().exists()
+        raise load_error(name, folder, exc, hub=hub, offline=local_only, trust=trust) from exc
     if not placement:  # a device map has placed every module already
         model.to(dev)
     lm = LoadedModel.wrap(model, tokenizer, name=display, source=source)

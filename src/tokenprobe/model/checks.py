@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import TokenprobeError
+from .hub import hub_error
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -99,3 +100,21 @@ def check_nothing_initialised(name: str, model: nn.Module, info: dict[str, Any])
         f"missing from its saved weights or saved with another shape ({shown}): its outputs "
         f"would be noise; pass a checkpoint that holds them (a {cls} saved with save_pretrained)"
     )
+
+
+def load_error(
+    name: str, folder: str, exc: BaseException, *, hub: bool, offline: bool, trust: bool
+) -> TokenprobeError:
+    """The one line for a model that `from_pretrained` could not load: its custom code not
+    trusted (naming `trust_remote_code`), a hub id's failure (`hub.hub_error`), or the first line
+    of the library's message."""
+    text = str(exc)
+    if not trust and ("trust_remote_code" in text or "contains custom code" in text):
+        return TokenprobeError(
+            f"{name} ships its own Python code (custom model classes, named in its config.json's "
+            "auto_map): loading it runs that code on this machine; pass `trust_remote_code` only "
+            "if you trust where it comes from"
+        )
+    if hub:
+        return hub_error(name, exc, offline)
+    return TokenprobeError(f"cannot load model from {folder}: {(text.splitlines() or [type(exc).__name__])[0]}")

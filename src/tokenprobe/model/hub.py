@@ -40,6 +40,31 @@ def hub_error(name: str, exc: BaseException, offline: bool) -> TokenprobeError:
 
 
 _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+PROBE_TIMEOUT = 5.0  # seconds the hub has to answer before the network counts as down
+
+
+def check_reachable(name: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Online, before a hub id that is not cached is downloaded: one short request to the hub,
+    so that a network that is down fails at once in one line (huggingface_hub would retry for
+    half a minute first, a warning line each time). A cached id needs no network: the hub's
+    own fallback to the cache is immediate."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import get_session
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except ValueError:  # not a valid hub id: loading says so in its own line
+        return
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)  # any answer: the hub is there
+    except Exception as exc:  # noqa: BLE001 - the HTTP client's errors differ between versions
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TokenprobeError(
+            f"cannot load '{name}' from the Hugging Face hub: it cannot be reached at "
+            f"{constants.ENDPOINT} ({why}): check the network connection (or HF_ENDPOINT and the "
+            "proxy settings), or pass `offline` to use only models already in the local cache"
+        ) from exc
 
 
 @contextmanager

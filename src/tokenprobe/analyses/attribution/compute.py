@@ -146,7 +146,11 @@ def _check(
         raise TokenprobeError(f"`score` must be {' or '.join(SCORES)}, not {score!r}")
     if not prompt or not prompt.strip():
         raise TokenprobeError("the prompt is empty: give the text whose tokens to attribute")
-    if (target is None) == (generate is None):
+    if target is not None and generate is not None:
+        raise TokenprobeError(
+            "give a `target` to score or `generate` N to attribute the model's own answer, not both"
+        )
+    if target is None and generate is None:
         raise TokenprobeError(
             "give a `target` to score or `generate` N to attribute the model's own answer"
         )
