@@ -102,6 +102,11 @@ class Checkpoint:
                     f"{folder} holds a finished run whose outputs were not all written: pass "
                     "`resume` to write them (nothing is recomputed), or delete it"
                 )
+            if held_by_another(folder):  # live: neither resumed nor to be deleted
+                raise TokenprobeError(
+                    f"another tokenprobe run ({_owner(folder)}) is working in {folder} right "
+                    "now: wait for it to finish, or give this run another output folder"
+                )
             if not resume:
                 raise TokenprobeError(
                     f"{folder} holds an unfinished run: pass `resume` to continue it, or delete it"
@@ -260,6 +265,17 @@ def interrupted_note(out: Path) -> str:
     return ""
 
 
+def drop_unstarted(out: str | Path) -> None:
+    """Remove the checkpoints in `out` that hold no finished work (settings and a lock at
+    most) and no live run: a run refused before its first part leaves nothing behind, so the
+    corrected command starts afresh instead of being asked for --resume."""
+    for folder in Path(out).glob("*.partial"):
+        if not folder.is_dir() or held_by_another(folder) or is_finished(folder):
+            continue
+        if {p.name for p in folder.iterdir()} <= {"settings.json", LOCK}:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def held_by_another(folder: Path) -> bool:
     """Is the checkpoint in `folder` locked by another process that is alive (or by one on
     another host, which cannot be asked)?"""
@@ -274,6 +290,17 @@ def held_by_another(folder: Path) -> bool:
     if host != _host():
         return True
     return owner != os.getpid() and _process_alive(owner)
+
+
+def _owner(folder: Path) -> str:
+    """Who holds the checkpoint's lock, in words ("process 123", "process 123 on HOST")."""
+    from .files import host as _host
+
+    try:
+        host, pid = (folder / LOCK).read_text(encoding="utf-8").split()
+    except (OSError, ValueError):
+        return "another process"
+    return f"process {pid}" + ("" if host == _host() else f" on {host}")
 
 
 def _kept_work(folder: Path) -> str:
