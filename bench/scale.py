@@ -44,8 +44,12 @@ def main() -> int:
     print(f"  here                 {here:7.1f} s  {len(texts) / here:6.2f} texts/s  1.00x")
     import ray
 
-    ray.init(num_cpus=int(max(args.workers) * args.cpus_per_worker), include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR")
+    ray.init(
+        num_cpus=int(max(args.workers) * args.cpus_per_worker),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     ok = True
     for n in args.workers:
         executor = RayExecutor(workers=n, cpus_per_worker=args.cpus_per_worker)

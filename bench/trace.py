@@ -123,9 +123,13 @@ def transformer_lens(lm) -> Callable[[], np.ndarray] | None:
             _, cache = bridge.run_with_cache(clean)
             pre = patching.get_act_patch_resid_pre(bridge, bad, cache, lambda x: metric(x)[0])
             post = patching.generic_activation_patch(
-                bridge, bad, cache, lambda x: metric(x)[0],
+                bridge,
+                bad,
+                cache,
+                lambda x: metric(x)[0],
                 patch_setter=patching.layer_pos_patch_setter,
-                activation_name="resid_post", index_df=index,
+                activation_name="resid_post",
+                index_df=index,
             )
         return torch.cat([pre, post[None]]).double().cpu().numpy()
 
@@ -175,7 +179,9 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--peers", default="tl,nnsight", help="comma-separated subset of tl, nnsight")
+    parser.add_argument(
+        "--peers", default="tl,nnsight", help="comma-separated subset of tl, nnsight"
+    )
     args = parser.parse_args()
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
@@ -196,7 +202,10 @@ def main() -> int:
     ]
     results: dict[str, tuple[float, float]] = {}
     grids: dict[str, np.ndarray] = {}
-    print(f"{'method':<22}{'seconds':>9}{'x floor':>9}{'peak MB':>9}{'max |diff| vs tokenprobe':>26}", flush=True)
+    print(
+        f"{'method':<22}{'seconds':>9}{'x floor':>9}{'peak MB':>9}{'max |diff| vs tokenprobe':>26}",
+        flush=True,
+    )
     for name, make in methods:
         try:
             fn = make()
@@ -206,19 +215,30 @@ def main() -> int:
             grids[name] = fn()
             results[name] = timed(fn, args.repeats, lm.device)
         except Exception as exc:  # a peer's API change must not lose the other lines
-            print(f"{name:<22} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", flush=True)
+            print(
+                f"{name:<22} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                flush=True,
+            )
             continue
         sec, peak = results[name]
         floor_t = results.get("floor (one batch)", (sec, 0.0))[0]
-        diff = float(np.abs(grids[name] - grids["tokenprobe"]).max()) if "tokenprobe" in grids else float("nan")
+        diff = (
+            float(np.abs(grids[name] - grids["tokenprobe"]).max())
+            if "tokenprobe" in grids
+            else float("nan")
+        )
         print(f"{name:<22}{sec:>9.3f}{sec / floor_t:>9.2f}{peak:>9.0f}{diff:>26.3g}", flush=True)
     base = grids["tokenprobe"]
     if "floor (one batch)" in grids:
-        print(f"floor vs tokenprobe: max |diff| {float(np.abs(grids['floor (one batch)'] - base).max()):.3g}")
+        print(
+            f"floor vs tokenprobe: max |diff| {float(np.abs(grids['floor (one batch)'] - base).max()):.3g}"
+        )
     ours_t = results["tokenprobe"][0]
     est_t = results["tokenprobe estimate"][0]
     exact, est = base.ravel(), grids["tokenprobe estimate"].ravel()
-    print(f"estimate: {ours_t / est_t:.1f}x faster than the exact trace; correlation {np.corrcoef(exact, est)[0, 1]:.3f}")
+    print(
+        f"estimate: {ours_t / est_t:.1f}x faster than the exact trace; correlation {np.corrcoef(exact, est)[0, 1]:.3f}"
+    )
     for peer in ("transformer_lens", "nnsight"):
         if peer in results:
             print(f"tokenprobe vs {peer}: {results[peer][0] / ours_t:.2f}x faster")

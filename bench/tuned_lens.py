@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from _common import timed
 
-PEER = r'''
+PEER = r"""
 import json, resource, sys, time
 from pathlib import Path
 import torch as th
@@ -71,7 +71,7 @@ train = tl.Train(model=ing.Model(name=folder, precision="float32"),
                  num_steps=steps, tokens_per_step=batch * seq_len)
 train.execute()
 print("RESULT " + json.dumps({"stamps": stamps, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-'''
+"""
 
 
 def ours_child(model: str, data: str, seq_len: int, batch: int, steps: int, precision: str) -> None:
@@ -82,7 +82,9 @@ def ours_child(model: str, data: str, seq_len: int, batch: int, steps: int, prec
 
     lm = tokenprobe.load(model, device="cpu", dtype="float32")
     sequences = pack(read_corpus(data), lm.tokenizer, seq_len, max_sequences=steps * batch)
-    hyper = Hyper(tokens=steps * batch * seq_len, seq_len=seq_len, batch_size=batch, precision=precision)
+    hyper = Hyper(
+        tokens=steps * batch * seq_len, seq_len=seq_len, batch_size=batch, precision=precision
+    )
     trainer = Trainer(lm, sequences, hyper, batch_tokens=batch * seq_len, memory_mb=None)
     stamps = [time.perf_counter()]
     with frozen(lm.model):
@@ -123,14 +125,35 @@ def training(args: argparse.Namespace, folder: str, tmp: Path) -> None:
             f.write(json.dumps({"text": text}) + "\n")
     steps = args.steps + 1
     per_step = args.batch * args.seq_len
-    print(f"training: {args.batch} sequences x {args.seq_len} tokens per step, 1 warm-up + {args.steps} timed steps, "
-          f"best of {args.rounds} round(s) taken in turns")
+    print(
+        f"training: {args.batch} sequences x {args.seq_len} tokens per step, 1 warm-up + {args.steps} timed steps, "
+        f"best of {args.rounds} round(s) taken in turns"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    here = [sys.executable, __file__, "--child", args.model, str(data), str(args.seq_len), str(args.batch), str(steps)]
+    here = [
+        sys.executable,
+        __file__,
+        "--child",
+        args.model,
+        str(data),
+        str(args.seq_len),
+        str(args.batch),
+        str(steps),
+    ]
     sides = {f"tokenprobe {p}": ([*here, p], env) for p in ("float32", "bfloat16")}
     peer = args.peer_python or os.environ.get("TUNED_LENS_PYTHON")
     if peer:
-        argv = [peer, "-c", PEER, folder, str(data), str(args.seq_len), str(args.batch), str(steps), str(tmp / "peer")]
+        argv = [
+            peer,
+            "-c",
+            PEER,
+            folder,
+            str(data),
+            str(args.seq_len),
+            str(args.batch),
+            str(steps),
+            str(tmp / "peer"),
+        ]
         sides["tuned-lens package"] = (argv, {**env, "WANDB_MODE": "disabled"})
     else:
         print("  tuned-lens package: not run (give --peer-python, the python of its virtualenv)")
@@ -148,8 +171,10 @@ def training(args: argparse.Namespace, folder: str, tmp: Path) -> None:
     for precision in ("float32", "bfloat16"):
         ours = rows.get(f"tokenprobe {precision}")
         if ours and theirs:
-            print(f"tokenprobe {precision} vs tuned-lens package (bfloat16 autocast): {ours[0] / theirs[0]:.2f}x "
-                  f"the throughput, {ours[2] / theirs[2]:.2f}x the peak memory")
+            print(
+                f"tokenprobe {precision} vs tuned-lens package (bfloat16 autocast): {ours[0] / theirs[0]:.2f}x "
+                f"the throughput, {ours[2] / theirs[2]:.2f}x the peak memory"
+            )
 
 
 def applying(args: argparse.Namespace, lm) -> None:
@@ -160,23 +185,36 @@ def applying(args: argparse.Namespace, lm) -> None:
     from tokenprobe.tuned import residual_width
 
     batch = prompts_of(lm.tokenizer, args.prompts, args.tokens)
-    inputs = [tokenprobe.PreparedInput(prompt="", text="", input_ids=list(p), tokens=[""] * len(p)) for p in batch]
+    inputs = [
+        tokenprobe.PreparedInput(prompt="", text="", input_ids=list(p), tokens=[""] * len(p))
+        for p in batch
+    ]
     lens = TunedLens(lm.n_blocks, residual_width(lm)).to(lm.device)
     with torch.no_grad():
         for p in lens.parameters():
             p.normal_(0, 0.01)
     decoder = TunedDecoder(lens, lm.require_adapter())
-    logit = timed(lambda: tokenprobe.logit_lens(lm, inputs, progress=False), args.repeats, lm.device)
-    tuned = timed(lambda: tokenprobe.logit_lens(lm, inputs, progress=False, decoder=decoder), args.repeats, lm.device)
-    print(f"applying: {args.prompts} prompts x {args.tokens} tokens, {lm.n_layers} rows, median of {args.repeats}")
+    logit = timed(
+        lambda: tokenprobe.logit_lens(lm, inputs, progress=False), args.repeats, lm.device
+    )
+    tuned = timed(
+        lambda: tokenprobe.logit_lens(lm, inputs, progress=False, decoder=decoder),
+        args.repeats,
+        lm.device,
+    )
+    print(
+        f"applying: {args.prompts} prompts x {args.tokens} tokens, {lm.n_layers} rows, median of {args.repeats}"
+    )
     print(f"{'lens':<22}{'seconds':>10}{'peak MB':>10}")
     print(f"{'logit lens':<22}{logit[0]:>10.3f}{logit[1]:>10.0f}")
     print(f"{'tuned lens':<22}{tuned[0]:>10.3f}{tuned[1]:>10.0f}")
     print(f"tuned lens / logit lens: {tuned[0] / logit[0]:.2f}x (goal <= 1.3x)")
     width = residual_width(lm)
     params = lm.n_blocks * (width * width + width)
-    print(f"a tuned lens for {lm.name}: {lm.n_blocks} translators of {width}x{width} + bias = {params:,} "
-          f"parameters, {params * 2 / 2**20:.1f} MiB in float16, {params * 4 / 2**20:.1f} MiB in float32")
+    print(
+        f"a tuned lens for {lm.name}: {lm.n_blocks} translators of {width}x{width} + bias = {params:,} "
+        f"parameters, {params * 2 / 2**20:.1f} MiB in float16, {params * 4 / 2**20:.1f} MiB in float32"
+    )
 
 
 def main() -> int:
@@ -185,11 +223,15 @@ def main() -> int:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    parser.add_argument("--peer-python", help="python of a virtualenv with tuned-lens (or TUNED_LENS_PYTHON)")
+    parser.add_argument(
+        "--peer-python", help="python of a virtualenv with tuned-lens (or TUNED_LENS_PYTHON)"
+    )
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of the training sides, in turns (best kept)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of the training sides, in turns (best kept)"
+    )
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-applying", action="store_true")
     args = parser.parse_args()
@@ -197,14 +239,18 @@ def main() -> int:
     import tokenprobe
 
     lm = tokenprobe.load(args.model, device="cpu", dtype="float32")
-    print(f"model {lm.name} ({lm.n_blocks} blocks) on {lm.device}, {lm.dtype}; torch threads {torch.get_num_threads()}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"model {lm.name} ({lm.n_blocks} blocks) on {lm.device}, {lm.dtype}; torch threads {torch.get_num_threads()}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_training:
             training(args, lm.folder, Path(tmp))
     if not args.skip_applying:
         applying(args, lm)
-    print(f"load average at the end {os.getloadavg()[0]:.1f} (other processes share these CPUs: compare sides, not runs)")
+    print(
+        f"load average at the end {os.getloadavg()[0]:.1f} (other processes share these CPUs: compare sides, not runs)"
+    )
     return 0
 
 

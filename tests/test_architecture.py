@@ -50,7 +50,9 @@ def _unit(module: str) -> str:
 
 def _layer(unit: str) -> int:
     for i, layer in enumerate(LAYERS):
-        if unit in layer or (unit.startswith("analyses.") and unit != "analyses.base" and "analyses.*" in layer):
+        if unit in layer or (
+            unit.startswith("analyses.") and unit != "analyses.base" and "analyses.*" in layer
+        ):
             return i
     raise AssertionError(f"{unit} is in no layer: add it to LAYERS and docs/architecture.md")
 
@@ -108,10 +110,16 @@ def test_imports_follow_the_layers():
             if other == "__init__":  # `from .. import __version__` is not counted
                 wrong.append(f"{_module(path)} imports the package root")
                 continue
-            if me.startswith("analyses.") and other.startswith("analyses.") and "analyses.base" not in (me, other):
+            if (
+                me.startswith("analyses.")
+                and other.startswith("analyses.")
+                and "analyses.base" not in (me, other)
+            ):
                 wrong.append(f"{_module(path)} imports another analysis ({target})")
             elif _layer(other) > _layer(me):
-                wrong.append(f"{_module(path)} (layer {_layer(me)}) imports {target} (layer {_layer(other)})")
+                wrong.append(
+                    f"{_module(path)} (layer {_layer(me)}) imports {target} (layer {_layer(other)})"
+                )
     assert not wrong, "\n".join(wrong)
 
 

@@ -385,9 +385,22 @@ def test_integrated_gradients_far_from_complete_warn_in_one_line(llama):
 def test_the_command_line_warning_names_the_flags(model_dir, tmp_path, capsys):
     """The same warning on the command line says --steps and --ig-baseline, not steps."""
     code, _, err = run(
-        capsys, "attribute", "--model", str(model_dir), "--out", str(tmp_path / "ig"),
-        "--prompt", "Tools: hammer, wrench. Fruits:", "--target", " orange",
-        "--method", "integrated_gradients", "--steps", "1", "--ig-baseline", "zero",
+        capsys,
+        "attribute",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path / "ig"),
+        "--prompt",
+        "Tools: hammer, wrench. Fruits:",
+        "--target",
+        " orange",
+        "--method",
+        "integrated_gradients",
+        "--steps",
+        "1",
+        "--ig-baseline",
+        "zero",
     )
     assert code == 0, err
     (line,) = [ln for ln in err.splitlines() if "have not converged" in ln]
@@ -460,11 +473,23 @@ def test_python_callers_giving_one_string_for_a_list_are_told(model_dir):
 
     lm = tokenprobe.load(str(model_dir))
     cases = [
-        (lambda: logit_lens(lm, "the cat sat", targets=" Canberra"), "`targets` takes a list of texts"),
-        (lambda: lens_rows(lm, "abc"), "`prompts` takes a list of texts, not one string: write ['abc']"),
+        (
+            lambda: logit_lens(lm, "the cat sat", targets=" Canberra"),
+            "`targets` takes a list of texts",
+        ),
+        (
+            lambda: lens_rows(lm, "abc"),
+            "`prompts` takes a list of texts, not one string: write ['abc']",
+        ),
         (lambda: lens_rows(lm, ["a b", "c d"], row_targets=" x"), "`row_targets` takes a list"),
-        (lambda: attribute_rows(lm, "ab", target=" x", method="ablation"), "`prompts` takes a list"),
-        (lambda: attribute(lm, "the cat sat", target=" on", features="cat"), "`features` takes a list"),
+        (
+            lambda: attribute_rows(lm, "ab", target=" x", method="ablation"),
+            "`prompts` takes a list",
+        ),
+        (
+            lambda: attribute(lm, "the cat sat", target=" on", features="cat"),
+            "`features` takes a list",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(tokenprobe.TokenprobeError, match=re.escape(message.replace("`", ""))):

@@ -111,7 +111,9 @@ def test_lens_equals_final_norm_and_unembedding_of_hidden_states(lm):
         logits = lm.model(input_ids=ids).logits[0]
         ref = [_ref_decode(lm, states[i]) for i in range(len(states) - 1)] + [logits]
         # the model's own logits are its last block's output decoded the same way
-        torch.testing.assert_close(_ref_decode(lm, states[-1]), logits.float(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            _ref_decode(lm, states[-1]), logits.float(), atol=1e-4, rtol=1e-4
+        )
     ref_entropy = np.stack([_entropy(x) for x in ref])
     assert res.entropy.shape == ref_entropy.shape
     np.testing.assert_allclose(res.entropy, ref_entropy, atol=2e-4, rtol=1e-4)
@@ -342,7 +344,13 @@ def _classifier(arch: str, bpe, wordpiece):
 
 def _own_logits(lm, ids: list[int]) -> np.ndarray:
     with torch.no_grad():
-        return lm.model(input_ids=torch.tensor([ids], device=lm.device)).logits[0].float().cpu().numpy()
+        return (
+            lm.model(input_ids=torch.tensor([ids], device=lm.device))
+            .logits[0]
+            .float()
+            .cpu()
+            .numpy()
+        )
 
 
 @pytest.mark.parametrize("arch", list(zoo.CLASSIFIERS))
@@ -417,7 +425,9 @@ def test_readme_lists_every_architecture_of_the_matrix():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    table = readme.split("<!-- supported-models:start -->")[1].split("<!-- supported-models:end -->")[0]
+    table = readme.split("<!-- supported-models:start -->")[1].split(
+        "<!-- supported-models:end -->"
+    )[0]
     rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")}
     expected = set(zoo.CAUSAL) | {f"{a} (sequence classifier)" for a in zoo.CLASSIFIERS}
     assert expected <= rows, sorted(expected - rows)
@@ -452,7 +462,9 @@ def test_prompted_classifier_with_the_text_first(lm):
         got = clf.scores([clf.encode(t).ids for t in TEXTS], 4096)
     ref = np.stack(
         [
-            _own_logits(lm, clf.prefix_ids + clf.encode(t).ids + clf.suffix_ids)[-1][clf.verbaliser_ids]
+            _own_logits(lm, clf.prefix_ids + clf.encode(t).ids + clf.suffix_ids)[-1][
+                clf.verbaliser_ids
+            ]
             for t in TEXTS
         ]
     )

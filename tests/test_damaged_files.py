@@ -64,7 +64,9 @@ def _translators(n: int, width: int, bias: int | None = None) -> dict[str, torch
 def _ours(state: dict[str, torch.Tensor]) -> Callable[[Path], None]:
     from safetensors.torch import save_file
 
-    return lambda d: save_file({f"translators.{k}": v for k, v in state.items()}, str(d / "tuned-lens.safetensors"))
+    return lambda d: save_file(
+        {f"translators.{k}": v for k, v in state.items()}, str(d / "tuned-lens.safetensors")
+    )
 
 
 def _theirs(state: object) -> Callable[[Path], None]:
@@ -91,22 +93,86 @@ def _nan_weight(d: Path) -> None:
 
 # (format saved, damage, what the one error line says)
 LENS_DAMAGE = {
-    "ours: weights of another width": ("tokenprobe", _ours(_translators(3, 16)), "says width 32, but the weights are translators 16 wide"),
-    "ours: a translator too many": ("tokenprobe", _ours(_translators(4, 32)), "says n_blocks 3, but the weights are 4 translators"),
-    "ours: a bias of the wrong shape": ("tokenprobe", _ours(_translators(3, 32, bias=31)), "holds 1.bias of shape 31, not 32"),
-    "ours: truncated safetensors": ("tokenprobe", _truncate("tuned-lens.safetensors"), "tuned-lens.safetensors cannot be read"),
-    "ours: empty safetensors": ("tokenprobe", _write("tuned-lens.safetensors", ""), "tuned-lens.safetensors cannot be read"),
-    "ours: json that is not JSON": ("tokenprobe", _write("tuned-lens.json", "{n_blocks: 3"), "tuned-lens.json is not readable JSON"),
-    "ours: json holding a list": ("tokenprobe", _write("tuned-lens.json", "[3, 32]"), "tuned-lens.json holds a JSON list, not an object"),
-    "ours: a NaN weight": ("tokenprobe", _nan_weight, "not finite (inf or NaN) in the translators of layers 2"),
-    "theirs: params.pt holding a list": ("tuned-lens", _theirs([torch.zeros(32)]), "params.pt holds a list, not a dict of translator tensors"),
-    "theirs: params.pt holding a tensor": ("tuned-lens", _theirs(torch.zeros(3, 32)), "params.pt holds a Tensor, not a dict"),
-    "theirs: params.pt of whole numbers": ("tuned-lens", _theirs({k: v.long() for k, v in _translators(3, 32).items()}), "not floating point"),
-    "theirs: weights of another width": ("tuned-lens", _theirs(_translators(3, 16)), "says d_model 32, but the weights are translators 16 wide"),
-    "theirs: a translator too few": ("tuned-lens", _theirs(_translators(2, 32)), "says num_hidden_layers 3, but the weights are 2 translators"),
-    "theirs: truncated params.pt": ("tuned-lens", _truncate("params.pt"), "params.pt cannot be read"),
-    "theirs: config.json that is not JSON": ("tuned-lens", _write("config.json", "d_model = 32"), "config.json is not readable JSON"),
-    "theirs: config.json without its keys": ("tuned-lens", _write("config.json", '{"bias": true}'), "config.json is not a tuned-lens config"),
+    "ours: weights of another width": (
+        "tokenprobe",
+        _ours(_translators(3, 16)),
+        "says width 32, but the weights are translators 16 wide",
+    ),
+    "ours: a translator too many": (
+        "tokenprobe",
+        _ours(_translators(4, 32)),
+        "says n_blocks 3, but the weights are 4 translators",
+    ),
+    "ours: a bias of the wrong shape": (
+        "tokenprobe",
+        _ours(_translators(3, 32, bias=31)),
+        "holds 1.bias of shape 31, not 32",
+    ),
+    "ours: truncated safetensors": (
+        "tokenprobe",
+        _truncate("tuned-lens.safetensors"),
+        "tuned-lens.safetensors cannot be read",
+    ),
+    "ours: empty safetensors": (
+        "tokenprobe",
+        _write("tuned-lens.safetensors", ""),
+        "tuned-lens.safetensors cannot be read",
+    ),
+    "ours: json that is not JSON": (
+        "tokenprobe",
+        _write("tuned-lens.json", "{n_blocks: 3"),
+        "tuned-lens.json is not readable JSON",
+    ),
+    "ours: json holding a list": (
+        "tokenprobe",
+        _write("tuned-lens.json", "[3, 32]"),
+        "tuned-lens.json holds a JSON list, not an object",
+    ),
+    "ours: a NaN weight": (
+        "tokenprobe",
+        _nan_weight,
+        "not finite (inf or NaN) in the translators of layers 2",
+    ),
+    "theirs: params.pt holding a list": (
+        "tuned-lens",
+        _theirs([torch.zeros(32)]),
+        "params.pt holds a list, not a dict of translator tensors",
+    ),
+    "theirs: params.pt holding a tensor": (
+        "tuned-lens",
+        _theirs(torch.zeros(3, 32)),
+        "params.pt holds a Tensor, not a dict",
+    ),
+    "theirs: params.pt of whole numbers": (
+        "tuned-lens",
+        _theirs({k: v.long() for k, v in _translators(3, 32).items()}),
+        "not floating point",
+    ),
+    "theirs: weights of another width": (
+        "tuned-lens",
+        _theirs(_translators(3, 16)),
+        "says d_model 32, but the weights are translators 16 wide",
+    ),
+    "theirs: a translator too few": (
+        "tuned-lens",
+        _theirs(_translators(2, 32)),
+        "says num_hidden_layers 3, but the weights are 2 translators",
+    ),
+    "theirs: truncated params.pt": (
+        "tuned-lens",
+        _truncate("params.pt"),
+        "params.pt cannot be read",
+    ),
+    "theirs: config.json that is not JSON": (
+        "tuned-lens",
+        _write("config.json", "d_model = 32"),
+        "config.json is not readable JSON",
+    ),
+    "theirs: config.json without its keys": (
+        "tuned-lens",
+        _write("config.json", '{"bias": true}'),
+        "config.json is not a tuned-lens config",
+    ),
 }
 
 
@@ -125,9 +191,32 @@ def damaged_lenses(tmp_path_factory) -> dict[str, Path]:
 
 def _lens_argv(command: str, folder: Path, model_dir: Path, heldout: Path, out: Path) -> list[str]:
     if command == "lens":
-        return ["lens", "--model", str(model_dir), "--prompt", PROMPT, "--lens", str(folder), "--out", str(out)]
-    return ["lens-eval", "--model", str(model_dir), "--lens", str(folder), "--data", str(heldout),
-            "--seq-len", "16", "--tokens", "64", "--out", str(out)]
+        return [
+            "lens",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            PROMPT,
+            "--lens",
+            str(folder),
+            "--out",
+            str(out),
+        ]
+    return [
+        "lens-eval",
+        "--model",
+        str(model_dir),
+        "--lens",
+        str(folder),
+        "--data",
+        str(heldout),
+        "--seq-len",
+        "16",
+        "--tokens",
+        "64",
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.mark.parametrize("command", ["lens", "lens-eval"])
@@ -136,7 +225,9 @@ def test_a_damaged_lens_is_one_line_on_the_command_line(
     damage, command, damaged_lenses, model_dir, heldout, tmp_path, capsys
 ):
     folder = damaged_lenses[damage]
-    code, _, err = run_any(capsys, *_lens_argv(command, folder, model_dir, heldout, tmp_path / "out"))
+    code, _, err = run_any(
+        capsys, *_lens_argv(command, folder, model_dir, heldout, tmp_path / "out")
+    )
     line = assert_one_error(code, err, LENS_DAMAGE[damage][2])
     assert f"--lens {folder}" in line and ("tune-lens" in line or "train it again" in line), line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -146,8 +237,11 @@ def test_a_damaged_lens_is_one_line_on_the_command_line(
 def test_a_damaged_lens_is_a_tokenprobe_error_in_python(damage, damaged_lenses, lm):
     folder = damaged_lenses[damage]
     message = LENS_DAMAGE[damage][2]
-    for read in (lambda: load_lens(folder, lm), lambda: load_lens(folder),
-                 lambda: logit_lens(lm, PROMPT, lens=folder)):
+    for read in (
+        lambda: load_lens(folder, lm),
+        lambda: load_lens(folder),
+        lambda: logit_lens(lm, PROMPT, lens=folder),
+    ):
         with pytest.raises(TokenprobeError) as caught:
             read()
         assert message in str(caught.value) and str(folder) in str(caught.value)
@@ -158,14 +252,19 @@ def test_the_undamaged_lens_of_each_format_still_loads(lm, tmp_path):
         lens = randomised(TunedLens(3, 32))
         save_lens(lens, tmp_path / fmt, formats=[fmt])
         back = load_lens(tmp_path / fmt, lm)
-        assert all(torch.equal(a, b) for a, b in zip(lens.parameters(), back.parameters(), strict=True))
+        assert all(
+            torch.equal(a, b) for a, b in zip(lens.parameters(), back.parameters(), strict=True)
+        )
 
 
 def test_a_lens_folder_that_is_a_file_or_not_a_path(lm, tmp_path):
     save_lens(TunedLens(3, 32), tmp_path / "lens")
     with pytest.raises(TokenprobeError, match="is a file: give the folder that holds the lens"):
         load_lens(tmp_path / "lens" / "params.pt", lm)
-    for call in (lambda: logit_lens(lm, PROMPT, lens=3), lambda: lens_eval(lm, 3, texts(1), tokens=64, seq_len=16)):
+    for call in (
+        lambda: logit_lens(lm, PROMPT, lens=3),
+        lambda: lens_eval(lm, 3, texts(1), tokens=64, seq_len=16),
+    ):
         with pytest.raises(TokenprobeError, match="lens is of type int: give a tuned lens folder"):
             call()
 
@@ -179,9 +278,18 @@ def _short(lens: TunedLens) -> TunedLens:
 
 
 MEMORY_LENSES = {
-    "another model's layer count": (lambda: TunedLens(5, 32), "trained for a model with 5 blocks; tiny-llama has 3"),
-    "another model's width": (lambda: TunedLens(3, 16), "trained for a model of hidden size 16; tiny-llama's is 32"),
-    "fewer translators than n_blocks": (lambda: _short(TunedLens(3, 32)), "holds 2 translators for n_blocks 3 of width 32"),
+    "another model's layer count": (
+        lambda: TunedLens(5, 32),
+        "trained for a model with 5 blocks; tiny-llama has 3",
+    ),
+    "another model's width": (
+        lambda: TunedLens(3, 16),
+        "trained for a model of hidden size 16; tiny-llama's is 32",
+    ),
+    "fewer translators than n_blocks": (
+        lambda: _short(TunedLens(3, 32)),
+        "holds 2 translators for n_blocks 3 of width 32",
+    ),
 }
 
 
@@ -191,8 +299,10 @@ def test_a_lens_in_memory_that_does_not_fit_is_refused_by_the_lens_and_lens_eval
     of the wrong translator count and calls it a tuned lens."""
     build, message = MEMORY_LENSES[case]
     errors = []
-    for run in (lambda: logit_lens(lm, PROMPT, lens=build()),
-                lambda: lens_eval(lm, build(), texts(1), tokens=64, seq_len=16, progress=False)):
+    for run in (
+        lambda: logit_lens(lm, PROMPT, lens=build()),
+        lambda: lens_eval(lm, build(), texts(1), tokens=64, seq_len=16, progress=False),
+    ):
         with pytest.raises(TokenprobeError, match=message) as caught:
             run()
         errors.append(str(caught.value))
@@ -209,9 +319,15 @@ def test_a_fitting_lens_in_memory_still_decodes(lm):
 
 NON_FINITE = {
     "logit_lens memory_mb": lambda lm, v: logit_lens(lm, PROMPT, memory_mb=v),
-    "lens_eval memory_mb": lambda lm, v: lens_eval(lm, TunedLens(3, 32), texts(1), tokens=64, seq_len=16, memory_mb=v),
-    "tune_lens memory_mb": lambda lm, v: tune_lens(lm, texts(0), tokens=64, seq_len=16, batch_size=2, memory_mb=v),
-    "tune_lens lr": lambda lm, v: tune_lens(lm, texts(0), tokens=64, seq_len=16, batch_size=2, lr=v),
+    "lens_eval memory_mb": lambda lm, v: lens_eval(
+        lm, TunedLens(3, 32), texts(1), tokens=64, seq_len=16, memory_mb=v
+    ),
+    "tune_lens memory_mb": lambda lm, v: tune_lens(
+        lm, texts(0), tokens=64, seq_len=16, batch_size=2, memory_mb=v
+    ),
+    "tune_lens lr": lambda lm, v: tune_lens(
+        lm, texts(0), tokens=64, seq_len=16, batch_size=2, lr=v
+    ),
 }
 
 
@@ -237,19 +353,39 @@ def _arrow(d: Path) -> Path:
 
 DATASET_DAMAGE = {
     "a missing arrow file": (lambda d: _arrow(d).unlink(), ".arrow is missing"),
-    "a truncated arrow file": (lambda d: _arrow(d).write_bytes(_arrow(d).read_bytes()[:200]), "its data files cannot be read (ArrowInvalid"),
+    "a truncated arrow file": (
+        lambda d: _arrow(d).write_bytes(_arrow(d).read_bytes()[:200]),
+        "its data files cannot be read (ArrowInvalid",
+    ),
     "an empty arrow file": (lambda d: _arrow(d).write_bytes(b""), "its data files cannot be read"),
-    "state.json that is not JSON": (lambda d: (d / "state.json").write_text("{_data_files"), "state.json is not readable JSON"),
-    "state.json holding a list": (lambda d: (d / "state.json").write_text("[]"), "state.json holds a JSON list"),
-    "state.json without data files": (lambda d: (d / "state.json").write_text("{}"), "state.json lists no data files"),
+    "state.json that is not JSON": (
+        lambda d: (d / "state.json").write_text("{_data_files"),
+        "state.json is not readable JSON",
+    ),
+    "state.json holding a list": (
+        lambda d: (d / "state.json").write_text("[]"),
+        "state.json holds a JSON list",
+    ),
+    "state.json without data files": (
+        lambda d: (d / "state.json").write_text("{}"),
+        "state.json lists no data files",
+    ),
     "state.json naming a file elsewhere": (
-        lambda d: (d / "state.json").write_text(json.dumps({"_data_files": [{"filename": "../x.arrow"}]})),
+        lambda d: (d / "state.json").write_text(
+            json.dumps({"_data_files": [{"filename": "../x.arrow"}]})
+        ),
         "state.json lists no data files",
     ),
 }
 DICT_DAMAGE = {
-    "dataset_dict.json that is not JSON": (lambda d: (d / "dataset_dict.json").write_text("{splits"), "dataset_dict.json is not readable JSON"),
-    "dataset_dict.json without splits": (lambda d: (d / "dataset_dict.json").write_text("{}"), "dataset_dict.json lists no splits"),
+    "dataset_dict.json that is not JSON": (
+        lambda d: (d / "dataset_dict.json").write_text("{splits"),
+        "dataset_dict.json is not readable JSON",
+    ),
+    "dataset_dict.json without splits": (
+        lambda d: (d / "dataset_dict.json").write_text("{}"),
+        "dataset_dict.json lists no splits",
+    ),
     "a split folder removed": (lambda d: shutil.rmtree(d / "train"), "train/state.json is missing"),
 }
 
@@ -257,7 +393,9 @@ DICT_DAMAGE = {
 @pytest.fixture(scope="module")
 def damaged_datasets(tmp_path_factory) -> dict[str, Path]:
     """Each damage to a saved Dataset, and to the `train` split of a saved DatasetDict."""
-    datasets = pytest.importorskip("datasets", reason="saved data-set folders need the datasets library")
+    datasets = pytest.importorskip(
+        "datasets", reason="saved data-set folders need the datasets library"
+    )
     root = tmp_path_factory.mktemp("datasets")
     data = datasets.Dataset.from_dict({"text": texts(0, 60)})
     out = {}
@@ -270,7 +408,11 @@ def damaged_datasets(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-DATASET_CASES = [*DATASET_DAMAGE, *(f"{n} (DatasetDict)" for n in DATASET_DAMAGE), *(f"{n} (DatasetDict)" for n in DICT_DAMAGE)]
+DATASET_CASES = [
+    *DATASET_DAMAGE,
+    *(f"{n} (DatasetDict)" for n in DATASET_DAMAGE),
+    *(f"{n} (DatasetDict)" for n in DICT_DAMAGE),
+]
 
 
 def _message(case: str) -> str:
@@ -279,16 +421,34 @@ def _message(case: str) -> str:
 
 @pytest.mark.parametrize("command", ["tune-lens", "lens-eval", "similarity"])
 @pytest.mark.parametrize("case", DATASET_CASES)
-def test_a_damaged_datasets_folder_is_one_line(case, command, damaged_datasets, model_dir, tmp_path, capsys):
+def test_a_damaged_datasets_folder_is_one_line(
+    case, command, damaged_datasets, model_dir, tmp_path, capsys
+):
     folder = damaged_datasets[case]
     save_lens(TunedLens(3, 32), tmp_path / "lens")
     argv = {
         "tune-lens": ["tune-lens", "--tokens", "128", "--batch", "2", "--seq-len", "16"],
-        "lens-eval": ["lens-eval", "--lens", str(tmp_path / "lens"), "--tokens", "64", "--seq-len", "16"],
+        "lens-eval": [
+            "lens-eval",
+            "--lens",
+            str(tmp_path / "lens"),
+            "--tokens",
+            "64",
+            "--seq-len",
+            "16",
+        ],
         "similarity": ["similarity"],  # any --data reads a saved folder the same way (data.py)
     }[command]
-    code, _, err = run_any(capsys, *argv, "--model", str(model_dir), "--data", str(folder),
-                           "--out", str(tmp_path / "out"))
+    code, _, err = run_any(
+        capsys,
+        *argv,
+        "--model",
+        str(model_dir),
+        "--data",
+        str(folder),
+        "--out",
+        str(tmp_path / "out"),
+    )
     line = assert_one_error(code, err, _message(case))
     assert f"--data {folder}" in line and "save_to_disk" in line, line
 
@@ -311,14 +471,22 @@ def report_folders(lm, tmp_path_factory) -> Path:
     """Two good results, a trace whose meta.json lost its scores and a lens-eval table of NaN."""
     root = tmp_path_factory.mktemp("report")
     synthetic_lens(5).save(root / "a_good", formats=[])
-    trace = tokenprobe.causal_trace(lm, "Tools: hammer, wrench. Fruits: orange", target=" the",
-                                    corrupt="noise", subject="hammer", samples=2)
+    trace = tokenprobe.causal_trace(
+        lm,
+        "Tools: hammer, wrench. Fruits: orange",
+        target=" the",
+        corrupt="noise",
+        subject="hammer",
+        samples=2,
+    )
     trace.save(root / "b_trace", formats=[])
     meta = json.loads((root / "b_trace" / "meta.json").read_text())
     for key in ("clean_score", "corrupted_score"):
         del meta[key]
     (root / "b_trace" / "meta.json").write_text(json.dumps(meta))
-    lens_eval(lm, TunedLens(3, 32), texts(1), tokens=64, seq_len=16, progress=False).save(root / "c_eval", formats=[])
+    lens_eval(lm, TunedLens(3, 32), texts(1), tokens=64, seq_len=16, progress=False).save(
+        root / "c_eval", formats=[]
+    )
     table = pd.read_parquet(root / "c_eval" / "lens_eval.parquet")
     table[["kl", "ce"]] = np.nan
     table.to_parquet(root / "c_eval" / "lens_eval.parquet")
@@ -333,9 +501,16 @@ def test_report_skips_folders_it_cannot_draw_and_writes_the_rest(report_folders,
     assert code == 0, err
     assert "report of 2 result(s)" in out and (results / "report.html").stat().st_size > 1000
     lines = err.strip().splitlines()
-    assert len(lines) == 2 and all(ln.startswith("tokenprobe: warning: skipped") for ln in lines), err
-    trace, table = (next(ln for ln in lines if f"skipped {results / name}: " in ln) for name in ("b_trace", "c_eval"))
-    assert len(trace) > len(f"tokenprobe: warning: skipped {results / 'b_trace'}: ") + 20, err  # and why
+    assert len(lines) == 2 and all(ln.startswith("tokenprobe: warning: skipped") for ln in lines), (
+        err
+    )
+    trace, table = (
+        next(ln for ln in lines if f"skipped {results / name}: " in ln)
+        for name in ("b_trace", "c_eval")
+    )
+    assert len(trace) > len(f"tokenprobe: warning: skipped {results / 'b_trace'}: ") + 20, (
+        err
+    )  # and why
     assert "not finite" in table, err
     assert "Traceback" not in err
 
@@ -344,7 +519,9 @@ def test_gather_gives_the_drawable_results_and_warns_of_the_others(report_folder
     with pytest.warns(UserWarning) as caught:
         drawn = gather(report_folders)
     assert [folder.name for folder, _ in drawn] == ["a_good", "d_good"]
-    assert sorted(Path(str(w.message).split(":")[0].removeprefix("skipped ")).name for w in caught) == ["b_trace", "c_eval"]
+    assert sorted(
+        Path(str(w.message).split(":")[0].removeprefix("skipped ")).name for w in caught
+    ) == ["b_trace", "c_eval"]
 
 
 def test_a_lens_eval_result_with_some_nan_draws(lm):

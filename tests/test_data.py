@@ -15,7 +15,10 @@ from tokenprobe.data import read_table, read_texts
 
 datasets = pytest.importorskip("datasets")
 
-ROWS = {"text": ["a _PAUSE_ b c _PAUSE_", "d e _PAUSE_ f _PAUSE_", "g _PAUSE_ h _PAUSE_"], "label": ["x", "y", "x"]}
+ROWS = {
+    "text": ["a _PAUSE_ b c _PAUSE_", "d e _PAUSE_ f _PAUSE_", "g _PAUSE_ h _PAUSE_"],
+    "label": ["x", "y", "x"],
+}
 
 
 def test_a_save_to_disk_folder_reads_as_its_table(tmp_path):
@@ -24,7 +27,10 @@ def test_a_save_to_disk_folder_reads_as_its_table(tmp_path):
 
 
 def test_a_dataset_dict_folder_gives_train_or_asks_for_a_split(tmp_path):
-    train, test = datasets.Dataset.from_dict(ROWS), datasets.Dataset.from_dict({"text": ["z"], "label": ["y"]})
+    train, test = (
+        datasets.Dataset.from_dict(ROWS),
+        datasets.Dataset.from_dict({"text": ["z"], "label": ["y"]}),
+    )
     datasets.DatasetDict({"train": train, "test": test}).save_to_disk(tmp_path / "dd")
     assert read_table(str(tmp_path / "dd"))["text"].tolist() == ROWS["text"]
     assert read_table(str(tmp_path / "dd" / "test"))["text"].tolist() == ["z"]
@@ -65,7 +71,9 @@ def test_a_hub_data_set_goes_through_datasets(monkeypatch):
         raise FileNotFoundError("Couldn't find a dataset script or data files\nmore")
 
     monkeypatch.setattr(datasets, "load_dataset", fails)
-    with pytest.raises(TokenprobeError, match=r"^--data hf:nope cannot be loaded \(FileNotFoundError"):
+    with pytest.raises(
+        TokenprobeError, match=r"^--data hf:nope cannot be loaded \(FileNotFoundError"
+    ):
         read_table("hf:nope")
     with pytest.raises(TokenprobeError, match=r"needs a data set name: --data hf:NAME"):
         read_table("hf:")
@@ -74,12 +82,22 @@ def test_a_hub_data_set_goes_through_datasets(monkeypatch):
         read_table("hf:some-org/emotions")
 
 
-def test_commands_read_a_saved_data_set(model_dir, tmp_path, capsys):  # noqa: F811
+def test_commands_read_a_saved_data_set(model_dir, tmp_path, capsys):
     datasets.Dataset.from_dict(ROWS).save_to_disk(tmp_path / "data")
     out = tmp_path / "sim"
     code, printed, err = run(
-        capsys, "similarity", "--model", str(model_dir), "--data", str(tmp_path / "data"),
-        "--occurrence", "2", "--window", "3", "--out", str(out),
+        capsys,
+        "similarity",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(tmp_path / "data"),
+        "--occurrence",
+        "2",
+        "--window",
+        "3",
+        "--out",
+        str(out),
     )
     assert code == 0, err
     assert "over 3 text(s)" in printed and (out / "similarity.parquet").exists()
@@ -92,9 +110,13 @@ def test_cells_are_read_as_the_text_they_hold(tmp_path):
     from tokenprobe.data import read_prompts, read_texts
 
     csv = tmp_path / "p.csv"
-    csv.write_text('prompt,answer\n"Two plus two is",\" 4\"\nSeven times five is, 35\n', encoding="utf-8")
+    csv.write_text(
+        'prompt,answer\n"Two plus two is"," 4"\nSeven times five is, 35\n', encoding="utf-8"
+    )
     assert read_prompts(str(csv), target_column="answer") == [
-        {"prompt": "Two plus two is", "target": " 4"}, {"prompt": "Seven times five is", "target": " 35"}]
+        {"prompt": "Two plus two is", "target": " 4"},
+        {"prompt": "Seven times five is", "target": " 35"},
+    ]
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_text('{"prompt": 42}\n{"prompt": "caf\\u00e9"}\n', encoding="utf-8")
     assert [r["prompt"] for r in read_prompts(str(jsonl))] == ["42", "café"]
@@ -103,7 +125,10 @@ def test_cells_are_read_as_the_text_they_hold(tmp_path):
     assert read_texts(str(array)) == ["a b", "c"]
     cases = {
         "twice.csv": ("prompt,prompt\nfirst,second\n", "names the column 'prompt' 2 times"),
-        "lone.jsonl": ('{"prompt": "bad \\ud800 text"}\n', "row 0 of column 'prompt' holds a lone surrogate"),
+        "lone.jsonl": (
+            '{"prompt": "bad \\ud800 text"}\n',
+            "row 0 of column 'prompt' holds a lone surrogate",
+        ),
         "list.jsonl": ('["a", "b"]\n', "row 0 is list, not an object"),
         "broken.jsonl": ('{"prompt": "a"}\n{"prompt": \n', "line 2"),
     }

@@ -45,38 +45,68 @@ def no_chunk_runs(monkeypatch):
     monkeypatch.setattr(attr_rows, "_attribute_chunk", refuse)
 
 
-def test_a_bad_row_is_named_before_any_row_runs(model_dir, tmp_path, capsys, no_chunk_runs):  # noqa: F811
+def test_a_bad_row_is_named_before_any_row_runs(model_dir, tmp_path, capsys, no_chunk_runs):
     long = _csv(tmp_path, [*PROMPTS[:4], LONG, PROMPTS[5]], name="long.csv")
     common = ["--model", str(model_dir), "--out", str(tmp_path / "o")]
     line = _one_error(capsys, "lens", *common, "--data", str(long))
-    assert line.startswith(f"{ERROR} row 4 of {long} (line 6): the prompt is 451 tokens, longer than "
-                           "the model's context of 128"), line
-    line = _one_error(capsys, "attribute", *common, "--data", str(long), "--target-column", "answer")
+    assert line.startswith(
+        f"{ERROR} row 4 of {long} (line 6): the prompt is 451 tokens, longer than "
+        "the model's context of 128"
+    ), line
+    line = _one_error(
+        capsys, "attribute", *common, "--data", str(long), "--target-column", "answer"
+    )
     assert f"row 4 of {long} (line 6): prompt (451 tokens) plus target" in line
     data = _csv(tmp_path)
     # the foil is row 1's (and row 4's) target: the lens compares it with that row's target
-    line = _one_error(capsys, "lens", *common, "--data", str(data), "--target-column", "answer",
-                      "--foil", " dog")
+    line = _one_error(
+        capsys, "lens", *common, "--data", str(data), "--target-column", "answer", "--foil", " dog"
+    )
     assert f"row 1 of {data} (line 3): --foil ' dog' is the same token" in line
     assert "(and 1 more bad row: 4)" in line
-    line = _one_error(capsys, "attribute", *common, "--data", str(data), "--target-column", "answer",
-                      "--foil", " rug")
+    line = _one_error(
+        capsys,
+        "attribute",
+        *common,
+        "--data",
+        str(data),
+        "--target-column",
+        "answer",
+        "--foil",
+        " rug",
+    )
     assert f"row 2 of {data} (line 4): the foil ' rug' is the target" in line
     # --dummy-after (lens) and --span (attribution) text missing from some rows' prompts
-    odd = _csv(tmp_path, [p.replace("sat", "lay") if i in (2, 3, 5) else p for i, p in enumerate(PROMPTS)],
-               name="odd.csv")
-    line = _one_error(capsys, "lens", *common, "--data", str(odd), "--dummy", "2", "--dummy-after", "sat")
+    odd = _csv(
+        tmp_path,
+        [p.replace("sat", "lay") if i in (2, 3, 5) else p for i, p in enumerate(PROMPTS)],
+        name="odd.csv",
+    )
+    line = _one_error(
+        capsys, "lens", *common, "--data", str(odd), "--dummy", "2", "--dummy-after", "sat"
+    )
     assert f"row 2 of {odd} (line 4): --dummy-after 'sat' is not in the prompt" in line
     assert "(and 2 more bad rows: 3 and 5)" in line
-    line = _one_error(capsys, "attribute", *common, "--data", str(odd), "--target-column", "answer",
-                      "--span", "sat")
+    line = _one_error(
+        capsys,
+        "attribute",
+        *common,
+        "--data",
+        str(odd),
+        "--target-column",
+        "answer",
+        "--span",
+        "sat",
+    )
     assert f"row 2 of {odd} (line 4): --span 'sat' is not in the prompt" in line
     # every row fails alike: said once, for all of them
-    line = _one_error(capsys, "lens", *common, "--data", str(data), "--dummy", "2", "--dummy-after", "dog")
+    line = _one_error(
+        capsys, "lens", *common, "--data", str(data), "--dummy", "2", "--dummy-after", "dog"
+    )
     assert f"all 6 rows of {data}: --dummy-after 'dog' is not in the prompt" in line
 
 
-def test_an_error_while_a_chunk_runs_names_its_row(model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_an_error_while_a_chunk_runs_names_its_row(model_dir, tmp_path, capsys, monkeypatch):
     real = lens_rows_module.logit_lens
 
     def fails_on_row_5(lm, prompts, **options):
@@ -86,27 +116,49 @@ def test_an_error_while_a_chunk_runs_names_its_row(model_dir, tmp_path, capsys, 
 
     monkeypatch.setattr(lens_rows_module, "logit_lens", fails_on_row_5)
     data = _csv(tmp_path)
-    line = _one_error(capsys, "lens", "--model", str(model_dir), "--data", str(data),
-                      "--out", str(tmp_path / "o"))
+    line = _one_error(
+        capsys, "lens", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "o")
+    )
     # one batched call held every row of the chunk: those rows are named
     assert line == f"{ERROR} rows 0 to 5 of {data}: --top-k is odd here"
-    line = _one_error(capsys, "lens", "--model", str(model_dir), "--data", str(data),
-                      "--target-column", "answer", "--out", str(tmp_path / "o2"))
+    line = _one_error(
+        capsys,
+        "lens",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--target-column",
+        "answer",
+        "--out",
+        str(tmp_path / "o2"),
+    )
     assert line == f"{ERROR} row 5 of {data} (line 7): --top-k is odd here"  # alone with its target
 
 
-def test_the_python_api_names_the_row(model_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_the_python_api_names_the_row(model_dir, tmp_path, monkeypatch):
     lm = tokenprobe.load(str(model_dir))
     with pytest.raises(tokenprobe.TokenprobeError, match=r"^row 2: the prompt is 451 tokens"):
         tokenprobe.lens_rows(lm, [PROMPTS[0], PROMPTS[1], LONG], progress=False)
     with pytest.raises(tokenprobe.TokenprobeError, match=r"^row 1: foil ' dog' is the same token"):
         tokenprobe.lens_rows(lm, PROMPTS[:3], ANSWERS[:3], foil=" dog", progress=False)
-    with pytest.raises(tokenprobe.TokenprobeError, match=r"^row 2 of d\.csv: prompt \(451 tokens\) plus"):
-        tokenprobe.attribute_rows(lm, [PROMPTS[0], PROMPTS[1], LONG], ANSWERS[:3], data="d.csv",
-                                  method="ablation", progress=False)
-    with pytest.raises(tokenprobe.TokenprobeError, match=r"^row 1: features 'dog' is not in the prompt"):
-        tokenprobe.attribute_rows(lm, ["the dog sat on the", PROMPTS[1]], target=" mat", features=["dog"],
-                                  progress=False)
+    with pytest.raises(
+        tokenprobe.TokenprobeError, match=r"^row 2 of d\.csv: prompt \(451 tokens\) plus"
+    ):
+        tokenprobe.attribute_rows(
+            lm,
+            [PROMPTS[0], PROMPTS[1], LONG],
+            ANSWERS[:3],
+            data="d.csv",
+            method="ablation",
+            progress=False,
+        )
+    with pytest.raises(
+        tokenprobe.TokenprobeError, match=r"^row 1: features 'dog' is not in the prompt"
+    ):
+        tokenprobe.attribute_rows(
+            lm, ["the dog sat on the", PROMPTS[1]], target=" mat", features=["dog"], progress=False
+        )
     real = attr_rows.attribute
 
     def fails_on_row_5(lm, prompt, **options):

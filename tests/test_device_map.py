@@ -44,7 +44,9 @@ def models(tmp_path_factory):
 
 
 def test_lens_on_a_split_model(models):
-    plain, split = (tokenprobe.logit_lens(lm, "The cat sat on the mat", targets=[" mat"]) for lm in models)
+    plain, split = (
+        tokenprobe.logit_lens(lm, "The cat sat on the mat", targets=[" mat"]) for lm in models
+    )
     np.testing.assert_allclose(split.entropy, plain.entropy, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(split.top_ids, plain.top_ids)
     np.testing.assert_allclose(split.target_probs, plain.target_probs, rtol=1e-4, atol=1e-7)
@@ -63,7 +65,9 @@ def test_similarity_on_a_split_model(models):
 @pytest.mark.parametrize("method", ["ablation", "integrated_gradients"])
 def test_attribution_on_a_split_model(models, method):
     kwargs = {"target": " orange", "method": method, "steps": 8}
-    plain, split = (tokenprobe.attribute(lm, "Tools: hammer, wrench. Fruits:", **kwargs) for lm in models)
+    plain, split = (
+        tokenprobe.attribute(lm, "Tools: hammer, wrench. Fruits:", **kwargs) for lm in models
+    )
     np.testing.assert_allclose(split.scores, plain.scores, rtol=1e-4, atol=1e-5)
 
 
@@ -113,15 +117,28 @@ def test_the_command_line_places_the_model(monkeypatch, capsys):
 
 def test_trace_on_a_split_model(models):
     # resid, attn and mlp, noise, and the estimate's backward pass through the offloaded blocks
-    kwargs = {"target": " orange", "corrupt": "noise", "subject": "hammer", "samples": 2,
-              "components": ["resid", "attn", "mlp"], "method": "both", "progress": False}
-    plain, split = (tokenprobe.causal_trace(lm, "Tools: hammer, wrench. Fruits:", **kwargs) for lm in models)
+    kwargs = {
+        "target": " orange",
+        "corrupt": "noise",
+        "subject": "hammer",
+        "samples": 2,
+        "components": ["resid", "attn", "mlp"],
+        "method": "both",
+        "progress": False,
+    }
+    plain, split = (
+        tokenprobe.causal_trace(lm, "Tools: hammer, wrench. Fruits:", **kwargs) for lm in models
+    )
     # both shortcuts run across the offloaded block (its weights are on the meta device)
     assert split.meta["lower_blocks"] == "reused from the cached run"
     assert split.meta["earlier_positions"].startswith("continued from the cached run")
     for component in ("resid", "attn", "mlp"):
-        np.testing.assert_allclose(split.scores[component], plain.scores[component], rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(split.estimates[component], plain.estimates[component], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            split.scores[component], plain.scores[component], rtol=1e-4, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            split.estimates[component], plain.estimates[component], rtol=1e-4, atol=1e-6
+        )
 
 
 def test_a_tuned_lens_on_a_split_model(models):
@@ -135,4 +152,6 @@ def test_a_tuned_lens_on_a_split_model(models):
             t.weight.normal_(std=0.3, generator=torch.Generator().manual_seed(0))
     plain, split = (tokenprobe.logit_lens(lm, "The cat sat on the mat", lens=lens) for lm in models)
     np.testing.assert_allclose(split.entropy, plain.entropy, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(plain.entropy, tokenprobe.logit_lens(models[0], "The cat sat on the mat").entropy)
+    assert not np.allclose(
+        plain.entropy, tokenprobe.logit_lens(models[0], "The cat sat on the mat").entropy
+    )

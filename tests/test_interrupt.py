@@ -74,8 +74,6 @@ def meta_of(folder: Path) -> dict:
     return meta
 
 
-
-
 @pytest.fixture(scope="module")
 def flips_run(model_dir, tmp_path_factory):
     """The flips command's arguments (without --out) and the folder of an uninterrupted run."""
@@ -521,7 +519,10 @@ def test_online_an_uncached_hub_id_is_downloaded_or_one_clear_line(model_dir, tm
     assert report["attempts"], "no download was attempted"
     assert report["uncached"] == "TokenprobeError"
     (line,) = [ln for ln in stderr.splitlines() if ln.startswith("tokenprobe: error:")]
-    assert report["cli"] == 2 and "cannot load 'some-org/not-in-the-cache' from the Hugging Face hub" in line
+    assert (
+        report["cli"] == 2
+        and "cannot load 'some-org/not-in-the-cache' from the Hugging Face hub" in line
+    )
 
 
 def test_offline_block_restores_an_earlier_setting(monkeypatch):
@@ -591,7 +592,11 @@ def test_overwrite_never_deletes_files_a_foreign_meta_json_lists(tmp_path):
     for meta in (
         {"files": ["data.csv", "analysis.ipynb"]},
         {"kind": "flips", "files": ["data.csv", "analysis.ipynb"]},
-        {"kind": "flips", "versions": {"tokenprobe": "0.1.0"}, "files": ["data.csv", "analysis.ipynb"]},
+        {
+            "kind": "flips",
+            "versions": {"tokenprobe": "0.1.0"},
+            "files": ["data.csv", "analysis.ipynb"],
+        },
     ):
         (tmp_path / "data.csv").write_text("a,b\n")
         (tmp_path / "analysis.ipynb").write_text("{}")

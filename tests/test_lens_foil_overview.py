@@ -73,7 +73,9 @@ def test_logit_diff_comes_from_the_decoded_logits(llama):
         llama, PROMPT, targets=TARGETS, foil=" the", decoder=ScaledDecoder(llama.adapter)
     )
     factors = np.arange(1, plain.n_rows)[:, None]
-    np.testing.assert_allclose(scaled.logit_diff[:-1], plain.logit_diff[:-1] * factors, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        scaled.logit_diff[:-1], plain.logit_diff[:-1] * factors, rtol=1e-5, atol=1e-4
+    )
     np.testing.assert_allclose(scaled.logit_diff[-1], plain.logit_diff[-1], rtol=1e-6, atol=1e-6)
 
 
@@ -133,15 +135,19 @@ def with_diff(res: LensResult) -> LensResult:
     res.target_ranks = np.ones((*res.entropy.shape, 1), dtype=np.int64)
     res.logit_diff = rng.normal(0, 3, res.entropy.shape).astype(np.float32)
     res.meta.update(
-        targets=[" Canberra"], target_ids=[7], target_tokens=[" Canberra"], foil=" Sydney",
-        foil_token=" Sydney", marked=list(res.marked) if res.marked else None,
+        targets=[" Canberra"],
+        target_ids=[7],
+        target_tokens=[" Canberra"],
+        foil=" Sydney",
+        foil_token=" Sydney",
+        marked=list(res.marked) if res.marked else None,
     )
     return res
 
 
 def test_colour_diff_draws_the_difference_diverging_around_zero():
     res = with_diff(synthetic(12))
-    (_, view), = res.views(colour="diff")
+    ((_, view),) = res.views(colour="diff")
     np.testing.assert_array_equal(view.values, res.logit_diff)
     assert view.cmap == "RdBu_r" and view.vmin == -view.vmax
     assert view.vmax >= np.abs(res.logit_diff).max()
@@ -151,12 +157,14 @@ def test_colour_diff_draws_the_difference_diverging_around_zero():
     assert "Sydney" in view.tips()[0][0]
     plt.close(fig)
     # the default is still entropy
-    (_, entropy), = res.views()
+    ((_, entropy),) = res.views()
     np.testing.assert_array_equal(entropy.values, res.entropy)
 
 
 def test_colour_diff_without_a_foil_is_a_clear_error():
-    with pytest.raises(TokenprobeError, match="colour diff draws logit.*compute the lens with a foil"):
+    with pytest.raises(
+        TokenprobeError, match="colour diff draws logit.*compute the lens with a foil"
+    ):
         synthetic(8).plot(colour="diff")
     with pytest.raises(TokenprobeError, match="colour must be one of entropy, diff"):
         synthetic(8).plot(colour="probability")
@@ -194,7 +202,9 @@ def test_zoom_on_a_longer_prompt_gives_the_composite():
     # one colour scale for both parts
     assert _meshes(detail)[0].norm.vmax == _meshes(whole)[0].norm.vmax
     assert detail.get_xticklabels()[0].get_text() == "▁tok30"
-    assert "Positions 30–49" in detail.get_title() and "green: the dummy tokens" in detail.get_title()
+    assert (
+        "Positions 30–49" in detail.get_title() and "green: the dummy tokens" in detail.get_title()
+    )
     assert fig.get_suptitle().endswith("whole prompt (50 positions)")
     plt.close(fig)
 
@@ -262,10 +272,29 @@ def test_cli_foil_colour_and_overview(model_dir, tmp_path, capsys):
     from tokenprobe.cli import main
 
     out = tmp_path / "lens"
-    base = ["lens", "--model", str(model_dir), "--chat", "--prompt", "What is the capital of Australia?"]
+    base = [
+        "lens",
+        "--model",
+        str(model_dir),
+        "--chat",
+        "--prompt",
+        "What is the capital of Australia?",
+    ]
     code = main(
-        [*base, "--dummy", "3", "--target", " Canberra", "--foil", " Sydney", "--zoom=-8:",
-         "--colour", "diff", "--out", str(out)]
+        [
+            *base,
+            "--dummy",
+            "3",
+            "--target",
+            " Canberra",
+            "--foil",
+            " Sydney",
+            "--zoom=-8:",
+            "--colour",
+            "diff",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     res = tokenprobe.Result.load(out)
@@ -277,8 +306,14 @@ def test_cli_foil_colour_and_overview(model_dir, tmp_path, capsys):
     assert len(tokenprobe.Result.load(tmp_path / "single").sections()) == 1
     capsys.readouterr()
     for argv, message in [
-        (["--colour", "diff"], "--colour diff draws logit(target) - logit(foil): give --target and --foil"),
-        (["--overview", "--no-overview", "--zoom", "1:3"], "--overview and --no-overview contradict"),
+        (
+            ["--colour", "diff"],
+            "--colour diff draws logit(target) - logit(foil): give --target and --foil",
+        ),
+        (
+            ["--overview", "--no-overview", "--zoom", "1:3"],
+            "--overview and --no-overview contradict",
+        ),
         (["--overview"], "--overview boxes the --zoom region"),
         (["--target", " Canberra", "--foil", " Canberra"], "--foil ' Canberra' is the same token"),
         (["--foil", " Sydney"], "--foil needs a target to compare with: give --target too"),
@@ -306,7 +341,9 @@ def test_a_demo_entry_may_give_a_foil_and_figure_options(model_dir, tmp_path, mo
     }
     monkeypatch.setattr(tokenprobe.cli, "demo_specs", lambda: {"lens": [entry]})
     out = tmp_path / "demo"
-    assert main(["demo", "--model", str(model_dir), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert main(["demo", "--model", str(model_dir), "--out", str(out)]) == 0, (
+        capsys.readouterr().err
+    )
     res = tokenprobe.Result.load(out / "lens_composite")
     assert res.foil == " Sydney" and res.meta["plot_options"] == {"zoom": "-8:", "colour": "diff"}
     assert len(res.sections()) == 2 and (out / "report.html").is_file()

@@ -27,7 +27,7 @@ def _random_lens(lm, seed: int = 0) -> TunedLens:
     return lens
 
 
-def test_every_inner_row_is_decoded_through_its_translator(model_dir, tmp_path):  # noqa: F811
+def test_every_inner_row_is_decoded_through_its_translator(model_dir, tmp_path):
     lm = tokenprobe.load(str(model_dir))
     lens = _random_lens(lm)
     save_lens(lens, tmp_path / "lens", formats=["tuned-lens"])
@@ -46,17 +46,29 @@ def test_every_inner_row_is_decoded_through_its_translator(model_dir, tmp_path):
             top = torch.topk(logits, 5).indices.numpy()
             assert (result.top_ids[layer, :, 0] == top[:, 0]).all()
         own = torch.log_softmax(out.logits[0].double(), dim=-1)
-    np.testing.assert_allclose(result.top_probs[-1, :, 0], own.exp().max(-1).values.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        result.top_probs[-1, :, 0], own.exp().max(-1).values.numpy(), rtol=1e-5
+    )
     plain = tokenprobe.logit_lens(lm, PROMPT, targets=[" the"])
     assert not np.allclose(plain.entropy[:-1], result.entropy[:-1], atol=1e-3)
     assert result.meta["lens"]["format"] == "tuned-lens" and result.meta["analysis"] == "tuned lens"
 
 
-def test_the_command_line_says_which_lens(model_dir, tmp_path, capsys):  # noqa: F811
+def test_the_command_line_says_which_lens(model_dir, tmp_path, capsys):
     lm = tokenprobe.load(str(model_dir))
     save_lens(_random_lens(lm), tmp_path / "lens")
-    code, _, err = run(capsys, "lens", "--model", str(model_dir), "--prompt", PROMPT,
-                       "--lens", str(tmp_path / "lens"), "--out", str(tmp_path / "out"))
+    code, _, err = run(
+        capsys,
+        "lens",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        PROMPT,
+        "--lens",
+        str(tmp_path / "lens"),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert code == 0, err
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["lens"]["path"] == str(tmp_path / "lens") and meta["analysis"] == "tuned lens"
@@ -66,22 +78,37 @@ def test_the_command_line_says_which_lens(model_dir, tmp_path, capsys):  # noqa:
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / "lens.parquet"), direct)
 
 
-def test_bad_lens_folders_are_one_line(model_dir, tmp_path, capsys):  # noqa: F811
+def test_bad_lens_folders_are_one_line(model_dir, tmp_path, capsys):
     other = TunedLens(7, 16)
     save_lens(other, tmp_path / "other")
     (tmp_path / "empty").mkdir()
-    assert_one_line_errors(capsys, "lens", str(model_dir), tmp_path / "o", [
-        (["--prompt", PROMPT, "--lens", str(tmp_path / "other")], "blocks"),
-        (["--prompt", PROMPT, "--lens", str(tmp_path / "empty")], "is not a tuned lens"),
-        (["--prompt", PROMPT, "--lens", str(tmp_path / "missing")], "no such folder"),
-    ])
+    assert_one_line_errors(
+        capsys,
+        "lens",
+        str(model_dir),
+        tmp_path / "o",
+        [
+            (["--prompt", PROMPT, "--lens", str(tmp_path / "other")], "blocks"),
+            (["--prompt", PROMPT, "--lens", str(tmp_path / "empty")], "is not a tuned lens"),
+            (["--prompt", PROMPT, "--lens", str(tmp_path / "missing")], "no such folder"),
+        ],
+    )
     # the lens shipped for the built-in model does not fit the tiny one: said as such
-    assert_one_line_errors(capsys, "lens", str(model_dir), tmp_path / "o", [
-        (["--prompt", PROMPT, "--lens", "builtin"], "builtin (the built-in model's lens) was trained for a model with 30 blocks"),
-    ])
+    assert_one_line_errors(
+        capsys,
+        "lens",
+        str(model_dir),
+        tmp_path / "o",
+        [
+            (
+                ["--prompt", PROMPT, "--lens", "builtin"],
+                "builtin (the built-in model's lens) was trained for a model with 30 blocks",
+            ),
+        ],
+    )
 
 
-def test_resuming_a_data_run_after_the_lens_was_trained_again_starts_over(model_dir, tmp_path):  # noqa: F811
+def test_resuming_a_data_run_after_the_lens_was_trained_again_starts_over(model_dir, tmp_path):
     """A data-file run's checkpoint records the lens's weights, not only its folder."""
     from tokenprobe.analyses.lens import rows as lens_rows_module
 
@@ -99,7 +126,9 @@ def test_resuming_a_data_run_after_the_lens_was_trained_again_starts_over(model_
 
     lens_rows_module._lens_chunk = stops_at_the_second_chunk
     try:
-        kw = dict(lens=str(tmp_path / "lens"), chunk_rows=1, checkpoint=tmp_path / "out", progress=False)
+        kw = dict(
+            lens=str(tmp_path / "lens"), chunk_rows=1, checkpoint=tmp_path / "out", progress=False
+        )
         try:
             tokenprobe.lens_rows(lm, prompts, **kw)
         except KeyboardInterrupt:

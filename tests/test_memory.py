@@ -9,7 +9,7 @@ import tokenprobe
 from tokenprobe.model import memory
 
 
-def test_the_estimate_grows_with_the_batch_and_with_gradients(model_dir):  # noqa: F811
+def test_the_estimate_grows_with_the_batch_and_with_gradients(model_dir):
     lm = tokenprobe.load(str(model_dir))
     small, large = memory.estimate(lm, 512), memory.estimate(lm, 4096)
     assert large.batch == 8 * small.batch > 0
@@ -17,7 +17,12 @@ def test_the_estimate_grows_with_the_batch_and_with_gradients(model_dir):  # noq
     assert small.weights == sum(p.numel() * 4 for p in lm.model.parameters())
 
 
-def test_a_run_says_its_estimate_and_refuses_what_cannot_fit(model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_a_run_says_its_estimate_and_refuses_what_cannot_fit(
+    model_dir,
+    tmp_path,
+    capsys,
+    monkeypatch,
+):
     argv = ["lens", "--model", str(model_dir), "--prompt", "The cat sat"]
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "a"))
     assert code == 0 and "memory: about" in err and "GiB for the largest batch (2048 tokens)" in err
@@ -31,7 +36,7 @@ def test_a_run_says_its_estimate_and_refuses_what_cannot_fit(model_dir, tmp_path
     assert code == 0, err
 
 
-def test_gradient_methods_count_the_kept_activations(model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_gradient_methods_count_the_kept_activations(model_dir, tmp_path, capsys, monkeypatch):
     lm = tokenprobe.load(str(model_dir))
     plain = memory.per_token_bytes(lm)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 4096 * plain + 1)

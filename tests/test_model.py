@@ -128,7 +128,11 @@ def test_hub_ids_download_unless_offline_and_run_remote_code_only_when_asked(
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     code = main(["lens", "--model", "some-org/some-model", "--prompt", "hi", *argv])
-    assert code == 2 and seen == {"folder": "some-org/some-model", "local": local_only, "trust": trust}
+    assert code == 2 and seen == {
+        "folder": "some-org/some-model",
+        "local": local_only,
+        "trust": trust,
+    }
     assert "some-org/some-model" in capsys.readouterr().err
     seen.clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the environment says offline as well

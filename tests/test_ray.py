@@ -44,13 +44,23 @@ def data(tmp_path_factory) -> dict[str, Path]:
     marked = folder / "marked.csv"
     pd.DataFrame({"text": MARKED}).to_csv(marked, index=False)
     prompts = folder / "prompts.csv"
-    pd.DataFrame({"prompt": [f"the cat {i} sat on the" for i in range(10)],
-                  "answer": [" mat", " dog"] * 5}).to_csv(prompts, index=False)
+    pd.DataFrame(
+        {"prompt": [f"the cat {i} sat on the" for i in range(10)], "answer": [" mat", " dog"] * 5}
+    ).to_csv(prompts, index=False)
     return {"flips": flips, "marked": marked, "prompts": prompts}
 
 
-def test_flips_on_ray_equal_the_local_run(model_dir, data, tmp_path, capsys):  # noqa: F811
-    argv = ["flips", "--model", str(model_dir), "--data", str(data["flips"]), "--labels", "a= the", "b= of"]
+def test_flips_on_ray_equal_the_local_run(model_dir, data, tmp_path, capsys):
+    argv = [
+        "flips",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data["flips"]),
+        "--labels",
+        "a= the",
+        "b= of",
+    ]
     assert run(capsys, *argv, "--out", str(tmp_path / "here"))[0] == 0
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "ray"), "--ray", "--workers", "2")
     assert code == 0, err
@@ -60,8 +70,16 @@ def test_flips_on_ray_equal_the_local_run(model_dir, data, tmp_path, capsys):  #
         )
 
 
-def test_similarity_over_data_on_ray_equals_the_local_run(model_dir, data, tmp_path, capsys):  # noqa: F811
-    argv = ["similarity", "--model", str(model_dir), "--data", str(data["marked"]), "--occurrence", "2"]
+def test_similarity_over_data_on_ray_equals_the_local_run(model_dir, data, tmp_path, capsys):
+    argv = [
+        "similarity",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data["marked"]),
+        "--occurrence",
+        "2",
+    ]
     argv += ["--window", "4"]
     assert run(capsys, *argv, "--out", str(tmp_path / "here"))[0] == 0
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "ray"), "--ray")
@@ -72,8 +90,16 @@ def test_similarity_over_data_on_ray_equals_the_local_run(model_dir, data, tmp_p
 
 
 @pytest.mark.parametrize("command", ["lens", "attribute"])
-def test_prompts_over_data_on_ray_equal_the_local_run(model_dir, data, tmp_path, capsys, command):  # noqa: F811
-    argv = [command, "--model", str(model_dir), "--data", str(data["prompts"]), "--target-column", "answer"]
+def test_prompts_over_data_on_ray_equal_the_local_run(model_dir, data, tmp_path, capsys, command):
+    argv = [
+        command,
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data["prompts"]),
+        "--target-column",
+        "answer",
+    ]
     if command == "attribute":
         argv += ["--method", "ablation"]
     kind = "lens" if command == "lens" else "attr"
@@ -87,20 +113,38 @@ def test_prompts_over_data_on_ray_equal_the_local_run(model_dir, data, tmp_path,
     assert (tmp_path / "ray" / f"{kind}_row0.png").is_file()
 
 
-def test_the_workers_warnings_are_shown_as_a_local_run_shows_them(model_dir, data, tmp_path, capsys):  # noqa: F811
+def test_the_workers_warnings_are_shown_as_a_local_run_shows_them(
+    model_dir,
+    data,
+    tmp_path,
+    capsys,
+):
     """A row target of several tokens warns in the chunk's own code (the lens tracks its first
     token), which runs on a worker with --ray: the driver shows what the local run shows."""
     import warnings
 
-    argv = ["lens", "--model", str(model_dir), "--data", str(data["prompts"]), "--target-column", "answer",
-            "--figures", "0"]
+    argv = [
+        "lens",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data["prompts"]),
+        "--target-column",
+        "answer",
+        "--figures",
+        "0",
+    ]
     shown = {}
     for where, extra in (("here", []), ("ray", ["--ray", "--workers", "2"])):
         with warnings.catch_warnings():  # each run starts with nothing shown yet, as a new process
             code, _, err = run(capsys, *argv, "--out", str(tmp_path / where), *extra)
         assert code == 0, err
-        shown[where] = sorted(ln for ln in err.splitlines() if ln.startswith("tokenprobe: warning:"))
-    assert any("target ' mat' is 4 tokens; the lens tracks its first token" in ln for ln in shown["here"])
+        shown[where] = sorted(
+            ln for ln in err.splitlines() if ln.startswith("tokenprobe: warning:")
+        )
+    assert any(
+        "target ' mat' is 4 tokens; the lens tracks its first token" in ln for ln in shown["here"]
+    )
     assert shown["ray"] == shown["here"]
 
 
@@ -117,13 +161,19 @@ def test_a_killed_worker_is_replaced_and_its_chunk_rerun(tmp_path):
     chunks = [list(range(i, i + 3)) for i in range(0, 15, 3)]
     remote = Remote(dict, lambda state, payload: _square_or_die(marker, payload), list)
     parts = run_chunks(
-        chunks, None, store=None, suffix="", write=None, executor=RayExecutor(workers=2), remote=remote
+        chunks,
+        None,
+        store=None,
+        suffix="",
+        write=None,
+        executor=RayExecutor(workers=2),
+        remote=remote,
     )
     assert Path(marker).exists()  # a worker did die
     assert [parts[k] for k in range(len(chunks))] == [[x * x for x in c] for c in chunks]
 
 
-def test_an_interrupted_driver_resumes_on_ray(model_dir, tmp_path):  # noqa: F811
+def test_an_interrupted_driver_resumes_on_ray(model_dir, tmp_path):
     lm = tokenprobe.load(str(model_dir))
     clf = tokenprobe.PromptedClassifier(lm, ["a", "b"], [" the", " of"])
     local = tokenprobe.flip_rates(clf, TEXTS, chunk_texts=4)
@@ -133,7 +183,12 @@ def test_an_interrupted_driver_resumes_on_ray(model_dir, tmp_path):  # noqa: F81
 
     with pytest.raises(KeyboardInterrupt):
         tokenprobe.flip_rates(
-            clf, TEXTS, chunk_texts=4, checkpoint=tmp_path, executor=RayExecutor(), _after_chunk=stop
+            clf,
+            TEXTS,
+            chunk_texts=4,
+            checkpoint=tmp_path,
+            executor=RayExecutor(),
+            _after_chunk=stop,
         )
     kept = list((tmp_path / "flips.partial").glob("part-*.parquet"))
     assert len(kept) == 1
@@ -150,7 +205,9 @@ def _cannot_load() -> None:
 def test_bad_situations_are_one_line(tmp_path):
     remote = Remote(_cannot_load, lambda state, payload: payload, list)
     with pytest.raises(tokenprobe.TokenprobeError, match="no model at /nowhere"):
-        run_chunks([[1]], None, store=None, suffix="", write=None, executor=RayExecutor(), remote=remote)
+        run_chunks(
+            [[1]], None, store=None, suffix="", write=None, executor=RayExecutor(), remote=remote
+        )
     greedy = RayExecutor(workers=2, gpus_per_worker=1)
     with pytest.raises(tokenprobe.TokenprobeError, match=r"need 2 GPUs, and the Ray cluster has 0"):
         list(greedy.map(dict, lambda s, p: p, {0: 1}))
@@ -181,15 +238,30 @@ def test_the_local_path_does_not_import_ray():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_an_unreachable_cluster_address_is_one_line_at_once(model_dir, data, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_an_unreachable_cluster_address_is_one_line_at_once(
+    model_dir,
+    data,
+    tmp_path,
+    capsys,
+    monkeypatch,
+):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    argv = ["flips", "--model", str(model_dir), "--data", str(data["flips"]), "--labels", "a= the", "b= of"]
+    argv = [
+        "flips",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data["flips"]),
+        "--labels",
+        "a= the",
+        "b= of",
+    ]
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "o"), "--ray")
     assert code == 2 and "nothing answers at the Ray cluster address 127.0.0.1:1" in err
 
 
-def test_worker_shares_below_zero_are_one_line(model_dir, data, tmp_path, capsys):  # noqa: F811
+def test_worker_shares_below_zero_are_one_line(model_dir, data, tmp_path, capsys):
     argv = ["flips", "--model", str(model_dir), "--data", str(data["flips"]), "--labels", "a", "b"]
     for flag, value, message in [
         ("--cpus-per-worker", "0", "must be above 0, not 0"),
@@ -213,8 +285,13 @@ def test_a_local_cluster_refuses_a_client_without_its_token(tmp_path):
     code = f"import ray; ray.init(address={gcs!r}, log_to_driver=False); print('connected')"
 
     def connects(**env: str) -> bool:
-        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
-                              capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         return "connected" in proc.stdout
 
     assert not connects(RAY_AUTH_MODE="disabled", HOME=str(tmp_path))  # no token sent

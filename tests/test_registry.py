@@ -90,7 +90,9 @@ def hidden_norms(
     with torch.inference_mode(), lm.require_adapter().record() as hidden:
         lm.model(input_ids=ids)
     norms = torch.stack([h[0].float().norm(dim=-1) for h in hidden]).numpy() * scale
-    return NormResult(tokens=inp.tokens, norms=norms, meta={"prompt": prompt, "options": {"scale": scale}})
+    return NormResult(
+        tokens=inp.tokens, norms=norms, meta={"prompt": prompt, "options": {"scale": scale}}
+    )
 
 
 def command(session: Session) -> None:
@@ -102,7 +104,9 @@ def command(session: Session) -> None:
 
 OPTIONS = [
     Option(None, "prompt text", flag="--prompt", role="input", required=True, group="input"),
-    Option("scale", "multiply every norm (default {default})", type=float, minimum=0, group="norms"),
+    Option(
+        "scale", "multiply every norm (default {default})", type=float, minimum=0, group="norms"
+    ),
     Option("cmap", "colour map", role="figure", choices=("viridis", "magma"), group="figure"),
 ]
 SPEC = Analysis(
@@ -136,16 +140,34 @@ def test_the_toy_gets_a_command_with_help(norms, capsys):
         tokenprobe.cli.main(["norms", "--help"])
     text = capsys.readouterr().out
     # the shared flags, then its own groups, defaults from the run function's signature
-    for piece in ("--model", "--batch-tokens", "(default 512)", "--scale", "(default 1.0)",
-                  "--cmap {viridis,magma}", "norms:", "figure:"):
+    for piece in (
+        "--model",
+        "--batch-tokens",
+        "(default 512)",
+        "--scale",
+        "(default 1.0)",
+        "--cmap {viridis,magma}",
+        "norms:",
+        "figure:",
+    ):
         assert piece in text, piece
 
 
-def test_the_toy_runs_saves_loads_draws_and_reports(norms, model_dir, tmp_path, capsys):  # noqa: F811
+def test_the_toy_runs_saves_loads_draws_and_reports(norms, model_dir, tmp_path, capsys):
     out = tmp_path / "norms"
     code, printed, err = run(
-        capsys, "norms", "--model", str(model_dir), "--out", str(out), "--prompt",
-        "The cat sat on the mat", "--scale", "2", "--cmap", "magma",
+        capsys,
+        "norms",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--prompt",
+        "The cat sat on the mat",
+        "--scale",
+        "2",
+        "--cmap",
+        "magma",
     )
     assert code == 0, err
     assert {p.name for p in out.iterdir()} == {"norms.parquet", "meta.json", "norms.png"}
@@ -169,13 +191,21 @@ def test_the_toy_runs_saves_loads_draws_and_reports(norms, model_dir, tmp_path, 
     assert '"kind":"norms"' in page and '"cmap":"magma"' in page and "Hidden-state norms" in page
 
 
-def test_the_toy_errors_name_the_parameter_or_the_flag(norms, model_dir, tmp_path, capsys):  # noqa: F811
+def test_the_toy_errors_name_the_parameter_or_the_flag(norms, model_dir, tmp_path, capsys):
     lm = tokenprobe.load(str(model_dir))
     with pytest.raises(tokenprobe.TokenprobeError, match="^scale must be at least 0, not -1"):
         hidden_norms(lm, "The cat", scale=-1)
     code, _, err = run(
-        capsys, "norms", "--model", str(model_dir), "--out", str(tmp_path / "x"),
-        "--prompt", "The cat", "--scale", "-1",
+        capsys,
+        "norms",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path / "x"),
+        "--prompt",
+        "The cat",
+        "--scale",
+        "-1",
     )
     assert code == 2 and "--scale must be at least 0, not -1" in err
 

@@ -262,8 +262,13 @@ def test_the_demo_report_in_chromium(browser, tmp_path, capsys):
     # the Australia prompt's composite (two parts) through the logit lens and through the
     # shipped tuned lens, and the Eiffel one
     assert kinds.count("lens") == 5
-    words = {"lens": "entropy", "similarity": "cosine", "attr": "attribution", "flips": "bucket",
-             "trace": "normalised"}
+    words = {
+        "lens": "entropy",
+        "similarity": "cosine",
+        "attr": "attribution",
+        "flips": "bucket",
+        "trace": "normalised",
+    }
     for kind, word in words.items():
         assert word in _hover(page, sections[kinds.index(kind)], 300, 30), kind
     assert [u for u in requests if not u.startswith("file://")] == [] and dialogs == []

@@ -102,9 +102,7 @@ def test_occurrence_counts_markers_in_order(llama):
     ids, marker = ids_and_marker(llama, text)
     third = [i for i, t in enumerate(ids) if t == marker][2]
     np.testing.assert_allclose(res3.cosine, brute(llama, ids, third, 3), atol=2e-5)
-    with pytest.raises(
-        TokenprobeError, match="3 '_PAUSE_' marker\\(s\\), fewer than occurrence 4"
-    ):
+    with pytest.raises(TokenprobeError, match="3 '_PAUSE_' marker\\(s\\), fewer than occurrence 4"):
         past_similarity(llama, text, occurrence=4)
 
 

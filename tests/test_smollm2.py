@@ -171,7 +171,9 @@ def test_the_shipped_tuned_lens_reads_every_layer_better_than_the_logit_lens(smo
     lens = load_lens("builtin", smol)
     assert lens.info["format"] == "tokenprobe" and lens.n_blocks == smol.n_blocks
     assert folder.joinpath("tuned-lens.safetensors").stat().st_size < 25 * 2**20  # type: ignore[attr-defined]
-    res = tokenprobe.lens_eval(smol, "builtin", "sample:emotion", tokens=1024, seq_len=256, progress=False)
+    res = tokenprobe.lens_eval(
+        smol, "builtin", "sample:emotion", tokens=1024, seq_len=256, progress=False
+    )
     logit, tuned = res.kl[0, :-1], res.kl[1, :-1]
     assert (tuned < logit).all(), np.round(np.stack([logit, tuned]), 2)
     assert tuned.mean() < 0.75 * logit.mean()

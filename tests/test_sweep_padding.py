@@ -331,7 +331,9 @@ def test_similarity_checks_its_padded_batches(arch, bpe):
     lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        alone = [tokenprobe.past_similarity(lm, t, occurrence=2, window=5) for t in SIMILARITY_TEXTS]
+        alone = [
+            tokenprobe.past_similarity(lm, t, occurrence=2, window=5) for t in SIMILARITY_TEXTS
+        ]
         together = tokenprobe.past_similarity(lm, SIMILARITY_TEXTS, occurrence=2, window=5)
     want = np.nanmean(np.stack([a.cosine for a in alone]), axis=0)
     np.testing.assert_allclose(together.cosine, want, atol=1e-5)
@@ -347,5 +349,7 @@ def test_similarity_checks_its_padded_batches(arch, bpe):
 def test_a_marker_that_cannot_be_added_is_one_line(bpe):
     """transformers cannot resize xLSTM's embeddings (its init looks for `embeddings`)."""
     lm = zoo.make_causal("xlstm", bpe, device=TEST_DEVICE)
-    with pytest.raises(tokenprobe.TokenprobeError, match="cannot add a row to xLSTMForCausalLM's embeddings"):
+    with pytest.raises(
+        tokenprobe.TokenprobeError, match="cannot add a row to xLSTMForCausalLM's embeddings"
+    ):
         tokenprobe.past_similarity(lm, SIMILARITY_TEXTS[0], occurrence=2, window=5)

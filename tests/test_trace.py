@@ -104,7 +104,11 @@ def _hook(lm, component: str, layer: int, change):
 
     def post(_m, args, kwargs, out):
         state = out[0] if isinstance(out, tuple) else out
-        res = inspect.signature(module.forward).bind(*args, **kwargs).arguments["residual"] if adds else None
+        res = (
+            inspect.signature(module.forward).bind(*args, **kwargs).arguments["residual"]
+            if adds
+            else None
+        )
         new = change(state, res)
         return (new, *out[1:]) if isinstance(out, tuple) else new
 
@@ -129,7 +133,9 @@ def _logprob(lm, ids: list[int], hooks=(), noise=None) -> float:
         handles.append(lm.model.get_input_embeddings().register_forward_hook(add))
     try:
         with torch.no_grad():
-            logits = lm.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False).logits
+            logits = lm.model(
+                input_ids=torch.tensor([ids], device=lm.device), use_cache=False
+            ).logits
     finally:
         for h in handles:
             h.remove()
@@ -146,7 +152,9 @@ def _states(lm, ids: list[int], component: str, rows: int, noise=None) -> list:
             kept.append(None)
             continue
         kept.append([])
-        hooks.append((component, k, lambda s, r, k=k: kept[k].append(s if r is None else s - r) or s))
+        hooks.append(
+            (component, k, lambda s, r, k=k: kept[k].append(s if r is None else s - r) or s)
+        )
     _logprob(lm, ids, hooks, noise)
     return [x[0].clone() if x else None for x in kept]
 
@@ -171,7 +179,11 @@ def brute_force(lm, clean, base, component: str, noises=(None,), window: int = 1
             continue
         lo, hi = max(0, k - window // 2), min(rows, k - (-window // 2))
         for p in range(len(clean)):
-            hooks = [(component, j, _restore(p, source[j])) for j in range(lo, hi) if source[j] is not None]
+            hooks = [
+                (component, j, _restore(p, source[j]))
+                for j in range(lo, hi)
+                if source[j] is not None
+            ]
             out[k, p] = np.mean([_logprob(lm, base, hooks, n) for n in noises])
     return out
 
@@ -205,7 +217,9 @@ def test_every_cell_equals_one_forward_per_cell(lm, monkeypatch):
     """Both the default tiling and the finest one (every cell its own batch, continuing from
     the cached states of its layer and of the positions before it) equal the brute force."""
     comps = _components(_arch(lm))
-    kw = dict(corrupted=CORRUPTED, target=TARGET, metric="logprob", components=comps, progress=False)
+    kw = dict(
+        corrupted=CORRUPTED, target=TARGET, metric="logprob", components=comps, progress=False
+    )
     res = causal_trace(lm, CLEAN, **kw)
     monkeypatch.setattr(tiles_module, "FORWARD_TOKENS", {"cpu": 0.0, "other": 0.0})
     finest = causal_trace(lm, CLEAN, **kw)
@@ -218,7 +232,9 @@ def test_every_cell_equals_one_forward_per_cell(lm, monkeypatch):
     for c in comps:
         want = brute_force(lm, clean, bad, c)
         np.testing.assert_allclose(res.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=c)
-        np.testing.assert_allclose(finest.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=f"{c}, finest")
+        np.testing.assert_allclose(
+            finest.scores[c], want, atol=2e-4, rtol=1e-4, err_msg=f"{c}, finest"
+        )
 
 
 # Gemma 3n's four-stream blocks are traced in tests/test_sweep_adapter.py
@@ -231,7 +247,9 @@ def test_the_sweeps_families_equal_one_forward_per_cell(arch, bpe, monkeypatch):
     (Gemma 4's shared key/value layers cannot skip the lower blocks, and run only the kept
     positions under logits_to_keep) is switched off with its reason in meta.json."""
     lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
-    kw = dict(corrupted=CORRUPTED, target=TARGET, metric="logprob", components=["resid"], progress=False)
+    kw = dict(
+        corrupted=CORRUPTED, target=TARGET, metric="logprob", components=["resid"], progress=False
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = causal_trace(lm, CLEAN, **kw)
@@ -258,8 +276,16 @@ def test_the_corrupt_direction_equals_one_forward_per_cell(arch, bpe, finest_til
     """Corrupted states written into the clean run, each cell in its own batch (so continuing
     from the clean run's cache)."""
     lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
-    res = causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, metric="logprob", direction="corrupt",
-                       components=_components(arch), progress=False)
+    res = causal_trace(
+        lm,
+        CLEAN,
+        corrupted=CORRUPTED,
+        target=TARGET,
+        metric="logprob",
+        direction="corrupt",
+        components=_components(arch),
+        progress=False,
+    )
     assert res.meta["earlier_positions"].startswith("continued from the cached run")
     clean, bad = _ids(lm, CLEAN), _ids(lm, CORRUPTED)
     for c in _components(arch):
@@ -275,16 +301,38 @@ def test_a_subject_split_between_cache_and_continuation(arch, bpe, finest_tiles)
     cache that does not continue exactly)."""
     lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
     subject = "the capital of Australia"
-    res = causal_trace(lm, CLEAN, corrupt="noise", subject=subject, target=TARGET, metric="prob",
-                       samples=2, seed=3, noise=2.0, progress=False)
+    res = causal_trace(
+        lm,
+        CLEAN,
+        corrupt="noise",
+        subject=subject,
+        target=TARGET,
+        metric="prob",
+        samples=2,
+        seed=3,
+        noise=2.0,
+        progress=False,
+    )
     a, b = res.meta["marked"]  # the subject's span
     assert b - a >= 3
     width = lm.model.get_input_embeddings().weight.shape[1]
-    draws = torch.randn((2, b - a, width), generator=torch.Generator().manual_seed(3)) * embedding_std(lm) * 2.0
+    draws = (
+        torch.randn((2, b - a, width), generator=torch.Generator().manual_seed(3))
+        * embedding_std(lm)
+        * 2.0
+    )
     clean = _ids(lm, CLEAN)
-    want = np.mean([np.exp(brute_force(lm, clean, clean, "resid", [((a, b), d.to(lm.device))])) for d in draws], 0)
+    want = np.mean(
+        [
+            np.exp(brute_force(lm, clean, clean, "resid", [((a, b), d.to(lm.device))]))
+            for d in draws
+        ],
+        0,
+    )
     np.testing.assert_allclose(res.scores["resid"], want, atol=1e-6, rtol=1e-4)
-    assert res.meta["earlier_positions"].startswith("recomputed" if arch == "jamba" else "continued")
+    assert res.meta["earlier_positions"].startswith(
+        "recomputed" if arch == "jamba" else "continued"
+    )
 
 
 def test_a_cache_that_does_not_continue_exactly_is_not_used(bpe, finest_tiles):
@@ -296,11 +344,22 @@ def test_a_cache_that_does_not_continue_exactly_is_not_used(bpe, finest_tiles):
     tok = bpe
     torch.manual_seed(0)
     config = transformers.Phi3Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, sliding_window=None,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        sliding_window=None,
         original_max_position_embeddings=16,
-        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
-                         "long_factor": [1.0, 4.0, 16.0, 64.0], "original_max_position_embeddings": 16},
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "short_factor": [1.0] * 4,
+            "long_factor": [1.0, 4.0, 16.0, 64.0],
+            "original_max_position_embeddings": 16,
+        },
     )
     for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(config, attr, getattr(tok, attr))
@@ -311,7 +370,9 @@ def test_a_cache_that_does_not_continue_exactly_is_not_used(bpe, finest_tiles):
     bad = text.replace("Australia", "orange")
     assert len(_ids(lm, text)) > 16
     res = causal_trace(lm, text, corrupted=bad, target=TARGET, metric="logprob", progress=False)
-    assert res.meta["earlier_positions"].startswith("recomputed after the cache of"), res.meta["earlier_positions"]
+    assert res.meta["earlier_positions"].startswith("recomputed after the cache of"), res.meta[
+        "earlier_positions"
+    ]
     want = brute_force(lm, _ids(lm, text), _ids(lm, bad), "resid")
     np.testing.assert_allclose(res.scores["resid"], want, atol=2e-4, rtol=1e-4)
 
@@ -329,8 +390,14 @@ def test_the_tiling_continues_from_both_caches(bpe, monkeypatch):
 
     monkeypatch.setattr(Tracer, "_patched", spy)
     text = CLEAN + " the city that is in the south east of the country and"
-    res = causal_trace(lm, text, corrupted=text.replace("Australia", "orange"), target=TARGET,
-                       metric="logprob", progress=False)
+    res = causal_trace(
+        lm,
+        text,
+        corrupted=text.replace("Australia", "orange"),
+        target=TARGET,
+        metric="logprob",
+        progress=False,
+    )
     assert len(seen) > 2 and any(s > 0 and o > 0 for s, o in seen), seen
     ids = _ids(lm, text)
     want = brute_force(lm, ids, _ids(lm, text.replace("Australia", "orange")), "resid")
@@ -344,15 +411,29 @@ def test_noise_and_window_equal_one_forward_per_cell(arch, bpe, finest_tiles):
     its own batch, so that the subject's noise is split between cache and continuation."""
     lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE)
     comps = _components(arch)
-    res = causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, metric="logprob",
-                       samples=2, seed=7, noise=2.0, window=2, components=comps, progress=False)
+    res = causal_trace(
+        lm,
+        CLEAN,
+        corrupt="noise",
+        subject="Australia",
+        target=TARGET,
+        metric="logprob",
+        samples=2,
+        seed=7,
+        noise=2.0,
+        window=2,
+        components=comps,
+        progress=False,
+    )
     clean = _ids(lm, CLEAN)
     assert res.meta["marked"] == [5, 6]
     width = lm.model.get_input_embeddings().weight.shape[1]
     draws = torch.randn((2, 1, width), generator=torch.Generator().manual_seed(7))
     draws = draws * embedding_std(lm) * 2.0
     noises = [((5, 6), draws[s].to(lm.device)) for s in range(2)]
-    assert res.corrupted_score == pytest.approx(np.mean([_logprob(lm, clean, (), n) for n in noises]), abs=1e-4)
+    assert res.corrupted_score == pytest.approx(
+        np.mean([_logprob(lm, clean, (), n) for n in noises]), abs=1e-4
+    )
     for c in comps:
         ref = brute_force(lm, clean, clean, c, noises, window=2)
         np.testing.assert_allclose(res.scores[c], ref, atol=2e-4, rtol=1e-4, err_msg=c)
@@ -365,7 +446,9 @@ def test_restoring_every_position_of_a_layer_gives_the_clean_score(arch, bpe):
     target = lm.tokenizer.encode(TARGET, add_special_tokens=False)[0]
     for direction in ("restore", "corrupt"):
         tracer = Tracer(lm, Problem(clean, bad, target, None, "logprob", direction), ["resid"])
-        cells = [[(tracer.index[("resid", k)], p) for p in range(len(clean))] for k in range(lm.n_layers)]
+        cells = [
+            [(tracer.index[("resid", k)], p) for p in range(len(clean))] for k in range(lm.n_layers)
+        ]
         got = tracer.score_cells(cells, batch_tokens=4096)
         want = tracer.clean_score if direction == "restore" else tracer.corrupted_scores[0]
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
@@ -373,8 +456,16 @@ def test_restoring_every_position_of_a_layer_gives_the_clean_score(arch, bpe):
 
 def test_batched_equals_one_at_a_time(bpe):
     lm = zoo.make_causal("qwen2", bpe, device=TEST_DEVICE)
-    kw = dict(corrupt="noise", subject="Australia", target=TARGET, foil=FOIL, samples=3,
-              components=["resid", "mlp"], direction="corrupt", progress=False)
+    kw = dict(
+        corrupt="noise",
+        subject="Australia",
+        target=TARGET,
+        foil=FOIL,
+        samples=3,
+        components=["resid", "mlp"],
+        direction="corrupt",
+        progress=False,
+    )
     together = causal_trace(lm, CLEAN, batch_tokens=4096, **kw)
     alone = causal_trace(lm, CLEAN, batch_tokens=1, **kw)  # one row (cell x sample) per batch
     for c in ("resid", "mlp"):
@@ -383,7 +474,9 @@ def test_batched_equals_one_at_a_time(bpe):
 
 def test_noise_is_reproducible_under_its_seed(bpe):
     lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
-    kw = dict(corrupt="noise", subject="capital of Australia", target=TARGET, samples=2, progress=False)
+    kw = dict(
+        corrupt="noise", subject="capital of Australia", target=TARGET, samples=2, progress=False
+    )
     a, b = causal_trace(lm, CLEAN, seed=1, **kw), causal_trace(lm, CLEAN, seed=1, **kw)
     c = causal_trace(lm, CLEAN, seed=2, **kw)
     np.testing.assert_array_equal(a.scores["resid"], b.scores["resid"])
@@ -456,22 +549,52 @@ class LinearLM(nn.Module):
 def test_the_estimate_is_exact_for_a_model_linear_in_its_states(how, bpe):
     torch.manual_seed(0)
     lm = LoadedModel.wrap(LinearLM(len(bpe)).double().to(TEST_DEVICE), bpe, name="linear")
-    kw = dict(corrupted=CORRUPTED) if how == "prompt" else dict(corrupt="noise", subject="Australia", samples=3)
-    res = causal_trace(lm, CLEAN, target=TARGET, foil=FOIL, method="both", progress=False,
-                       components=["resid", "attn", "mlp"], direction=how.split()[-1].replace("prompt", "restore"), **kw)
+    kw = (
+        dict(corrupted=CORRUPTED)
+        if how == "prompt"
+        else dict(corrupt="noise", subject="Australia", samples=3)
+    )
+    res = causal_trace(
+        lm,
+        CLEAN,
+        target=TARGET,
+        foil=FOIL,
+        method="both",
+        progress=False,
+        components=["resid", "attn", "mlp"],
+        direction=how.split()[-1].replace("prompt", "restore"),
+        **kw,
+    )
     for c in ("resid", "attn", "mlp"):
         np.testing.assert_allclose(res.estimates[c], res.scores[c], atol=1e-8, rtol=1e-8, err_msg=c)
     assert res.meta["estimate_correlation"]["all"] == pytest.approx(1.0, abs=1e-9)
-    alone = causal_trace(lm, CLEAN, target=TARGET, foil=FOIL, method="estimate", progress=False,
-                         components=["resid", "attn", "mlp"], direction=how.split()[-1].replace("prompt", "restore"), **kw)
+    alone = causal_trace(
+        lm,
+        CLEAN,
+        target=TARGET,
+        foil=FOIL,
+        method="estimate",
+        progress=False,
+        components=["resid", "attn", "mlp"],
+        direction=how.split()[-1].replace("prompt", "restore"),
+        **kw,
+    )
     for c in ("resid", "attn", "mlp"):
         np.testing.assert_allclose(alone.scores[c], res.estimates[c], atol=1e-12)
 
 
 def test_the_estimate_correlates_on_a_real_architecture(bpe):
     lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
-    res = causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, foil=FOIL, method="both",
-                       components=["resid", "attn", "mlp"], progress=False)
+    res = causal_trace(
+        lm,
+        CLEAN,
+        corrupted=CORRUPTED,
+        target=TARGET,
+        foil=FOIL,
+        method="both",
+        components=["resid", "attn", "mlp"],
+        progress=False,
+    )
     corr = res.meta["estimate_correlation"]
     assert set(corr) == {"resid", "attn", "mlp", "all"} and corr["all"] > 0.5, corr
 
@@ -482,14 +605,29 @@ def test_the_estimate_correlates_on_a_real_architecture(bpe):
 @pytest.fixture(scope="module")
 def traced(bpe):
     lm = zoo.make_causal("gpt2", bpe, device=TEST_DEVICE)
-    return causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, samples=2,
-                        components=["resid", "attn", "mlp"], method="both", progress=False)
+    return causal_trace(
+        lm,
+        CLEAN,
+        corrupt="noise",
+        subject="Australia",
+        target=TARGET,
+        samples=2,
+        components=["resid", "attn", "mlp"],
+        method="both",
+        progress=False,
+    )
 
 
 def test_save_and_load_round_trip_with_a_figure_per_component(traced, tmp_path):
     written = traced.save(tmp_path / "t", formats=["png", "svg"])
     names = {p.name for p in written.values()}
-    assert {"trace.parquet", "meta.json", "trace_resid.png", "trace_attn.svg", "trace_mlp.png"} <= names
+    assert {
+        "trace.parquet",
+        "meta.json",
+        "trace_resid.png",
+        "trace_attn.svg",
+        "trace_mlp.png",
+    } <= names
     meta = json.loads((tmp_path / "t" / "meta.json").read_text())
     for key in ("clean_score", "corrupted_score", "metric", "estimate_correlation", "marked"):
         assert meta[key] is not None, key
@@ -500,16 +638,29 @@ def test_save_and_load_round_trip_with_a_figure_per_component(traced, tmp_path):
         np.testing.assert_array_equal(back.scores[c], traced.scores[c])
         np.testing.assert_array_equal(back.estimates[c], traced.estimates[c])
     table = back.to_frame()
-    assert list(table.columns[:6]) == ["component", "layer", "position", "token", "score", "normalised"]
+    assert list(table.columns[:6]) == [
+        "component",
+        "layer",
+        "position",
+        "token",
+        "score",
+        "normalised",
+    ]
     assert len(table) == (3 + 2 + 2) * len(traced.tokens)
 
 
 def test_figures_and_report_sections(traced):
     views = dict(traced.views())
     assert set(views) == {"trace_resid", "trace_attn", "trace_mlp"}
-    assert [views[f"trace_{c}"].cmap for c in ("resid", "attn", "mlp")] == ["Purples", "Reds", "Greens"]
+    assert [views[f"trace_{c}"].cmap for c in ("resid", "attn", "mlp")] == [
+        "Purples",
+        "Reds",
+        "Greens",
+    ]
     resid = views["trace_resid"]
-    assert resid.colorbar == "p(▁Canberra)" and resid.frame == (5, 6) and resid.cols[5].endswith("*")
+    assert (
+        resid.colorbar == "p(▁Canberra)" and resid.frame == (5, 6) and resid.cols[5].endswith("*")
+    )
     assert resid.ylabel.startswith("layer") and resid.shape == (3, len(traced.tokens))
     norm = dict(traced.views(show="normalised"))["trace_mlp"]
     assert "normalised" in norm.colorbar
@@ -523,15 +674,40 @@ def test_figures_and_report_sections(traced):
 # ----------------------------------------------------------------------------- the command line
 
 
-def test_trace_command_writes_table_figures_and_meta(model_dir, tmp_path, capsys):  # noqa: F811
+def test_trace_command_writes_table_figures_and_meta(model_dir, tmp_path, capsys):
     out = tmp_path / "trace"
     code, stdout, err = run(
-        capsys, "trace", "--model", str(model_dir), "--prompt", CLEAN, "--corrupted", CORRUPTED,
-        "--target", TARGET, "--foil", FOIL, "--component", "resid", "mlp", "attn",
-        "--method", "both", "--out", str(out), "--device", "cpu",
+        capsys,
+        "trace",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        CLEAN,
+        "--corrupted",
+        CORRUPTED,
+        "--target",
+        TARGET,
+        "--foil",
+        FOIL,
+        "--component",
+        "resid",
+        "mlp",
+        "attn",
+        "--method",
+        "both",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
     )
     assert code == 0, err
-    for name in ("trace.parquet", "trace_resid.png", "trace_attn.png", "trace_mlp.png", "meta.json"):
+    for name in (
+        "trace.parquet",
+        "trace_resid.png",
+        "trace_attn.png",
+        "trace_mlp.png",
+        "meta.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     meta = json.loads((out / "meta.json").read_text())
     assert meta["metric"] == "diff" and meta["marked"] == [5, 6] and "causal trace" in stdout
@@ -547,37 +723,97 @@ def _one_error(capsys, argv, message) -> None:
     assert "Traceback" not in err
 
 
-def test_bad_input_is_one_line(model_dir, tmp_path, capsys):  # noqa: F811
+def test_bad_input_is_one_line(model_dir, tmp_path, capsys):
     base = ["trace", "--model", str(model_dir), "--out", str(tmp_path / "x"), "--prompt", CLEAN]
     cases = [
-        (["--corrupted", "What is the capital of the orange? The capital is", "--target", TARGET],
-         "the corrupted prompt is 11 tokens and the prompt 10; --corrupted must have the same token "
-         "length (they diverge at position 5: ' the' vs ' Australia')"),
-        (["--corrupt", "noise", "--subject", "Austria", "--target", TARGET],
-         "--subject 'Austria' is not in the prompt"),
-        (["--corrupted", CORRUPTED, "--target", TARGET, "--foil", TARGET], "--foil ' Canberra' is the same token"),
-        (["--corrupted", CORRUPTED, "--target", TARGET, "--foil", " Canberra and"], "their first tokens are the same"),
+        (
+            [
+                "--corrupted",
+                "What is the capital of the orange? The capital is",
+                "--target",
+                TARGET,
+            ],
+            "the corrupted prompt is 11 tokens and the prompt 10; --corrupted must have the same token "
+            "length (they diverge at position 5: ' the' vs ' Australia')",
+        ),
+        (
+            ["--corrupt", "noise", "--subject", "Austria", "--target", TARGET],
+            "--subject 'Austria' is not in the prompt",
+        ),
+        (
+            ["--corrupted", CORRUPTED, "--target", TARGET, "--foil", TARGET],
+            "--foil ' Canberra' is the same token",
+        ),
+        (
+            ["--corrupted", CORRUPTED, "--target", TARGET, "--foil", " Canberra and"],
+            "their first tokens are the same",
+        ),
         (["--corrupted", CLEAN, "--target", TARGET], "nothing is corrupted"),
         (["--target", TARGET], "nothing to corrupt: give --corrupted TEXT"),
         (["--corrupted", CORRUPTED], "--target is required"),
         (["--corrupted", CORRUPTED, "--target", TARGET, "--metric", "diff"], "give --foil TEXT"),
-        (["--subject", "Australia", "--corrupted", CORRUPTED, "--corrupt", "noise", "--target", TARGET],
-         "not both"),
-        (["--corrupted", CORRUPTED, "--target", TARGET, "--window", "0"], "--window: must be at least 1"),
-        (["--corrupt", "noise", "--subject", "Australia", "--target", TARGET, "--noise", "inf"],
-         "argument --noise: must be a finite number, not 'inf'"),
-        (["--corrupt", "noise", "--subject", "Australia", "--target", TARGET, "--noise", "nan"],
-         "argument --noise: must be a finite number, not 'nan'"),
-        (["--corrupt", "noise", "--subject", "Australia", "--target", TARGET, "--noise", "1e308"],
-         "--noise 1e+308 x the embeddings' standard deviation is not a finite number in float32: give a smaller --noise"),
+        (
+            [
+                "--subject",
+                "Australia",
+                "--corrupted",
+                CORRUPTED,
+                "--corrupt",
+                "noise",
+                "--target",
+                TARGET,
+            ],
+            "not both",
+        ),
+        (
+            ["--corrupted", CORRUPTED, "--target", TARGET, "--window", "0"],
+            "--window: must be at least 1",
+        ),
+        (
+            ["--corrupt", "noise", "--subject", "Australia", "--target", TARGET, "--noise", "inf"],
+            "argument --noise: must be a finite number, not 'inf'",
+        ),
+        (
+            ["--corrupt", "noise", "--subject", "Australia", "--target", TARGET, "--noise", "nan"],
+            "argument --noise: must be a finite number, not 'nan'",
+        ),
+        (
+            [
+                "--corrupt",
+                "noise",
+                "--subject",
+                "Australia",
+                "--target",
+                TARGET,
+                "--noise",
+                "1e308",
+            ],
+            "--noise 1e+308 x the embeddings' standard deviation is not a finite number in float32: give a smaller --noise",
+        ),
     ]
     for argv, message in cases:
         _one_error(capsys, [*base, *argv], message)
 
 
-def test_a_target_of_several_tokens_is_scored_by_its_first_with_a_warning(model_dir, tmp_path, capsys):  # noqa: F811
-    code, _, err = run(capsys, "trace", "--model", str(model_dir), "--out", str(tmp_path / "x"),
-                       "--prompt", CLEAN, "--corrupted", CORRUPTED, "--target", " Canberra, not")
+def test_a_target_of_several_tokens_is_scored_by_its_first_with_a_warning(
+    model_dir,
+    tmp_path,
+    capsys,
+):
+    code, _, err = run(
+        capsys,
+        "trace",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path / "x"),
+        "--prompt",
+        CLEAN,
+        "--corrupted",
+        CORRUPTED,
+        "--target",
+        " Canberra, not",
+    )
     assert code == 0, err
     warned = [ln for ln in err.splitlines() if "warning" in ln]
     assert len(warned) == 1 and "--target ' Canberra, not' is 3 tokens" in warned[0], err
@@ -586,15 +822,27 @@ def test_a_target_of_several_tokens_is_scored_by_its_first_with_a_warning(model_
 
 def test_library_errors_name_parameters(bpe):
     lm = zoo.make_causal("mamba", bpe, device=TEST_DEVICE)
-    with pytest.raises(TokenprobeError, match="components attn: the blocks of this model have no attention"):
-        causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, components=["attn"], progress=False)
+    with pytest.raises(
+        TokenprobeError, match="components attn: the blocks of this model have no attention"
+    ):
+        causal_trace(
+            lm, CLEAN, corrupted=CORRUPTED, target=TARGET, components=["attn"], progress=False
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(TokenprobeError, match="samples must be at least 1"):
             causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, samples=0)
     for noise in (float("inf"), 1e300):
         with pytest.raises(TokenprobeError, match="noise"):
-            causal_trace(lm, CLEAN, corrupt="noise", subject="Australia", target=TARGET, noise=noise, progress=False)
+            causal_trace(
+                lm,
+                CLEAN,
+                corrupt="noise",
+                subject="Australia",
+                target=TARGET,
+                noise=noise,
+                progress=False,
+            )
 
 
 # ----------------------------------------------------------------------------- SmolLM2
@@ -606,8 +854,15 @@ def test_smollm2_eiffel_tower_trace():
     layers brings ' Paris' back (in SmolLM2 it is 'iffel', not the last subject token ' Tower'),
     and so does the last position at the last layer."""
     lm = tokenprobe.load("smollm2", device="cpu")
-    res = causal_trace(lm, "The Eiffel Tower is in the city of", target=" Paris", corrupt="noise",
-                       subject="Eiffel Tower", samples=3, progress=False)
+    res = causal_trace(
+        lm,
+        "The Eiffel Tower is in the city of",
+        target=" Paris",
+        corrupt="noise",
+        subject="Eiffel Tower",
+        samples=3,
+        progress=False,
+    )
     norm = res.normalised(res.scores["resid"])
     a, b = res.meta["marked"]
     assert res.clean_score > 0.2 and res.corrupted_score < res.clean_score / 2
@@ -616,24 +871,65 @@ def test_smollm2_eiffel_tower_trace():
     assert norm[-1, -1] == pytest.approx(1.0, abs=1e-4)  # the last position at the last layer
 
 
-def test_review_cases_subject_repeats_and_close_scores(model_dir, tmp_path, capsys):  # noqa: F811
+def test_review_cases_subject_repeats_and_close_scores(model_dir, tmp_path, capsys):
     lm = tokenprobe.load(str(model_dir))
     # a subject found only in the chat template after the prompt is not the prompt's
     with pytest.raises(TokenprobeError, match="is not in the prompt"):
-        causal_trace(lm, "the cat sat on", target=" mat", corrupt="noise", subject="assistant",
-                     chat=True, samples=1, progress=False)
+        causal_trace(
+            lm,
+            "the cat sat on",
+            target=" mat",
+            corrupt="noise",
+            subject="assistant",
+            chat=True,
+            samples=1,
+            progress=False,
+        )
     with pytest.warns(tokenprobe.TokenprobeWarning, match="occurs more than once"):
-        result = causal_trace(lm, "cat and cat sat on", target=" mat", corrupt="noise", subject="cat",
-                              samples=1, noise=0.001, progress=False)
+        result = causal_trace(
+            lm,
+            "cat and cat sat on",
+            target=" mat",
+            corrupt="noise",
+            subject="cat",
+            samples=1,
+            noise=0.001,
+            progress=False,
+        )
     assert result.meta["marked"][0] == 0  # the first occurrence
     # noise this small leaves the corrupted score at the clean one: the normalised values warn
     with pytest.warns(tokenprobe.TokenprobeWarning, match="scores are close"):
-        causal_trace(lm, "the cat sat on", target=" mat", corrupt="noise", subject="cat",
-                     samples=2, noise=1e-6, progress=False)
+        causal_trace(
+            lm,
+            "the cat sat on",
+            target=" mat",
+            corrupt="noise",
+            subject="cat",
+            samples=2,
+            noise=1e-6,
+            progress=False,
+        )
     # --component repeated keeps every component asked for
-    code, _, err = run(capsys, "trace", "--model", str(model_dir), "--prompt", "the cat sat on",
-                       "--target", " mat", "--subject", "cat", "--samples", "1",
-                       "--component", "attn", "--component", "mlp", "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys,
+        "trace",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "the cat sat on",
+        "--target",
+        " mat",
+        "--subject",
+        "cat",
+        "--samples",
+        "1",
+        "--component",
+        "attn",
+        "--component",
+        "mlp",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 0, err
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert meta["options"]["components"] == ["attn", "mlp"]
@@ -656,13 +952,15 @@ def test_counts_that_are_not_whole_numbers_are_one_line(bpe):
     lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
     noise = dict(corrupt="noise", subject="Australia", target=TARGET, progress=False)
     for name, value in (("samples", 2.5), ("samples", True), ("window", 1.5), ("seed", 0.5)):
-        with pytest.raises(TokenprobeError, match=f"^{name} must be a whole number, not {value!r}$"):
+        with pytest.raises(
+            TokenprobeError, match=f"^{name} must be a whole number, not {value!r}$"
+        ):
             causal_trace(lm, CLEAN, **{**noise, name: value})
     with pytest.raises(TokenprobeError, match="^window must be a whole number"):
         causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, window=2.0, progress=False)
 
 
-def test_an_implausible_target_is_warned_about_once(bpe, model_dir, tmp_path, capsys):  # noqa: F811
+def test_an_implausible_target_is_warned_about_once(bpe, model_dir, tmp_path, capsys):
     lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
     kw = dict(corrupted=CORRUPTED, components=["resid", "mlp"], method="both", progress=False)
     with warnings.catch_warnings(record=True) as caught:
@@ -676,7 +974,9 @@ def test_an_implausible_target_is_warned_about_once(bpe, model_dir, tmp_path, ca
     p = float(torch.softmax(logits, -1)[lm.tokenizer.encode(TARGET)[0]])
     rank = int((logits > logits[lm.tokenizer.encode(TARGET)[0]]).sum()) + 1
     assert p < 1e-3 and rank > 10
-    assert said[0].startswith(f"the target ' Canberra' is implausible in the clean run (probability {p:.2g}, rank {rank})")
+    assert said[0].startswith(
+        f"the target ' Canberra' is implausible in the clean run (probability {p:.2g}, rank {rank})"
+    )
     assert "check target (a leading space" in said[0] and "or chat (" in said[0]
     top = lm.tokenizer.decode([int(logits.argmax())])  # the clean run's own answer: no warning
     with warnings.catch_warnings(record=True) as caught:
@@ -684,8 +984,22 @@ def test_an_implausible_target_is_warned_about_once(bpe, model_dir, tmp_path, ca
         causal_trace(lm, CLEAN, target=top, **kw)
     assert not [w for w in caught if "implausible" in str(w.message)]
     # on the command line the parameters are the flags
-    code, _, err = run(capsys, "trace", "--model", str(model_dir), "--prompt", "the cat sat on",
-                       "--target", " mat", "--subject", "cat", "--samples", "2", "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys,
+        "trace",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "the cat sat on",
+        "--target",
+        " mat",
+        "--subject",
+        "cat",
+        "--samples",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 0, err
     (line,) = [ln for ln in err.splitlines() if "implausible" in ln]
     assert line.startswith("tokenprobe: warning: the target ' mat' is implausible in the clean run")

@@ -126,7 +126,13 @@ def test_save_load_round_trip_is_exact(fmt, lm, tmp_path):
 
 def test_a_tune_lens_folder_loads_in_both_formats(lm, trained, tmp_path):
     trained.save(tmp_path / "lens")
-    for name in ("tuned-lens.json", "tuned-lens.safetensors", "config.json", "params.pt", "tuned_lens.parquet"):
+    for name in (
+        "tuned-lens.json",
+        "tuned-lens.safetensors",
+        "config.json",
+        "params.pt",
+        "tuned_lens.parquet",
+    ):
         assert (tmp_path / "lens" / name).is_file(), name
     ours = load_lens(tmp_path / "lens", lm)
     (tmp_path / "lens" / "tuned-lens.json").unlink()  # only the package's files are left
@@ -142,7 +148,8 @@ def test_files_of_the_tuned_lens_package_decode_to_its_numbers(lm, tmp_path):
     """Both ways: a lens the package saved loads here, and one saved here loads there; each
     decodes every layer to the package's own numbers."""
     nn = pytest.importorskip(
-        "tuned_lens.nn", reason="the tuned-lens package is a test-only extra: pip install --no-deps tuned-lens"
+        "tuned_lens.nn",
+        reason="the tuned-lens package is a test-only extra: pip install --no-deps tuned-lens",
     )
     theirs = nn.TunedLens.from_model(lm.model)
     with torch.no_grad():
@@ -157,7 +164,11 @@ def test_files_of_the_tuned_lens_package_decode_to_its_numbers(lm, tmp_path):
         for layer in range(lm.n_blocks):
             expected = theirs(h, idx=layer)
             assert torch.equal(TunedDecoder(ours, lm.adapter).decode(h, layer), expected)
-    save_lens(randomised(TunedLens(lm.n_blocks, 32, {"model": lm.name})), tmp_path / "ours", formats=["tuned-lens"])
+    save_lens(
+        randomised(TunedLens(lm.n_blocks, 32, {"model": lm.name})),
+        tmp_path / "ours",
+        formats=["tuned-lens"],
+    )
     again = nn.TunedLens.from_model_and_pretrained(lm.model, str(tmp_path / "ours"))
     mine = load_lens(tmp_path / "ours", lm)
     with torch.no_grad():
@@ -179,8 +190,24 @@ def corpus(tmp_path_factory):
 
 
 def tune_argv(model_dir, corpus, out, *extra: str) -> list[str]:
-    return ["tune-lens", "--model", str(model_dir), "--data", str(corpus / "train.txt"), "--tokens", "1280",
-            "--seq-len", "32", "--batch", "4", "--checkpoint-every", "2", "--out", str(out), *extra]
+    return [
+        "tune-lens",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(corpus / "train.txt"),
+        "--tokens",
+        "1280",
+        "--seq-len",
+        "32",
+        "--batch",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_resume_after_an_interrupted_training_equals_an_uninterrupted_run(
@@ -215,8 +242,21 @@ def test_lens_eval_writes_its_table_figure_and_report_section(model_dir, corpus,
     lens_dir, out = tmp_path / "lens", tmp_path / "eval"
     code, _, err = run(capsys, *tune_argv(model_dir, corpus, lens_dir))
     assert code == 0, err
-    argv = ["lens-eval", "--model", str(model_dir), "--lens", str(lens_dir), "--data", str(corpus / "heldout.csv"),
-            "--seq-len", "32", "--tokens", "512", "--out", str(out)]
+    argv = [
+        "lens-eval",
+        "--model",
+        str(model_dir),
+        "--lens",
+        str(lens_dir),
+        "--data",
+        str(corpus / "heldout.csv"),
+        "--seq-len",
+        "32",
+        "--tokens",
+        "512",
+        "--out",
+        str(out),
+    ]
     code, stdout, err = run(capsys, *argv)
     assert code == 0, err
     assert "lens-eval: mean KL" in stdout
@@ -228,30 +268,63 @@ def test_lens_eval_writes_its_table_figure_and_report_section(model_dir, corpus,
     meta = json.loads((out / "meta.json").read_text())
     assert meta["lens"]["path"] == str(lens_dir) and meta["lens"]["format"] == "tokenprobe"
     loaded = tokenprobe.Result.load(out)
-    assert np.allclose(loaded.kl, table.pivot(index="lens", columns="layer", values="kl").to_numpy())
+    assert np.allclose(
+        loaded.kl, table.pivot(index="lens", columns="layer", values="kl").to_numpy()
+    )
     sections = loaded.sections()
     assert [s["rows"] for s in sections] == [["logit lens", "tuned lens"]] * 2
     assert all(s["kind"] == "lens_eval" and len(s["cols"]) == 4 for s in sections)
 
 
 def test_bad_input_is_one_line_each(model_dir, corpus, tmp_path, capsys):
-    other_blocks, other_width, neither = tmp_path / "blocks", tmp_path / "width", tmp_path / "neither"
+    other_blocks, other_width, neither = (
+        tmp_path / "blocks",
+        tmp_path / "width",
+        tmp_path / "neither",
+    )
     save_lens(TunedLens(5, 32), other_blocks)
     save_lens(TunedLens(3, 16), other_width, formats=["tuned-lens"])
     neither.mkdir()
     (neither / "config.json").write_text("{}")
-    evaluate = ["lens-eval", "--model", str(model_dir), "--data", str(corpus / "heldout.csv"),
-                "--seq-len", "32", "--out", str(tmp_path / "e")]
+    evaluate = [
+        "lens-eval",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(corpus / "heldout.csv"),
+        "--seq-len",
+        "32",
+        "--out",
+        str(tmp_path / "e"),
+    ]
     cases = [
         ([*evaluate, "--lens", str(other_blocks)], "trained for a model with 5 blocks; "),
         ([*evaluate, "--lens", str(other_width)], "trained for a model of hidden size 16; "),
-        ([*evaluate, "--lens", str(neither)], "is not a tuned lens: it holds neither tuned-lens.json"),
+        (
+            [*evaluate, "--lens", str(neither)],
+            "is not a tuned lens: it holds neither tuned-lens.json",
+        ),
         ([*evaluate, "--lens", str(tmp_path / "nothing")], "no such folder"),
-        (tune_argv(model_dir, corpus, tmp_path / "t", "--data", str(corpus / "short.txt"), "--seq-len", "64"),
-         "fewer than one sequence of --seq-len 64: give more text or a smaller --seq-len"),
-        (tune_argv(model_dir, corpus, tmp_path / "t", "--tokens", "100"),
-         "--tokens 100 is below one batch (--batch 4 x --seq-len 32 = 128 tokens): give at least 128"),
-        (tune_argv(model_dir, corpus, tmp_path / "t", "--seq-len", "1"), "--seq-len must be at least 2, not 1"),
+        (
+            tune_argv(
+                model_dir,
+                corpus,
+                tmp_path / "t",
+                "--data",
+                str(corpus / "short.txt"),
+                "--seq-len",
+                "64",
+            ),
+            "fewer than one sequence of --seq-len 64: give more text or a smaller --seq-len",
+        ),
+        (
+            tune_argv(model_dir, corpus, tmp_path / "t", "--tokens", "100"),
+            "--tokens 100 is below one batch (--batch 4 x --seq-len 32 = 128 tokens): give at least 128",
+        ),
+        (
+            tune_argv(model_dir, corpus, tmp_path / "t", "--seq-len", "1"),
+            "--seq-len must be at least 2, not 1",
+        ),
     ]
     for argv, message in cases:
         code, _, err = run_any(capsys, *argv)
@@ -267,7 +340,10 @@ def test_non_finite_numbers_never_reach_a_lens(lm, model_dir, corpus, tmp_path, 
         assert_one_error(code, err, f"argument {flag}: must be a finite number, not '{value}'")
     code, _, err = run_any(capsys, *tune_argv(model_dir, corpus, tmp_path / "huge", "--lr", "1e30"))
     assert_one_error(code, err, "training diverged: the loss is not finite at step")
-    assert not list((tmp_path / "huge").glob("*.safetensors")) and not (tmp_path / "huge" / "params.pt").exists()
+    assert (
+        not list((tmp_path / "huge").glob("*.safetensors"))
+        and not (tmp_path / "huge" / "params.pt").exists()
+    )
     broken = randomised(TunedLens(lm.n_blocks, 32))
     with torch.no_grad():
         broken.translators[1].weight[0, 0] = float("nan")
@@ -283,7 +359,9 @@ def test_non_finite_numbers_never_reach_a_lens(lm, model_dir, corpus, tmp_path, 
         load_lens(tmp_path / "nan", lm)
 
 
-def test_overwrite_in_one_format_removes_the_previous_lens_in_the_other(model_dir, corpus, tmp_path, capsys):
+def test_overwrite_in_one_format_removes_the_previous_lens_in_the_other(
+    model_dir, corpus, tmp_path, capsys
+):
     """A two-format lens trained again with --overwrite --lens-format tokenprobe: the old
     tuned-lens files go (a load would otherwise find either lens), other files stay."""
     out = tmp_path / "t"
@@ -291,7 +369,9 @@ def test_overwrite_in_one_format_removes_the_previous_lens_in_the_other(model_di
     assert code == 0, err
     assert (out / "config.json").is_file() and (out / "params.pt").is_file()
     (out / "notes.txt").write_text("mine")
-    code, _, err = run_any(capsys, *tune_argv(model_dir, corpus, out, "--overwrite", "--lens-format", "tokenprobe"))
+    code, _, err = run_any(
+        capsys, *tune_argv(model_dir, corpus, out, "--overwrite", "--lens-format", "tokenprobe")
+    )
     assert code == 0, err
     assert not (out / "config.json").exists() and not (out / "params.pt").exists()
     assert (out / "tuned-lens.safetensors").is_file() and (out / "notes.txt").read_text() == "mine"

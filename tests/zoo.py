@@ -45,7 +45,9 @@ CAUSAL: dict[str, tuple[Callable[[int], Any], str]] = {
     "mistral": (_c("MistralConfig", **_GQA, sliding_window=None), ""),
     "mistral-sliding": (_c("MistralConfig", **_GQA, sliding_window=WINDOW), "sliding window"),
     "mixtral": (
-        _c("MixtralConfig", **_GQA, num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
+        _c(
+            "MixtralConfig", **_GQA, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
+        ),
         "mixture of experts",
     ),
     "qwen2": (_c("Qwen2Config", **_GQA, tie_word_embeddings=True), "tied embeddings"),
@@ -190,7 +192,14 @@ CAUSAL: dict[str, tuple[Callable[[int], Any], str]] = {
         "rotary, parallel attention",
     ),
     "mpt": (
-        _c("MptConfig", d_model=H, n_heads=HEADS, n_layers=LAYERS, expansion_ratio=2, max_seq_len=CTX),
+        _c(
+            "MptConfig",
+            d_model=H,
+            n_heads=HEADS,
+            n_layers=LAYERS,
+            expansion_ratio=2,
+            max_seq_len=CTX,
+        ),
         "ALiBi, context in max_seq_len",
     ),
     "stablelm": (_c("StableLmConfig", **_GQA, partial_rotary_factor=0.25), "partial rotary"),
@@ -379,7 +388,14 @@ CLASSIFIERS: dict[str, tuple[Callable[[int], Any], str]] = {
     "bert": (_c("BertConfig", **_STD), "wordpiece"),
     "roberta": (_c("RobertaConfig", **_STD, pad_token_id=1), "roberta"),
     "distilbert": (
-        _c("DistilBertConfig", dim=H, hidden_dim=FF, n_layers=LAYERS, n_heads=HEADS, max_position_embeddings=CTX),
+        _c(
+            "DistilBertConfig",
+            dim=H,
+            hidden_dim=FF,
+            n_layers=LAYERS,
+            n_heads=HEADS,
+            max_position_embeddings=CTX,
+        ),
         "wordpiece",
     ),
     "deberta_v2": (_c("DebertaV2Config", **_STD), "wordpiece"),
@@ -403,12 +419,22 @@ def _scale(model: torch.nn.Module, factor: float, head: float = 1.0) -> None:
             out.weight.mul_(head)
 
 
-SCALE = {"mamba": 3.0, "mamba2": 3.0, "jamba": 3.0, "rwkv": 2.0, "gemma4": 4.0}  # state-space layers blow up at 8x
+SCALE = {
+    "mamba": 3.0,
+    "mamba2": 3.0,
+    "jamba": 3.0,
+    "rwkv": 2.0,
+    "gemma4": 4.0,
+}  # state-space layers blow up at 8x
 HEAD = {"gemma": 2.0, "gemma2": 6.0, "gemma3": 6.0, "jamba": 16.0}  # tied or soft-capped heads
 
 
 def make_causal(
-    arch: str, tokenizer: Any, device: torch.device | str = "cpu", seed: int = 0, layers: int | None = None
+    arch: str,
+    tokenizer: Any,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    layers: int | None = None,
 ):
     """A tiny random causal LM of `arch` (with `layers` blocks instead of the usual number),
     wrapped as a LoadedModel (a fresh tokenizer copy)."""
@@ -435,7 +461,15 @@ def wordpiece_tokenizer(tmp: Any, corpus: list[str]) -> Any:
     from transformers import BertTokenizer
 
     words = sorted({w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text.lower())})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *words,
+        *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"),
+    ]
     path = tmp / "vocab.txt"
     path.write_text("\n".join(vocab), encoding="utf-8")
     return BertTokenizer(str(path))

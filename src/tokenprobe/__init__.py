@@ -31,7 +31,9 @@ _WHERE = {
     **dict.fromkeys(("TraceResult", "causal_trace"), ".analyses.trace"),
     **dict.fromkeys(("LensEvalResult", "lens_eval"), ".analyses.lens_eval"),
     **dict.fromkeys(("TuneLensResult", "tune_lens"), ".analyses.tune_lens"),
-    **dict.fromkeys(("TunedDecoder", "TunedLens", "load_lens", "save_lens", "train_lens"), ".tuned"),
+    **dict.fromkeys(
+        ("TunedDecoder", "TunedLens", "load_lens", "save_lens", "train_lens"), ".tuned"
+    ),
 }
 
 __all__ = [

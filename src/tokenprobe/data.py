@@ -84,7 +84,11 @@ def _read_json(file: Path, path: str) -> pd.DataFrame:
     values as JSON gives them (pandas' reader drops lone surrogates and guesses types)."""
     text = file.read_text(encoding="utf-8")
     array = file.suffix.lower() == ".json" and text.lstrip().startswith("[")
-    lines = [(1, text)] if array else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    lines = (
+        [(1, text)]
+        if array
+        else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    )
     try:
         parsed = [json.loads(line) for _, line in lines]
     except json.JSONDecodeError as exc:
@@ -157,7 +161,9 @@ def read_folder(folder: Path, path: str) -> pd.DataFrame:
         return read_folder(folder / (splits[0] if len(splits) == 1 else "train"), path)
     state = folder / "state.json"
     if state.is_file():
-        files = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
+        files = [
+            f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]
+        ]
         import pyarrow as pa
 
         tables = []
@@ -210,7 +216,11 @@ def check_saved_dataset(folder: Path, data: str) -> None:
     splits_file = folder / "dataset_dict.json"
     if splits_file.is_file():
         splits = _json_object(splits_file, data).get("splits")
-        if not isinstance(splits, list) or not splits or not all(isinstance(x, str) for x in splits):
+        if (
+            not isinstance(splits, list)
+            or not splits
+            or not all(isinstance(x, str) for x in splits)
+        ):
             raise _unusable(data, splits_file, "lists no splits (`splits`: a list of names)")
         if len(splits) > 1 and "train" not in splits:
             return  # read_texts says which split to give
@@ -221,7 +231,11 @@ def check_saved_dataset(folder: Path, data: str) -> None:
     if not state.is_file():
         return
     files = _json_object(state, data).get("_data_files")
-    names = [f.get("filename") if isinstance(f, dict) else None for f in files] if isinstance(files, list) else []
+    names = (
+        [f.get("filename") if isinstance(f, dict) else None for f in files]
+        if isinstance(files, list)
+        else []
+    )
     if not names or not all(isinstance(n, str) and n and Path(n).name == n for n in names):
         raise _unusable(data, state, "lists no data files (`_data_files`, each with a file name)")
     for name in names:
@@ -310,7 +324,7 @@ def row_lines(path: str) -> list[int] | None:
     None where rows have no lines (Parquet, a JSON array, a folder, the hub) or the file
     cannot be read again. Only read when a row fails."""
     if path.startswith(SAMPLE_PREFIX):
-        ref = resources.files("tokenprobe").joinpath(f"data/{path[len(SAMPLE_PREFIX):]}.csv")
+        ref = resources.files("tokenprobe").joinpath(f"data/{path[len(SAMPLE_PREFIX) :]}.csv")
         if not ref.is_file():
             return None
         with resources.as_file(ref) as local:
@@ -357,7 +371,9 @@ def _text_lines(path: str, target_column: str | None) -> list[dict[str, str | No
         raise TokenprobeError(f"--data {path}: no such file or folder") from None
     except UnicodeDecodeError as exc:
         raise TokenprobeError(f"--data {path} is not UTF-8 text: save it as UTF-8") from exc
-    rows: list[dict[str, str | None]] = [{"prompt": line, "target": None} for line in lines if line.strip()]
+    rows: list[dict[str, str | None]] = [
+        {"prompt": line, "target": None} for line in lines if line.strip()
+    ]
     if not rows:
         raise TokenprobeError(f"--data {path} has no prompts: write one prompt per line")
     return rows

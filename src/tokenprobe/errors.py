@@ -120,7 +120,9 @@ def warn_again(caught: Iterable[CaughtWarning]) -> None:
     warning every worker raised is shown once."""
     for w in caught:
         name, registry = _registry_of(w.filename)
-        warnings.warn_explicit(w.message, type(w.message), w.filename, w.lineno, module=name, registry=registry)
+        warnings.warn_explicit(
+            w.message, type(w.message), w.filename, w.lineno, module=name, registry=registry
+        )
 
 
 def text_list(value: object, name: str) -> list[str] | None:

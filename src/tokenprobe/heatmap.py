@@ -108,7 +108,9 @@ class Heatmap:
         if self.figure_title:
             fig.suptitle(self.title, fontsize=self.title_fontsize or 11)
         else:
-            ax.set_title(self.title, **({"fontsize": self.title_fontsize} if self.title_fontsize else {}))
+            ax.set_title(
+                self.title, **({"fontsize": self.title_fontsize} if self.title_fontsize else {})
+            )
         return fig
 
     def _stacked_figure(self) -> Any:
@@ -206,7 +208,9 @@ class Heatmap:
             secondary = ax.secondary_xaxis("top")
             pos_step = max(step, 5 if n_cols > 20 else 1)
             secondary.set_xticks(np.arange(0, n_cols, pos_step) + self.col_offset)
-            secondary.set_xticklabels([str(first + i) for i in range(0, n_cols, pos_step)], fontsize=6)
+            secondary.set_xticklabels(
+                [str(first + i) for i in range(0, n_cols, pos_step)], fontsize=6
+            )
             secondary.set_xlabel(label, fontsize=8)
         yticks = np.arange(0, n_rows, self.ytick_step)
         ax.set_yticks(yticks)
@@ -316,7 +320,9 @@ def _package_text(name: str) -> str:
 def page(sections: Sequence[dict[str, Any]], title: str) -> str:
     """One self-contained HTML page of heatmap sections (see report/page.html)."""
     luts = _luts([s["cmap"] for s in sections])
-    payload = json.dumps({"sections": list(sections), "luts": luts}, separators=(",", ":"), allow_nan=False)
+    payload = json.dumps(
+        {"sections": list(sections), "luts": luts}, separators=(",", ":"), allow_nan=False
+    )
     # the data travels in a non-executable script element: no "<" may close it early
     payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     fill = {
@@ -341,9 +347,7 @@ def parse_range(spec: str | tuple[int, int] | None, name: str) -> tuple[int, int
         start = int(start_s) if start_s.strip() else 0
         end = int(end_s) if end_s.strip() else -1
     except ValueError as exc:
-        raise TokenprobeError(
-            f"`{name}` {spec!r} is not START:END (e.g. `{name}` 10:30)"
-        ) from exc
+        raise TokenprobeError(f"`{name}` {spec!r} is not START:END (e.g. `{name}` 10:30)") from exc
     return start, end
 
 

@@ -93,5 +93,3 @@ def roll_forward(folder: Path, plan: dict[str, Any]) -> None:
         remove_finished(plan["checkpoint"])
     step("checkpoint removed")
     (folder / SAVE_JOURNAL).unlink(missing_ok=True)
-
-

@@ -265,7 +265,9 @@ class Result:
                 f"{meta_path} is not readable JSON ({exc}): re-run the analysis"
             ) from exc
         if not isinstance(meta, dict):
-            raise TokenprobeError(f"{meta_path} is not a result's meta.json (not an object): re-run the analysis")
+            raise TokenprobeError(
+                f"{meta_path} is not a result's meta.json (not an object): re-run the analysis"
+            )
         kind = meta.get("kind")
         try:
             cls = registry.by_kind(kind).result

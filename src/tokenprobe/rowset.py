@@ -73,7 +73,9 @@ def _write_part(part: RowPart) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         table = pa.Table.from_pandas(part.frame, preserve_index=False)
         extra = {ROW_META.encode(): json.dumps(part.metas).encode()}
-        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **extra}), path)
+        pq.write_table(
+            table.replace_schema_metadata({**(table.schema.metadata or {}), **extra}), path
+        )
 
     return write
 
@@ -110,8 +112,13 @@ def at_rows(places: Sequence[int]) -> Iterator[None]:
         raise
 
 
-def _computed(fn: RowFunction, lm: LoadedModel, chunk: Sequence[int], rows: list[dict[str, Any]],
-              options: dict[str, Any]) -> RowPart:
+def _computed(
+    fn: RowFunction,
+    lm: LoadedModel,
+    chunk: Sequence[int],
+    rows: list[dict[str, Any]],
+    options: dict[str, Any],
+) -> RowPart:
     """`fn` over one chunk; a TokenprobeError it raises learns the data rows it is about (here
     or on a Ray worker: the attribute travels with the pickled error)."""
     try:
@@ -129,7 +136,7 @@ def _chunk_on_worker(lm: LoadedModel, payload: tuple) -> RowPart:
 
 
 def _rows_text(rows: Sequence[int]) -> str:
-    """"7", "16 to 31", "3, 5 and 9", or "3, 5, 9, 11, 12 and 4 more"."""
+    """ "7", "16 to 31", "3, 5 and 9", or "3, 5, 9, 11, 12 and 4 more"."""
     rows = sorted(rows)
     if len(rows) == 1:
         return str(rows[0])
@@ -164,7 +171,10 @@ def one_token_text(tokenizer: Any, prefer: str) -> str:
 
 
 def _check_rows(
-    lm: LoadedModel, rows: Sequence[dict[str, Any]], check: RowCheck, options: dict[str, Any],
+    lm: LoadedModel,
+    rows: Sequence[dict[str, Any]],
+    check: RowCheck,
+    options: dict[str, Any],
     data: str | None,
 ) -> None:
     """Every row's cheap preparation before any model work, so that a bad row 900 fails at
@@ -186,7 +196,9 @@ def _check_rows(
     more = [i for i, _ in bad[1:]]
     also = ""
     if more:
-        also = f" (and {len(more)} more bad {'row' if len(more) == 1 else 'rows'}: {_rows_text(more)})"
+        also = (
+            f" (and {len(more)} more bad {'row' if len(more) == 1 else 'rows'}: {_rows_text(more)})"
+        )
     raise TokenprobeError(f"{where([first], data, len(rows))}: {exc.template}{also}") from exc
 
 
@@ -241,10 +253,19 @@ def run_rows(
         return _computed(fn, lm, chunk, [dict(rows[i]) for i in chunk], options)
 
     try:
-        with tqdm(total=len(rows), desc=desc, unit="row", disable=progress_disabled(progress)) as bar:
+        with tqdm(
+            total=len(rows), desc=desc, unit="row", disable=progress_disabled(progress)
+        ) as bar:
             done = run_chunks(
-                chunks, compute, store=store, suffix=".rows.parquet", write=_write_part,
-                read=_read_part, bar=bar, executor=executor, remote=remote,
+                chunks,
+                compute,
+                store=store,
+                suffix=".rows.parquet",
+                write=_write_part,
+                read=_read_part,
+                bar=bar,
+                executor=executor,
+                remote=remote,
             )
     except TokenprobeError as exc:
         about = getattr(exc, _DATA_ROWS, None)
@@ -316,7 +337,9 @@ class RowSet(Result):
 
     def result(self, i: int) -> Result:
         """Row i's own result, as the analysis run on that prompt alone would give it."""
-        shared = {k: v for k, v in self.meta.items() if k not in ("data", "data_rows", "figure_rows")}
+        shared = {
+            k: v for k, v in self.meta.items() if k not in ("data", "data_rows", "figure_rows")
+        }
         frame = self.frame[self.frame[ROW] == i].drop(columns=[ROW]).reset_index(drop=True)
         return self.inner.from_row_frame(frame, {**shared, **self.row_meta[i]})
 
@@ -325,7 +348,10 @@ class RowSet(Result):
 
     def tables(self) -> dict[str, pd.DataFrame]:
         metas = [json.dumps(m, default=_json_default) for m in self.row_meta]
-        return {self.kind: self.frame, f"{self.kind}_rows": pd.DataFrame({ROW: range(len(self)), "meta": metas})}
+        return {
+            self.kind: self.frame,
+            f"{self.kind}_rows": pd.DataFrame({ROW: range(len(self)), "meta": metas}),
+        }
 
     def views(self, **options: Any) -> list[tuple[str, Any]]:
         """The first `figures` rows' figures, each file stem and title naming its row."""

@@ -263,9 +263,7 @@ def prepare(
     text = render(tok, prompt, chat=chat, system=system)
     ids, offsets = encode(tok, text, chat=chat)
     if not ids:
-        raise TokenprobeError(
-            "the prompt gives no tokens: give some text as `prompt`"
-        )
+        raise TokenprobeError("the prompt gives no tokens: give some text as `prompt`")
     marked = None
     if dummy:
         pos = _insert_position(
@@ -305,5 +303,8 @@ def first_token(tokenizer: Any, text: str, param: str, does: str) -> int:
         raise TokenprobeError(f"`{param}` {text!r} gives no token")
     if len(ids) > 1:
         first = token_texts(tokenizer, ids[:1])[0]
-        warn(f"`{param}` {text!r} is {len(ids)} tokens; {does} its first token {first!r}", stacklevel=3)
+        warn(
+            f"`{param}` {text!r} is {len(ids)} tokens; {does} its first token {first!r}",
+            stacklevel=3,
+        )
     return int(ids[0])

@@ -72,6 +72,7 @@ def _configure_output(flags: dict[str, str]) -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
     def show(message: Warning | str, *_: Any, **__: Any) -> None:
         text = message.render(flags) if isinstance(message, TokenprobeWarning) else str(message)
         print(f"tokenprobe: warning: {text}", file=sys.stderr)
@@ -186,7 +187,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         check_utf8(parser, args)
         # offline (--offline, HF_HUB_OFFLINE=1): no connection, even where a hub id is only
         # looked up; kept_until_saved: a checkpoint goes only once the outputs are all written
-        network = offline() if offline_wanted(getattr(args, "offline", False) or None) else nullcontext()
+        network = (
+            offline() if offline_wanted(getattr(args, "offline", False) or None) else nullcontext()
+        )
         with network, kept_until_saved():
             return run_command(args)
     except Exception as exc:

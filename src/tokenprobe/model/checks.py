@@ -117,4 +117,6 @@ def load_error(
         )
     if hub:
         return hub_error(name, exc, offline)
-    return TokenprobeError(f"cannot load model from {folder}: {(text.splitlines() or [type(exc).__name__])[0]}")
+    return TokenprobeError(
+        f"cannot load model from {folder}: {(text.splitlines() or [type(exc).__name__])[0]}"
+    )

@@ -100,5 +100,3 @@ def offline() -> Iterator[None]:
             value = saved["HF_HUB_OFFLINE"] or saved["TRANSFORMERS_OFFLINE"] or ""
             before = value.upper() in ("1", "ON", "YES", "TRUE")
         hub.HF_HUB_OFFLINE = before
-
-

@@ -49,7 +49,9 @@ def is_key_value_cache(cache: Any) -> bool:
     return (
         type(cache) is cache_utils.DynamicCache
         and bool(layers)
-        and all(isinstance(x, cache_utils.DynamicLayer) and not isinstance(x, recurrent) for x in layers)
+        and all(
+            isinstance(x, cache_utils.DynamicLayer) and not isinstance(x, recurrent) for x in layers
+        )
     )
 
 

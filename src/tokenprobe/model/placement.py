@@ -27,13 +27,15 @@ def parse_max_memory(spec: str | dict[Any, str] | None) -> dict[Any, str] | None
                 "cuda:N), cpu or mps and SIZE like 20GiB (e.g. 0=20GiB,cpu=64GiB)"
             )
         if key in out:
-            raise TokenprobeError(f"`max_memory` {spec!r} gives {device.strip()} twice: give it once")
+            raise TokenprobeError(
+                f"`max_memory` {spec!r} gives {device.strip()} twice: give it once"
+            )
         out[key] = size
     return out or None
 
 
 def _gpu_number(device: Any) -> Any:
-    """"3" and "cuda:3" as accelerate's 3; any other device as it is."""
+    """ "3" and "cuda:3" as accelerate's 3; any other device as it is."""
     if isinstance(device, str) and device.removeprefix("cuda:").isdigit():
         return int(device.removeprefix("cuda:"))
     return device
@@ -49,7 +51,11 @@ def check_devices(max_memory: dict[Any, Any] | None) -> None:
     there = [*(f"{i} (cuda:{i})" for i in range(gpus)), *(["mps"] if mps else []), "cpu", "disk"]
     for key in max_memory or {}:
         gpu = isinstance(key, int) and not isinstance(key, bool)
-        if (gpu and not 0 <= key < gpus) or (not gpu and key not in _OTHERS) or (key == "mps" and not mps):
+        if (
+            (gpu and not 0 <= key < gpus)
+            or (not gpu and key not in _OTHERS)
+            or (key == "mps" and not mps)
+        ):
             shown = f"GPU {key} (cuda:{key})" if gpu else repr(key)
             raise TokenprobeError(
                 f"`max_memory` names {shown}, which this machine does not have: its devices are "
@@ -71,9 +77,7 @@ def placement_kwargs(
             raise TokenprobeError("`max_memory` needs `device_map` (e.g. `device_map` auto)")
         return {}
     if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
-        raise TokenprobeError(
-            f"`device_map` {device_map!r} is not one of {', '.join(DEVICE_MAPS)}"
-        )
+        raise TokenprobeError(f"`device_map` {device_map!r} is not one of {', '.join(DEVICE_MAPS)}")
     kwargs: dict[str, Any] = {"device_map": device_map}
     if memory is not None:
         if present:

@@ -22,7 +22,17 @@ from ..errors import TokenprobeError
 from ..heatmap import page
 from ..results import SAVE_JOURNAL, Result, complete_save
 
-__all__ = ["check_page_path", "collect", "draw", "gather", "page_of", "render", "sections_of", "write_page", "write_report"]
+__all__ = [
+    "check_page_path",
+    "collect",
+    "draw",
+    "gather",
+    "page_of",
+    "render",
+    "sections_of",
+    "write_page",
+    "write_report",
+]
 
 
 def sections_of(result: Result) -> list[dict[str, Any]]:
@@ -43,7 +53,9 @@ def render(results: Sequence[Result], title: str = "tokenprobe report") -> str:
     named = [(Path(r.meta.get("_folder") or f"result {i + 1}"), r) for i, r in enumerate(results)]
     drawn = draw(named, stacklevel=3)
     if named and not drawn:
-        raise TokenprobeError(f"none of the {len(named)} result(s) could be drawn (see the warnings)")
+        raise TokenprobeError(
+            f"none of the {len(named)} result(s) could be drawn (see the warnings)"
+        )
     return page([s for _, sections in drawn for s in sections], title)
 
 
@@ -74,7 +86,11 @@ def draw(
         try:
             out.append((folder, sections_of(result)))
         except Exception as exc:  # whatever one damaged result breaks, the others are drawn
-            warnings.warn(f"skipped {folder}: cannot be drawn: {_damage(exc)}", UserWarning, stacklevel=stacklevel)
+            warnings.warn(
+                f"skipped {folder}: cannot be drawn: {_damage(exc)}",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
     return out
 
 

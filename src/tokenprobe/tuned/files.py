@@ -72,12 +72,21 @@ def save_lens(
     check_finite(lens, f"the lens for {folder}")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in lens.translators.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtype or v.dtype).contiguous()
+        for k, v in lens.translators.state_dict().items()
+    }
     written: dict[str, Path] = {}
     if "tokenprobe" in formats:
         from safetensors.torch import save_file
 
-        meta = {"format": FORMAT_TAG, "version": 1, "n_blocks": lens.n_blocks, "width": lens.width, **lens.info}
+        meta = {
+            "format": FORMAT_TAG,
+            "version": 1,
+            "n_blocks": lens.n_blocks,
+            "width": lens.width,
+            **lens.info,
+        }
         ours = {f"translators.{k}": v for k, v in state.items()}
         atomic_write(out / OURS_WEIGHTS, lambda p: save_file(ours, str(p)))
         text = json.dumps(meta, indent=1, default=str) + "\n"
@@ -105,7 +114,9 @@ def lens_format(folder: str | os.PathLike[str]) -> str:
     lens folder holds."""
     path = resolve_lens(folder)
     if path.is_file():
-        raise TokenprobeError(f"`lens` {folder} is a file: give the folder that holds the lens, {path.parent}")
+        raise TokenprobeError(
+            f"`lens` {folder} is a file: give the folder that holds the lens, {path.parent}"
+        )
     if not path.is_dir():
         raise TokenprobeError(
             f"`lens` {folder}: no such folder: give the --out folder of tune-lens (or `{BUILTIN}` "
@@ -141,7 +152,9 @@ def load_lens(folder: str | os.PathLike[str], lm: LoadedModel | None = None) -> 
     fmt = lens_format(folder)
     path = resolve_lens(folder)
     what = f"`lens` {folder}" + (" (the built-in model's lens)" if str(folder) == BUILTIN else "")
-    meta_name, weights_name = (OURS_META, OURS_WEIGHTS) if fmt == "tokenprobe" else (THEIRS_CONFIG, THEIRS_WEIGHTS)
+    meta_name, weights_name = (
+        (OURS_META, OURS_WEIGHTS) if fmt == "tokenprobe" else (THEIRS_CONFIG, THEIRS_WEIGHTS)
+    )
     meta = _read_json(path / meta_name, what)
     state = _read_weights(path / weights_name, fmt, what)
     n_blocks, width = _shape_of(state, path / weights_name, what)
@@ -157,7 +170,9 @@ def load_lens(folder: str | os.PathLike[str], lm: LoadedModel | None = None) -> 
         lens.to(lm.device)
         saved = info.get("unembed_hash")
         if saved and saved != unembed_hash(lm.require_adapter(), lm.loaded_vocab):
-            warn(f"{what} was trained with another unembedding than {lm.name}'s (same shape, other weights): its rows may mislead")
+            warn(
+                f"{what} was trained with another unembedding than {lm.name}'s (same shape, other weights): its rows may mislead"
+            )
     return lens.eval()
 
 
@@ -194,7 +209,9 @@ def _read_weights(file: Path, fmt: str, what: str) -> Any:
             raw = load_file(str(file))
         else:
             raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: safetensors, zip and pickle raise many types
+    except (
+        Exception
+    ) as exc:  # a truncated or foreign file: safetensors, zip and pickle raise many types
         raise _damaged(what, file, f"cannot be read ({_first_line(exc)})") from exc
     if fmt != "tokenprobe":
         return raw
@@ -208,37 +225,59 @@ def _shape_of(state: Any, file: Path, what: str) -> tuple[int, int]:
     """Blocks and width from the weights themselves (what the decoding depends on): a dict of
     floating tensors, `<i>.weight` (width x width) and `<i>.bias` (width) for i = 0..n-1."""
     if not isinstance(state, dict):
-        raise _damaged(what, file, f"holds a {type(state).__name__}, not a dict of translator tensors")
+        raise _damaged(
+            what, file, f"holds a {type(state).__name__}, not a dict of translator tensors"
+        )
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise _damaged(what, file, f"holds {key!r}: {type(value).__name__}, not a translator's tensor")
+            raise _damaged(
+                what, file, f"holds {key!r}: {type(value).__name__}, not a translator's tensor"
+            )
         if not value.is_floating_point():
             raise _damaged(what, file, f"holds {key} as {value.dtype}, not floating point")
     n = len({k.split(".")[0] for k in state})
     expected = {f"{i}.{p}" for i in range(n) for p in ("weight", "bias")}
     if n == 0 or set(state) != expected:
         odd = sorted(set(state) ^ expected)[:3]
-        raise _damaged(what, file, f"is not one translator per layer (`<i>.weight`, `<i>.bias`; {n} layers, odd: {', '.join(odd) or 'none'})")
+        raise _damaged(
+            what,
+            file,
+            f"is not one translator per layer (`<i>.weight`, `<i>.bias`; {n} layers, odd: {', '.join(odd) or 'none'})",
+        )
     width = int(state["0.weight"].shape[-1]) if state["0.weight"].dim() else 0
     for i in range(n):
         for part, shape in (("weight", (width, width)), ("bias", (width,))):
             if tuple(state[f"{i}.{part}"].shape) != shape or width == 0:
                 got = "x".join(map(str, state[f"{i}.{part}"].shape)) or "a scalar"
-                raise _damaged(what, file, f"holds {i}.{part} of shape {got}, not {'x'.join(map(str, shape))}")
+                raise _damaged(
+                    what, file, f"holds {i}.{part} of shape {got}, not {'x'.join(map(str, shape))}"
+                )
     return n, width
 
 
-def _info_of(meta: dict[str, Any], fmt: str, shape: tuple[int, int], file: Path, what: str) -> dict[str, Any]:
+def _info_of(
+    meta: dict[str, Any], fmt: str, shape: tuple[int, int], file: Path, what: str
+) -> dict[str, Any]:
     """What the lens's JSON file says of it, checked against the weights' blocks and width."""
     keys = ("n_blocks", "width") if fmt == "tokenprobe" else ("num_hidden_layers", "d_model")
     if fmt != "tokenprobe":
         if any(k not in meta for k in keys):
             raise _damaged(what, file, "is not a tuned-lens config (no d_model, num_hidden_layers)")
-        if meta.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens" or meta.get("bias") is False:
-            raise TokenprobeError(f"{what}: only linear tuned lenses with a bias are read, not {meta.get('lens_type')!r}")
+        if (
+            meta.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens"
+            or meta.get("bias") is False
+        ):
+            raise TokenprobeError(
+                f"{what}: only linear tuned lenses with a bias are read, not {meta.get('lens_type')!r}"
+            )
     for key, have, of in zip(keys, shape, ("{} translators", "translators {} wide"), strict=True):
         if key in meta and meta[key] != have:
-            raise _damaged(what, file, f"says {key} {meta[key]!r}, but the weights are {of.format(have)}")
+            raise _damaged(
+                what, file, f"says {key} {meta[key]!r}, but the weights are {of.format(have)}"
+            )
     if fmt != "tokenprobe":
-        return {"model": meta.get("base_model_name_or_path", ""), "unembed_hash": meta.get("unembed_hash")}
+        return {
+            "model": meta.get("base_model_name_or_path", ""),
+            "unembed_hash": meta.get("unembed_hash"),
+        }
     return {k: v for k, v in meta.items() if k not in ("n_blocks", "width", "format", "version")}

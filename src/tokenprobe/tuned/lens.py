@@ -28,7 +28,9 @@ class TunedLens(nn.Module):
         super().__init__()
         self.n_blocks, self.width = int(n_blocks), int(width)
         self.info: dict[str, Any] = dict(info or {})
-        self.translators = nn.ModuleList(nn.Linear(width, width, bias=True) for _ in range(n_blocks))
+        self.translators = nn.ModuleList(
+            nn.Linear(width, width, bias=True) for _ in range(n_blocks)
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -80,13 +82,19 @@ def unembed_hash(adapter: Adapter, rows: int | None = None) -> str:
 def residual_width(lm: LoadedModel) -> int:
     """The residual stream's width: the config's hidden size, else the embeddings' width."""
     width = getattr(text_config(lm.model.config), "hidden_size", None)
-    return int(width) if isinstance(width, int) else int(lm.model.get_input_embeddings().weight.shape[-1])
+    return (
+        int(width)
+        if isinstance(width, int)
+        else int(lm.model.get_input_embeddings().weight.shape[-1])
+    )
 
 
 def check_finite(lens: TunedLens, what: str) -> None:
     """One error when any translator weight is inf or NaN (a diverged training, a damaged
     file): such a lens decodes every state to the same token without a word."""
-    bad = [name for name, p in lens.translators.named_parameters() if not bool(torch.isfinite(p).all())]
+    bad = [
+        name for name, p in lens.translators.named_parameters() if not bool(torch.isfinite(p).all())
+    ]
     if bad:
         layers = sorted({int(name.split(".")[0]) for name in bad})
         raise TokenprobeError(

@@ -36,14 +36,22 @@ def _over_data(session: Session) -> None:
     --generate for all), one table."""
     args = session.args
     if args.prompt is not None or args.prompt_file is not None:
-        raise TokenprobeError("give the prompts with --data or with --prompt/--prompt-file, not both")
+        raise TokenprobeError(
+            "give the prompts with --data or with --prompt/--prompt-file, not both"
+        )
     if args.target_column is not None and (args.target is not None or args.generate is not None):
-        raise TokenprobeError("--target-column gives each row's target: leave out --target and --generate")
+        raise TokenprobeError(
+            "--target-column gives each row's target: leave out --target and --generate"
+        )
     if args.target_column is None and args.target is None and args.generate is None:
-        raise TokenprobeError("give --target-column NAME (each row's target), --target TEXT or --generate N")
+        raise TokenprobeError(
+            "give --target-column NAME (each row's target), --target TEXT or --generate N"
+        )
     rows = read_prompts(args.data, args.prompt_column, args.target_column)
     out = Path(args.out)
-    session.check_out(out, RowSet.names(AttributionResult.kind, len(rows), args.figures, args.format))
+    session.check_out(
+        out, RowSet.names(AttributionResult.kind, len(rows), args.figures, args.format)
+    )
     result = attribute_rows(
         session.load(),
         [r["prompt"] for r in rows],

@@ -188,7 +188,9 @@ def _completeness(
     def score_ends(batch: list[int]) -> np.ndarray:
         with torch.no_grad(), _embedding_output(model, ends[batch]):
             out = model(input_ids=ids[batch], use_cache=False, **keep_last(model, m + 1))
-            logits = out.logits[:, -(m + 1) :][:, :m]  # sliced by hand: xLSTM ignores logits_to_keep
+            logits = out.logits[:, -(m + 1) :][
+                :, :m
+            ]  # sliced by hand: xLSTM ignores logits_to_keep
             return pb.row_scores(pb.token_logprobs(logits)).double().cpu().numpy()
 
     f0, f1 = np.concatenate([s for _, s in run_with_backoff([0, 1], score_ends)])

@@ -22,6 +22,7 @@ DEFAULTS = {
     if p.default is not inspect.Parameter.empty
 }
 
+
 def _attribute_chunk(
     lm: LoadedModel, rows: list[dict[str, Any]], options: dict[str, Any]
 ) -> list[AttributionResult]:
@@ -45,10 +46,14 @@ def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) ->
     _check(row["prompt"], target, generate, o["method"], o["baseline"], o["score"])
     stand_in = one_token_text(lm.tokenizer, " the")
     inp = prepare_attribution(
-        lm, row["prompt"], target=stand_in if target is None else target, generate=None,
+        lm,
+        row["prompt"],
+        target=stand_in if target is None else target,
+        generate=None,
         features=text_list(o["features"], "features"),
         target_spans=text_list(o["target_spans"], "target_spans") if target is not None else None,
-        chat=o["chat"], system=o["system"],
+        chat=o["chat"],
+        system=o["system"],
     )
     if target is not None:
         _foil_id(lm, o["foil"], inp.target_text)

@@ -38,9 +38,13 @@ def _overview_and_colour(args: Any, figure: dict[str, Any]) -> None:
     if args.overview or args.no_overview:
         figure["overview"] = bool(args.overview)
     if args.overview and not figure["zoom"]:
-        raise TokenprobeError("--overview boxes the --zoom region on the whole prompt: give --zoom START:END too")
+        raise TokenprobeError(
+            "--overview boxes the --zoom region on the whole prompt: give --zoom START:END too"
+        )
     if figure["colour"] == "diff" and not args.foil:
-        raise TokenprobeError("--colour diff draws logit(target) - logit(foil): give --target and --foil")
+        raise TokenprobeError(
+            "--colour diff draws logit(target) - logit(foil): give --target and --foil"
+        )
 
 
 def command(session: Session) -> None:
@@ -49,7 +53,9 @@ def command(session: Session) -> None:
         return _over_data(session)
     check_rows_flags(args)
     if args.resume:
-        raise TokenprobeError("--resume goes with a --data file of prompts; --prompt runs here at once")
+        raise TokenprobeError(
+            "--resume goes with a --data file of prompts; --prompt runs here at once"
+        )
     prompts = list(args.prompt or [])
     if args.prompt_file:
         prompts.append(session.read_text_file(args.prompt_file, "--prompt-file"))
@@ -76,7 +82,9 @@ def _over_data(session: Session) -> None:
     """--data: every row's prompt (and --target-column target) through the lens, one table."""
     args = session.args
     if args.prompt or args.prompt_file:
-        raise TokenprobeError("give the prompts with --data or with --prompt/--prompt-file, not both")
+        raise TokenprobeError(
+            "give the prompts with --data or with --prompt/--prompt-file, not both"
+        )
     figure = _figure_options(session)
     rows = read_prompts(args.data, args.prompt_column, args.target_column)
     out = Path(args.out)

@@ -53,6 +53,8 @@ def tuned_decoder(
         "path": None if isinstance(lens, TunedLens) else str(lens),
         "format": tuned.info.get("format"),
         "trained_for": tuned.info.get("model") or tuned.info.get("model_path"),
-        "training": {k: v for k, v in tuned.info.items() if k not in ("model", "model_path", "format")},
+        "training": {
+            k: v for k, v in tuned.info.items() if k not in ("model", "model_path", "format")
+        },
     }
     return TunedDecoder(tuned, lm.require_adapter()), info

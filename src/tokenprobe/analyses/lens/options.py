@@ -9,10 +9,22 @@ MAX_TOP_K = 100  # each kept token is three columns of the table, per cell
 OPTIONS = [
     *prompt_options(several=True),
     *rows_options(),
-    Option(None, "with --data: continue an interrupted run in --out", flag="--resume", role="input",
-           action="store_true", group="a data file of prompts (one result row each)"),
+    Option(
+        None,
+        "with --data: continue an interrupted run in --out",
+        flag="--resume",
+        role="input",
+        action="store_true",
+        group="a data file of prompts (one result row each)",
+    ),
     *ray_options(),
-    Option("dummy", "insert N dummy marker tokens (default {default})", type=int, metavar="N", group="input"),
+    Option(
+        "dummy",
+        "insert N dummy marker tokens (default {default})",
+        type=int,
+        metavar="N",
+        group="input",
+    ),
     Option(
         "dummy_token",
         "the dummy marker (default {default}); added to the tokenizer if unknown",
@@ -24,7 +36,9 @@ OPTIONS = [
         metavar="TEXT",
         group="input",
     ),
-    Option("dummy_before", "insert the dummies before the first TEXT", metavar="TEXT", group="input"),
+    Option(
+        "dummy_before", "insert the dummies before the first TEXT", metavar="TEXT", group="input"
+    ),
     Option(
         "targets",
         "track this token's probability and rank everywhere, e.g. --target ' Canberra' (repeatable)",
@@ -77,7 +91,14 @@ OPTIONS = [
         metavar="START:END",
         group="figure",
     ),
-    Option(None, "outline nothing", flag="--no-frame", role="input", action="store_true", group="figure"),
+    Option(
+        None,
+        "outline nothing",
+        flag="--no-frame",
+        role="input",
+        action="store_true",
+        group="figure",
+    ),
     Option(
         "colour",
         "what the colour shows: entropy, or diff = the --foil logit difference (default {default})",
@@ -94,5 +115,12 @@ OPTIONS = [
         action="store_true",
         group="figure",
     ),
-    Option(None, "with --zoom, only the zoomed figure", flag="--no-overview", role="input", action="store_true", group="figure"),
+    Option(
+        None,
+        "with --zoom, only the zoomed figure",
+        flag="--no-overview",
+        role="input",
+        action="store_true",
+        group="figure",
+    ),
 ]

@@ -29,7 +29,9 @@ def _row_targets(targets: Sequence[str], target: str | None) -> list[str]:
     return list(targets) if target is None or target in targets else [*targets, target]
 
 
-def _lens_chunk(lm: LoadedModel, rows: list[dict[str, Any]], options: dict[str, Any]) -> list[LensResult]:
+def _lens_chunk(
+    lm: LoadedModel, rows: list[dict[str, Any]], options: dict[str, Any]
+) -> list[LensResult]:
     """The lens of each row of a chunk: rows sharing a target (or having none) in one batched
     call, so a chunk costs what a multi-prompt `logit_lens` costs."""
     targets = list(options.get("targets") or ())
@@ -60,8 +62,16 @@ def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) ->
     check adds no token (the run adds it, and says so)."""
     o = {**DEFAULTS, **options}
     marker = one_token_text(lm.tokenizer, o["dummy_token"]) if o["dummy"] else o["dummy_token"]
-    prepare(lm, row["prompt"], chat=o["chat"], system=o["system"], dummy=o["dummy"], dummy_token=marker,
-            dummy_after=o["dummy_after"], dummy_before=o["dummy_before"])
+    prepare(
+        lm,
+        row["prompt"],
+        chat=o["chat"],
+        system=o["system"],
+        dummy=o["dummy"],
+        dummy_token=marker,
+        dummy_after=o["dummy_after"],
+        dummy_before=o["dummy_before"],
+    )
     targets = _row_targets(text_list(o["targets"], "targets") or [], row.get("target"))
     _foil_id(lm, o["foil"], targets, _target_ids(lm, targets))
 

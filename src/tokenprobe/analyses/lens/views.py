@@ -74,7 +74,11 @@ def lens_view(
     detail.size = (width, detail.size[1])
     detail.title = f"Positions {start}–{end - 1} (the purple box above): top-1 token in each cell"
     if framed is not None and framed[0] < end and framed[1] > start:
-        what = "the dummy tokens" if framed == result.marked else f"positions {framed[0]}–{framed[1] - 1}"
+        what = (
+            "the dummy tokens"
+            if framed == result.marked
+            else f"positions {framed[0]}–{framed[1] - 1}"
+        )
         detail.title += f"; green: {what}"
     whole.size = (width, 0.1 * result.n_rows + 1.9)
     whole.box, whole.detail = (start, end), detail
@@ -192,7 +196,9 @@ def _extend(values: np.ndarray, limits: tuple[float, float]) -> str:
     """The colour bar's arrows: which ends some drawn cells go past."""
     low = bool(np.nanmin(values) < limits[0]) if values.size else False
     high = bool(np.nanmax(values) > limits[1]) if values.size else False
-    return {(False, False): "neither", (True, False): "min", (False, True): "max"}.get((low, high), "both")
+    return {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
+        (low, high), "both"
+    )
 
 
 def _tips(res: LensResult, start: int, end: int) -> list[list[str]]:

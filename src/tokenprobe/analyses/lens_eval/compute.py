@@ -49,7 +49,9 @@ def lens_eval(
             raise TokenprobeError(f"`{name}` must be at least 1, not {value}")
     if memory_mb is not None and memory_mb <= 0:
         raise TokenprobeError(f"`memory_mb` must be positive, not {memory_mb:g}")
-    source = str(lens) if not isinstance(lens, TunedLens) else lens.info.get("path", "a lens in memory")
+    source = (
+        str(lens) if not isinstance(lens, TunedLens) else lens.info.get("path", "a lens in memory")
+    )
     tuned = load_lens(lens, lm) if not isinstance(lens, TunedLens) else lens
     if isinstance(lens, TunedLens):
         check_lens(lens, lm, "`lens` (in memory)")
@@ -67,7 +69,9 @@ def lens_eval(
     ce = np.zeros((len(LENSES), n_blocks + 1))
     micro = max(1, batch_tokens // seq_len)
     disable = None if progress is None else not progress
-    with tqdm(total=sequences.numel(), desc="lens-eval", unit="tok", unit_scale=True, disable=disable) as bar:
+    with tqdm(
+        total=sequences.numel(), desc="lens-eval", unit="tok", unit_scale=True, disable=disable
+    ) as bar:
         for start in range(0, len(sequences), micro):
             ids = sequences[start : start + micro].to(lm.device)
             _batch(lm, ids, decoders, rows, kl, ce)
@@ -84,8 +88,13 @@ def lens_eval(
             "model": lm.describe(),
             "lens": {"path": source, **{k: v for k, v in tuned.info.items() if k != "training"}},
             "data": data if isinstance(data, str) else f"{len(data)} texts",
-            "options": {"tokens": tokens, "seq_len": seq_len, "sequences": len(sequences),
-                        "batch_tokens": batch_tokens, "text_column": text_column},
+            "options": {
+                "tokens": tokens,
+                "seq_len": seq_len,
+                "sequences": len(sequences),
+                "batch_tokens": batch_tokens,
+                "text_column": text_column,
+            },
             "rows": "layer 0 = embeddings, layer i = block i output, 'output' = the model's logits; "
             "kl = KL(final || layer) over every position, ce = next-token cross-entropy (nats)",
             "versions": versions(),

@@ -35,7 +35,14 @@ class LinePlot:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
         for ax, (_name, label), values in zip(axes, MEASURES, (self.kl, self.ce), strict=True):
             for i, lens in enumerate(LENSES[: len(values)]):
-                ax.plot(x, values[i], marker="o", markersize=3, color=COLOURS[lens], label=f"{lens} lens")
+                ax.plot(
+                    x,
+                    values[i],
+                    marker="o",
+                    markersize=3,
+                    color=COLOURS[lens],
+                    label=f"{lens} lens",
+                )
             ax.set_xlabel("layer")
             ax.set_ylabel(label)
             ticks = _ticks(len(x))
@@ -66,7 +73,9 @@ def _ticks(n: int, most: int = 12) -> list[int]:
     return ticks
 
 
-def measure_heatmaps(layer_labels: list[str], kl: np.ndarray, ce: np.ndarray, title: str) -> list[Heatmap]:
+def measure_heatmaps(
+    layer_labels: list[str], kl: np.ndarray, ce: np.ndarray, title: str
+) -> list[Heatmap]:
     """KL and cross-entropy, each a (lens x layer) heatmap with the numbers in the cells."""
     out = []
     for (name, label), values in zip(MEASURES, (kl, ce), strict=True):
@@ -84,8 +93,11 @@ def measure_heatmaps(layer_labels: list[str], kl: np.ndarray, ce: np.ndarray, ti
                 xlabel="layer",
                 ylabel="lens",
                 cell_text=np.vectorize(lambda v: f"{v:.2f}")(values),
-                about=[f"{name} per layer; lower is closer to the model's output" if name == "kl"
-                       else f"{name} per layer; the output column is the model's own loss"],
+                about=[
+                    f"{name} per layer; lower is closer to the model's output"
+                    if name == "kl"
+                    else f"{name} per layer; the output column is the model's own loss"
+                ],
             )
         )
     return out

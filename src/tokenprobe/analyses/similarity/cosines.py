@@ -78,10 +78,14 @@ class _Cosines:
                 self.batching = "padded batches (checked against one text alone)"
             else:
                 self.alone = True
-                self.batching = (f"one text at a time: a padded batch differed from one text alone "
-                                 f"by {err:.1e} (relative error)")
-                warn(f"past similarity: {type(self.lm.model).__name__} {self.batching} on this model; "
-                     "each text runs alone (the same numbers, slower)")
+                self.batching = (
+                    f"one text at a time: a padded batch differed from one text alone "
+                    f"by {err:.1e} (relative error)"
+                )
+                warn(
+                    f"past similarity: {type(self.lm.model).__name__} {self.batching} on this model; "
+                    "each text runs alone (the same numbers, slower)"
+                )
                 return [self._states([s])[:, 0] for s in seqs]
         return rows
 

@@ -44,9 +44,13 @@ def check_settings(
             "`corrupt` noise with `subject` TEXT (the span whose embeddings get the noise)"
         )
     if corrupt == "prompt" and corrupted is None:
-        raise TokenprobeError("`corrupt` prompt needs `corrupted` TEXT, a prompt of the same token length")
+        raise TokenprobeError(
+            "`corrupt` prompt needs `corrupted` TEXT, a prompt of the same token length"
+        )
     if corrupt == "noise" and subject is None:
-        raise TokenprobeError("`corrupt` noise needs `subject` TEXT: the span whose embeddings get the noise")
+        raise TokenprobeError(
+            "`corrupt` noise needs `subject` TEXT: the span whose embeddings get the noise"
+        )
     if corrupt == "noise" and corrupted is not None:
         raise TokenprobeError("give `corrupted` TEXT or `corrupt` noise, not both")
     if not noise > 0:
@@ -61,9 +65,13 @@ def check_settings(
             raise TokenprobeError(f"`components` must be among {', '.join(COMPONENTS)}, not {c!r}")
     metric = metric or ("diff" if foil is not None else "prob")
     if metric == "diff" and foil is None:
-        raise TokenprobeError("`metric` diff is the logit difference target - foil: give `foil` TEXT")
+        raise TokenprobeError(
+            "`metric` diff is the logit difference target - foil: give `foil` TEXT"
+        )
     if metric != "diff" and foil is not None:
-        raise TokenprobeError(f"`foil` is scored only by `metric` diff, not {metric}: drop `metric` or `foil`")
+        raise TokenprobeError(
+            f"`foil` is scored only by `metric` diff, not {metric}: drop `metric` or `foil`"
+        )
     return Settings(corrupt, metric, comps)
 
 
@@ -78,15 +86,16 @@ def corrupted_input(
     if len(a) != len(b):
         at = differ[0] if differ else min(len(a), len(b))
         where = (
-            f"they diverge at position {at}: "
-            f"{_shown(bad.tokens, at)} vs {_shown(clean.tokens, at)}"
+            f"they diverge at position {at}: {_shown(bad.tokens, at)} vs {_shown(clean.tokens, at)}"
         )
         raise TokenprobeError(
             f"the corrupted prompt is {len(b)} tokens and the prompt {len(a)}; `corrupted` must "
             f"have the same token length ({where})"
         )
     if not differ:
-        raise TokenprobeError("`corrupted` gives the same tokens as the prompt: nothing is corrupted")
+        raise TokenprobeError(
+            "`corrupted` gives the same tokens as the prompt: nothing is corrupted"
+        )
     return bad, (differ[0], differ[-1] + 1)
 
 
@@ -106,7 +115,9 @@ def subject_span(lm: LoadedModel, clean: PreparedInput, subject: str) -> tuple[i
             f"`subject` {subject!r} is not in the prompt: give a substring of `prompt` (case and spaces count)"
         )
     if 0 <= text.find(subject, at + 1) < origin + len(clean.prompt) - len(subject) + 1:
-        warn(f"`subject` {subject!r} occurs more than once in the prompt: the noise goes on the first")
+        warn(
+            f"`subject` {subject!r} occurs more than once in the prompt: the noise goes on the first"
+        )
     ids, offsets = encode(lm.tokenizer, text, chat=clean.chat)
     end = at + len(subject)
     if offsets is not None and list(ids) == list(clean.input_ids):

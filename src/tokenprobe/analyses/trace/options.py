@@ -25,7 +25,9 @@ def positive_float(text: str) -> float:
 
 OPTIONS = [
     *prompt_options(several=False),
-    Option("target", "the next token to score, e.g. ' Paris' (required)", metavar="TEXT", group="input"),
+    Option(
+        "target", "the next token to score, e.g. ' Paris' (required)", metavar="TEXT", group="input"
+    ),
     Option(
         "foil",
         "a contrasting token: the metric becomes the logit difference target - foil",

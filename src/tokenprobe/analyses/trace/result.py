@@ -65,7 +65,11 @@ class TraceResult(Result):
         for name, exact, est in pairs:
             ok = np.isfinite(exact) & np.isfinite(est)
             a, b = np.ravel(exact)[np.ravel(ok)], np.ravel(est)[np.ravel(ok)]
-            out[name] = float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 and a.std() > 0 and b.std() > 0 else None
+            out[name] = (
+                float(np.corrcoef(a, b)[0, 1])
+                if len(a) > 1 and a.std() > 0 and b.std() > 0
+                else None
+            )
         return out
 
     def to_frame(self) -> pd.DataFrame:
@@ -146,7 +150,8 @@ class TraceResult(Result):
                 best.append(f"{c} {word} at layer {layer}, position {pos} ({grid[layer, pos]:.4g})")
         line = (
             f"causal trace ({m.get('method')}, {m.get('metric')}) of {str(m.get('prompt', ''))[:50]!r}: "
-            f"clean {self.clean_score:.4g}, corrupted {self.corrupted_score:.4g}; " + "; ".join(best)
+            f"clean {self.clean_score:.4g}, corrupted {self.corrupted_score:.4g}; "
+            + "; ".join(best)
         )
         corr = m.get("estimate_correlation")
         if corr:

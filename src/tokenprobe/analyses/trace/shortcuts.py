@@ -52,9 +52,13 @@ class Shortcuts:
 
         def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...
 
-        def _embedding_hook(self, noise_rows: torch.Tensor | None, leaf: bool, offset: int = 0) -> Any: ...
+        def _embedding_hook(
+            self, noise_rows: torch.Tensor | None, leaf: bool, offset: int = 0
+        ) -> Any: ...
 
-        def _base_states(self, base_rows: torch.Tensor, offset: int = 0) -> Callable[[int], torch.Tensor]: ...
+        def _base_states(
+            self, base_rows: torch.Tensor, offset: int = 0
+        ) -> Callable[[int], torch.Tensor]: ...
 
     @cached_property
     def skip(self) -> bool:
@@ -68,7 +72,9 @@ class Shortcuts:
         patched one? Checked on first use, and again for every prefix length a batch uses
         (where one fails, this turns False and later batches recompute those positions)."""
         if not self._has_past:
-            self._switch_off("past", f"{type(self.lm.model).__name__}'s forward takes no key/value cache")
+            self._switch_off(
+                "past", f"{type(self.lm.model).__name__}'s forward takes no key/value cache"
+            )
             return False
         return self._check_past()
 
@@ -90,7 +96,11 @@ class Shortcuts:
             past = f"recomputed after the cache of {self.past_failed} positions did not continue exactly: {self.past_why}"
         elif not self.past:
             past = f"recomputed: {self.past_why or 'a single position has nothing before it'}"
-        skip = "reused from the cached run" if self.skip else f"recomputed: {self.skip_why or 'a single block'}"
+        skip = (
+            "reused from the cached run"
+            if self.skip
+            else f"recomputed: {self.skip_why or 'a single block'}"
+        )
         return {"lower_blocks": skip, "earlier_positions": past}
 
     def _past(self, positions: int, base_rows: torch.Tensor) -> Any:
@@ -117,13 +127,21 @@ class Shortcuts:
         with ExitStack() as stack:
             if self.base_noisy:
                 stack.enter_context(self._embedding_hook(rows, False))
-            stack.enter_context(at_sites(self.adapter.blocks, {last: recorder(store, last)}, self.flat, positions))
+            stack.enter_context(
+                at_sites(self.adapter.blocks, {last: recorder(store, last)}, self.flat, positions)
+            )
             extra = {"logits_to_keep": 1} if self.keep_last else {}
             with torch.inference_mode():
-                out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **extra)
+                out = self.lm.model(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **extra
+                )
         cache = cache_of(out)
         if not is_key_value_cache(cache):
-            what = "no cache" if cache is None else f"a cache ({type(cache).__name__}) that holds more than attention keys and values"
+            what = (
+                "no cache"
+                if cache is None
+                else f"a cache ({type(cache).__name__}) that holds more than attention keys and values"
+            )
             why = f"it returns {what}"
         else:
             err = self._error(store[last][0], self.base[last][:, :positions])
@@ -131,8 +149,12 @@ class Shortcuts:
             if err <= self._tolerance:  # continue the first sample's run from the cache
                 zero = rows[:1]
                 with torch.inference_mode():
-                    self.forward(self.base_ids[:, positions:], zero if self.base_noisy else None,
-                                  {last: recorder(store, last)}, past=rows_of(cache, zero))
+                    self.forward(
+                        self.base_ids[:, positions:],
+                        zero if self.base_noisy else None,
+                        {last: recorder(store, last)},
+                        past=rows_of(cache, zero),
+                    )
                 err = self._error(store[last][0], self.base[last][:1, positions:])
                 why = f"continuing from the cache of {positions} positions differs from the full run by {err:.1e} {self._relative}"
                 if err <= self._tolerance:
@@ -168,7 +190,10 @@ class Shortcuts:
             self._switch_off("past", "an encoder-decoder model's cache is not continued")
             return False
         try:
-            ok = self._past(self.n_pos // 2, torch.zeros(1, dtype=torch.long, device=self.lm.device)) is not None
+            ok = (
+                self._past(self.n_pos // 2, torch.zeros(1, dtype=torch.long, device=self.lm.device))
+                is not None
+            )
         except Exception as exc:  # noqa: BLE001 - a model whose cache does not work recomputes the positions
             if is_oom(exc):
                 raise
@@ -190,8 +215,13 @@ class Shortcuts:
         try:
             with torch.inference_mode():
                 self.skipper.learn(lambda: self.forward(self.base_ids[:1], None, {}))
-                self.forward(self.base_ids, rows if self.base_noisy else None, {last: recorder(store, last)},
-                              start, self._base_states(rows))
+                self.forward(
+                    self.base_ids,
+                    rows if self.base_noisy else None,
+                    {last: recorder(store, last)},
+                    start,
+                    self._base_states(rows),
+                )
         except Exception as exc:  # noqa: BLE001 - blocks that cannot be skipped are run
             if is_oom(exc):
                 raise
@@ -200,10 +230,12 @@ class Shortcuts:
         err = self._error(store[last][0], self.base[last][:1])
         if err > self._tolerance:
             self._switch_off(
-                "skip", f"a run that skips the lower blocks differs from the full run by {err:.1e} {self._relative}"
+                "skip",
+                f"a run that skips the lower blocks differs from the full run by {err:.1e} {self._relative}",
             )
             return False
         return True
+
 
 def _one_line(exc: BaseException) -> str:
     """An exception as `Type: first line of its message`."""

@@ -39,16 +39,23 @@ def plan_tiles(
 
     def cost(h: int, w: int) -> float:
         """Per batch, the blocks it runs x (its tokens + a pass's fixed cost), and the cache runs."""
-        n = np.add.reduceat(np.add.reduceat(counts, range(0, len(starts), h), 0), range(0, len(firsts), w), 1)
+        n = np.add.reduceat(
+            np.add.reduceat(counts, range(0, len(starts), h), 0), range(0, len(firsts), w), 1
+        )
         blocks = n_blocks + 1 - np.array(starts[::h], dtype=float)[:, None]
         length = n_pos - np.array(firsts[::w], dtype=float)[None, :]
         batches = np.ceil(n / np.maximum(1, batch_tokens // length))
         prefix = sum(f * prefix_rows + forward_tokens for f in firsts[::w] if f) * (n_blocks + 1)
         return float((blocks * (n * length + batches * forward_tokens)).sum() + prefix)
 
-    h, w = min(((h, w) for h in band_sizes(len(starts)) for w in band_sizes(len(firsts))), key=lambda hw: cost(*hw))
+    h, w = min(
+        ((h, w) for h in band_sizes(len(starts)) for w in band_sizes(len(firsts))),
+        key=lambda hw: cost(*hw),
+    )
     groups: dict[tuple[int, int], list[int]] = {}
-    for r in sorted(range(len(start)), key=lambda r: (row_f[r] // w, row_s[r] // h, first[r], start[r])):
+    for r in sorted(
+        range(len(start)), key=lambda r: (row_f[r] // w, row_s[r] // h, first[r], start[r])
+    ):
         groups.setdefault((row_f[r] // w, row_s[r] // h), []).append(r)
     return [(rows, n_pos - min(first[r] for r in rows)) for rows in groups.values()]
 

@@ -83,7 +83,10 @@ class Tracer(Shortcuts):
         self.keep_last = "logits_to_keep" in params
         self.samples = 1 if problem.noise is None else int(problem.noise.shape[0])
         noisy_base = problem.noise is not None and problem.direction == "restore"
-        self.base_noisy, self.source_noisy = noisy_base, problem.noise is not None and not noisy_base
+        self.base_noisy, self.source_noisy = (
+            noisy_base,
+            problem.noise is not None and not noisy_base,
+        )
         self.skipper = Skipper(self.adapter)
         clean_ids = torch.tensor([problem.clean_ids], device=lm.device)
         logits: list[torch.Tensor] = []
@@ -137,7 +140,9 @@ class Tracer(Shortcuts):
                 extra |= with_cache(self.lm.model, past)
             else:
                 extra["use_cache"] = False
-            mask = torch.ones((ids.shape[0], offset + ids.shape[1]), dtype=ids.dtype, device=ids.device)
+            mask = torch.ones(
+                (ids.shape[0], offset + ids.shape[1]), dtype=ids.dtype, device=ids.device
+            )
             out = self.lm.model(input_ids=ids, attention_mask=mask, **extra)
         if logits is not None:
             logits.append(out.logits[:, -1].detach().float().cpu())
@@ -177,10 +182,15 @@ class Tracer(Shortcuts):
             scores = self.forward(ids, noise_rows, edits, logits=logits)
         return scores.double().cpu().numpy(), [store[i][0] for i in range(len(self.flat))]
 
-    def _base_states(self, base_rows: torch.Tensor, offset: int = 0) -> Callable[[int], torch.Tensor]:
+    def _base_states(
+        self, base_rows: torch.Tensor, offset: int = 0
+    ) -> Callable[[int], torch.Tensor]:
         """The base run's residual stream at layer k for each row of a batch, from position
         `offset` on."""
-        resid = [self.base[self.index[("resid", k)]][:, offset:] for k in range(self.adapter.n_blocks + 1)]
+        resid = [
+            self.base[self.index[("resid", k)]][:, offset:]
+            for k in range(self.adapter.n_blocks + 1)
+        ]
         if self.base_noisy:
             return lambda k: resid[k][base_rows]
         return lambda k: resid[k].expand(len(base_rows), -1, -1)

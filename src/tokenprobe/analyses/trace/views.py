@@ -75,10 +75,13 @@ def trace_view(
         or f"Causal trace: {verb} {NAMES[component]}{f' (window {window})' if window > 1 else ''}"
         f"{' — ' + model_name if model_name else ''}",
         colorbar=colorbar,
-        xlabel="input token (* = " + ("subject)" if meta.get("corruption") == "noise" else "corrupted)"),
+        xlabel="input token (* = "
+        + ("subject)" if meta.get("corruption") == "noise" else "corrupted)"),
         ylabel="layer (0 = embeddings)" if component == "resid" else "block",
         origin="lower",
-        cell_text=np.vectorize(lambda v: "" if not np.isfinite(v) else f"{v:.2f}", otypes=[object])(values),
+        cell_text=np.vectorize(lambda v: "" if not np.isfinite(v) else f"{v:.2f}", otypes=[object])(
+            values
+        ),
         annotate=annotate,
         cell_fontsize=6.0,
         frame=frame,
@@ -105,7 +108,8 @@ def _about(result: TraceResult) -> list[str]:
     corr = m.get("estimate_correlation")
     if corr:
         lines.append(
-            "estimate vs exact: r = " + ", ".join(f"{k} {v:.3f}" for k, v in corr.items() if v is not None)
+            "estimate vs exact: r = "
+            + ", ".join(f"{k} {v:.3f}" for k, v in corr.items() if v is not None)
         )
     return lines
 
@@ -122,7 +126,9 @@ def _tips(res: TraceResult, component: str) -> list[list[str]]:
         line = []
         for p in range(grid.shape[1]):
             if not np.isfinite(grid[r, p]):
-                line.append(f"position {p}: {display_token(res.tokens[p], 24)}\nno {component} in block {r}")
+                line.append(
+                    f"position {p}: {display_token(res.tokens[p], 24)}\nno {component} in block {r}"
+                )
                 continue
             text = (
                 f"position {p}: {display_token(res.tokens[p], 24)}\n{what} {r}\n"

@@ -89,7 +89,9 @@ class TuneLensResult(Result):
             if overwrite:
                 self._remove_previous_lens(Path(out_dir))
             written.update(save_lens(self.lens, out_dir, formats=self.lens_formats))
-        written.update(super().save(out_dir, formats=formats, overwrite=overwrite, plot_options=plot_options))
+        written.update(
+            super().save(out_dir, formats=formats, overwrite=overwrite, plot_options=plot_options)
+        )
         return written
 
     def _remove_previous_lens(self, out: Path) -> None:
