@@ -61,15 +61,17 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
 	  echo "note: could not install chromium; the browser tests will be skipped"
 
-test: $(STAMP) browser
-	$(BIN)/ruff check src tests bench
+test: lint browser
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# the linter, the formatter's check and the type checker (pre-commit runs the same three)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/lens.py

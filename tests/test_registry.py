@@ -1,4 +1,4 @@
-"""A fifth analysis defined in this file alone gets everything the four built-in ones have: a
+"""An analysis defined in this file alone gets everything the seven built-in ones have: a
 command with --help, a run from the command line, save and load, a PNG and a report section.
 
 The toy analysis is hidden-state norms: ||h|| of every layer (0 = embeddings, i = block i's

@@ -231,12 +231,13 @@ def check_saved_dataset(folder: Path, data: str) -> None:
     if not state.is_file():
         return
     files = _json_object(state, data).get("_data_files")
-    names = (
+    entries = (
         [f.get("filename") if isinstance(f, dict) else None for f in files]
         if isinstance(files, list)
         else []
     )
-    if not names or not all(isinstance(n, str) and n and Path(n).name == n for n in names):
+    names = [n for n in entries if isinstance(n, str) and n and Path(n).name == n]
+    if not entries or len(names) != len(entries):
         raise _unusable(data, state, "lists no data files (`_data_files`, each with a file name)")
     for name in names:
         if not (folder / name).is_file():

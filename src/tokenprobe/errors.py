@@ -33,10 +33,7 @@ class TokenprobeError(Exception):
     def render(self, name_of: Mapping[str, str] | Callable[[str], str] | None = None) -> str:
         """The message with each `name` shown as `name_of` says (a parameter's flag on the
         command line), else as the bare parameter name."""
-        if name_of is None:
-            return _NAME.sub(lambda m: m.group(1), self.template)
-        lookup = name_of.get if isinstance(name_of, Mapping) else name_of
-        return _NAME.sub(lambda m: lookup(m.group(1)) or m.group(1), self.template)
+        return _render(self.template, name_of)
 
 
 class TokenprobeWarning(UserWarning):
@@ -47,8 +44,20 @@ class TokenprobeWarning(UserWarning):
         super().__init__(message)
         self.template = message
 
-    __str__ = TokenprobeError.__str__
-    render = TokenprobeError.render
+    def __str__(self) -> str:
+        return self.render()
+
+    def render(self, name_of: Mapping[str, str] | Callable[[str], str] | None = None) -> str:
+        """The message with each `name` shown as `name_of` says, as `TokenprobeError.render`."""
+        return _render(self.template, name_of)
+
+
+def _render(template: str, name_of: Mapping[str, str] | Callable[[str], str] | None) -> str:
+    """`template` with each `name` shown as `name_of` says, else as the bare name."""
+    if name_of is None:
+        return _NAME.sub(lambda m: m.group(1), template)
+    lookup = name_of.get if isinstance(name_of, Mapping) else name_of
+    return _NAME.sub(lambda m: lookup(m.group(1)) or m.group(1), template)
 
 
 def warn(message: str, stacklevel: int = 2) -> None:
@@ -107,11 +116,11 @@ def _registry_of(filename: str) -> tuple[str | None, dict]:
             if getattr(module, "__file__", None) == filename:
                 _MODULES[filename] = name
                 break
-    name = _MODULES.get(filename)
-    module = sys.modules.get(name) if name else None
-    if module is None:
+    found = _MODULES.get(filename)
+    loaded = sys.modules.get(found) if found else None
+    if loaded is None:
         return None, _REGISTRIES.setdefault(filename, {})
-    return name, vars(module).setdefault("__warningregistry__", {})
+    return found, vars(loaded).setdefault("__warningregistry__", {})
 
 
 def warn_again(caught: Iterable[CaughtWarning]) -> None:

@@ -108,9 +108,8 @@ class Heatmap:
         if self.figure_title:
             fig.suptitle(self.title, fontsize=self.title_fontsize or 11)
         else:
-            ax.set_title(
-                self.title, **({"fontsize": self.title_fontsize} if self.title_fontsize else {})
-            )
+            size: dict[str, Any] = {"fontsize": self.title_fontsize} if self.title_fontsize else {}
+            ax.set_title(self.title, **size)
         return fig
 
     def _stacked_figure(self) -> Any:

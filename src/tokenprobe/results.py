@@ -100,9 +100,10 @@ class Result:
     def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> Result:
         raise NotImplementedError
 
-    def views(self, **options: Any) -> list[tuple[str, Heatmap]]:
+    def views(self, *args: Any, **options: Any) -> list[tuple[str, Heatmap]]:
         """(file stem, heatmap) of each figure, for the saved figures and the page alike;
-        `options` are the figure options the analysis takes (e.g. the lens's `zoom`)."""
+        `options` are the figure options the analysis takes (e.g. the lens's `zoom`), each an
+        analysis's own keyword-only parameters (`*args` lets them narrow this signature)."""
         raise NotImplementedError
 
     def plot(self, **options: Any) -> Any:

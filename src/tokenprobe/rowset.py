@@ -41,7 +41,7 @@ ROW_META = "tokenprobe.rows"  # a checkpoint part's Parquet metadata key: the ro
 DEFAULT_FIGURES = 3
 
 # fn(model, rows of one chunk, options) -> one result per row
-RowFunction = Callable[[LoadedModel, list[dict[str, Any]], dict[str, Any]], list[Result]]
+RowFunction = Callable[[LoadedModel, list[dict[str, Any]], dict[str, Any]], Sequence[Result]]
 # check(model, one row, options): raises the TokenprobeError the row would fail with, cheaply
 RowCheck = Callable[[LoadedModel, dict[str, Any], dict[str, Any]], None]
 _IN_CHUNK = "_tokenprobe_chunk_rows"  # set on an error: the rows (places in its chunk) it is about
@@ -189,17 +189,17 @@ def _check_rows(
                 bad.append((i, exc))
     if not bad:
         return
-    first, exc = bad[0]
-    if len(bad) == len(rows) > 1 and all(e.template == exc.template for _, e in bad):
+    first, error = bad[0]
+    if len(bad) == len(rows) > 1 and all(e.template == error.template for _, e in bad):
         of = f" of {data}" if data else ""
-        raise TokenprobeError(f"all {len(rows)} rows{of}: {exc.template}") from exc
+        raise TokenprobeError(f"all {len(rows)} rows{of}: {error.template}") from error
     more = [i for i, _ in bad[1:]]
     also = ""
     if more:
         also = (
             f" (and {len(more)} more bad {'row' if len(more) == 1 else 'rows'}: {_rows_text(more)})"
         )
-    raise TokenprobeError(f"{where([first], data, len(rows))}: {exc.template}{also}") from exc
+    raise TokenprobeError(f"{where([first], data, len(rows))}: {error.template}{also}") from error
 
 
 def _load_worker_model(load_args: dict[str, Any]) -> LoadedModel:

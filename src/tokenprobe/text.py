@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .errors import TokenprobeError, warn
-from .model import Adapter, LoadedModel
+from .model import Adapter, LoadedModel, weight_of
 
 DEFAULT_MARKER = "_PAUSE_"
 
@@ -139,7 +139,7 @@ def ensure_marker(lm: LoadedModel, marker: str) -> int:
     tok.add_tokens([AddedToken(marker, special=True, normalized=False)], special_tokens=True)
     new_id = int(tok.convert_tokens_to_ids(marker))
     emb = lm.model.get_input_embeddings()
-    old_rows = int(emb.weight.shape[0])
+    old_rows = int(weight_of(emb).shape[0])
     if new_id >= old_rows:
         out_emb = lm.model.get_output_embeddings()
         tied = out_emb is not None and out_emb.weight is emb.weight
@@ -154,7 +154,7 @@ def ensure_marker(lm: LoadedModel, marker: str) -> int:
         if lm.loaded_vocab is None:
             lm.loaded_vocab = old_rows
         with torch.no_grad():
-            new_in = lm.model.get_input_embeddings().weight
+            new_in = weight_of(lm.model.get_input_embeddings())
             new_in[old_rows:] = new_in[:old_rows].mean(dim=0)
             new_out = lm.model.get_output_embeddings()
             if new_out is not None and not tied and new_out.weight.shape[0] > old_rows:

@@ -216,7 +216,7 @@ class Option:
 def check_options(options: Sequence[Option], values: Mapping[str, Any]) -> None:
     """Check each given parameter against its option's choices and limits."""
     for option in options:
-        if option.param in values:
+        if option.param is not None and option.param in values:
             option.check(values[option.param])
 
 
@@ -241,7 +241,9 @@ class Session(Protocol):
     def params(self, role: str = "run") -> dict[str, Any]:
         """The parameters of the options with this role, from the parsed flags."""
 
-    offline: bool  # --offline or HF_HUB_OFFLINE: no downloads
+    @property
+    def offline(self) -> bool:
+        """--offline or HF_HUB_OFFLINE: no downloads."""
 
     def load(self, *, task: str = "causal-lm", dtype: str | None = None) -> LoadedModel:
         """The model of --model/--device/--dtype (loaded once, kept for the next call)."""

@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # with a traceback; a Python caller gets its handler back
         previous = _ignore_interrupts()
         hint = ""
-        if getattr(args, "resume", None) is not None:  # the commands that checkpoint
+        if args is not None and getattr(args, "resume", None) is not None:  # checkpointing commands
             hint = interrupted_note(Path(args.out))  # what is kept, only if something is
         print(f"tokenprobe: interrupted{hint}", file=sys.stderr)
         if argv is not None and previous is not None:

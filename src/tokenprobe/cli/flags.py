@@ -7,7 +7,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..analyses.base import Analysis, positive_int
 from ..errors import TokenprobeError
@@ -38,7 +38,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: `tokenprobe: error: ...` and exit status 2, like every
     other bad input (the usage is one --help away)."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"tokenprobe: error: {message} (see {self.prog} --help)\n")
 
 

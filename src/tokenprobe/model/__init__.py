@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ..errors import TokenprobeError
-from .adapter import Adapter, text_config
+from .adapter import Adapter, text_config, weight_of
 from .cache import (
     BUILTIN_MODELS,
     COMPLETE_MARKER,
@@ -41,6 +41,9 @@ from .hub import check_reachable, offline, offline_wanted
 from .hub import offline as offline_block
 from .placement import parse_max_memory, placement_kwargs
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 __all__ = [
     "BUILTIN_MODELS",
     "COMPLETE_MARKER",
@@ -61,6 +64,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "text_config",
+    "weight_of",
 ]
 
 log = logging.getLogger("tokenprobe")
@@ -139,7 +143,7 @@ def execution_device(module: torch.nn.Module) -> torch.device | None:
 class LoadedModel:
     """A model, its tokenizer, where it came from, and its adapter."""
 
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: Any
     name: str
     source: str = ""
@@ -151,7 +155,7 @@ class LoadedModel:
 
     @classmethod
     def wrap(
-        cls, model: nn.Module, tokenizer: Any, name: str | None = None, source: str = ""
+        cls, model: PreTrainedModel, tokenizer: Any, name: str | None = None, source: str = ""
     ) -> LoadedModel:
         """Wrap an already-built model and tokenizer (e.g. one made in a notebook or a test)."""
         model.eval()
@@ -226,7 +230,7 @@ class LoadedModel:
             "source": self.source,
             "class": type(self.model).__name__,
             "n_blocks": adapter.n_blocks if adapter else None,
-            "vocab_size": int(self.model.get_input_embeddings().weight.shape[0]),
+            "vocab_size": int(weight_of(self.model.get_input_embeddings()).shape[0]),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "blocks": adapter.blocks_path if adapter else None,
@@ -245,7 +249,7 @@ def _from_folder(
     local_only: bool,
     trust: bool = False,
     **placement: Any,
-) -> tuple[nn.Module, Any]:
+) -> tuple[PreTrainedModel, Any]:
     """The model and tokenizer in `folder` (or of a hub id), refused in one line when tokenprobe
     cannot use them as `task` asks: an encoder-decoder, a classifier asked for as a causal LM,
     or any weight that loading would initialise at random."""
@@ -261,7 +265,7 @@ def _from_folder(
         raise TokenprobeError(f"unknown task '{task}': use causal-lm or sequence-classification")
     if not local_only:  # a hub id: a network that is down is one line now, not minutes of retries
         check_reachable(folder)
-    kwargs = {"local_files_only": local_only, "trust_remote_code": trust}
+    kwargs: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": trust}
     config = AutoConfig.from_pretrained(folder, **kwargs)
     check_supported(folder, config, task)
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
@@ -387,7 +391,7 @@ def _load(
         hub = folder == name and not Path(name).expanduser().exists()
         raise load_error(name, folder, exc, hub=hub, offline=local_only, trust=trust) from exc
     if not placement:  # a device map has placed every module already
-        model.to(dev)
+        cast(nn.Module, model).to(dev)  # still PreTrainedModel.to (mypy misreads its `wraps`)
     lm = LoadedModel.wrap(model, tokenizer, name=display, source=source)
     lm.folder = folder
     if task == "causal-lm":

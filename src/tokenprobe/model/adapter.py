@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -22,6 +22,12 @@ def text_config(config: Any) -> Any:
     """The language-model part of a (possibly multimodal) config."""
     getter = getattr(config, "get_text_config", None)
     return getter() if callable(getter) else config
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """The `weight` of an embedding, linear map or norm: `nn.Module` types any attribute it
+    does not declare as `Tensor | Module`, and these modules' weights are parameters."""
+    return cast(torch.Tensor, module.weight)
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -163,7 +169,7 @@ class Adapter:
         (`decoded`). `last_only` keeps only the last block's output."""
         states: list[torch.Tensor] = []
 
-        device = self.embed.weight.device  # where states of a model spread over devices meet
+        device = weight_of(self.embed).device  # where states of a model spread over devices meet
 
         def first_input(_m: nn.Module, args: tuple, kwargs: dict) -> None:
             states.append(self.decoded(args[0] if args else kwargs["hidden_states"]).to(device))
@@ -321,11 +327,11 @@ def _state_width(blocks: nn.ModuleList) -> int | None:
     """The residual stream's width: the widest of the blocks' norms (per-head query/key norms
     are narrower), else the input width of their first linear map."""
     widths = [
-        int(m.weight.shape[0])
+        int(weight.shape[0])
         for m in blocks[0].modules()
         if _is_norm(m)
-        and isinstance(getattr(m, "weight", None), torch.Tensor)
-        and m.weight.dim() == 1
+        and isinstance(weight := getattr(m, "weight", None), torch.Tensor)
+        and weight.dim() == 1
     ]
     if widths:
         return max(widths)

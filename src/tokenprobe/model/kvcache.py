@@ -45,7 +45,7 @@ def is_key_value_cache(cache: Any) -> bool:
     from transformers import cache_utils
 
     recurrent = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
-    layers = getattr(cache, "layers", None)
+    layers = getattr(cache, "layers", None) or ()
     return (
         type(cache) is cache_utils.DynamicCache
         and bool(layers)

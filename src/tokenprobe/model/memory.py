@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import TokenprobeError
-from .adapter import text_config
+from .adapter import text_config, weight_of
 
 if TYPE_CHECKING:
     from . import LoadedModel
@@ -67,7 +67,7 @@ def per_token_bytes(lm: LoadedModel, gradients: bool = False) -> int:
     # a classifier's head gives one score per label, and it has no adapter (no LM head)
     head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
     if head is not None:
-        vocab = int(lm.model.get_input_embeddings().weight.shape[0])
+        vocab = int(weight_of(lm.model.get_input_embeddings()).shape[0])
     else:
         vocab = int(getattr(lm.model.config, "num_labels", 0) or 2)
     size = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4

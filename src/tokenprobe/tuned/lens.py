@@ -10,13 +10,13 @@ no translator: its output is decoded as the model decodes it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..errors import TokenprobeError
-from ..model import Adapter, LoadedModel
+from ..model import Adapter, LoadedModel, weight_of
 from ..model.adapter import text_config
 
 
@@ -36,14 +36,17 @@ class TunedLens(nn.Module):
     def reset(self) -> None:
         """Every translator back to the identity (W = 0, b = 0)."""
         with torch.no_grad():
-            for t in self.translators:
-                t.weight.zero_()
-                t.bias.zero_()
+            for p in self.translators.parameters():  # each translator's weight and bias
+                p.zero_()
+
+    def translator(self, layer: int) -> nn.Linear:
+        """Layer `layer`'s translator (`nn.ModuleList` types its items as `Module`)."""
+        return cast(nn.Linear, self.translators[layer])
 
     def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Layer `layer`'s states (..., width) moved towards the last layer's basis, in the
         translators' dtype."""
-        translator = self.translators[layer]
+        translator = self.translator(layer)
         h = hidden.to(translator.weight.dtype)
         return h + translator(h)
 
@@ -75,7 +78,7 @@ def unembed_hash(adapter: Adapter, rows: int | None = None) -> str:
 
     import numpy as np
 
-    weight = adapter.unembed.weight.detach()[:rows].cpu().float().numpy()
+    weight = weight_of(adapter.unembed).detach()[:rows].cpu().float().numpy()
     return hashlib.sha256(str.encode(np.array_str(weight, precision=1))).hexdigest()
 
 
@@ -85,7 +88,7 @@ def residual_width(lm: LoadedModel) -> int:
     return (
         int(width)
         if isinstance(width, int)
-        else int(lm.model.get_input_embeddings().weight.shape[-1])
+        else int(weight_of(lm.model.get_input_embeddings()).shape[-1])
     )
 
 
@@ -120,6 +123,13 @@ def check_fits(n_blocks: int, width: int, lm: LoadedModel, what: str) -> None:
         )
 
 
+def _shapes(translator: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """A translator's weight shape and bias shape (None: no bias); its bias, as an
+    `nn.Linear`'s, is a parameter or None."""
+    bias = cast("torch.Tensor | None", translator.bias)
+    return tuple(weight_of(translator).shape), None if bias is None else tuple(bias.shape)
+
+
 def check_lens(lens: Any, lm: LoadedModel, what: str) -> None:
     """The one check of a lens before it decodes `lm`'s layers, loaded or built in memory: a
     `TunedLens` with one square translator of the model's width per block, all finite."""
@@ -129,10 +139,7 @@ def check_lens(lens: Any, lm: LoadedModel, what: str) -> None:
             "tokenprobe.tuned.TunedLens"
         )
     square = ((lens.width, lens.width), (lens.width,))
-    shapes = [
-        (tuple(t.weight.shape), None if t.bias is None else tuple(t.bias.shape))
-        for t in lens.translators
-    ]
+    shapes = [_shapes(t) for t in lens.translators]
     odd = [i for i, shape in enumerate(shapes) if shape != square]
     if not shapes or len(shapes) != lens.n_blocks or odd:
         raise TokenprobeError(

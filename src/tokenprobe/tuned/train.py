@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpoint
 from ..errors import TokenprobeError, warn
-from ..model import LoadedModel
+from ..model import LoadedModel, weight_of
 from .corpus import check_seq_len, fingerprint, pack, read_corpus
 from .lens import TunedLens, check_finite, residual_width, unembed_hash
 
@@ -152,7 +152,7 @@ class Trainer:
             weight_decay=hyper.weight_decay,
         )
         self.micro = max(1, batch_tokens // hyper.seq_len)
-        vocab = int(self.adapter.unembed.weight.shape[0])
+        vocab = int(weight_of(self.adapter.unembed).shape[0])
         if memory_mb is None:
             memory_mb = DEFAULT_MEMORY_MB["cuda" if device.type == "cuda" else "cpu"]
         self.rows = max(1, int(memory_mb * 2**20) // (vocab * 4 * 3))
@@ -160,7 +160,7 @@ class Trainer:
         self.bf16 = hyper.precision == "bfloat16"
         unembed = self.adapter.unembed
         linear = self.bf16 and isinstance(unembed, torch.nn.Linear)
-        self.w16 = unembed.weight.detach().to(torch.bfloat16) if linear else None
+        self.w16 = weight_of(unembed).detach().to(torch.bfloat16) if linear else None
         bias = getattr(unembed, "bias", None) if linear else None
         self.b16 = bias.detach().to(torch.bfloat16) if bias is not None else None
 
@@ -313,7 +313,8 @@ def train_lens(
         "memory_mb": memory_mb,
     }
     store = checkpoint(settings) if checkpoint is not None else None
-    start, losses = 0, []
+    start = 0
+    losses: list[np.ndarray] = []
     if store is not None:
         states = store.read(STATE, lambda p: torch.load(p, map_location=lm.device, weights_only=True))
         if states:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ...data import read_prompts
 from ...errors import TokenprobeError
@@ -52,10 +52,13 @@ def _over_data(session: Session) -> None:
     session.check_out(
         out, RowSet.names(AttributionResult.kind, len(rows), args.figures, args.format)
     )
+    # read_prompts gives every row a prompt, and a target when there is a target column
+    prompts = cast(list[str], [r["prompt"] for r in rows])
+    targets = None if args.target_column is None else cast(list[str], [r["target"] for r in rows])
     result = attribute_rows(
         session.load(),
-        [r["prompt"] for r in rows],
-        None if args.target_column is None else [r["target"] for r in rows],
+        prompts,
+        targets,
         figures=args.figures,
         checkpoint=out,
         executor=session.executor(),

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from ...errors import TokenprobeError
 from ...model import LoadedModel
 from ...text import encode, render, token_texts
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin
 
 
 @dataclass
@@ -159,7 +162,8 @@ def _generate(lm: LoadedModel, prompt_ids: list[int], n: int) -> list[int]:
     """The model's greedy continuation of `n` tokens, without trailing end tokens."""
     ids = torch.tensor([prompt_ids], device=lm.device)
     with torch.no_grad():
-        out = lm.model.generate(
+        # generate() is on causal-LM models (GenerationMixin), not on the plain model type
+        out = cast("GenerationMixin", lm.model).generate(
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=n,

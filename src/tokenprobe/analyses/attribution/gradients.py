@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ import torch
 from ...errors import TokenprobeError
 from ...runner import keep_last, map_batches, run_with_backoff
 from .problem import Problem
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
 # unk first: an all-zero baseline sends the path through the point where RMSNorm divides by
@@ -244,7 +247,7 @@ def _per_row_grads(scores: Sequence[torch.Tensor], inputs: torch.Tensor) -> torc
 
 
 @contextmanager
-def _embedding_output(model: torch.nn.Module, x: torch.Tensor) -> Iterator[None]:
+def _embedding_output(model: PreTrainedModel, x: torch.Tensor) -> Iterator[None]:
     """Runs of the model inside return `x` (B, L, D) from its input-embedding module, in place
     of the module's output for the ids (B, L) the model is given; the graph of `x` is kept."""
 

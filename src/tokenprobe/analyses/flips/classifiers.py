@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,7 +121,10 @@ class SequenceClassifier(Classifier):
         self.lm = lm
         self._init = {"labels": None if labels is None else list(labels)}
         config = lm.model.config
-        config_labels = [config.id2label[i] for i in range(config.num_labels)]
+        id2label: Mapping[Any, str] | None = config.id2label  # int keys once the config is built
+        if id2label is None:
+            raise TokenprobeError(f"{type(lm.model).__name__}'s config has no id2label: no labels")
+        config_labels = [id2label[i] for i in range(len(id2label))]
         if labels is not None and len(labels) != len(config_labels):
             raise TokenprobeError(
                 f"`labels` gives {len(labels)} labels but the model has {len(config_labels)} ({', '.join(config_labels)})"

@@ -47,8 +47,9 @@ class FlipResult(Result):
 
     @classmethod
     def saved_names(cls, meta: dict[str, Any]) -> list[str]:
-        labels = meta.get("labels") if isinstance(meta.get("labels"), list) else []
-        figures = [f"flips_{safe_name(c)}.{fmt}" for c in labels for fmt in FIGURE_FORMATS]
+        labels = meta.get("labels")
+        classes = labels if isinstance(labels, list) else []
+        figures = [f"flips_{safe_name(c)}.{fmt}" for c in classes for fmt in FIGURE_FORMATS]
         return [*cls.files(), *figures]
 
     def tables(self) -> dict[str, pd.DataFrame]:

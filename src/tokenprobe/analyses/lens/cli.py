@@ -73,8 +73,8 @@ def command(session: Session) -> None:
     assert isinstance(results, list)
     for out, result in zip(outs, results, strict=True):
         for name in ("zoom", "frame"):
-            if figure[name]:
-                clip_range(parse_range(figure[name], name), result.n_positions, name)
+            if figure[name] and (span := parse_range(figure[name], name)) is not None:
+                clip_range(span, result.n_positions, name)
         session.save(result, out, figure)
 
 
@@ -91,8 +91,8 @@ def _over_data(session: Session) -> None:
     session.check_out(out, RowSet.names(LensResult.kind, len(rows), args.figures, args.format))
     result = lens_rows(
         session.load(),
-        [r["prompt"] for r in rows],
-        None if args.target_column is None else [r["target"] for r in rows],
+        _texts(rows, "prompt"),
+        None if args.target_column is None else _texts(rows, "target"),
         figures=args.figures,
         checkpoint=out,
         resume=args.resume,
@@ -101,11 +101,22 @@ def _over_data(session: Session) -> None:
         **session.params("run"),
     )
     for name in ("zoom", "frame"):
-        if figure[name]:
+        if figure[name] and (span := parse_range(figure[name], name)) is not None:
             for i in range(min(args.figures, len(result))):
                 n = int(result.frame.loc[result.frame["row"] == i, "position"].max()) + 1
-                clip_range(parse_range(figure[name], name), n, name)
+                clip_range(span, n, name)
     session.save(result, out, figure)
+
+
+def _texts(rows: list[dict[str, str | None]], key: str) -> list[str]:
+    """`key` of every row (`read_prompts` fills in the prompt, and the target when a target
+    column is given, in every row or fails)."""
+    out = []
+    for row in rows:
+        text = row[key]
+        assert text is not None
+        out.append(text)
+    return out
 
 
 def demo(session: Session, entry: dict[str, Any], out: Path) -> None:
@@ -129,5 +140,5 @@ def demo(session: Session, entry: dict[str, Any], out: Path) -> None:
         lens=lens,
     )
     assert not isinstance(result, list)
-    figure = {k: entry[k] for k in ("zoom", "colour", "overview") if k in entry}
+    figure: dict[str, Any] = {k: entry[k] for k in ("zoom", "colour", "overview") if k in entry}
     session.save(result, out, figure or None)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
+from ...model.adapter import weight_of
 from ...results import now, versions
 from ...runner import map_batches, pad_batch, pad_id_of, progress_disabled, token_budget_batches
 from ...text import DEFAULT_MARKER, PreparedInput, prepare, token_texts
@@ -188,7 +189,9 @@ def logit_lens(
     `tune-lens` or tuned-lens package folder, or a `TunedLens`) decodes every inner layer.
     """
     single = isinstance(prompts, (str, PreparedInput))
-    items = [prompts] if single else list(prompts)  # type: ignore[list-item]
+    items: list[str | PreparedInput] = (
+        [prompts] if isinstance(prompts, (str, PreparedInput)) else list(prompts)
+    )
     targets = text_list(targets, "targets") or []
     check_options(OPTIONS, {"top_k": top_k, "dummy": dummy, "memory_mb": memory_mb})
     _check(items, top_k, dummy, dummy_after, dummy_before, memory_mb, batch_tokens)
@@ -278,7 +281,7 @@ class _Lens:
         self.lm, self.inputs, self.tids, self.fid = lm, inputs, tids, fid
         self.adapter = lm.require_adapter()
         self.decoder = decoder if decoder is not None else LogitDecoder(self.adapter)
-        vocab = int(self.adapter.unembed.weight.shape[0])
+        vocab = int(weight_of(self.adapter.unembed).shape[0])
         self.top_k = min(top_k, vocab)
         device = lm.device
         if memory_mb is None:

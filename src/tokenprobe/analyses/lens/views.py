@@ -136,7 +136,7 @@ def _frame_span(
     """The outlined positions: `frame`, else the dummy tokens; None for none."""
     if frame is False:
         return None
-    span = parse_range(frame, "frame") if frame not in (None, True) else result.marked
+    span = result.marked if frame is None or frame is True else parse_range(frame, "frame")
     return None if span is None else clip_range(span, result.n_positions, "frame")
 
 

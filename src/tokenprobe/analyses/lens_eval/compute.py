@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ...errors import TokenprobeError
 from ...model import LoadedModel
+from ...model.adapter import weight_of
 from ...results import now, versions
 from ...tuned import TunedDecoder, TunedLens, load_lens, pack, read_corpus
 from ...tuned.corpus import check_seq_len
@@ -61,7 +62,7 @@ def lens_eval(
     adapter = lm.require_adapter()
     decoders = {"logit": None, "tuned": TunedDecoder(tuned.to(lm.device), adapter)}
     n_blocks = adapter.n_blocks
-    vocab = int(adapter.unembed.weight.shape[0])
+    vocab = int(weight_of(adapter.unembed).shape[0])
     if memory_mb is None:
         memory_mb = DEFAULT_MEMORY_MB["cuda" if lm.device.type == "cuda" else "cpu"]
     rows = max(1, int(memory_mb * 2**20) // (vocab * 4 * 3))

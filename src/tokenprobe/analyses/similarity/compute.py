@@ -216,7 +216,7 @@ def past_similarity(
     (`tokenprobe.executors.RayExecutor`), the chunks are summed on its workers.
     """
     single = isinstance(texts, str)
-    items = [texts] if single else list(texts)  # type: ignore[list-item]
+    items = [texts] if isinstance(texts, str) else list(texts)
     _check(items, single, window, occurrence, direction, insert_every, insert_after)
     run = _encode(lm, items, single, marker, add_marker, occurrence, insert_every, insert_after)
     lacking = _check_anchors(run, marker, occurrence, direction)

@@ -73,7 +73,7 @@ def _tips(res: SimilarityResult) -> list[list[str]]:
     return [
         [
             f"layer {res.layer_labels[layer]}, distance {d + 1}"
-            + (f": {display_token(res.tokens[d], 24)}" if res.tokens[d] is not None else "")
+            + (f": {display_token(token, 24)}" if (token := res.tokens[d]) is not None else "")
             + (
                 f"\ncosine {res.cosine[layer, d]:.4f}"
                 if np.isfinite(res.cosine[layer, d])

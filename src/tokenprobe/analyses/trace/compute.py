@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
+from ...model.adapter import weight_of
 from ...results import now, versions
 from ...runner import progress_disabled, token_budget_batches
 from ...text import PreparedInput, prepare, token_texts
@@ -171,7 +172,7 @@ def _draw_noise(
     device), scaled to `noise` x the embeddings' standard deviation; and that scale."""
     assert span is not None
     std = embedding_std(lm) * noise
-    width = int(lm.require_adapter().embed.weight.shape[1])
+    width = int(weight_of(lm.require_adapter().embed).shape[1])
     draws = torch.randn((samples, span[1] - span[0], width), generator=torch.Generator().manual_seed(seed))
     scaled = (draws * std).to(lm.device)
     if not (np.isfinite(std) and bool(torch.isfinite(scaled).all())):
@@ -327,7 +328,7 @@ def embedding_std(lm: LoadedModel) -> float:
     """The standard deviation of the input embedding's output over (up to 4,096 evenly spread
     rows of) the vocabulary: the unit of the noise."""
     embed = lm.require_adapter().embed
-    vocab = int(embed.weight.shape[0])
+    vocab = int(weight_of(embed).shape[0])
     ids = torch.linspace(0, vocab - 1, steps=min(vocab, 4096)).long().to(lm.device)
     with torch.inference_mode():
         return float(embed(ids[None]).float().std())

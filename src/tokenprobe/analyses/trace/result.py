@@ -60,7 +60,11 @@ class TraceResult(Result):
         out: dict[str, float | None] = {}
         pairs = [(c, self.scores[c], self.estimates[c]) for c in self.components]
         pairs.append(
-            ("all", *(np.concatenate([p[i].ravel() for p in pairs]) for i in (1, 2)))  # type: ignore[misc]
+            (
+                "all",
+                np.concatenate([exact.ravel() for _, exact, _ in pairs]),
+                np.concatenate([est.ravel() for _, _, est in pairs]),
+            )
         )
         for name, exact, est in pairs:
             ok = np.isfinite(exact) & np.isfinite(est)
@@ -96,7 +100,8 @@ class TraceResult(Result):
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> TraceResult:
         components = list(dict.fromkeys(str(c) for c in frame["component"]))
-        scores, estimates = {}, {} if "estimate" in frame.columns else None
+        scores: dict[str, np.ndarray] = {}
+        estimates: dict[str, np.ndarray] | None = {} if "estimate" in frame.columns else None
         tokens: list[str] = []
         for c in components:
             part = frame[frame["component"] == c].sort_values(["layer", "position"])

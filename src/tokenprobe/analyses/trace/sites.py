@@ -295,11 +295,11 @@ class Skipper:
 def _replaced_forward(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
     had = "forward" in module.__dict__
     old = module.__dict__.get("forward")
-    module.forward = forward  # type: ignore[method-assign]
+    module.forward = forward
     try:
         yield
     finally:
-        if had:
-            module.forward = old  # type: ignore[method-assign]
+        if had:  # put back exactly what the instance held (`forward` is a plain attribute)
+            module.__dict__["forward"] = old
         else:
             del module.forward

@@ -19,8 +19,8 @@ def command(session: Session) -> None:
     names = [*TuneLensResult.files(args.format)]
     session.check_out(out, [n for n in names if n not in lens_files() or n in lens_files(formats)])
     params = session.params("run")
-    names = ("tokens", "seq_len", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps")
-    check_hyper(Hyper(**{k: params[k] for k in names}))  # before the model loads
+    hyper = ("tokens", "seq_len", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps")
+    check_hyper(Hyper(**{k: params[k] for k in hyper}))  # before the model loads
     result = tune_lens(session.load(), out=out, **params)
     result.lens_formats = tuple(formats)
     session.save(result, out)
