@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -25,8 +25,9 @@ CHATML = (
 )
 
 
-def make_tokenizer(vocab_size: int = 400):
-    """A byte-level BPE tokenizer (GPT-2 style) trained on a few sentences, with a ChatML template."""
+def make_tokenizer(vocab_size: int = 400, corpus: Sequence[str] | None = None):
+    """A byte-level BPE tokenizer (GPT-2 style) trained on a few sentences (or `corpus`), with
+    a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -39,7 +40,7 @@ def make_tokenizer(vocab_size: int = 400):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tk.train_from_iterator(CORPUS, trainer)
+    tk.train_from_iterator(CORPUS if corpus is None else corpus, trainer)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk,
         bos_token="<|im_start|>",

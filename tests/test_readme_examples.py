@@ -327,28 +327,9 @@ def tiny_models(root: Path, texts: list[str]) -> None:
     enough that every word is one token; a tiny BERT classifier (anger, joy, sadness) at
     CLASSIFIER."""
     import zoo
-    from conftest import CHATML
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from conftest import make_tokenizer
 
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=6000,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tk.train_from_iterator(texts, trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-    )
-    tok.chat_template = CHATML
+    tok = make_tokenizer(6000, texts)
     lm = zoo.make_causal("llama", tok)
     lm.model.config.max_position_embeddings = 2048  # lens-eval's default 512-token sequences
     lm.model.save_pretrained(root / TINY)
