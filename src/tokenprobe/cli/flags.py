@@ -81,7 +81,8 @@ def add_common(
     g.add_argument(
         "--max-memory",
         metavar="SPEC",
-        help="with --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB",
+        help="with --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB (GPU N or "
+        "cuda:N); a GPU the machine lacks is an error",
     )
     g.add_argument(
         "--dtype",
