@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -177,9 +176,7 @@ class Option:
                 f"`{self.param}` must be one of {', '.join(map(str, self.choices))}, not {value!r}"
             )
         limits = [(self.minimum, self.maximum)]
-        if self.whole_range:  # 2.5 samples would fail deep in torch, and True count as 1
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TokenprobeError(f"`{self.param}` must be a whole number, not {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and self.whole_range:
             limits.append(self.whole_range)
         for low, high in limits:
             if low is not None and value < low:

@@ -12,6 +12,7 @@ first-order estimate from one forward and backward pass instead.
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,12 @@ def causal_trace(
 
 
 def _check_options(**values: Any) -> None:
-    """The options' choices and limits (counts and the seed: whole numbers)."""
+    """The options' choices and limits; counts and the seed must be whole numbers (2.5 samples
+    would fail deep in torch, and True count as 1)."""
+    for name in ("samples", "window", "seed"):
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TokenprobeError(f"`{name}` must be a whole number, not {value!r}")
     check_options(OPTIONS, values)
 
 
