@@ -20,7 +20,18 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ["", "lens", "similarity", "attribute", "flips", "report", "demo"]
+COMMANDS = [
+    "",
+    "lens",
+    "similarity",
+    "attribute",
+    "flips",
+    "tune-lens",
+    "lens-eval",
+    "trace",
+    "report",
+    "demo",
+]
 
 
 def _run(src: Path, out: Path, model: str | None) -> None:
@@ -67,15 +78,19 @@ def _compare(before: Path, after: Path) -> list[str]:
             )
         except AssertionError as exc:
             problems.append(f"{rel}: {' '.join(str(exc).split())[:300]}")
-    extra = sorted(
-        p.relative_to(after) for p in (after / "demo").rglob("*.parquet")
-    ) if (after / "demo").is_dir() else []
+    extra = (
+        sorted(p.relative_to(after) for p in (after / "demo").rglob("*.parquet"))
+        if (after / "demo").is_dir()
+        else []
+    )
     problems += [f"{rel}: new table" for rel in extra if rel not in tables]
     for old in sorted((before / "help").glob("*.txt")):
         new = after / "help" / old.name
         if not new.is_file() or new.read_text() != old.read_text():
             problems.append(f"--help of {old.stem} differs (diff {old} {new})")
-    print(f"compared {len(tables)} tables and {len(list((before / 'help').glob('*.txt')))} help texts")
+    print(
+        f"compared {len(tables)} tables and {len(list((before / 'help').glob('*.txt')))} help texts"
+    )
     return problems
 
 

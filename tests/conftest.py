@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from tokenprobe.tuned import TunedLens
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The tiny models live here: `TOKENPROBE_TEST_DEVICE=cuda pytest -m "not slow"` runs the fast
@@ -127,3 +132,46 @@ def llama(tokenizer):
     import copy
 
     return make_model("llama", copy.deepcopy(tokenizer))
+
+
+# ------------------------------------------------ text and lenses shared by the lens tests
+
+WORDS = (
+    "the capital of australia is canberra not sydney tools hammer wrench level pliers fruits "
+    "orange peach banana plum quick brown fox jumps over lazy dog hello world"
+).split()
+
+
+def texts(seed: int, n: int = 40) -> list[str]:
+    """Sentences of the tiny tokenizer's words; another seed gives held-out text."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 20))) + "." for _ in range(n)]
+
+
+def randomised(lens: TunedLens, seed: int = 0) -> TunedLens:
+    """The lens with random translators (an identity lens would hide wrong keys or transposes)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return lens
+
+
+# ------------------------------------------------------------------------------- test tiers
+
+# Files whose every test belongs to a tier of its own (`make test` runs every tier; `make
+# test-fast` leaves these and the slow ones out): the conformance matrix over every
+# architecture, and the tests that interrupt and resume runs.
+TIERS = {
+    "matrix": ("test_conformance.py", "test_cli_matrix.py", "test_sweep_adapter.py",
+               "test_sweep_padding.py", "test_sweep_gradients.py"),
+    "interrupt": ("test_interrupt.py", "test_trace_resume.py", "test_checkpoint_rules.py"),
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test of a tier's files with the tier."""
+    for item in items:
+        for tier, files in TIERS.items():
+            if item.path.name in files:
+                item.add_marker(getattr(pytest.mark, tier))

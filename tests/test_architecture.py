@@ -13,14 +13,14 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "tokenprobe"
 MAX_FILE_LINES = 400
-MAX_FUNCTION_LINES = 80
+MAX_FUNCTION_LINES = 60
 
 # the layers, lowest first: a module may import its own layer and those below, never above
 LAYERS = [
     {"errors", "stats", "files", "registry"},
-    {"model", "text", "data", "checkpoint", "journal"},
+    {"model", "text", "data", "checkpoint", "journal", "provenance"},
     {"runner", "executors", "heatmap", "results", "rowset", "tuned"},
-    {"analyses.base"},
+    {"analyses.base", "loading"},
     {"analyses.*"},  # each analysis's folder; never another analysis's
     {"analyses", "report"},
     {"cli", "_start"},
@@ -42,7 +42,11 @@ def _unit(module: str) -> str:
     if parts[0] == "analyses":
         if len(parts) == 1:
             return "analyses"
-        if parts[1] == "base":
+        if parts[1] in (
+            "base",
+            "option",
+            "settings",
+        ):  # what every analysis declares, and its settings
             return "analyses.base"
         return f"analyses.{parts[1]}"
     return parts[0]
@@ -124,9 +128,11 @@ def test_imports_follow_the_layers():
 
 
 def test_no_import_cycle_between_modules():
+    """No circle, whether the imports are at module level or inside functions (those for type
+    checkers only aside): a lazy import inside a function is still a circle of knowledge."""
     graph: dict[str, set[str]] = {}
     for path in FILES:
-        graph[_module(path)] = {t for t, top in _imports(path) if top and t != _module(path)}
+        graph[_module(path)] = {t for t, _ in _imports(path) if t != _module(path)}
     seen: dict[str, int] = {}
 
     def walk(node: str, stack: list[str]) -> None:

@@ -17,10 +17,9 @@ import pandas as pd
 import pytest
 import test_cli
 import torch
-from conftest import make_model
+from conftest import make_model, randomised, texts
 from test_bad_input import assert_one_error, run_any
 from test_report import synthetic_lens
-from test_tuned_lens import randomised, texts
 
 import tokenprobe
 from tokenprobe import (
@@ -340,7 +339,7 @@ def test_a_non_finite_float_parameter_is_one_error(call, value, lm):
 
 
 def test_a_nan_batch_budget_is_one_error(lm):
-    with pytest.raises(TokenprobeError, match="batch_tokens must be at least 1, not nan"):
+    with pytest.raises(TokenprobeError, match="batch_tokens must be a whole number, not nan"):
         logit_lens(lm, PROMPT, batch_tokens=float("nan"))
 
 

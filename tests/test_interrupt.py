@@ -19,11 +19,12 @@ import test_cli
 from test_cli import FLIPS_DATA, run
 
 import tokenprobe
-from tokenprobe import FlipResult, Result, TokenprobeError
+from tokenprobe import FlipResult, TokenprobeError
 from tokenprobe.checkpoint import FINISHED, kept_until_saved
 from tokenprobe.cli import main
 from tokenprobe.heatmap import Heatmap
 from tokenprobe.journal import SAVE_JOURNAL
+from tokenprobe.loading import load_result
 from tokenprobe.model import COMPLETE_MARKER, cached_build, remove_stale_builds
 
 model_dir = test_cli.model_dir  # the tiny model folder test_cli's commands run on
@@ -124,7 +125,7 @@ def test_a_committed_save_is_completed_by_the_next_load(flips_run, tmp_path):
     argv, whole = flips_run
     out = tmp_path / "out"
     killed_at("moving", [*argv, "--out", str(out)], tmp_path)  # one file is in place, not the rest
-    back = Result.load(out)  # as `report` would: finishes the save first, then reads it
+    back = load_result(out)  # as `report` would: finishes the save first, then reads it
     assert isinstance(back, FlipResult)
     assert files_in(out) == files_in(whole)  # the finished checkpoint went with the journal
     pd.testing.assert_frame_equal(back.rates, pd.read_parquet(whole / "rates.parquet"))

@@ -97,7 +97,7 @@ def test_report_command_prints_path_and_size(all_kinds, tmp_path, capsys):
 
 
 def test_results_render_themselves_in_notebooks(all_kinds):
-    res = tokenprobe.Result.load(all_kinds / "attr")
+    res = tokenprobe.load_result(all_kinds / "attr")
     html = res._repr_html_()
     assert html.startswith("<!DOCTYPE html>") and "Token Attribution" in html
 
@@ -225,7 +225,7 @@ def test_a_1000_position_lens_stays_responsive(browser, tmp_path):
 
 
 def test_flip_rates_page_has_one_section_per_class(all_kinds):
-    res = tokenprobe.Result.load(all_kinds / "flips")
+    res = tokenprobe.load_result(all_kinds / "flips")
     page = render([res])
     classes = pd.unique(res.rates["class"])
     assert page.count("Token Flip Rate by Position Bucket") == len(classes)
@@ -234,12 +234,12 @@ def test_flip_rates_page_has_one_section_per_class(all_kinds):
 def test_flip_sections_mask_cells_as_the_saved_figures_did(all_kinds, tmp_path):
     from tokenprobe.report import sections_of
 
-    res = tokenprobe.Result.load(all_kinds / "flips")
+    res = tokenprobe.load_result(all_kinds / "flips")
 
     # every word occurs 3 times: drawn with the default min_count 3, hidden with min_count 4
     assert all(s["rows"] for s in sections_of(res))
     res.save(tmp_path / "flips", plot_options={"min_count": 4})
-    saved = tokenprobe.Result.load(tmp_path / "flips")
+    saved = tokenprobe.load_result(tmp_path / "flips")
     assert saved.meta["plot_options"] == {"min_count": 4}
     assert not any(s["rows"] for s in sections_of(saved))
     assert all(any("nothing to draw" in a for a in s["about"]) for s in sections_of(saved))

@@ -65,7 +65,7 @@ def test_lens_over_data_equals_one_prompt_at_a_time(model_dir, prompts_file, tmp
         f"lens_row{i}.png" for i in range(3)
     ]
     assert table["prob[ the]"].notna().all()  # tracked in every row
-    loaded = tokenprobe.Result.load(tmp_path / "all")
+    loaded = tokenprobe.load_result(tmp_path / "all")
     assert len(loaded) == len(PROMPTS)
     back = loaded.result(4)
     assert back.targets == [" the", TARGETS[4]] and back.meta["prompt"] == PROMPTS[4]
@@ -93,7 +93,7 @@ def test_lens_over_data_equals_one_prompt_at_a_time(model_dir, prompts_file, tmp
         shutil.copytree(tmp_path / "all", copy)
         damage(copy)
         with pytest.raises(tokenprobe.TokenprobeError, match=re.escape(message)):
-            tokenprobe.Result.load(copy)
+            tokenprobe.load_result(copy)
 
 
 def test_attribution_over_data_equals_one_prompt_at_a_time(

@@ -125,7 +125,7 @@ def test_similarity_command_on_the_builtin_model(tmp_path, capsys):
         ]
     )
     assert code == 0, capsys.readouterr().err
-    result = tokenprobe.Result.load(out)
+    result = tokenprobe.load_result(out)
     assert result.cosine.shape == (31, 16)
     # the first marker is 11 tokens back; at layer 0 both markers share one embedding
     d = result.tokens.index("_PAUSE_")

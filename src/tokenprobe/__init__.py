@@ -15,25 +15,41 @@ __version__ = "0.1.0"
 # public name -> the module (relative to this package) that defines it
 _WHERE = {
     **dict.fromkeys(("ANALYSES", "Analysis", "Option", "register"), ".analyses"),
-    **dict.fromkeys(("LensResult", "logit_lens"), ".analyses.lens"),
+    **dict.fromkeys(("LensResult", "LensOptions", "LensFigure", "logit_lens"), ".analyses.lens"),
+    "Settings": ".analyses.settings",
     **dict.fromkeys(("TokenprobeError", "TokenprobeWarning"), ".errors"),
     "RowSet": ".rowset",
     **dict.fromkeys(("Adapter", "LoadedModel", "load"), ".model"),
     "Result": ".results",
+    "load_result": ".loading",
     **dict.fromkeys(("PreparedInput", "prepare"), ".text"),
-    **dict.fromkeys(("AttributionResult", "attribute"), ".analyses.attribution"),
+    **dict.fromkeys(
+        ("AttributionResult", "AttributionOptions", "AttributionFigure", "attribute"),
+        ".analyses.attribution",
+    ),
     "attribute_rows": ".analyses.attribution.rows",
     "lens_rows": ".analyses.lens.rows",
     **dict.fromkeys(
-        ("FlipResult", "PromptedClassifier", "SequenceClassifier", "flip_rates"), ".analyses.flips"
+        (
+            "FlipResult",
+            "FlipOptions",
+            "FlipFigure",
+            "PromptedClassifier",
+            "SequenceClassifier",
+            "flip_rates",
+        ),
+        ".analyses.flips",
     ),
-    **dict.fromkeys(("SimilarityResult", "past_similarity"), ".analyses.similarity"),
-    **dict.fromkeys(("TraceResult", "causal_trace"), ".analyses.trace"),
-    **dict.fromkeys(("LensEvalResult", "lens_eval"), ".analyses.lens_eval"),
-    **dict.fromkeys(("TuneLensResult", "tune_lens"), ".analyses.tune_lens"),
     **dict.fromkeys(
-        ("TunedDecoder", "TunedLens", "load_lens", "save_lens", "train_lens"), ".tuned"
+        ("SimilarityResult", "SimilarityOptions", "SimilarityFigure", "past_similarity"),
+        ".analyses.similarity",
     ),
+    **dict.fromkeys(
+        ("TraceResult", "TraceOptions", "TraceFigure", "causal_trace"), ".analyses.trace"
+    ),
+    **dict.fromkeys(("LensEvalResult", "LensEvalOptions", "lens_eval"), ".analyses.lens_eval"),
+    **dict.fromkeys(("TuneLensResult", "TuneLensOptions", "tune_lens"), ".analyses.tune_lens"),
+    **dict.fromkeys(("TunedDecoder", "TunedLens", "load_lens", "save_lens"), ".tuned"),
 }
 
 __all__ = [
@@ -42,7 +58,10 @@ __all__ = [
     "Analysis",
     "Option",
     "register",
+    "Settings",
     "LensResult",
+    "LensOptions",
+    "LensFigure",
     "logit_lens",
     "TokenprobeError",
     "TokenprobeWarning",
@@ -51,29 +70,39 @@ __all__ = [
     "LoadedModel",
     "load",
     "Result",
+    "load_result",
     "PreparedInput",
     "prepare",
     "AttributionResult",
+    "AttributionOptions",
+    "AttributionFigure",
     "attribute",
     "attribute_rows",
     "lens_rows",
     "FlipResult",
+    "FlipOptions",
+    "FlipFigure",
     "PromptedClassifier",
     "SequenceClassifier",
     "flip_rates",
     "SimilarityResult",
+    "SimilarityOptions",
+    "SimilarityFigure",
     "past_similarity",
     "TraceResult",
+    "TraceOptions",
+    "TraceFigure",
     "causal_trace",
     "LensEvalResult",
+    "LensEvalOptions",
     "lens_eval",
     "TuneLensResult",
+    "TuneLensOptions",
     "tune_lens",
     "TunedDecoder",
     "TunedLens",
     "load_lens",
     "save_lens",
-    "train_lens",
 ]
 
 
@@ -94,18 +123,37 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .analyses import ANALYSES, Analysis, Option, register
-    from .analyses.attribution import AttributionResult, attribute
+    from .analyses.attribution import (
+        AttributionFigure,
+        AttributionOptions,
+        AttributionResult,
+        attribute,
+    )
     from .analyses.attribution.rows import attribute_rows
-    from .analyses.flips import FlipResult, PromptedClassifier, SequenceClassifier, flip_rates
-    from .analyses.lens import LensResult, logit_lens
+    from .analyses.flips import (
+        FlipFigure,
+        FlipOptions,
+        FlipResult,
+        PromptedClassifier,
+        SequenceClassifier,
+        flip_rates,
+    )
+    from .analyses.lens import LensFigure, LensOptions, LensResult, logit_lens
     from .analyses.lens.rows import lens_rows
-    from .analyses.lens_eval import LensEvalResult, lens_eval
-    from .analyses.similarity import SimilarityResult, past_similarity
-    from .analyses.trace import TraceResult, causal_trace
-    from .analyses.tune_lens import TuneLensResult, tune_lens
+    from .analyses.lens_eval import LensEvalOptions, LensEvalResult, lens_eval
+    from .analyses.settings import Settings
+    from .analyses.similarity import (
+        SimilarityFigure,
+        SimilarityOptions,
+        SimilarityResult,
+        past_similarity,
+    )
+    from .analyses.trace import TraceFigure, TraceOptions, TraceResult, causal_trace
+    from .analyses.tune_lens import TuneLensOptions, TuneLensResult, tune_lens
     from .errors import TokenprobeError, TokenprobeWarning
+    from .loading import load_result
     from .model import Adapter, LoadedModel, load
     from .results import Result
     from .rowset import RowSet
     from .text import PreparedInput, prepare
-    from .tuned import TunedDecoder, TunedLens, load_lens, save_lens, train_lens
+    from .tuned import TunedDecoder, TunedLens, load_lens, save_lens

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 LOCK = "run.lock"  # in a checkpoint folder: "HOST PID" of the process working in it
 FINISHED = "finished.json"  # in a checkpoint folder: the run is done, its outputs not yet saved
+ABOUT = "about-"  # about-KKKKK<suffix>.json: what part KKKKK holds, written before the part
+TOTALS = "totals.json"  # in a checkpoint folder: unit -> how many the whole run needs
 _KEEP_UNTIL_SAVED: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "tokenprobe_keep_until_saved", default=False
 )
@@ -87,6 +89,9 @@ def model_settings(lm: LoadedModel) -> dict[str, Any]:
 class Checkpoint:
     """A folder of finished parts of one run, named `part-KKKKK<suffix>`, plus its settings.
 
+    A part may say what it holds (`write`'s `unit`, `count`, `total`, `latest`), so that an
+    interrupted run's message names the finished work in words without knowing the analysis.
+
     The folder is created on the first run; with `resume=False` an existing folder is an error
     (an unfinished run would otherwise be thrown away silently), and with `resume=True` it must
     hold a run with the same settings.
@@ -95,6 +100,7 @@ class Checkpoint:
     def __init__(self, folder: Path, settings: dict[str, Any], resume: bool) -> None:
         self.folder = folder
         settings = json.loads(json.dumps(settings, default=str))  # the form it has on disk
+        self.settings = settings
         path = folder / "settings.json"
         if folder.exists():
             if not resume and is_finished(folder):
@@ -175,14 +181,43 @@ class Checkpoint:
         parts = sorted(self.folder.glob(f"part-[0-9]*{suffix}"))
         return {int(p.name[5:10]): self._read(p, reader or _read_npz) for p in parts}
 
-    def write(self, k: int, suffix: str, writer: Callable[[Path], object]) -> Path:
-        """Write part `k` through a temporary file, so a part on disk is always complete."""
-        return self._atomic(self.folder / f"part-{k:05d}{suffix}", writer)
+    def write(
+        self,
+        k: int,
+        suffix: str,
+        writer: Callable[[Path], object],
+        *,
+        unit: str | None = None,
+        count: int | None = None,
+        total: int | None = None,
+        latest: bool = False,
+    ) -> Path:
+        """Write part `k` through a temporary file, so a part on disk is always complete.
 
-    def append(self, suffix: str, writer: Callable[[Path], object]) -> Path:
-        """Write the next part, numbered after every part already there."""
+        With `unit` (a singular noun: "row") the part says what it holds, written first so no
+        finished part lacks it: `count` units (None: the whole, "the gradients") of `total`,
+        adding up over the parts; with `latest` it is a state after step `count` that replaces
+        the earlier parts of this suffix (removed once it is written)."""
+        if unit is not None:
+            about = {"unit": unit, "count": count, "total": total, "latest": latest}
+            self._atomic(self.folder / f"{ABOUT}{k:05d}{suffix}.json", _json_writer(about))
+        path = self._atomic(self.folder / f"part-{k:05d}{suffix}", writer)
+        for old in self.folder.glob(f"part-[0-9]*{suffix}") if latest else ():
+            if int(old.name[5:10]) < k:
+                old.unlink(missing_ok=True)
+                (self.folder / f"{ABOUT}{old.name[5:]}.json").unlink(missing_ok=True)
+        return path
+
+    def append(self, suffix: str, writer: Callable[[Path], object], **about: Any) -> Path:
+        """Write the next part, numbered after every part there (`about` as `write` takes)."""
         taken = [int(p.name[5:10]) for p in self.folder.glob("part-[0-9]*")]
-        return self.write(max(taken, default=-1) + 1, suffix, writer)
+        return self.write(max(taken, default=-1) + 1, suffix, writer, **about)
+
+    def expect(self, unit: str, total: int) -> None:
+        """The whole run needs `total` of `unit`: an interrupted run says how many are done
+        ("0 of 8 steps") even before the first part of them."""
+        totals = {**(_read_json(self.folder / TOTALS) or {}), unit: total}
+        self._atomic(self.folder / TOTALS, _json_writer(totals))
 
     def finish(self, result: Any = None) -> None:
         """The run is done and `result` built from it: remove the folder, or, inside
@@ -191,10 +226,7 @@ class Checkpoint:
         if result is None or not _KEEP_UNTIL_SAVED.get():
             self.discard()
             return
-        self._atomic(
-            self.folder / FINISHED,
-            lambda p: p.write_text(json.dumps({"finished": True}) + "\n", encoding="utf-8"),
-        )
+        self._atomic(self.folder / FINISHED, _json_writer({"finished": True}))
         self._unlock()
         result.checkpoint = self.folder.absolute()
 
@@ -229,6 +261,27 @@ def npz_writer(**arrays: Any) -> Callable[[Path], None]:
     return write
 
 
+def _json_writer(value: Any) -> Callable[[Path], object]:
+    """A writer of `value` as JSON: a part's description, the totals, the finished mark."""
+    return lambda p: p.write_text(json.dumps(value) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    """A small JSON file's value, or None where it is missing or damaged."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _unstarted(folder: Path) -> bool:
+    """Does the folder hold no finished part (settings, lock and descriptions at most)?"""
+    return all(
+        p.name in ("settings.json", LOCK, TOTALS) or p.name.startswith(ABOUT)
+        for p in folder.iterdir()
+    )
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as part:
         return {name: part[name] for name in part.files}
@@ -257,7 +310,7 @@ def interrupted_note(out: Path) -> str:
             )
         if held_by_another(folder):  # a live run's checkpoint: never touched from here
             continue
-        if {p.name for p in folder.iterdir()} <= {"settings.json", LOCK}:
+        if _unstarted(folder):
             shutil.rmtree(folder, ignore_errors=True)
         if folder.exists():
             return f": nothing was finished yet; delete {folder} to start afresh"
@@ -272,7 +325,7 @@ def drop_unstarted(out: str | Path) -> None:
     for folder in Path(out).glob("*.partial"):
         if not folder.is_dir() or held_by_another(folder) or is_finished(folder):
             continue
-        if {p.name for p in folder.iterdir()} <= {"settings.json", LOCK}:
+        if _unstarted(folder):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -304,51 +357,44 @@ def _owner(folder: Path) -> str:
 
 
 def _kept_work(folder: Path) -> str:
-    """The finished parts in a checkpoint folder, in words ("" when there are none)."""
+    """The finished parts in a checkpoint folder, in words ("" when there are none): each
+    unit's count summed over the parts that describe themselves (the latest one's where the
+    latest part stands), then the parts that do not ("2 finished parts")."""
     parts = sorted(folder.glob("part-[0-9]*"))
     if not parts:
         return ""
-    try:
-        settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        settings = {}
-    counts: dict[str, int] = {}
-    try:
-        for part in parts:
-            if part.name.endswith(".scores.npz"):  # attribution: scored model inputs
-                counts["scored input"] = counts.get("scored input", 0) + len(
-                    _read_npz(part)["keys"]
-                )
-            elif part.name.endswith(".steps.npz"):  # attribution: batches of gradient steps
-                counts["step"] = counts.get("step", 0) + len(_read_npz(part)["steps"])
-            elif part.name.endswith(".cells.npz"):  # causal trace: cells with every sample run
-                counts["traced cell"] = counts.get("traced cell", 0) + len(_read_npz(part)["cells"])
-            elif part.name.endswith(".npz"):  # past similarity: sums over texts
-                counts["text"] = counts.get("text", 0) + len(_read_npz(part)["texts"])
-            elif part.name.endswith(".state.pt"):  # tune-lens: the training state after a step
-                step = int(part.name.removeprefix("part-").split(".")[0])
-                counts["training step"] = max(counts.get("training step", 0), step)
-            elif part.name.endswith(".rows.parquet"):  # a data file's rows (rowset.py)
-                import pandas as pd
+    work: dict[str, dict[str, Any]] = {}  # unit -> count, total, latest
+    plain = 0
+    for part in parts:
+        about = _read_json(folder / f"{ABOUT}{part.name[5:]}.json")
+        if not isinstance(about, dict) or not isinstance(about.get("unit"), str):
+            plain += 1  # written without a description (or by an older version)
+            continue
+        seen = work.setdefault(about["unit"], {"count": 0, "total": None, "latest": False})
+        count = about.get("count")
+        if about.get("latest"):
+            seen["latest"], seen["count"] = True, count
+        elif count is None or seen["count"] is None:
+            seen["count"] = None
+        else:
+            seen["count"] += count
+        seen["total"] = about.get("total") or seen["total"]
+    for unit, total in (_read_json(folder / TOTALS) or {}).items():  # maybe none done yet
+        seen = work.setdefault(unit, {"count": 0, "total": None, "latest": False})
+        seen["total"] = seen["total"] or total
+    words = [_in_words(unit, **seen) for unit, seen in work.items()]
+    if plain:
+        words.append(f"{plain} finished part{'s' * (plain != 1)}")
+    return ", ".join(words)
 
-                rows = pd.read_parquet(part, columns=["row"])["row"]
-                counts["row"] = counts.get("row", 0) + int(rows.nunique())
-            elif part.name.endswith(".parquet"):  # flip rates: one part per chunk of texts
-                import pandas as pd
 
-                ids = pd.read_parquet(part, columns=["text_id"])["text_id"]
-                counts["text"] = counts.get("text", 0) + int(ids.nunique())
-    except _DAMAGED:
-        n = len(parts)
-        return f"{n} finished part{'s' * (n != 1)}"
-    words = []
-    for unit in ("row", "text", "scored input", "traced cell"):
-        if unit in counts:
-            words.append(f"{counts[unit]} {unit}{'s' * (counts[unit] != 1)}")
-    if "training step" in counts:
-        words.append(f"the training state after step {counts['training step']}")
-    if settings.get("method") == "integrated_gradients":
-        words.append(f"{counts.get('step', 0)} of {settings.get('steps')} integration steps")
-    elif "step" in counts:
-        words.append("the gradients")
-    return ", ".join(words) or f"{len(parts)} finished parts"
+def _in_words(unit: str, count: int | None, total: int | None, latest: bool) -> str:
+    """One unit's finished work: "3 rows", "12 of 256 steps", "the gradients", "the state
+    after step 7"."""
+    of = f" of {total}" if total is not None else ""
+    if latest:
+        return f"the {unit} after step {count}{of}"
+    if count is None:
+        return f"the {unit}s"
+    many = (total if total is not None else count) != 1
+    return f"{count}{of} {unit}{'s' * many}"

@@ -21,9 +21,24 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import CaughtWarning, TokenprobeError, caught_warnings, warn_again
+
+if TYPE_CHECKING:
+    from .model import LoadedModel
+
+
+def worker_load_args(lm: LoadedModel) -> dict[str, Any]:
+    """How each Ray worker loads its replica of `lm` (by name or path, as `lm` was loaded),
+    or one error: a model wrapped in memory cannot be loaded again elsewhere."""
+    if lm.load_args is None:
+        raise TokenprobeError(
+            "a Ray run loads the model on each worker by name or path: load it with "
+            "tokenprobe.load, not LoadedModel.wrap"
+        )
+    return dict(lm.load_args)
+
 
 INSTALL = "pip install 'tokenprobe[ray]' (or pip install ray)"
 

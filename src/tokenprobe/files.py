@@ -23,3 +23,8 @@ def process_alive(pid: int) -> bool:
     except OSError:  # another user's process (PermissionError), or no way to tell
         return True
     return True
+
+
+def safe_name(name: str) -> str:
+    """A class name usable in a file name."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(name)) or "class"

@@ -3,7 +3,7 @@
 It lives apart from the analyses so that the layers below them (saving and loading results,
 the report, the command line) can look an analysis up without importing any of them. It is
 filled when `tokenprobe.analyses` is imported; a lookup that finds nothing imports it first
-(by name, as a plug-in would be found), so `Result.load` works before anything else is used.
+(by name, as a plug-in would be found), so `load_result` works before anything else is used.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The base of every analysis's result: a table, heatmap views, save and load.
 
 Each analysis defines its result type in its own folder (`analyses/<name>/result.py`); this
-module knows none of them and finds a saved one's type through the registry by its `kind`.
+module knows none of them (`loading.load_result` reads any saved one back by its `kind`).
 
 A saved result is a folder: `<kind>.parquet` (the tidy table, also what `load` reads back),
 `meta.json` (model, inputs, options, versions, the files written) and figures. Saving never
@@ -20,40 +20,23 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import pandas as pd
 
 from . import journal, registry
 from .errors import TokenprobeError
 from .files import host as _host
 from .journal import SAVE_JOURNAL, atomic_write, complete_save, roll_forward
+from .provenance import json_default
 
 if TYPE_CHECKING:
     from .heatmap import Heatmap
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
-
-
-def versions() -> dict[str, str]:
-    """Versions that decide the numbers, recorded in every meta.json."""
-    import torch
-    import transformers
-
-    from . import __version__
-
-    return {
-        "tokenprobe": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def _previous_files(out: Path) -> set[str]:
@@ -99,6 +82,12 @@ class Result:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> Result:
         raise NotImplementedError
+
+    @classmethod
+    def from_folder(cls, folder: Path, frame: pd.DataFrame, meta: dict[str, Any]) -> Result:
+        """A saved result from its folder's table and meta.json; a kind that keeps more files
+        beside them (flips' per-class tables, a tuned lens) reads them from `folder` here."""
+        return cls.from_frame(frame, meta)
 
     def views(self, *args: Any, **options: Any) -> list[tuple[str, Heatmap]]:
         """(file stem, heatmap) of each figure, for the saved figures and the page alike;
@@ -198,7 +187,26 @@ class Result:
         check_writable(out, names, overwrite)
         stale = sorted(_previous_files(out) - set(names)) if overwrite else []
         out.mkdir(parents=True, exist_ok=True)
+        plan, written = self._stage_and_commit(
+            out, names, stale, tables, figures, formats, plot_options
+        )
+        journal.step("committed")
+        roll_forward(out, plan)
+        self.checkpoint = None
+        return written
 
+    def _stage_and_commit(
+        self,
+        out: Path,
+        names: list[str],
+        stale: list[str],
+        tables: dict[str, pd.DataFrame],
+        figures: list[tuple[str, Heatmap]],
+        formats: list[str],
+        plot_options: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any], dict[str, Path]]:
+        """Write every file of `save` under its hidden name, then the journal that commits them
+        (the plan, returned with {what: final path}); killed before that, nothing is changed."""
         tag = f"{os.getpid()}@{_host()}-{uuid.uuid4().hex[:8]}"
         staged: dict[str, str] = {}  # final name -> the hidden name it is written under first
         written: dict[str, Path] = {}
@@ -219,7 +227,7 @@ class Result:
             meta = {**self.meta, **self.extra_meta(), "kind": self.kind, "files": names}
             if plot_options:  # so that the HTML report draws what the figures drew
                 meta["plot_options"] = plot_options
-            text = json.dumps(meta, indent=2, default=_json_default) + "\n"
+            text = json.dumps(meta, indent=2, default=json_default) + "\n"
             written["meta"] = stage("meta.json", lambda p: p.write_text(text, encoding="utf-8"))
             written.update(_stage_figures(figures, formats, stage))
             plan = {
@@ -235,71 +243,7 @@ class Result:
                 for tmp in staged.values():
                     (out / tmp).unlink(missing_ok=True)
             raise
-        journal.step("committed")
-        roll_forward(out, plan)
-        self.checkpoint = None
-        return written
-
-    @staticmethod
-    def load(path: str | os.PathLike[str]) -> Result:
-        """Load any saved result from its folder (or its meta.json)."""
-        folder = Path(path)
-        if folder.name == "meta.json":
-            folder = folder.parent
-        if (folder / SAVE_JOURNAL).is_file():  # a save was killed after it committed: finish it
-            try:
-                complete_save(folder)
-            except OSError as exc:
-                raise TokenprobeError(
-                    f"{folder} holds a save that was interrupted and cannot be completed here "
-                    f"({exc.strerror or exc}): run the analysis again"
-                ) from exc
-        meta_path = folder / "meta.json"
-        if not meta_path.exists():
-            raise TokenprobeError(
-                f"{folder} holds no tokenprobe result (no meta.json): pass a folder written by save()"
-            )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TokenprobeError(
-                f"{meta_path} is not readable JSON ({exc}): re-run the analysis"
-            ) from exc
-        if not isinstance(meta, dict):
-            raise TokenprobeError(
-                f"{meta_path} is not a result's meta.json (not an object): re-run the analysis"
-            )
-        kind = meta.get("kind")
-        try:
-            cls = registry.by_kind(kind).result
-        except TokenprobeError as exc:
-            raise TokenprobeError(f"{meta_path} names an unknown result kind {kind!r}") from exc
-        table = folder / f"{kind}.parquet"
-        if not table.exists():
-            raise TokenprobeError(f"{folder} lacks {table.name}: re-run the analysis")
-        meta["_folder"] = str(folder)
-        try:
-            frame = pd.read_parquet(table)
-            if "data_rows" in meta:  # one analysis over a data file's rows
-                from .rowset import RowSet
-
-                rows = RowSet.read(cls, frame, meta)
-                rows.result(0)  # each row reads its part of the table when asked: read one now
-                result: Result = rows
-            else:
-                result = cls.from_frame(frame, meta)
-        except TokenprobeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a damaged table or meta.json, whatever it breaks
-            lines = str(exc).strip().splitlines()
-            why = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-            raise TokenprobeError(
-                f"{folder} cannot be read as a {kind} result ({why[:200]}): it is damaged or from "
-                "another version; re-run the analysis"
-            ) from exc
-        result.meta.pop("_folder", None)
-        result.meta.pop("files", None)  # what the folder holds, not part of the result
-        return result
+        return plan, written
 
 
 def _stage_figures(
@@ -343,24 +287,3 @@ def check_writable(out: Path, names: Iterable[str], overwrite: bool) -> None:
         raise TokenprobeError(
             f"{out} already holds {', '.join(clash)}: choose another `out_dir` or pass `overwrite`"
         )
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def safe_name(name: str) -> str:
-    """A class name usable in a file name."""
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(name)) or "class"

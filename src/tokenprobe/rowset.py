@@ -32,8 +32,10 @@ from tqdm.auto import tqdm
 from .checkpoint import digest, model_settings
 from .data import row_lines
 from .errors import TokenprobeError, text_list
+from .executors import worker_load_args
 from .model import LoadedModel
-from .results import Result, _json_default
+from .provenance import json_default
+from .results import Result
 from .runner import Remote, open_checkpoint, progress_disabled, run_chunks
 
 ROW = "row"  # the data row's column in a RowSet's table
@@ -64,7 +66,7 @@ def _part(results: Sequence[Result], rows: Sequence[int]) -> RowPart:
         frame.insert(0, ROW, i)
         frames.append(frame)
         metas[i] = json.loads(
-            json.dumps({**result.meta, **result.extra_meta()}, default=_json_default)
+            json.dumps({**result.meta, **result.extra_meta()}, default=json_default)
         )
     return RowPart(pd.concat(frames, ignore_index=True), metas)
 
@@ -158,27 +160,22 @@ def where(rows: Sequence[int], data: str | None, n_rows: int) -> str:
     return f"row {rows[0]}{of}{line}"
 
 
-def one_token_text(tokenizer: Any, prefer: str) -> str:
-    """`prefer` where the tokenizer reads it as one token it has, else one of its special
-    tokens that is: for a row check that must not add a token to the tokenizer (a marker)."""
-    special = [getattr(tokenizer, f"{name}_token", None) for name in ("eos", "bos", "unk", "pad")]
-    for text in (prefer, *special):
-        if isinstance(text, str) and text:
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            if len(ids) == 1 and tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text:
-                return text
-    return prefer
-
-
 def _check_rows(
     lm: LoadedModel,
     rows: Sequence[dict[str, Any]],
-    check: RowCheck,
+    check: RowCheck | None,
     options: dict[str, Any],
     data: str | None,
+    chunk_rows: int,
 ) -> None:
-    """Every row's cheap preparation before any model work, so that a bad row 900 fails at
-    once, not after 899 rows: the first bad row's error, naming it and how many more fail."""
+    """Some rows, a chunk size of at least 1, and every row's cheap preparation (`check`) before
+    any model work, so a bad row 900 fails at once: the first bad row's error, and how many more."""
+    if not rows:
+        raise TokenprobeError("the data set has no rows: give a file with at least one prompt")
+    if chunk_rows < 1:
+        raise TokenprobeError(f"`chunk_rows` must be at least 1, not {chunk_rows}")
+    if check is None:
+        return
     bad: list[tuple[int, TokenprobeError]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the run itself warns, where a run always did
@@ -200,6 +197,18 @@ def _check_rows(
             f" (and {len(more)} more bad {'row' if len(more) == 1 else 'rows'}: {_rows_text(more)})"
         )
     raise TokenprobeError(f"{where([first], data, len(rows))}: {error.template}{also}") from error
+
+
+@contextmanager
+def _naming_rows(data: str | None, n_rows: int) -> Iterator[None]:
+    """A TokenprobeError raised inside about some data rows (`_computed`) is said with them."""
+    try:
+        yield
+    except TokenprobeError as exc:
+        about = getattr(exc, _DATA_ROWS, None)
+        if about is None:
+            raise
+        raise TokenprobeError(f"{where(about, data, n_rows)}: {exc.template}") from exc
 
 
 def _load_worker_model(load_args: dict[str, Any]) -> LoadedModel:
@@ -231,12 +240,7 @@ def run_rows(
     given (each loads the model as `lm` was loaded). `fn` must be a module-level function.
     `check` runs on every row first (cheap: no model work). `fingerprints` (e.g. of a lens's
     weights) join the settings a resumed run must match. An error about a row names it."""
-    if not rows:
-        raise TokenprobeError("the data set has no rows: give a file with at least one prompt")
-    if chunk_rows < 1:
-        raise TokenprobeError(f"`chunk_rows` must be at least 1, not {chunk_rows}")
-    if check is not None:
-        _check_rows(lm, rows, check, options, data)
+    _check_rows(lm, rows, check, options, data, chunk_rows)
     chunks = [range(i, min(len(rows), i + chunk_rows)) for i in range(0, len(rows), chunk_rows)]
     settings = {
         "analysis": f"{result.kind} over rows",
@@ -252,26 +256,20 @@ def run_rows(
     def compute(chunk: Sequence[int]) -> RowPart:
         return _computed(fn, lm, chunk, [dict(rows[i]) for i in chunk], options)
 
-    try:
-        with tqdm(
-            total=len(rows), desc=desc, unit="row", disable=progress_disabled(progress)
-        ) as bar:
-            done = run_chunks(
-                chunks,
-                compute,
-                store=store,
-                suffix=".rows.parquet",
-                write=_write_part,
-                read=_read_part,
-                bar=bar,
-                executor=executor,
-                remote=remote,
-            )
-    except TokenprobeError as exc:
-        about = getattr(exc, _DATA_ROWS, None)
-        if about is None:
-            raise
-        raise TokenprobeError(f"{where(about, data, len(rows))}: {exc.template}") from exc
+    bar = tqdm(total=len(rows), desc=desc, unit="row", disable=progress_disabled(progress))
+    with _naming_rows(data, len(rows)), bar:
+        done = run_chunks(
+            chunks,
+            compute,
+            store=store,
+            suffix=".rows.parquet",
+            unit="row",
+            write=_write_part,
+            read=_read_part,
+            bar=bar,
+            executor=executor,
+            remote=remote,
+        )
     parts = [done[k] for k in range(len(chunks))]
     frame = pd.concat([p.frame for p in parts], ignore_index=True)
     metas = {i: m for p in parts for i, m in p.metas.items()}
@@ -285,13 +283,8 @@ def _remote(
     lm: LoadedModel, fn: RowFunction, rows: Sequence[dict[str, Any]], options: dict[str, Any]
 ) -> Remote:
     """How a chunk of rows runs on a Ray worker, which loads the model as `lm` was loaded."""
-    if lm.load_args is None:
-        raise TokenprobeError(
-            "a Ray run loads the model on each worker by name or path: load it with "
-            "tokenprobe.load, not LoadedModel.wrap"
-        )
     return Remote(
-        functools.partial(_load_worker_model, dict(lm.load_args)),
+        functools.partial(_load_worker_model, worker_load_args(lm)),
         _chunk_on_worker,
         lambda chunk: (fn, list(chunk), [dict(rows[i]) for i in chunk], options),
     )
@@ -347,7 +340,7 @@ class RowSet(Result):
         return self.frame
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        metas = [json.dumps(m, default=_json_default) for m in self.row_meta]
+        metas = [json.dumps(m, default=json_default) for m in self.row_meta]
         return {
             self.kind: self.frame,
             f"{self.kind}_rows": pd.DataFrame({ROW: range(len(self)), "meta": metas}),
@@ -370,15 +363,21 @@ class RowSet(Result):
             f"{s}.{fmt}" for s in stems for fmt in formats
         ]
 
+    @staticmethod
+    def is_saved(meta: dict[str, Any]) -> bool:
+        """Whether a saved folder's meta.json is one analysis over a data file's rows."""
+        return "data_rows" in meta
+
     @classmethod
-    def read(cls, inner: type[Result], frame: pd.DataFrame, meta: dict[str, Any]) -> RowSet:
-        """A saved RowSet from its table and meta.json (its row metas are read beside them)."""
-        folder = Path(meta["_folder"])
+    def read(
+        cls, inner: type[Result], frame: pd.DataFrame, meta: dict[str, Any], folder: Path
+    ) -> RowSet:
+        """A saved RowSet from its table and meta.json (its row metas are read beside them,
+        in `folder`)."""
         rows_table = folder / f"{inner.kind}_rows.parquet"
         if not rows_table.is_file():
             raise TokenprobeError(f"{folder} lacks {rows_table.name}: re-run the analysis")
         metas = pd.read_parquet(rows_table).sort_values(ROW)["meta"]
-        meta = {k: v for k, v in meta.items() if k != "_folder"}
         row_meta = [json.loads(m) for m in metas]
         want = meta.get("data_rows")
         have = sorted(set(frame[ROW].tolist())) if ROW in frame.columns else []

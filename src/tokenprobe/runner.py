@@ -290,6 +290,7 @@ def run_chunks(
     store: Checkpoint | None,
     suffix: str,
     write: Callable[[Any], Callable[[Path], object]],
+    unit: str | None = None,
     read: Callable[[Path], Any] | None = None,
     bar: Any = None,
     after_chunk: Callable[[int], None] | None = None,
@@ -298,7 +299,9 @@ def run_chunks(
 ) -> dict[int, Any]:
     """`compute` each chunk of inputs, in order, writing each finished one to `store` (as
     `write(part)` writes it) so that a resumed run takes it from there instead. Returns
-    {chunk number: part}, the resumed parts included; `bar` counts inputs.
+    {chunk number: part}, the resumed parts included; `bar` counts inputs. With `unit` (what
+    one input is: "text", "row") each part says it holds its chunk's inputs, for the message
+    of an interrupted run.
 
     With an `executor` (`executors.RayExecutor`), the chunks run on its workers as `remote`
     says, and each is written as soon as it comes back, whichever worker ran it."""
@@ -316,7 +319,7 @@ def run_chunks(
     for k, part in finished:
         parts[k] = part
         if store is not None:
-            store.write(k, suffix, write(part))
+            store.write(k, suffix, write(part), unit=unit, count=len(chunks[k]))
         if bar is not None:
             bar.update(len(chunks[k]))
         if after_chunk is not None:

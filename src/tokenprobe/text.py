@@ -308,3 +308,15 @@ def first_token(tokenizer: Any, text: str, param: str, does: str) -> int:
             stacklevel=3,
         )
     return int(ids[0])
+
+
+def one_token_text(tokenizer: Any, prefer: str) -> str:
+    """`prefer` where the tokenizer reads it as one token it has, else one of its special
+    tokens that is: for a row check that must not add a token to the tokenizer (a marker)."""
+    special = [getattr(tokenizer, f"{name}_token", None) for name in ("eos", "bos", "unk", "pad")]
+    for text in (prefer, *special):
+        if isinstance(text, str) and text:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if len(ids) == 1 and tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text:
+                return text
+    return prefer

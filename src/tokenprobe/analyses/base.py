@@ -1,223 +1,64 @@
-"""What every analysis declares: its options, its run function, its result type and its
-command-line glue. The command line, the report, save/load and the demo are built from these
-specs (see `tokenprobe.registry`), so a new analysis is one folder and one `register` call.
-
-An `Option` is the one source of a setting: the library parameter it sets, its default (read
-from the run function's signature, or from the result's `views` for figure options), its
-choices and limits (checked for Python callers and on the command line alike), and the flag
-and help text the command line shows.
+"""What every analysis declares (`Analysis`): its options, its run function, its result type
+and its command-line glue. The command line, the report, save/load and the demo are built from
+these specs (see `tokenprobe.registry`), so a new analysis is one folder and one `register`
+call. Its settings are a dataclass (`settings.Settings`) whose fields are the flags
+(`option.Option`); the flags every prompt or data-set analysis shares are made here.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import TokenprobeError
+from .option import (
+    INT_MAX,
+    INT_MIN,
+    MISSING,
+    ROLES,
+    SEED_PARAMS,
+    Option,
+    Whole,
+    bounded_int,
+    finite_float,
+    nonnegative_int,
+    positive_int,
+    share,
+)
+
+__all__ = [
+    "MISSING",
+    "ROLES",
+    "INT_MAX",
+    "INT_MIN",
+    "SEED_PARAMS",
+    "Whole",
+    "positive_int",
+    "nonnegative_int",
+    "finite_float",
+    "share",
+    "bounded_int",
+    "Option",
+    "Analysis",
+    "Session",
+    "read_prompt",
+    "prompt_inputs",
+    "prompt_options",
+    "ray_options",
+    "rows_options",
+    "check_rows_flags",
+]
 
 if TYPE_CHECKING:
     from ..model import LoadedModel
     from ..results import Result
+    from .settings import Settings
 
-MISSING: Any = object()  # an option's default not given: taken from the run function
-ROLES = ("run", "figure", "input")  # what an option's value goes to
-
-
-INT_MAX = 2**63 - 1  # the largest whole number a setting takes: an int64, what torch and numpy hold
-INT_MIN = -(2**63)
-SEED_PARAMS = ("seed",)  # random seeds: 0 to INT_MAX, what numpy's and torch's generators both take
-
-
-class Whole:
-    """argparse type for whole numbers from `minimum` to `maximum` (default: what an int64
-    holds), so a huge value is refused as the flag is read, not overflowing deep in torch."""
-
-    def __init__(self, minimum: int = INT_MIN, maximum: int = INT_MAX) -> None:
-        self.minimum, self.maximum = minimum, maximum
-
-    def __call__(self, text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-        if value < self.minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {self.minimum}, not {value}")
-        if value > self.maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {self.maximum}, not {value}")
-        return value
-
-
-positive_int = Whole(1)  # counts that must be at least 1
-nonnegative_int = Whole(0)  # counts that may be 0
-
-
-class _ExtendGiven(argparse.Action):
-    """`extend` that starts from what is given, not from the default: `--component attn
-    --component mlp` is [attn, mlp], and the default only stands when the flag is absent."""
-
-    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
-        seen = f"_{self.dest}_given"
-        before = list(getattr(namespace, self.dest) or []) if getattr(namespace, seen, False) else []
-        setattr(namespace, self.dest, before + list(values))
-        setattr(namespace, seen, True)
-
-
-def finite_float(text: str) -> float:
-    """argparse type for every number a flag reads: a finite one (inf and nan are refused
-    here, once, for every float flag; an option's `minimum`/`maximum` are checked after)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
-    return value
-
-
-def share(minimum_exclusive: bool) -> Callable[[str], float]:
-    """argparse type for a worker's CPUs (above 0) or GPUs (0 or more)."""
-
-    def parse(text: str) -> float:
-        value = finite_float(text)
-        if value < 0 or (minimum_exclusive and value == 0):
-            raise argparse.ArgumentTypeError(
-                f"must be {'above' if minimum_exclusive else 'at least'} 0, not {value:g}"
-            )
-        return value
-
-    return parse
-
-
-def _shown(limit: float) -> str:
-    """A limit as a message shows it: a whole number in full (2**63 - 1 is not 9.22e+18)."""
-    return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
-
-
-def bounded_int(maximum: int) -> Whole:
-    """argparse type for counts from 1 to `maximum`."""
-    return Whole(1, maximum)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting of an analysis, for the library and the command line.
-
-    `param` is the library's name (None: a command-line input the analysis's glue reads, such
-    as --prompt-file); `role` says where the value goes: `run` (the run function), `figure`
-    (the result's `views`, and so the saved figures and the report) or `input` (read by the
-    analysis's command-line glue). `invert` makes a `--no-...` switch that sets the parameter
-    False. `help` may say {default}, {choices}, {minimum} and {maximum}.
-    """
-
-    param: str | None
-    help: str
-    flag: str | None = None  # default: --param-with-dashes
-    role: str = "run"
-    group: str = "options"
-    default: Any = MISSING
-    type: Callable[[str], Any] | None = None
-    choices: Sequence[Any] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    metavar: str | None = None
-    action: str | None = None  # argparse action: store_true, append, extend (a repeat adds)
-    nargs: str | int | None = None
-    required: bool = False
-    invert: bool = False
-    dest: str | None = None  # the argparse name, when two options share a flag's spelling
-
-    @property
-    def cli_flag(self) -> str:
-        if self.flag:
-            return self.flag
-        assert self.param is not None, "an option without a parameter needs a flag"
-        return "--" + self.param.replace("_", "-")
-
-    @property
-    def cli_dest(self) -> str:
-        return self.dest or self.cli_flag.lstrip("-").replace("-", "_")
-
-    def help_text(self) -> str:
-        default = self.default
-        if isinstance(default, (list, tuple)) and not default:
-            default = "none"
-        fill = {
-            "{default}": str(default),
-            "{choices}": ", ".join(map(str, self.choices or ())),
-            "{minimum}": _shown(self.minimum) if self.minimum is not None else "",
-            "{maximum}": _shown(self.maximum) if self.maximum is not None else "",
-        }
-        text = self.help
-        for key, value in fill.items():  # not str.format: help may show "{text}" literally
-            text = text.replace(key, value)
-        return text
-
-    @property
-    def whole_range(self) -> tuple[int, int] | None:
-        """For a whole-number option, the range any value must be in besides its declared
-        limits: what an int64 holds (a seed: 0 and up); None for other options."""
-        if self.type is int or isinstance(self.type, Whole):
-            return (0 if self.param in SEED_PARAMS else INT_MIN, INT_MAX)
-        return None
-
-    def check(self, value: Any) -> None:
-        """Refuse a value outside the option's choices or limits, naming the parameter."""
-        if value is None or self.param is None:
-            return
-        if isinstance(value, float) and not math.isfinite(value):
-            raise TokenprobeError(f"`{self.param}` must be a finite number, not {value}")
-        if self.choices is not None and value not in self.choices:
-            raise TokenprobeError(
-                f"`{self.param}` must be one of {', '.join(map(str, self.choices))}, not {value!r}"
-            )
-        limits = [(self.minimum, self.maximum)]
-        if isinstance(value, int) and not isinstance(value, bool) and self.whole_range:
-            limits.append(self.whole_range)
-        for low, high in limits:
-            if low is not None and value < low:
-                raise TokenprobeError(f"`{self.param}` must be at least {_shown(low)}, not {value}")
-            if high is not None and value > high:
-                raise TokenprobeError(f"`{self.param}` must be at most {_shown(high)}, not {value}")
-
-    def add_to(self, group: Any) -> None:
-        """Add this option's flag to an argparse group."""
-        kwargs: dict[str, Any] = {"help": self.help_text(), "dest": self.cli_dest}
-        if self.action in ("store_true", "store_false"):
-            kwargs["action"] = self.action
-        else:
-            if self.action:
-                kwargs["action"] = _ExtendGiven if self.action == "extend" else self.action
-            default = self.default
-            if self.action == "append" and default not in (None, MISSING):
-                default = list(default)  # argparse appends to its default's copy
-            kwargs["default"] = None if default is MISSING else default
-            for key in ("type", "choices", "metavar", "nargs"):
-                if getattr(self, key) is not None:
-                    kwargs[key] = getattr(self, key)
-            if self.type is float:
-                kwargs["type"] = finite_float
-            elif self.type is int:  # every whole-number flag in range as it is read
-                kwargs["type"] = Whole(*(self.whole_range or ()))
-            if self.required:
-                kwargs["required"] = True
-        group.add_argument(self.cli_flag, **kwargs)
-
-    def value_from(self, args: argparse.Namespace) -> Any:
-        """The parameter's value from parsed arguments."""
-        value = getattr(args, self.cli_dest)
-        return (not value) if self.invert else value
-
-
-def check_options(options: Sequence[Option], values: Mapping[str, Any]) -> None:
-    """Check each given parameter against its option's choices and limits."""
-    for option in options:
-        if option.param is not None and option.param in values:
-            option.check(values[option.param])
+S = TypeVar("S", bound="Settings")
 
 
 def read_prompt(session: Session, or_data: bool = False) -> str:
@@ -227,7 +68,11 @@ def read_prompt(session: Session, or_data: bool = False) -> str:
     if (args.prompt is None) == (args.prompt_file is None):
         data = ", --prompt-file FILE or --data FILE" if or_data else " or --prompt-file FILE"
         raise TokenprobeError(f"give one of --prompt TEXT{data}")
-    prompt = args.prompt if args.prompt is not None else session.read_text_file(args.prompt_file, "--prompt-file")
+    prompt = (
+        args.prompt
+        if args.prompt is not None
+        else session.read_text_file(args.prompt_file, "--prompt-file")
+    )
     if not prompt.strip():
         raise TokenprobeError("the prompt is empty: give --prompt or --prompt-file")
     return prompt
@@ -238,8 +83,8 @@ class Session(Protocol):
 
     args: argparse.Namespace
 
-    def params(self, role: str = "run") -> dict[str, Any]:
-        """The parameters of the options with this role, from the parsed flags."""
+    def options(self, cls: type[S]) -> S:
+        """The analysis's settings of class `cls` from the parsed flags, checked."""
 
     @property
     def offline(self) -> bool:
@@ -254,7 +99,9 @@ class Session(Protocol):
     def check_out(self, out: Path, names: Sequence[str]) -> None:
         """Before long work: the outputs can be written there (or an interrupted run resumed)."""
 
-    def save(self, result: Result, out: Path, plot_options: dict[str, Any] | None = None) -> None:
+    def save(
+        self, result: Result, out: Path, plot_options: dict[str, Any] | Settings | None = None
+    ) -> None:
         """Save in the --format formats and print the summary and the files written."""
 
     def executor(self) -> Any:
@@ -280,6 +127,8 @@ class Analysis:
     dtype: Callable[[str], str] = field(default=lambda dtype: dtype)  # --dtype -> load dtype
     groups: Sequence[str] = ()  # the order of option groups in --help (default: first use)
     gradients: Callable[[argparse.Namespace], bool] = field(default=lambda args: False)
+    oom_advice: str = ""  # out of memory: what else to lower here, e.g. "lower --samples"
+    demo_help: str = ""  # what its demo entries run, in `demo --help` ("flip rates (200 texts)")
 
     def __post_init__(self) -> None:
         self.default_out = self.default_out or f"out/{self.command}"
@@ -307,19 +156,30 @@ class Analysis:
         return {o.param: o.cli_flag for o in self.options if o.param}
 
 
+def prompt_inputs(*, several: bool, group: str = "input") -> list[Option]:
+    """--prompt and --prompt-file, the same for every prompt-taking analysis (read by its
+    command-line glue; --chat and --system are settings: `settings.PromptSettings`)."""
+    return prompt_options(several=several, group=group)[:2]
+
+
 def prompt_options(*, several: bool, group: str = "input") -> list[Option]:
     """--prompt, --prompt-file, --chat and --system, the same for every prompt-taking analysis."""
     return [
         Option(
             None,
-            "prompt text" + (" (repeat for several prompts; each gets a sub-folder)" if several else ""),
+            "prompt text"
+            + (" (repeat for several prompts; each gets a sub-folder)" if several else ""),
             flag="--prompt",
             role="input",
             group=group,
             action="append" if several else None,
         ),
         Option(
-            None, "read the prompt from this UTF-8 file", flag="--prompt-file", role="input", group=group
+            None,
+            "read the prompt from this UTF-8 file",
+            flag="--prompt-file",
+            role="input",
+            group=group,
         ),
         Option(
             "chat",
@@ -343,13 +203,36 @@ def ray_options(group: str = "Ray (a data set over a cluster)") -> list[Option]:
             action="store_true",
             group=group,
         ),
-        Option(None, "Ray workers, one model replica each (default 2)", flag="--workers", role="input",
-               type=positive_int, default=2, metavar="N", group=group),
-        Option(None, "CPUs per Ray worker (default 1)", flag="--cpus-per-worker", role="input",
-               type=share(True), default=1.0, metavar="N", group=group),
-        Option(None, "GPUs per Ray worker (default 0; 1 puts each replica on its own GPU)",
-               flag="--gpus-per-worker", role="input", type=share(False), default=0.0, metavar="N",
-               group=group),
+        Option(
+            None,
+            "Ray workers, one model replica each (default 2)",
+            flag="--workers",
+            role="input",
+            type=positive_int,
+            default=2,
+            metavar="N",
+            group=group,
+        ),
+        Option(
+            None,
+            "CPUs per Ray worker (default 1)",
+            flag="--cpus-per-worker",
+            role="input",
+            type=share(True),
+            default=1.0,
+            metavar="N",
+            group=group,
+        ),
+        Option(
+            None,
+            "GPUs per Ray worker (default 0; 1 puts each replica on its own GPU)",
+            flag="--gpus-per-worker",
+            role="input",
+            type=share(False),
+            default=0.0,
+            metavar="N",
+            group=group,
+        ),
     ]
 
 
@@ -357,17 +240,43 @@ def rows_options(group: str = "a data file of prompts (one result row each)") ->
     """--data, --prompt-column, --target-column, --figures and --resume, for every analysis
     that runs once per prompt and can run over a data file's rows (`rowset.run_rows`)."""
     return [
-        Option(None, "run once per row of this CSV, JSONL or Parquet file, a folder of Parquet "
-               "files or a saved `datasets` folder, or hf:NAME[:CONFIG][:SPLIT]: one table for "
-               "all rows, with a `row` column", flag="--data", role="input", metavar="FILE",
-               group=group),
-        Option(None, "the --data column holding each row's prompt (default prompt)",
-               flag="--prompt-column", role="input", default="prompt", metavar="NAME", group=group),
-        Option(None, "the --data column holding each row's target (default: none)",
-               flag="--target-column", role="input", metavar="NAME", group=group),
-        Option(None, "with --data: draw the figures of the first N rows (default 3)",
-               flag="--figures", role="input", type=nonnegative_int, default=3, metavar="N",
-               group=group),
+        Option(
+            None,
+            "run once per row of this CSV, JSONL or Parquet file, a folder of Parquet "
+            "files or a saved `datasets` folder, or hf:NAME[:CONFIG][:SPLIT]: one table for "
+            "all rows, with a `row` column",
+            flag="--data",
+            role="input",
+            metavar="FILE",
+            group=group,
+        ),
+        Option(
+            None,
+            "the --data column holding each row's prompt (default prompt)",
+            flag="--prompt-column",
+            role="input",
+            default="prompt",
+            metavar="NAME",
+            group=group,
+        ),
+        Option(
+            None,
+            "the --data column holding each row's target (default: none)",
+            flag="--target-column",
+            role="input",
+            metavar="NAME",
+            group=group,
+        ),
+        Option(
+            None,
+            "with --data: draw the figures of the first N rows (default 3)",
+            flag="--figures",
+            role="input",
+            type=nonnegative_int,
+            default=3,
+            metavar="N",
+            group=group,
+        ),
     ]
 
 
@@ -375,10 +284,16 @@ def check_rows_flags(args: argparse.Namespace) -> None:
     """Without --data, the data-file flags would be silently ignored: one line instead."""
     if args.data is not None:
         return
-    used = [flag for flag, on in (
-        ("--target-column", args.target_column is not None),
-        ("--prompt-column", args.prompt_column != "prompt"),
-        ("--ray", getattr(args, "ray", False)),
-    ) if on]
+    used = [
+        flag
+        for flag, on in (
+            ("--target-column", args.target_column is not None),
+            ("--prompt-column", args.prompt_column != "prompt"),
+            ("--ray", getattr(args, "ray", False)),
+        )
+        if on
+    ]
     if used:
-        raise TokenprobeError(f"{used[0]} goes with a --data file of prompts; --prompt runs here at once")
+        raise TokenprobeError(
+            f"{used[0]} goes with a --data file of prompts; --prompt runs here at once"
+        )

@@ -103,10 +103,13 @@ def _flags_of(command: str) -> dict[str, str]:
     return flags
 
 
-def error_line(exc: BaseException, flags: dict[str, str] | None = None) -> tuple[str, int]:
+def error_line(
+    exc: BaseException, flags: dict[str, str] | None = None, command: str | None = None
+) -> tuple[str, int]:
     """The one line a failure ends in, and the exit status: 2 for bad input (a TokenprobeError,
     a file that cannot be read or written), 1 for anything else, which is tokenprobe's fault.
-    Parameters named in a TokenprobeError are shown as the flags in `flags`."""
+    Parameters named in a TokenprobeError are shown as the flags in `flags`; out of memory
+    gives the advice of `command`'s analysis (of every analysis without one)."""
     if isinstance(exc, TokenprobeError):
         return f"tokenprobe: error: {_one_line(exc.render(flags or {}))}", 2
     if isinstance(exc, OSError) and exc.filename is not None:
@@ -116,17 +119,24 @@ def error_line(exc: BaseException, flags: dict[str, str] | None = None) -> tuple
     lines = str(exc).strip().splitlines()
     first = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
     if is_oom(exc):  # one input too large for the device even alone, or a count set too high
-        return (
-            f"tokenprobe: error: out of memory ({_allocation(first)}): lower --batch-tokens (and "
-            "--memory-mb for the lens) or a count you raised (such as --samples), use --dtype "
-            "bfloat16, shorter inputs, or --device cpu",
-            2,
-        )
+        return f"tokenprobe: error: out of memory ({_allocation(first)}): {_oom_advice(command)}", 2
     return (
         f"tokenprobe: error: {first} (this looks like a bug in tokenprobe or an input it does not "
         f"handle; rerun with --debug for the traceback and {BUG_REPORT})",
         1,
     )
+
+
+def _oom_advice(command: str | None) -> str:
+    """What to lower when a run is out of memory: the generic advice with the analysis's own
+    (`Analysis.oom_advice`); for no analysis's command, every analysis's, each named."""
+    spec = next((s for s in ANALYSES.values() if s.command == command), None)
+    generic = "use --dtype bfloat16, shorter inputs, or --device cpu"
+    if spec is not None:
+        advice = ["lower --batch-tokens" if spec.batch_tokens else "", spec.oom_advice, generic]
+        return ", ".join(a for a in advice if a)
+    named = "; ".join(f"{s.command}: {s.oom_advice}" for s in ANALYSES.values() if s.oom_advice)
+    return f"lower --batch-tokens, {generic}" + (f" ({named})" if named else "")
 
 
 def _allocation(first: str) -> str:
@@ -195,7 +205,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        line, status = error_line(exc, _flags_of(args.command))
+        line, status = error_line(exc, _flags_of(args.command), args.command)
         if getattr(args, "resume", None) is not None:  # a refused run leaves no checkpoint
             drop_unstarted(Path(args.out))
         print(line, file=sys.stderr)

@@ -12,18 +12,27 @@ from ..analyses import ANALYSES
 from ..errors import TokenprobeError
 from ..results import check_writable
 from .flags import add_common
-from .report import check_report_path, write_report
+from .report import check_report_path, in_words, write_report
+
+
+def demo_help() -> str:
+    """`demo --help`'s description: what each registered analysis with a demo runs (its
+    `demo_help`, else its one-line help up to the colon), then the report."""
+    runs = [
+        spec.demo_help or spec.help.split(":")[0]
+        for spec in ANALYSES.values()
+        if spec.demo is not None
+    ]
+    text = in_words([*runs, "report.html in --out"])
+    return f"{text[:1].upper()}{text[1:]}, on the built-in model: about 3 minutes on 2 cores."
 
 
 def add_demo(sub: Any) -> None:
+    """The `demo` subcommand."""
     demo = sub.add_parser(
         "demo",
         help="run every analysis on the built-in model with the demo inputs, then write the HTML report",
-        description="Logit lens (two prompts, the first as seed 004's composite figure with a foil, and "
-        "that one again through the tuned lens shipped for the built-in model), past "
-        "similarity (raw and centred), attribution (a few-shot arithmetic prompt), flip rates (200 sample texts), "
-        "a causal trace (the Eiffel Tower prompt, noise on its subject: residual stream and MLPs) and report.html "
-        "in --out, on the built-in model: about 3 minutes on 2 cores.",
+        description=demo_help(),
     )
     add_common(demo, default_out="out/demo", batch_tokens=None)
 
@@ -36,11 +45,9 @@ def demo_specs() -> dict[str, list[dict[str, Any]]]:
 
 def run_demo(session: Any) -> int:
     """Every analysis with demo inputs, in registry order; the outputs are checked first."""
-    from . import demo_specs as specs_now  # looked up at call time (tests replace it)
-
     args = session.args
     out = Path(args.out)
-    specs = specs_now()
+    specs = demo_specs()  # looked up at call time: tests replace `cli.demo.demo_specs`
     if out.exists() and not out.is_dir():
         raise TokenprobeError(f"--out {out} is a file, not a folder: choose another --out")
     todo = [(ANALYSES[name], entry) for name in ANALYSES for entry in specs.get(name, [])]

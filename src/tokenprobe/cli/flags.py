@@ -31,6 +31,7 @@ COMMON_FLAGS = {
     "trust_remote_code": "--trust-remote-code",
     "device_map": "--device-map",
     "max_memory": "--max-memory",
+    "resume": "--resume",
 }
 
 
@@ -52,6 +53,20 @@ def add_common(
     """Model, device, output and (where `batch_tokens` is given) batching flags, the same for
     every command; `dtype_auto` says what --dtype auto means for this one."""
     g = parser.add_argument_group("model and output")
+    _add_model_flags(g)
+    _add_placement_flags(g, dtype_auto)
+    if batch_tokens is not None:
+        g.add_argument(
+            "--batch-tokens",
+            type=positive_int,
+            default=batch_tokens,
+            help=f"padded tokens per forward pass (default {batch_tokens})",
+        )
+    _add_output_flags(g, default_out)
+
+
+def _add_model_flags(g: argparse._ArgumentGroup) -> None:
+    """Which model to load and from where (--model, --offline, --trust-remote-code)."""
     g.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -69,6 +84,11 @@ def add_common(
         action="store_true",
         help="run the Python code a hub model ships with (only for models you trust)",
     )
+
+
+def _add_placement_flags(g: argparse._ArgumentGroup, dtype_auto: str) -> None:
+    """Where the model runs and in what dtype (--device, --device-map, --max-memory, --dtype);
+    `dtype_auto` says what --dtype auto means for this command."""
     g.add_argument(
         "--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N or mps"
     )
@@ -90,13 +110,10 @@ def add_common(
         choices=["auto", "float32", "bfloat16", "float16"],
         help=f"model weights' dtype; auto = {dtype_auto}. Statistics are always float32",
     )
-    if batch_tokens is not None:
-        g.add_argument(
-            "--batch-tokens",
-            type=positive_int,
-            default=batch_tokens,
-            help=f"padded tokens per forward pass (default {batch_tokens})",
-        )
+
+
+def _add_output_flags(g: argparse._ArgumentGroup, default_out: str) -> None:
+    """Where results go and in which figure formats (--out, --overwrite, --format)."""
     g.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     g.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     g.add_argument(

@@ -6,15 +6,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..analyses import ANALYSES
 from .flags import check_can_write
 
 
+def in_words(items: list[str]) -> str:
+    """A list in words: "a", "a and b", "a, b and c"."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
 def add_report(sub: Any) -> None:
+    """The `report` subcommand; its help lists the registered analyses' commands."""
+    commands = in_words([spec.command for spec in ANALYSES.values()])
     rep = sub.add_parser(
         "report",
         help="one self-contained interactive HTML page of every result under a folder",
-        description="Collects every saved result under FOLDER (any mix of lens, similarity, attribute, flips, trace, tune-lens and lens-eval) "
-        "into one HTML file that opens offline: hover a cell for its numbers, wheel to zoom the long axis, "
+        description=f"Collects every saved result under FOLDER (any mix of {commands}) into one "
+        "HTML file that opens offline: hover a cell for its numbers, wheel to zoom the long axis, "
         "drag to pan. Prints the file's path and size.",
     )
     rep.add_argument("folder", help="folder holding results (searched recursively)")

@@ -6,17 +6,20 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import model as model_module
 from ..analyses.base import Analysis
+from ..analyses.settings import Settings
 from ..model.memory import check_fits
 from ..model.placement import placement_kwargs
 from ..results import check_writable
 from .flags import check_can_write, read_text_file
 
 log = logging.getLogger("tokenprobe")
+S = TypeVar("S", bound=Settings)
 
 if TYPE_CHECKING:
     from ..model import LoadedModel
@@ -31,17 +34,19 @@ class Session:
         self.spec = spec
         self._models: dict[tuple[str, str], LoadedModel] = {}
 
-    def params(self, role: str = "run") -> dict[str, Any]:
-        """The parameters of the analysis's options with this role, from the parsed flags."""
+    def options(self, cls: type[S]) -> S:
+        """The analysis's settings of class `cls` (run or figure ones) from the parsed flags,
+        checked once: a refused value is one line naming its flag."""
         assert self.spec is not None
+        names = {f.name for f in fields(cls)}
         values = {
             o.param: o.value_from(self.args)
             for o in self.spec.options
-            if o.role == role and o.param is not None
+            if o.param in names and o.role == cls.role
         }
-        if role == "run" and self.spec.batch_tokens:
+        if "batch_tokens" in names and self.spec.batch_tokens:
             values["batch_tokens"] = self.args.batch_tokens
-        return values
+        return cls.build(None, values)
 
     def load(self, *, task: str = "causal-lm", dtype: str | None = None) -> LoadedModel:
         """The model of --model/--device/--dtype/--device-map (the analysis's reading of
@@ -108,9 +113,14 @@ class Session:
             gpus_per_worker=self.args.gpus_per_worker,
         )
 
-    def save(self, result: Result, out: Path, plot_options: dict[str, Any] | None = None) -> None:
+    def save(
+        self, result: Result, out: Path, plot_options: dict[str, Any] | Settings | None = None
+    ) -> None:
         """Save in the --format formats, print the summary and the files. A --resume run
-        replaces the outputs of the run it finishes."""
+        replaces the outputs of the run it finishes. `plot_options`: the figure settings (a
+        `Settings`: those not at their defaults are kept in meta.json for the report)."""
+        if isinstance(plot_options, Settings):
+            plot_options = plot_options.changed()
         overwrite = self.args.overwrite or getattr(self.args, "resume", False)
         written = result.save(
             out, formats=self.args.format, overwrite=overwrite, plot_options=plot_options

@@ -193,35 +193,8 @@ class Adapter:
         post-processing."""
         name = type(model).__name__
         config = text_config(getattr(model, "config", None))
-        get_in = getattr(model, "get_input_embeddings", None)
-        embed = get_in() if callable(get_in) else None
-        if embed is None:
-            raise TokenprobeError(
-                f"cannot find the input embeddings of {name}: it has no get_input_embeddings()"
-            )
-        get_out = getattr(model, "get_output_embeddings", None)
-        unembed = get_out() if callable(get_out) else None
-        if unembed is None:
-            raise TokenprobeError(
-                f"{name} has no output embedding (LM head): the logit lens needs a causal language "
-                "model, load it as AutoModelForCausalLM"
-            )
-
-        n_layers = getattr(config, "num_hidden_layers", None)
-        lists = [
-            (p, m) for p, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0
-        ]
-        if n_layers is not None:
-            matches = [(p, m) for p, m in lists if len(m) == n_layers]
-        else:
-            matches = [(p, m) for p, m in lists if len({type(c) for c in m}) == 1]
-            matches.sort(key=lambda pm: -len(pm[1]))
-        if not matches:
-            raise TokenprobeError(
-                f"cannot find the transformer blocks of {name}: no module list with "
-                f"{n_layers if n_layers is not None else 'uniform'} blocks"
-            )
-        blocks_path, blocks = min(matches, key=lambda pm: pm[0].count("."))
+        embed, unembed = _embeddings(model, name)
+        blocks_path, blocks = _find_blocks(model, config, name)
         notes = []
         norm_path, final_norm = _final_norm(model, blocks_path, blocks, embed)
         if final_norm is None:
@@ -257,6 +230,45 @@ class Adapter:
             merge=merge,
             config=config,
         )
+
+
+def _embeddings(model: nn.Module, name: str) -> tuple[nn.Module, nn.Module]:
+    """The input embeddings and the output embedding (LM head), from the model's own
+    accessors; a model without either is one clear error."""
+    get_in = getattr(model, "get_input_embeddings", None)
+    embed = get_in() if callable(get_in) else None
+    if embed is None:
+        raise TokenprobeError(
+            f"cannot find the input embeddings of {name}: it has no get_input_embeddings()"
+        )
+    get_out = getattr(model, "get_output_embeddings", None)
+    unembed = get_out() if callable(get_out) else None
+    if unembed is None:
+        raise TokenprobeError(
+            f"{name} has no output embedding (LM head): the logit lens needs a causal language "
+            "model, load it as AutoModelForCausalLM"
+        )
+    return embed, unembed
+
+
+def _find_blocks(model: nn.Module, config: Any, name: str) -> tuple[str, nn.ModuleList]:
+    """The transformer blocks: the shallowest module list of `num_hidden_layers` modules (without
+    that config entry, of one module type, the longest of equally shallow ones)."""
+    n_layers = getattr(config, "num_hidden_layers", None)
+    lists = [
+        (p, m) for p, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0
+    ]
+    if n_layers is not None:
+        matches = [(p, m) for p, m in lists if len(m) == n_layers]
+    else:
+        matches = [(p, m) for p, m in lists if len({type(c) for c in m}) == 1]
+        matches.sort(key=lambda pm: -len(pm[1]))
+    if not matches:
+        raise TokenprobeError(
+            f"cannot find the transformer blocks of {name}: no module list with "
+            f"{n_layers if n_layers is not None else 'uniform'} blocks"
+        )
+    return min(matches, key=lambda pm: pm[0].count("."))
 
 
 def _stream_merge(model: nn.Module, blocks_path: str, config: Any) -> StreamMerge | None:

@@ -20,6 +20,7 @@ from typing import Any
 from ..checkpoint import FINISHED
 from ..errors import TokenprobeError
 from ..heatmap import page
+from ..loading import load_result
 from ..results import SAVE_JOURNAL, Result, complete_save
 
 __all__ = [
@@ -50,7 +51,7 @@ def sections_of(result: Result) -> list[dict[str, Any]]:
 
 def render(results: Sequence[Result], title: str = "tokenprobe report") -> str:
     """The whole page as one string; a result that cannot be drawn is left out with a warning."""
-    named = [(Path(r.meta.get("_folder") or f"result {i + 1}"), r) for i, r in enumerate(results)]
+    named = [(Path(f"result {i + 1}"), r) for i, r in enumerate(results)]
     drawn = draw(named, stacklevel=3)
     if named and not drawn:
         raise TokenprobeError(
@@ -122,7 +123,7 @@ def _load_all(root: str | Path) -> tuple[list[tuple[Path, Result]], int]:
     skipped = 0
     for meta in sorted(base.rglob("meta.json")):
         try:
-            found.append((meta.parent, Result.load(meta.parent)))
+            found.append((meta.parent, load_result(meta.parent)))
         except Exception as exc:  # a damaged folder must not stop the report of the others
             skipped += 1
             warnings.warn(f"skipped {meta.parent}: {_damage(exc)}", UserWarning, stacklevel=3)

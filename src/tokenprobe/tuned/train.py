@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from ..errors import TokenprobeError, warn
 from ..model import LoadedModel, weight_of
 from .corpus import check_seq_len, fingerprint, pack, read_corpus
 from .lens import TunedLens, check_finite, residual_width, unembed_hash
+
+if TYPE_CHECKING:  # the settings are declared with the command (analyses/tune_lens/options.py)
+    from ..analyses.tune_lens.options import TuneLensOptions
 
 PRECISIONS = ("float32", "bfloat16")
 STATE = ".state.pt"  # a checkpoint part: the training state after some step
@@ -89,7 +92,9 @@ class _KL(torch.autograd.Function):
     """Per-row KL(p || softmax(logits)) with its gradient written out: softmax(logits) - p."""
 
     @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, p: torch.Tensor, plogp: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, logits: torch.Tensor, p: torch.Tensor, plogp: torch.Tensor
+    ) -> torch.Tensor:
         logq = torch.log_softmax(logits.float(), dim=-1)  # one pass fewer than logsumexp, subtract
         ctx.save_for_backward(logq, p)
         return plogp - rowdot(p, logq)
@@ -114,35 +119,25 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def check_hyper(hyper: Hyper) -> None:
-    """One error per impossible setting, naming its parameter."""
-    for name, least in (("seq_len", 2), ("batch_size", 1), ("tokens", 1)):  # a sequence of 1 has no next token
-        if getattr(hyper, name) < least:
-            raise TokenprobeError(f"`{name}` must be at least {least}, not {getattr(hyper, name)}")
-    if hyper.steps == 0:
-        one = hyper.batch_size * hyper.seq_len
-        raise TokenprobeError(
-            f"`tokens` {hyper.tokens} is below one batch (`batch_size` {hyper.batch_size} x "
-            f"`seq_len` {hyper.seq_len} = {one} tokens): give at least {one}"
-        )
-    if hyper.precision not in PRECISIONS:
-        raise TokenprobeError(f"`precision` must be one of auto, {', '.join(PRECISIONS)}, not {hyper.precision!r}")
-    if not hyper.lr > 0 or not 0 <= hyper.momentum < 1 or hyper.weight_decay < 0 or hyper.warmup_steps < 0:
-        raise TokenprobeError(
-            "`lr` must be above 0, `momentum` in [0, 1), `weight_decay` and `warmup_steps` at least 0"
-        )
-
-
 class Trainer:
     """One training run: the model, the packed sequences, the lens and its optimiser."""
 
     def __init__(
-        self, lm: LoadedModel, sequences: torch.Tensor, hyper: Hyper, batch_tokens: int, memory_mb: float | None
+        self,
+        lm: LoadedModel,
+        sequences: torch.Tensor,
+        hyper: Hyper,
+        batch_tokens: int,
+        memory_mb: float | None,
     ) -> None:
         self.lm, self.sequences, self.hyper = lm, sequences, hyper
         self.adapter = lm.require_adapter()
         device = lm.device
-        info = {"model": lm.name, "model_path": lm.folder or lm.name, "unembed_hash": unembed_hash(self.adapter, lm.loaded_vocab)}
+        info = {
+            "model": lm.name,
+            "model_path": lm.folder or lm.name,
+            "unembed_hash": unembed_hash(self.adapter, lm.loaded_vocab),
+        }
         self.lens = TunedLens(self.adapter.n_blocks, residual_width(lm), info).to(device)
         self.opt = torch.optim.SGD(
             self.lens.parameters(),
@@ -238,7 +233,9 @@ class Trainer:
             "step": step,
             "lens": self.lens.state_dict(),
             "optim": self.opt.state_dict(),
-            "losses": torch.from_numpy(np.stack(losses)) if losses else torch.zeros(0, self.lens.n_blocks, dtype=torch.float64),
+            "losses": torch.from_numpy(np.stack(losses))
+            if losses
+            else torch.zeros(0, self.lens.n_blocks, dtype=torch.float64),
         }
 
     def restore(self, state: dict[str, Any]) -> tuple[int, list[np.ndarray]]:
@@ -266,23 +263,12 @@ def train_lens(
     lm: LoadedModel,
     data: str | Sequence[str],
     *,
-    tokens: int,
-    seq_len: int = 512,
-    batch_size: int = 8,
-    lr: float = 1.0,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-3,
-    warmup_steps: int = 0,
-    seed: int = 0,
-    precision: str = "auto",
-    text_column: str = "text",
-    batch_tokens: int = 4096,
-    memory_mb: float | None = None,
+    options: TuneLensOptions,
     checkpoint: Callable[[dict[str, Any]], Checkpoint] | None = None,
-    checkpoint_every: int = 50,
     progress: bool | None = None,
 ) -> Training:
-    """Train a tuned lens for `lm` on `tokens` tokens of `data` (a data set path or texts).
+    """Train a tuned lens for `lm` on `options.tokens` tokens of `data` (a data set path or
+    texts). `options` (`TuneLensOptions`, checked when it was built) holds every setting:
     `precision` (auto, float32, bfloat16) is that of the translators' and the unembedding's
     matrix products; the KL and the weights stay float32.
 
@@ -291,70 +277,107 @@ def train_lens(
     and a resumed run starts from its last state (a finished one recomputes nothing). The
     caller finishes it once the lens is saved.
     """
-    hyper = Hyper(tokens, seq_len, batch_size, lr, momentum, weight_decay, warmup_steps, seed,
-                  resolve_precision(precision, lm.device))
-    check_hyper(hyper)
-    if checkpoint_every < 1:
-        raise TokenprobeError(f"`checkpoint_every` must be at least 1, not {checkpoint_every}")
-    check_seq_len(seq_len, lm.context_length)
-    sequences = pack(read_corpus(data, text_column), lm.tokenizer, seq_len, max_sequences=hyper.steps * batch_size)
-    if hyper.steps * batch_size > len(sequences):
-        warn(
-            f"the data holds {len(sequences)} sequences of {seq_len} tokens, fewer than `tokens` "
-            f"asks for ({hyper.steps * batch_size}): they are reused "
-            f"{hyper.steps * batch_size / len(sequences):.1f} times; give more text for a better lens"
-        )
-    trainer = Trainer(lm, sequences, hyper, batch_tokens, memory_mb)
+    o = options
+    hyper = Hyper(o.tokens, o.seq_len, o.batch_size, o.lr, o.momentum, o.weight_decay,
+                  o.warmup_steps, o.seed, resolve_precision(o.precision, lm.device))  # fmt: skip
+    check_seq_len(o.seq_len, lm.context_length)
+    sequences = _sequences(lm, data, hyper, o.text_column)
+    trainer = Trainer(lm, sequences, hyper, o.batch_tokens, o.memory_mb)
     settings = {
         "model": {k: lm.describe()[k] for k in ("name", "source", "class", "dtype")},
         "data": fingerprint(sequences),
         **vars(hyper),
-        "batch_tokens": batch_tokens,
-        "memory_mb": memory_mb,
+        "batch_tokens": o.batch_tokens,
+        "memory_mb": o.memory_mb,
     }
     store = checkpoint(settings) if checkpoint is not None else None
-    start = 0
-    losses: list[np.ndarray] = []
+    start, losses = 0, list[np.ndarray]()
     if store is not None:
-        states = store.read(STATE, lambda p: torch.load(p, map_location=lm.device, weights_only=True))
+        states = store.read(
+            STATE, lambda p: torch.load(p, map_location=lm.device, weights_only=True)
+        )
         if states:
             start, losses = trainer.restore(states[max(states)])
-    per_step = batch_size * seq_len
-    bar = tqdm(total=hyper.steps * per_step, initial=start * per_step, desc="tune-lens", unit="tok",
-               unit_scale=True, disable=None if progress is None else not progress)
-    with frozen(lm.model), bar:
+    with frozen(lm.model):
+        _train(trainer, start, losses, store, o.checkpoint_every, progress)
+    lens = trainer.lens.eval()
+    check_finite(lens, "the trained lens")
+    passes = round(hyper.steps * hyper.batch_size / len(sequences), 3)
+    lens.info.update(
+        training={**settings, "steps": hyper.steps, "sequences": len(sequences), "passes": passes}
+    )
+    return Training(lens, np.stack(losses), settings)
+
+
+def _sequences(
+    lm: LoadedModel, data: str | Sequence[str], hyper: Hyper, text_column: str
+) -> torch.Tensor:
+    """The training sequences: `data`'s texts packed into `seq_len` tokens, as many as the
+    steps use (with a warning when the data holds fewer, which are then reused)."""
+    wanted = hyper.steps * hyper.batch_size
+    sequences = pack(
+        read_corpus(data, text_column), lm.tokenizer, hyper.seq_len, max_sequences=wanted
+    )
+    if wanted > len(sequences):
+        warn(
+            f"the data holds {len(sequences)} sequences of {hyper.seq_len} tokens, fewer than "
+            f"`tokens` asks for ({wanted}): they are reused {wanted / len(sequences):.1f} "
+            "times; give more text for a better lens"
+        )
+    return sequences
+
+
+def _train(
+    trainer: Trainer,
+    start: int,
+    losses: list[np.ndarray],
+    store: Checkpoint | None,
+    every: int,
+    progress: bool | None,
+) -> None:
+    """Steps `start`.. of the training, appending each step's losses, with a progress bar of
+    tokens; the state goes to `store` every `every` steps and after the last."""
+    hyper = trainer.hyper
+    per_step = hyper.batch_size * hyper.seq_len
+    bar = tqdm(
+        total=hyper.steps * per_step,
+        initial=start * per_step,
+        desc="tune-lens",
+        unit="tok",
+        unit_scale=True,
+        disable=None if progress is None else not progress,
+    )
+    with bar:
         for step in range(start, hyper.steps):
             losses.append(trainer.step(step))
             if not np.isfinite(losses[-1]).all():
                 raise TokenprobeError(
-                    f"training diverged: the loss is not finite at step {step + 1} of {hyper.steps} "
-                    f"(`lr` {hyper.lr:g}, `weight_decay` {hyper.weight_decay:g}): lower `lr`; nothing was saved"
+                    f"training diverged: the loss is not finite at step {step + 1} of "
+                    f"{hyper.steps} (`lr` {hyper.lr:g}, `weight_decay` {hyper.weight_decay:g}): "
+                    "lower `lr`; nothing was saved"
                 )
             bar.update(per_step)
             bar.set_postfix_str(band_text(losses[-1]), refresh=False)
             done = step + 1
-            if store is not None and (done % checkpoint_every == 0 or done == hyper.steps):
+            if store is not None and (done % every == 0 or done == hyper.steps):
                 _save_state(store, trainer.state(done, losses), done)
             step_done(done)
-    lens = trainer.lens.eval()
-    check_finite(lens, "the trained lens")
-    lens.info.update(training={**settings, "steps": hyper.steps, "sequences": len(sequences),
-                               "passes": round(hyper.steps * batch_size / len(sequences), 3)})
-    return Training(lens, np.stack(losses), settings)
 
 
 def _save_state(store: Checkpoint, state: dict[str, Any], step: int) -> None:
     """The state after `step` as the only part (older states are removed once it is written)."""
-    store.write(step, STATE, lambda p: torch.save(state, p))
-    for old in store.folder.glob(f"part-[0-9]*{STATE}"):
-        if int(old.name[5:10]) < step:
-            old.unlink(missing_ok=True)
+    store.write(
+        step, STATE, lambda p: torch.save(state, p), unit="training state", count=step, latest=True
+    )
 
 
 def band_text(losses: np.ndarray, bands: int = 3) -> str:
     """Mean KL per band of layers, e.g. `KL 0-9 4.1 | 10-19 1.3 | 20-29 0.2`."""
     n = len(losses)
     edges = [round(i * n / bands) for i in range(bands + 1)]
-    parts = [f"{a}-{b - 1} {np.mean(losses[a:b]):.3g}" for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    parts = [
+        f"{a}-{b - 1} {np.mean(losses[a:b]):.3g}"
+        for a, b in zip(edges, edges[1:], strict=False)
+        if b > a
+    ]
     return "KL " + " | ".join(parts)
-

@@ -10,7 +10,7 @@ from .compute import attribute
 from .features import AttributionInput, Feature, build_features, prepare_attribution
 from .gradients import GRADIENT_METHODS, IG_BASELINES
 from .methods import METHODS
-from .options import OPTIONS
+from .options import OPTIONS, AttributionFigure, AttributionOptions
 from .problem import BASELINES, PARTIAL, SCORES, Problem, ScoreStore
 from .result import AttributionResult
 
@@ -22,7 +22,9 @@ __all__ = [
     "PARTIAL",
     "SCORES",
     "SPEC",
+    "AttributionFigure",
     "AttributionInput",
+    "AttributionOptions",
     "AttributionResult",
     "Feature",
     "Problem",
@@ -53,4 +55,6 @@ SPEC = Analysis(
     dtype=lambda d: "float32" if d == "auto" else d,
     # the gradient methods keep every block's activations for the backward pass
     gradients=lambda args: getattr(args, "method", "") in GRADIENT_METHODS,
+    oom_advice="lower --samples (shapley)",
+    demo_help="attribution (a few-shot arithmetic prompt)",
 )

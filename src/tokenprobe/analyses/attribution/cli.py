@@ -11,27 +11,27 @@ from ...errors import TokenprobeError
 from ...rowset import RowSet
 from ..base import Session, check_rows_flags, read_prompt
 from .compute import attribute
-from .methods import METHODS
+from .options import AttributionFigure, AttributionOptions
 from .result import AttributionResult
 from .rows import attribute_rows
 
 
 def command(session: Session) -> None:
-    """Check the method and the prompt before the model loads, then run and save."""
+    """Check the settings and the prompt before the model loads, then run and save."""
     args = session.args
-    if args.method not in METHODS:
-        raise TokenprobeError(f"unknown method {args.method!r}: use one of {', '.join(METHODS)}")
+    options = session.options(AttributionOptions)
+    figure = session.options(AttributionFigure)
     if args.data is not None:
-        return _over_data(session)
+        return _over_data(session, options, figure)
     check_rows_flags(args)
     prompt = read_prompt(session, or_data=True)
     out = Path(args.out)
     session.check_out(out, AttributionResult.files(args.format))
-    result = attribute(session.load(), prompt, checkpoint=out, **session.params("run"))
-    session.save(result, out)
+    result = attribute(session.load(), prompt, options=options, checkpoint=out, resume=args.resume)
+    session.save(result, out, figure)
 
 
-def _over_data(session: Session) -> None:
+def _over_data(session: Session, options: AttributionOptions, figure: AttributionFigure) -> None:
     """--data: every row's prompt attributed to its --target-column target (or --target /
     --generate for all), one table."""
     args = session.args
@@ -39,11 +39,12 @@ def _over_data(session: Session) -> None:
         raise TokenprobeError(
             "give the prompts with --data or with --prompt/--prompt-file, not both"
         )
-    if args.target_column is not None and (args.target is not None or args.generate is not None):
+    given = options.target is not None or options.generate is not None
+    if args.target_column is not None and given:
         raise TokenprobeError(
             "--target-column gives each row's target: leave out --target and --generate"
         )
-    if args.target_column is None and args.target is None and args.generate is None:
+    if args.target_column is None and not given:
         raise TokenprobeError(
             "give --target-column NAME (each row's target), --target TEXT or --generate N"
         )
@@ -61,11 +62,12 @@ def _over_data(session: Session) -> None:
         targets,
         figures=args.figures,
         checkpoint=out,
+        resume=args.resume,
         executor=session.executor(),
         data=args.data,
-        **session.params("run"),
+        options=options,
     )
-    session.save(result, out)
+    session.save(result, out, figure)
 
 
 def demo(session: Session, entry: dict[str, Any], out: Path) -> None:

@@ -11,7 +11,7 @@ scores perturbed prompts (`problem.py`), a method turns scores or gradients into
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,15 @@ from tqdm.auto import tqdm
 from ...checkpoint import digest, model_settings
 from ...errors import TokenprobeError, text_list, warn
 from ...model import LoadedModel
-from ...results import now, versions
+from ...provenance import provenance
 from ...runner import open_checkpoint, progress_disabled
 from ...text import first_token
+from ..settings import takes
 from .features import AttributionInput, prepare_attribution
 from .gradients import GRADIENT_METHODS
-from .methods import DEFAULT_METHOD, METHODS, MethodOutput
-from .problem import BASELINES, DEFAULT_BASELINE, PARTIAL, SCORES, Problem, ScoreStore
+from .methods import METHODS, MethodOutput
+from .options import AttributionOptions
+from .problem import PARTIAL, Problem, ScoreStore
 from .result import AttributionResult
 
 IG_GAP_WARN = 0.1  # warn when |completeness gap| > this fraction of |f(x) - f(baseline)|
@@ -46,27 +48,12 @@ CONTRASTIVE = DEFINITION.replace(
 ).replace("(exp of it with score=prob)", "(p(row) - p(foil) with score=prob)")
 
 
+@takes(AttributionOptions)
 def attribute(
     lm: LoadedModel,
     prompt: str,
     *,
-    target: str | None = None,
-    generate: int | None = None,
-    features: Sequence[str] | None = None,
-    target_spans: Sequence[str] | None = None,
-    method: str = DEFAULT_METHOD,
-    baseline: str = DEFAULT_BASELINE,
-    samples: int = 64,
-    seed: int = 0,
-    window: int = 3,
-    stride: int = 1,
-    steps: int = 32,
-    ig_baseline: str = "unk",
-    score: str = "logprob",
-    foil: str | None = None,
-    chat: bool = False,
-    system: str | None = None,
-    batch_tokens: int = 4096,
+    options: AttributionOptions,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool | None = None,
@@ -74,48 +61,68 @@ def attribute(
 ) -> AttributionResult:
     """Attribution of each target row's score to each input feature.
 
-    `features` are substrings of the (rendered) prompt, one feature each; without them every
-    prompt token is a feature. The target is `target` (scored by teacher forcing) or the
-    model's greedy continuation of `generate` tokens. `target_spans` group target tokens into
-    rows (a row's score is the sum of its tokens' log-probabilities). With `checkpoint`, scored
-    inputs (and finished integration steps) are written there as the run goes;
-    `resume=True` takes them from an interrupted run instead of computing them again.
-    With a `foil`, a row's score is contrastive: log p(row) - log p(foil) at the row's first
-    target position (p(row) - p(foil) with `score="prob"`), as inseq's contrastive attribution.
+    `options` (or its settings as keyword arguments: see `AttributionOptions`): `features`
+    are substrings of the (rendered) prompt, one feature each; without them every prompt
+    token is a feature. The target is `target` (scored by teacher forcing) or the model's
+    greedy continuation of `generate` tokens. `target_spans` group target tokens into rows (a
+    row's score is the sum of its tokens' log-probabilities). With a `foil`, a row's score is
+    contrastive: log p(row) - log p(foil) at the row's first target position (p(row) - p(foil)
+    with `score="prob"`), as inseq's contrastive attribution. With `checkpoint`, scored inputs
+    (and finished integration steps) are written there as the run goes; `resume=True` takes
+    them from an interrupted run instead of computing them again.
     """
-    _check(prompt, target, generate, method, baseline, score)
-    features, target_spans = text_list(features, "features"), text_list(target_spans, "target_spans")
+    o = options
+    _check(prompt, o.target, o.generate)
+    features = text_list(o.features, "features")
+    target_spans = text_list(o.target_spans, "target_spans")
     _warn_if_16_bit(lm)
-    inp = prepare_attribution(lm, prompt, target=target, generate=generate, features=features,
-                              target_spans=target_spans, chat=chat, system=system)
-    foil_id = _foil_id(lm, foil, inp.target_text)
-    pb = Problem.of(lm, inp, score=score, foil_id=foil_id, baseline=baseline, batch_tokens=batch_tokens,
-                    after_batch=_after_batch)
-    options = {
-        "method": method,
-        "score": score,
-        "foil": foil,
-        "baseline": baseline,
-        "samples": samples,
-        "seed": seed,
-        "window": window,
-        "stride": stride,
-        "steps": steps,
-        "ig_baseline": ig_baseline,
-        "chat": chat,
-        "system": system,
-        "spans": list(features or []),
-        "target_spans": list(target_spans or []),
-        "batch_tokens": batch_tokens,
-    }
-    pb.store = _open_store(lm, inp, options, checkpoint, resume)
-    full, (attr, stderr, extra) = _run(pb, options, progress)
-    if method == "integrated_gradients":
-        _warn_if_not_converged(extra, inp.row_texts, steps, ig_baseline)
-    result = _result(lm, inp, pb, options, full, (attr, stderr, extra), generate is not None)
+    inp = prepare_attribution(
+        lm,
+        prompt,
+        target=o.target,
+        generate=o.generate,
+        features=features,
+        target_spans=target_spans,
+        chat=o.chat,
+        system=o.system,
+    )
+    foil_id = _foil_id(lm, o.foil, inp.target_text)
+    pb = Problem.of(
+        lm,
+        inp,
+        score=o.score,
+        foil_id=foil_id,
+        baseline=o.baseline,
+        batch_tokens=o.batch_tokens,
+        after_batch=_after_batch,
+    )
+    kept = _kept(o, features, target_spans)
+    pb.store = _open_store(lm, inp, kept, checkpoint, resume)
+    full, (attr, stderr, extra) = _run(pb, kept, progress)
+    if o.method == "integrated_gradients":
+        _warn_if_not_converged(extra, inp.row_texts, o.steps, o.ig_baseline)
+    result = _result(lm, inp, pb, kept, full, (attr, stderr, extra), o.generate is not None)
     if pb.store is not None:  # removed now, or by result.save() inside kept_until_saved()
         pb.store.checkpoint.finish(result)
     return result
+
+
+def _kept(
+    o: AttributionOptions, features: list[str] | None, target_spans: list[str] | None
+) -> dict[str, Any]:
+    """The settings meta.json (and the checkpoint) keeps, by the names it has always used."""
+    return {
+        "method": o.method,
+        "score": o.score,
+        "foil": o.foil,
+        "baseline": o.baseline,
+        **{k: getattr(o, k) for k in METHOD_OPTIONS},
+        "chat": o.chat,
+        "system": o.system,
+        "spans": list(features or []),
+        "target_spans": list(target_spans or []),
+        "batch_tokens": o.batch_tokens,
+    }
 
 
 def _foil_id(lm: LoadedModel, foil: str | None, target: str) -> int | None:
@@ -131,25 +138,12 @@ def _foil_id(lm: LoadedModel, foil: str | None, target: str) -> int | None:
     return first_token(lm.tokenizer, foil, "foil", "attribution contrasts with")
 
 
-def _check(
-    prompt: str,
-    target: str | None,
-    generate: int | None,
-    method: str,
-    baseline: str,
-    score: str,
-) -> None:
-    """Refuse arguments that can never run, before the model does anything."""
-    if method not in METHODS:
-        raise TokenprobeError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if score not in SCORES:
-        raise TokenprobeError(f"`score` must be {' or '.join(SCORES)}, not {score!r}")
+def _check(prompt: str, target: str | None, generate: int | None) -> None:
+    """Refuse a prompt or target that can never run, before the model does anything (the
+    settings are checked as `AttributionOptions` is built; a data file's row has its own
+    target)."""
     if not prompt or not prompt.strip():
         raise TokenprobeError("the prompt is empty: give the text whose tokens to attribute")
-    if target is not None and generate is not None:
-        raise TokenprobeError(
-            "give a `target` to score or `generate` N to attribute the model's own answer, not both"
-        )
     if target is None and generate is None:
         raise TokenprobeError(
             "give a `target` to score or `generate` N to attribute the model's own answer"
@@ -157,10 +151,6 @@ def _check(
     if target is not None and not target.strip():
         raise TokenprobeError(
             "the target is empty: give the continuation to attribute with `target`"
-        )
-    if baseline not in BASELINES and not baseline:
-        raise TokenprobeError(
-            f"`baseline` must be one of {', '.join(BASELINES)} or a replacement string"
         )
 
 
@@ -171,7 +161,7 @@ def _warn_if_16_bit(lm: LoadedModel) -> None:
             f"attribution with {str(lm.dtype).removeprefix('torch.')} weights: rounding moves each "
             "score by a few hundredths of a nat (and on a GPU with the batching), as much as a small "
             "attribution; load the model in float32 (`dtype` float32) to resolve small effects",
-            stacklevel=3,
+            stacklevel=4,  # past `attribute` and its `takes` wrapper
         )
 
 
@@ -237,7 +227,7 @@ def _warn_if_not_converged(
             f"{gaps[worst]:.3g} (more than {IG_GAP_WARN:.0%}; the gaps are in meta.json's "
             f"method_details); rerun with more `steps` than {steps}"
             + (" or with `ig_baseline` unk" if ig_baseline == "zero" else ""),
-            stacklevel=3,
+            stacklevel=4,  # past `attribute` and its `takes` wrapper
         )
 
 
@@ -272,20 +262,17 @@ def _result(
         method=options["method"],
         meta={
             "analysis": "attribution",
-            "model": lm.describe(),
+            **provenance(lm, options).meta(),
             "prompt": inp.prompt,
             "text": inp.text,
             "prompt_ids": inp.prompt_ids,
             "target": inp.target_text,
             "target_ids": inp.target_ids,
             "generated": generated,
-            "options": options,
             "method_details": extra,
             "forward_passes": pb.forward_passes,
             "batching": _batching_note(pb),
             "definition": DEFINITION if options["foil"] is None else CONTRASTIVE,
             "foil_id": pb.foil_id,
-            "versions": versions(),
-            "created": now(),
         },
     )

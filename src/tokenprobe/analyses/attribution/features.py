@@ -95,8 +95,6 @@ def _target_ids(
     if generate is None:
         assert target is not None
         return lm.tokenizer.encode(target, add_special_tokens=False)
-    if generate < 1:
-        raise TokenprobeError(f"`generate` must be at least 1, not {generate}")
     target_ids = _generate(lm, prompt_ids, generate)
     if not target_ids:
         raise TokenprobeError(

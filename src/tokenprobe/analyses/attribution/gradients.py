@@ -65,8 +65,8 @@ def gradients(
     pb: Problem,
     *,
     method: str,
-    steps: int = 32,
-    ig_baseline: str = "unk",
+    steps: int,
+    ig_baseline: str,
     **_: Any,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Attributions (rows, features) of one gradient method; with integrated gradients also
@@ -91,16 +91,14 @@ def _baseline_embedding(pb: Problem, emb: torch.Tensor, ig_baseline: str) -> tor
     n = len(pb.prompt_ids)
     if ig_baseline == "zero":
         return torch.zeros_like(emb[:n])
-    if ig_baseline in ("pad", "unk"):
-        tid = getattr(pb.lm.tokenizer, f"{ig_baseline}_token_id", None)
-        if tid is None:
-            raise TokenprobeError(
-                f"this tokenizer has no {ig_baseline} token: choose another `ig_baseline`"
-            )
-        emb_layer = pb.lm.model.get_input_embeddings()
-        with torch.no_grad():
-            return emb_layer(torch.full((n,), int(tid), device=pb.lm.device)).detach()
-    raise TokenprobeError(f"unknown `ig_baseline` {ig_baseline!r}: use {', '.join(IG_BASELINES)}")
+    tid = getattr(pb.lm.tokenizer, f"{ig_baseline}_token_id", None)  # pad or unk
+    if tid is None:
+        raise TokenprobeError(
+            f"this tokenizer has no {ig_baseline} token: choose another `ig_baseline`"
+        )
+    emb_layer = pb.lm.model.get_input_embeddings()
+    with torch.no_grad():
+        return emb_layer(torch.full((n,), int(tid), device=pb.lm.device)).detach()
 
 
 def _path(pb: Problem, method: str, steps: int, ig_baseline: str) -> _Path:
@@ -111,8 +109,6 @@ def _path(pb: Problem, method: str, steps: int, ig_baseline: str) -> _Path:
         emb = pb.lm.model.get_input_embeddings()(ids).detach()  # (L, D)
     base = _baseline_embedding(pb, emb, ig_baseline)
     if method == "integrated_gradients":
-        if steps < 1:
-            raise TokenprobeError(f"`steps` must be at least 1, not {steps}")
         alphas, weights = _gauss_legendre(steps)
     else:
         alphas, weights = np.array([1.0]), np.array([1.0])

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import TokenprobeError
 from .gradients import GRADIENT_METHODS, gradients
 from .problem import Problem
 
@@ -51,12 +50,10 @@ def _permutations(n: int, samples: int, seed: int) -> tuple[list[list[int]], boo
     return perms, False
 
 
-def shapley(pb: Problem, *, samples: int = 64, seed: int = 0, **_: Any) -> MethodOutput:
+def shapley(pb: Problem, *, samples: int, seed: int, **_: Any) -> MethodOutput:
     """Shapley values: mean marginal contributions over permutations, with standard errors
     over antithetic pairs (zero when exact)."""
     n = len(pb.features)
-    if samples < 1:
-        raise TokenprobeError(f"`samples` must be at least 1, not {samples}")
     perms, exact = _permutations(n, samples, seed)
     chains = [[tuple(sorted(p[:k])) for k in range(n + 1)] for p in perms]
     values = pb.coalition_scores([c for chain in chains for c in chain])
@@ -88,12 +85,10 @@ def shapley(pb: Problem, *, samples: int = 64, seed: int = 0, **_: Any) -> Metho
     )
 
 
-def occlusion(pb: Problem, *, window: int = 3, stride: int = 1, **_: Any) -> MethodOutput:
+def occlusion(pb: Problem, *, window: int, stride: int, **_: Any) -> MethodOutput:
     """f(x) - f(x with a window of tokens ablated), spread evenly over the window's tokens
     and summed over each feature's tokens."""
     n = len(pb.prompt_ids)
-    if window < 1 or stride < 1:
-        raise TokenprobeError("`window` and `stride` must be at least 1")
     window = min(window, n)
     starts = list(range(0, n - window + 1, stride))
     if starts[-1] != n - window:

@@ -51,6 +51,13 @@ class ScoreStore:
         self.pending: list[tuple[bytes, torch.Tensor]] = []
         self.flushed_at = time.monotonic()
         self.step_parts: list[tuple[np.ndarray, np.ndarray]] = []  # resumed IG steps
+        # integrated gradients: how many steps the run needs (other methods: one gradient),
+        # as the run's settings say (`compute._open_store` keeps its options there)
+        ig = checkpoint.settings.get("method") == "integrated_gradients"
+        steps = checkpoint.settings.get("steps") if ig else None
+        self.steps: int | None = int(steps) if steps else None
+        if self.steps is not None:
+            checkpoint.expect("integration step", self.steps)
         for part in checkpoint.read(".scores.npz").values():
             for key, value in zip(part["keys"], part["scores"], strict=True):
                 self.stored[bytes(key)] = torch.from_numpy(value)
@@ -64,7 +71,12 @@ class ScoreStore:
     def add_steps(self, steps: Sequence[int], per_token: np.ndarray) -> None:
         """Per-token sums of finished integration steps, written at once."""
         done = np.asarray(steps, dtype=np.int64)
-        self.checkpoint.append(".steps.npz", npz_writer(steps=done, per_token=per_token))
+        writer = npz_writer(steps=done, per_token=per_token)
+        if self.steps is None:  # saliency, input x gradient: the one step is the gradients
+            self.checkpoint.append(".steps.npz", writer, unit="gradient")
+        else:
+            step = {"unit": "integration step", "count": len(done), "total": self.steps}
+            self.checkpoint.append(".steps.npz", writer, **step)
 
     def flush_if_due(self) -> None:
         """Flush when FLUSH_SECONDS have passed since the last flush."""
@@ -77,7 +89,8 @@ class ScoreStore:
             return
         keys = np.array([k for k, _ in self.pending], dtype="S16")
         scores = torch.stack([v for _, v in self.pending]).numpy()
-        self.checkpoint.append(".scores.npz", npz_writer(keys=keys, scores=scores))
+        writer = npz_writer(keys=keys, scores=scores)
+        self.checkpoint.append(".scores.npz", writer, unit="scored input", count=len(keys))
         self.pending.clear()
         self.flushed_at = time.monotonic()
 

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ...heatmap import Heatmap
 from ...results import Result
+from .options import AttributionFigure
 from .views import attribution_view
 
 
@@ -86,14 +87,11 @@ class AttributionResult(Result):
         )
 
     def views(
-        self,
-        *,
-        cmap: str = "RdYlGn",
-        annotate: bool | None = None,
-        title: str | None = None,
+        self, figure: AttributionFigure | None = None, **settings: Any
     ) -> list[tuple[str, Heatmap]]:
-        """The attribution heatmap; see `views.attribution_view` for the options."""
-        return [(self.kind, attribution_view(self, cmap=cmap, annotate=annotate, title=title))]
+        """The attribution heatmap. `figure` (or its settings as keyword arguments: `cmap`,
+        `annotate`, `title`): see `AttributionFigure`."""
+        return [(self.kind, attribution_view(self, AttributionFigure.build(figure, settings)))]
 
     def row_frame(self) -> pd.DataFrame:
         """As a data file's row (`attribute_rows`): `row` (the target row) is `target_row`,

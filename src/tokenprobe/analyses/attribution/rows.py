@@ -3,24 +3,21 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
-from ...rowset import DEFAULT_FIGURES, RowSet, at_rows, one_token_text, prompt_rows, run_rows
+from ...rowset import DEFAULT_FIGURES, RowSet, at_rows, prompt_rows, run_rows
+from ...text import one_token_text
+from ..settings import takes
 from .compute import _check, _foil_id, attribute
 from .features import prepare_attribution
+from .options import AttributionOptions
 from .result import AttributionResult
 
 DEFAULT_CHUNK_ROWS = 4  # rows per checkpointed chunk (and per Ray task)
-DEFAULTS = {
-    name: p.default
-    for name, p in inspect.signature(attribute).parameters.items()
-    if p.default is not inspect.Parameter.empty
-}
 
 
 def _attribute_chunk(
@@ -40,25 +37,26 @@ def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) ->
     rendered and tokenised, the spans found, within the context, the foil against the target.
     A row whose target is generated is checked with a one-token stand-in for it (the least
     any answer adds), since generating it is model work."""
-    o = {**DEFAULTS, **options}
-    target = row["target"] if row.get("target") is not None else o["target"]
-    generate = o["generate"] if target is None else None
-    _check(row["prompt"], target, generate, o["method"], o["baseline"], o["score"])
+    o = AttributionOptions(**options)
+    target = row["target"] if row.get("target") is not None else o.target
+    generate = o.generate if target is None else None
+    _check(row["prompt"], target, generate)
     stand_in = one_token_text(lm.tokenizer, " the")
     inp = prepare_attribution(
         lm,
         row["prompt"],
         target=stand_in if target is None else target,
         generate=None,
-        features=text_list(o["features"], "features"),
-        target_spans=text_list(o["target_spans"], "target_spans") if target is not None else None,
-        chat=o["chat"],
-        system=o["system"],
+        features=text_list(o.features, "features"),
+        target_spans=text_list(o.target_spans, "target_spans") if target is not None else None,
+        chat=o.chat,
+        system=o.system,
     )
     if target is not None:
-        _foil_id(lm, o["foil"], inp.target_text)
+        _foil_id(lm, o.foil, inp.target_text)
 
 
+@takes(AttributionOptions)
 def attribute_rows(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -71,27 +69,27 @@ def attribute_rows(
     executor: Any = None,
     progress: bool | None = None,
     data: str | None = None,
-    **options: Any,
+    options: AttributionOptions,
 ) -> RowSet:
     """`attribute` of every prompt (one data-file row each) to its target `row_targets[i]` (or
     `options`' `target` / `generate` for every row): one table whose `row` is the data row and
     `target_row` the attributed target row within it; the first `figures` rows' figures.
-    With `checkpoint` each finished chunk is kept there (`resume` goes on), with `executor`
+    `options` (or its settings as keyword arguments) are `attribute`'s. With `checkpoint` each
+    finished chunk is kept there (`resume` goes on), with `executor`
     (`executors.RayExecutor`) the chunks run on its workers."""
-    if row_targets is not None and (options.get("target") is not None or options.get("generate")):
+    if row_targets is not None and (options.target is not None or options.generate):
         raise TokenprobeError("each row has its target: leave out `target` and `generate`")
-    if row_targets is None and options.get("target") is None and options.get("generate") is None:
+    if row_targets is None and options.target is None and options.generate is None:
         raise TokenprobeError(
             "give each row's target (`row_targets`, --target-column), one `target` for every "
             "row, or `generate` N to attribute the model's own answers"
         )
-    options.pop("checkpoint", None)
     return run_rows(
         lm,
         prompt_rows(prompts, row_targets),
         _attribute_chunk,
         AttributionResult,
-        options,
+        options.values(),
         check=_check_row,
         chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS,
         figures=figures,

@@ -13,21 +13,17 @@ from ...heatmap import MAX_FIGURE_WIDTH_IN, Heatmap
 from ...text import display_token
 
 if TYPE_CHECKING:
+    from .options import AttributionFigure
     from .result import AttributionResult
 
 MAX_ANNOTATED_CELLS = 1600
 MAX_ANNOTATED_FEATURES = 60
 
 
-def attribution_view(
-    result: AttributionResult,
-    *,
-    cmap: str = "RdYlGn",
-    annotate: bool | None = None,
-    title: str | None = None,
-) -> Heatmap:
-    """The heatmap of scores (rows x features); values are written in the saved figure's
-    cells when `annotate` (default: up to 1600 cells and 60 features)."""
+def attribution_view(result: AttributionResult, figure: AttributionFigure) -> Heatmap:
+    """The heatmap of scores (rows x features) in `figure.cmap`; values are written in the
+    saved figure's cells when `figure.annotate` (default: up to 1600 cells and 60 features)."""
+    annotate, title = figure.annotate, figure.title
     scores = result.scores
     n_rows, n_feat = scores.shape
     if annotate is None:
@@ -47,7 +43,7 @@ def attribution_view(
         values=scores,
         rows=[display_token(r, 18, show_spaces=not row_spans) for r in result.rows],
         cols=[display_token(f["text"], 18, show_spaces=not spans) for f in result.features],
-        cmap=cmap,
+        cmap=figure.cmap,
         vmin=-top,
         vmax=top,
         title=title or f"Token Attribution ({method}){' — ' + model_name if model_name else ''}",

@@ -13,18 +13,21 @@ from .classifiers import (
 )
 from .cli import command, demo
 from .compute import PARTIAL, flip_rates
-from .options import OPTIONS
+from .options import GROUPS, OPTIONS, RANKINGS, FlipFigure, FlipOptions
 from .result import FlipResult
-from .views import RANKINGS, flip_view, top_words
+from .views import flip_view, top_words
 from .words import PERTURBATIONS, TextInput, bucket_of, perturb, rates_table, tokenize_words
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "GROUPS",
     "PARTIAL",
     "PERTURBATIONS",
     "RANKINGS",
     "SPEC",
     "Classifier",
+    "FlipFigure",
+    "FlipOptions",
     "FlipResult",
     "PromptedClassifier",
     "SequenceClassifier",
@@ -55,4 +58,5 @@ SPEC = Analysis(
     options=OPTIONS,
     cli=command,
     demo=demo,
+    demo_help="flip rates (200 sample texts)",
 )

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ...errors import TokenprobeError
+from ...executors import worker_load_args
 from ...model import LoadedModel
 from ...model.kvcache import cache_of, with_cache
 from ...runner import (
@@ -93,12 +94,7 @@ class Classifier:
     def replica(self) -> Callable[[], Classifier]:
         """A picklable factory that builds the same classifier around a fresh copy of the model
         (loaded by name or path, as `load` loaded this one): one per Ray worker."""
-        if self.lm.load_args is None:
-            raise TokenprobeError(
-                "a Ray run loads the model on each worker by name or path: load it with "
-                "tokenprobe.load, not LoadedModel.wrap"
-            )
-        return functools.partial(_rebuild, type(self), dict(self.lm.load_args), dict(self._init))
+        return functools.partial(_rebuild, type(self), worker_load_args(self.lm), dict(self._init))
 
 
 def _rebuild(kind: type[Classifier], load_args: dict[str, Any], init: dict[str, Any]) -> Classifier:

@@ -17,6 +17,7 @@ from .classifiers import (
     check_template,
 )
 from .compute import flip_rates
+from .options import FlipFigure, FlipOptions
 from .result import FlipResult
 
 
@@ -96,6 +97,9 @@ def command(session: Session) -> None:
         raise TokenprobeError("--perturb filler needs a word: --perturb filler WORD")
     if args.template is not None:  # before the model loads
         check_template(args.template)
+    perturbation = {"perturbation": how, "filler": rest[0] if rest else None}
+    options = FlipOptions.build(session.options(FlipOptions), perturbation)
+    figure = session.options(FlipFigure)
     texts, gold = _read_data(args)
     out = Path(args.out)
     session.check_out(out, FlipResult.files(args.format))
@@ -104,14 +108,13 @@ def command(session: Session) -> None:
         classifier,
         texts,
         gold,
-        perturbation=how,
-        filler=rest[0] if rest else None,
+        options=options,
         checkpoint=out,
+        resume=args.resume,
         executor=session.executor(),
-        **session.params("run"),
     )
     result.meta["data"] = args.data
-    session.save(result, out, session.params("figure"))
+    session.save(result, out, figure)
 
 
 def demo(session: Session, entry: dict[str, Any], out: Path) -> None:
@@ -123,4 +126,4 @@ def demo(session: Session, entry: dict[str, Any], out: Path) -> None:
     )
     result.meta["data"] = f"{entry['data']} (first {entry['limit']} rows)"
     # 200 texts leave ~50 per class: cells backed by 2 occurrences are drawn too
-    session.save(result, out, {"min_count": 2})
+    session.save(result, out, FlipFigure(min_count=2))

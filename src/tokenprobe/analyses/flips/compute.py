@@ -16,15 +16,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ...checkpoint import digest, model_settings
+from ...checkpoint import Checkpoint, digest, model_settings
 from ...errors import TokenprobeError
-from ...results import now, versions
+from ...provenance import provenance
 from ...runner import Remote, open_checkpoint, progress_disabled, run_chunks
+from ..settings import takes
 from .classifiers import Classifier
+from .options import FlipOptions
 from .result import FlipResult
 from .words import TextInput, bucket_of, perturb, rates_table, replacement_ids
 
-GROUPS = ("predicted", "gold")  # texts grouped by the prediction or by the gold label
 PARTIAL = "flips.partial"  # the checkpoint folder inside --out
 COLUMNS = [
     "text_id",
@@ -40,19 +41,12 @@ COLUMNS = [
 
 
 def _check_args(
-    classifier: Classifier,
-    texts: Sequence[str],
-    gold: Sequence[str] | None,
-    buckets: int,
-    group: str,
+    classifier: Classifier, texts: Sequence[str], gold: Sequence[str] | None, group: str
 ) -> None:
-    """Refuse an empty data set, bad settings, or gold labels the classifier does not have."""
+    """Refuse an empty data set, grouping by gold labels without them, or gold labels the
+    classifier does not have (the settings were checked as `FlipOptions` was built)."""
     if not texts:
         raise TokenprobeError("the data set is empty: give at least one text")
-    if buckets < 1:
-        raise TokenprobeError(f"`buckets` must be at least 1, not {buckets}")
-    if group not in GROUPS:
-        raise TokenprobeError(f"`group` must be predicted or gold, not {group!r}")
     if group == "gold" and gold is None:
         raise TokenprobeError("`group` gold needs gold labels: give `gold`")
     labels = classifier.labels
@@ -82,10 +76,6 @@ def _check_context(classifier: Classifier, inputs: Sequence[TextInput], replacem
             )
 
 
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(i, min(n, i + size)) for i in range(0, n, size)]
-
-
 def _settings(
     classifier: Classifier,
     texts: Sequence[str],
@@ -105,57 +95,81 @@ def _settings(
     }
 
 
+@takes(FlipOptions)
 def flip_rates(
     classifier: Classifier,
     texts: Sequence[str],
     gold: Sequence[str] | None = None,
     *,
-    perturbation: str = "delete",
-    filler: str | None = None,
-    buckets: int = 10,
-    group: str = "predicted",
-    batch_tokens: int = 4096,
+    options: FlipOptions,
     checkpoint: str | Path | None = None,
     resume: bool = False,
-    chunk_texts: int = 32,
     progress: bool | None = None,
     executor: Any = None,
     _after_chunk: Callable[[int], None] | None = None,
 ) -> FlipResult:
     """Flip rate of every (word, bucket) over `texts`, with per-occurrence rows.
 
-    `gold` labels (optional) give accuracy and `group="gold"`. With `checkpoint`, each finished
-    chunk of texts is written there; `resume=True` reuses the chunks already written. With an
-    `executor` (`tokenprobe.executors.RayExecutor`), the chunks run on its workers, each with
-    its own copy of the classifier (the model loaded as `load` loaded it here).
+    `options` (or its settings as keyword arguments: see `FlipOptions`) say how each word is
+    perturbed, into how many position `buckets` and by what the texts are grouped. `gold`
+    labels (optional) give accuracy and `group="gold"`. With `checkpoint`, each finished chunk
+    of `chunk_texts` texts is written there; `resume=True` reuses the chunks already written.
+    With an `executor` (`tokenprobe.executors.RayExecutor`), the chunks run on its workers,
+    each with its own copy of the classifier (the model loaded as `load` loaded it here).
     """
-    _check_args(classifier, texts, gold, buckets, group)
+    o = options
+    _check_args(classifier, texts, gold, o.group)
     classifier.begin_run()  # the run's first batch is checked against one input alone
-    replacement = replacement_ids(classifier.lm, perturbation, filler)
+    replacement = replacement_ids(classifier.lm, o.perturbation, o.filler)
     inputs = [classifier.encode(t) for t in texts]
     empty = [i for i, inp in enumerate(inputs) if not inp.ids or not inp.words]
     _check_context(classifier, inputs, len(replacement))
     if len(empty) == len(inputs):
         raise TokenprobeError("every text is empty after tokenization: check `texts`")
-    chunks = _chunks(len(inputs), chunk_texts)
-    options = {"perturbation": perturbation, "filler": filler, "buckets": buckets}
-    store = open_checkpoint(
-        checkpoint,
-        PARTIAL,
-        _settings(classifier, texts, gold, {**options, "chunk_texts": chunk_texts}),
-        resume,
+    kept = {"perturbation": o.perturbation, "filler": o.filler, "buckets": o.buckets}
+    shared = _settings(classifier, texts, gold, {**kept, "chunk_texts": o.chunk_texts})
+    store = open_checkpoint(checkpoint, PARTIAL, shared, resume)
+    parts = _run_all(
+        classifier, inputs, gold, replacement, o, store, progress, executor, _after_chunk
     )
+    occurrences = pd.concat(parts, ignore_index=True)
+    occurrences.attrs = {}
+    kept |= {"group": o.group, "batch_tokens": o.batch_tokens}
+    result = _result(classifier, occurrences, gold, len(inputs), len(empty), kept)
+    result.meta["batching"] = _batching_note(parts)
+    if store is not None:
+        store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
+    return result
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _run_all(
+    classifier: Classifier,
+    inputs: list[TextInput],
+    gold: Sequence[str] | None,
+    replacement: list[int],
+    o: FlipOptions,
+    store: Checkpoint | None,
+    progress: bool | None,
+    executor: Any,
+    after_chunk: Callable[[int], None] | None,
+) -> list[pd.DataFrame]:
+    """Every chunk's occurrence rows, in order: here or on `executor`'s workers, each finished
+    chunk kept in `store` (and read back from it when a resumed run finds it there)."""
+    chunks = _chunks(len(inputs), o.chunk_texts)
+    settings = (o.perturbation, replacement, o.buckets, o.batch_tokens)
 
     def compute(chunk: Sequence[int]) -> pd.DataFrame:
         # looked up at call time: tests stand in for the chunk runner
-        return _run_chunk(
-            classifier, inputs, chunk, gold, perturbation, replacement, buckets, batch_tokens
-        )
+        return _run_chunk(classifier, inputs, chunk, gold, *settings)
 
     def write(part: pd.DataFrame) -> Callable[[Path], object]:
         return lambda p: part.to_parquet(p, index=False)
 
-    settings = (perturbation, replacement, buckets, batch_tokens)
+    remote = None if executor is None else _remote(classifier, inputs, gold, settings)
     disable = progress_disabled(progress)
     with tqdm(total=len(inputs), desc="flip rates", unit="text", disable=disable) as bar:
         done = run_chunks(
@@ -163,28 +177,15 @@ def flip_rates(
             compute,
             store=store,
             suffix=".parquet",
+            unit="text",
             write=write,
             read=pd.read_parquet,
             bar=bar,
-            after_chunk=_after_chunk,
+            after_chunk=after_chunk,
             executor=executor,
-            remote=None if executor is None else _remote(classifier, inputs, gold, settings),
+            remote=remote,
         )
-    parts = [done[k] for k in range(len(chunks))]
-    occurrences = pd.concat(parts, ignore_index=True)
-    occurrences.attrs = {}
-    result = _result(
-        classifier,
-        occurrences,
-        gold,
-        len(inputs),
-        len(empty),
-        {**options, "group": group, "batch_tokens": batch_tokens},
-    )
-    result.meta["batching"] = _batching_note(parts)
-    if store is not None:
-        store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
-    return result
+    return [done[k] for k in range(len(chunks))]
 
 
 def _result(
@@ -211,17 +212,14 @@ def _result(
         buckets=options["buckets"],
         meta={
             "analysis": "flip rates",
-            "model": classifier.lm.describe(),
+            **provenance(classifier.lm, options).meta(),
             "classifier": classifier.describe(),
             "texts": n_texts,
             "texts_empty_skipped": n_empty,
             "word_occurrences": int(len(occurrences)),
             "accuracy": accuracy,
             "predicted_distribution": originals["original"].value_counts().to_dict(),
-            "options": options,
             "words": "lowercase runs of word characters (regex \\w+), each mapped to the tokens its characters fall in",
-            "versions": versions(),
-            "created": now(),
         },
     )
 

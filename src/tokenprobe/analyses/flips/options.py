@@ -1,13 +1,79 @@
-"""The flip-rate options: the one source of their defaults' meaning, limits, flags and help."""
+"""The flip-rate settings, declared once: `FlipOptions` (what `flip_rates` computes) and
+`FlipFigure` (how each class's heatmap is drawn); the command-line options come from their
+fields. The classifier's flags (--labels, --template, ...) build the classifier object."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ...errors import TokenprobeError
 from ..base import Option, positive_int, ray_options
+from ..settings import Settings, setting
 from .classifiers import DEFAULT_TEMPLATE
-from .compute import GROUPS
-from .views import RANKINGS
+from .words import PERTURBATIONS
 
 FIGURE = "perturbation and figure"
+GROUPS = ("predicted", "gold")  # texts grouped by the prediction or by the gold label
+RANKINGS = ("support", "rate", "frequency")  # how a class's words are ranked for its heatmap
+
+
+@dataclass(frozen=True)
+class FlipOptions(Settings):
+    """What `flip_rates` perturbs, and how it buckets and groups the flips. `perturbation` and
+    `filler` come from --perturb KIND [WORD] on the command line."""
+
+    perturbation: str = setting("delete", cli=False)  # one of PERTURBATIONS: `check`
+    filler: str | None = setting(None, cli=False)  # the word put in place (perturbation filler)
+    buckets: int = setting(
+        10, "relative position buckets, at least 1 (default {default})", minimum=1, group=FIGURE
+    )
+    group: str = setting(
+        "predicted",
+        "group texts by the prediction on the unperturbed text (default) or by gold label",
+        choices=GROUPS,
+        group=FIGURE,
+    )
+    # library only (the command line's --batch-tokens fills `batch_tokens`; a chunk is also
+    # one Ray task)
+    batch_tokens: int = setting(4096, cli=False, minimum=1)  # padded tokens per forward pass
+    chunk_texts: int = setting(32, cli=False, minimum=1)  # texts per checkpointed chunk
+
+    def check(self) -> None:
+        if self.perturbation not in PERTURBATIONS:
+            raise TokenprobeError(
+                f"unknown `perturbation` {self.perturbation!r}: use {', '.join(PERTURBATIONS)}"
+            )
+        if self.perturbation == "filler" and not (self.filler or "").strip():
+            raise TokenprobeError(
+                "`perturbation` filler needs a word: give `filler`, the word put in place of each word"
+            )
+
+
+@dataclass(frozen=True)
+class FlipFigure(Settings):
+    """How each class's (word x bucket) heatmap is drawn (see `views.flip_view`)."""
+
+    role = "figure"
+
+    top: int = setting(
+        40, "words per heatmap, at least 1 (default {default})", minimum=1, group=FIGURE
+    )
+    rank: str = setting(
+        "support",
+        "support: Wilson lower bound of the word's flip rate (default); rate: flip rate of words with "
+        "at least --min-count occurrences; frequency: occurrences",
+        choices=RANKINGS,
+        group=FIGURE,
+    )
+    min_count: int = setting(
+        3,
+        "cells with fewer occurrences are masked; at least 1 (default {default})",
+        minimum=1,
+        group=FIGURE,
+    )
+    cmap: str = setting("viridis", cli=False)
+    title: str | None = setting(None, cli=False)
+
 
 OPTIONS = [
     Option(
@@ -74,7 +140,7 @@ OPTIONS = [
         action="store_true",
         invert=True,
     ),
-    Option(
+    Option(  # `perturbation` and `filler` of FlipOptions, read by cli.py
         "perturbation",
         "delete (default), mask (the mask or unk token), or filler WORD",
         flag="--perturb",
@@ -84,46 +150,12 @@ OPTIONS = [
         default=["delete"],
         metavar="KIND",
     ),
+    *FlipOptions.options("buckets", "group"),
+    *FlipFigure.options("top", "rank", "min_count"),
     Option(
-        "buckets",
-        "relative position buckets, at least 1 (default {default})",
-        group=FIGURE,
-        type=positive_int,
-        minimum=1,
-    ),
-    Option(
-        "group",
-        "group texts by the prediction on the unperturbed text (default) or by gold label",
-        group=FIGURE,
-        choices=list(GROUPS),
-    ),
-    Option(
-        "top",
-        "words per heatmap, at least 1 (default {default})",
-        role="figure",
-        group=FIGURE,
-        type=positive_int,
-        minimum=1,
-    ),
-    Option(
-        "rank",
-        "support: Wilson lower bound of the word's flip rate (default); rate: flip rate of words with "
-        "at least --min-count occurrences; frequency: occurrences",
-        role="figure",
-        group=FIGURE,
-        choices=list(RANKINGS),
-    ),
-    Option(
-        "min_count",
-        "cells with fewer occurrences are masked; at least 1 (default {default})",
-        role="figure",
-        group=FIGURE,
-        type=positive_int,
-        minimum=1,
-    ),
-    Option(
-        "resume",
+        "resume",  # named: a message about `resume` shows --resume
         "continue an interrupted run in --out (its finished texts are kept there)",
+        role="input",
         group=FIGURE,
         action="store_true",
     ),

@@ -10,8 +10,11 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+from ...errors import TokenprobeError
+from ...files import safe_name
 from ...heatmap import Heatmap
-from ...results import FIGURE_FORMATS, Result, safe_name
+from ...results import FIGURE_FORMATS, Result
+from .options import FlipFigure
 from .views import flip_view
 
 
@@ -60,7 +63,11 @@ class FlipResult(Result):
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> FlipResult:
-        folder = Path(meta.pop("_folder"))
+        raise TokenprobeError("a flips result is read from its folder: use load_result(folder)")
+
+    @classmethod
+    def from_folder(cls, folder: Path, frame: pd.DataFrame, meta: dict[str, Any]) -> FlipResult:
+        """The occurrences' table and meta.json, with the rates table saved beside them."""
         return cls(
             occurrences=frame,
             rates=pd.read_parquet(folder / "rates.parquet"),
@@ -69,28 +76,18 @@ class FlipResult(Result):
             meta=meta,
         )
 
-    def views(
-        self,
-        *,
-        top: int = 40,
-        rank: str = "support",
-        min_count: int = 3,
-        cmap: str = "viridis",
-        title: str | None = None,
-    ) -> list[tuple[str, Heatmap]]:
-        """One (word x bucket) heatmap per class, `flips_<class>`; see `views.flip_view`."""
-        return [
-            (
-                f"flips_{safe_name(c)}",
-                flip_view(self, c, top=top, rank=rank, min_count=min_count, cmap=cmap, title=title),
-            )
-            for c in self.classes()
-        ]
+    def views(self, figure: FlipFigure | None = None, **settings: Any) -> list[tuple[str, Heatmap]]:
+        """One (word x bucket) heatmap per class, `flips_<class>`. `figure` (or its settings as
+        keyword arguments): see `FlipFigure` and `views.flip_view`."""
+        figure = FlipFigure.build(figure, settings)
+        return [(f"flips_{safe_name(c)}", flip_view(self, c, figure)) for c in self.classes()]
 
-    def plot(self, label: str | None = None, **options: Any) -> Any:
+    def plot(
+        self, label: str | None = None, figure: FlipFigure | None = None, **settings: Any
+    ) -> Any:
         """The (word x bucket) heatmap of one class (default: the first) as a matplotlib
-        Figure; options as in `views`."""
-        return flip_view(self, label or self.classes()[0], **options).figure()
+        Figure; `figure` and `settings` as in `views`."""
+        return flip_view(self, label or self.classes()[0], figure, **settings).figure()
 
     def summary(self) -> str:
         acc = self.meta.get("accuracy")

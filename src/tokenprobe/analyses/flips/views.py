@@ -10,25 +10,25 @@ import numpy as np
 from ...errors import TokenprobeError
 from ...heatmap import Heatmap
 from ...stats import wilson
+from .options import FlipFigure
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from .result import FlipResult
 
-RANKINGS = ("support", "rate", "frequency")
-
 
 def top_words(rates: Any, top: int, rank: str, min_count: int) -> list[str]:
     """The class's words to show, among those with a cell of at least `min_count` occurrences:
     `support` ranks by the Wilson lower bound of the word's flip rate (a high rate that enough
-    occurrences back), `rate` by the flip rate, `frequency` by occurrences."""
-    if rank not in RANKINGS:
-        raise TokenprobeError(f"unknown `rank` {rank!r}: use {', '.join(RANKINGS)}")
-    if top < 1:
-        raise TokenprobeError(f"`top` must be at least 1, not {top}")
-    if min_count < 1:
-        raise TokenprobeError(f"`min_count` must be at least 1, not {min_count}")
+    occurrences back), `rate` by the flip rate, `frequency` by occurrences. The three are
+    checked as `FlipFigure` checks them."""
+    figure = FlipFigure(top=top, rank=rank, min_count=min_count)
+    return _top_words(rates, figure.top, figure.rank, figure.min_count)
+
+
+def _top_words(rates: Any, top: int, rank: str, min_count: int) -> list[str]:
+    """`top_words` of settings already checked."""
     # only words with at least one cell that will be drawn (min_count occurrences in a bucket)
     shown = rates.groupby("word")["occurrences"].max()
     rates = rates[rates["word"].isin(shown[shown >= min_count].index)]
@@ -47,23 +47,19 @@ def top_words(rates: Any, top: int, rank: str, min_count: int) -> list[str]:
 
 
 def flip_view(
-    result: FlipResult,
-    label: str,
-    *,
-    top: int = 40,
-    rank: str = "support",
-    min_count: int = 3,
-    cmap: str = "viridis",
-    title: str | None = None,
+    result: FlipResult, label: str, figure: FlipFigure | None = None, **settings: Any
 ) -> Heatmap:
     """The `top` words of class `label` ranked by `rank` (see `top_words`) x position buckets;
-    a class where no cell reaches `min_count` gets a message instead of a grid."""
+    a class where no cell reaches `min_count` gets a message instead of a grid. `figure` (or
+    its settings as keyword arguments): see `FlipFigure`."""
+    figure = FlipFigure.build(figure, settings)
+    min_count, title = figure.min_count, figure.title
     rates = result.rates[result.rates["class"] == label]
     if rates.empty:
         raise TokenprobeError(
             f"no texts of class {label!r}: choose one of {', '.join(result.classes())}"
         )
-    words = top_words(rates, top, rank, min_count)
+    words = _top_words(rates, figure.top, figure.rank, min_count)
     grid = np.full((len(words), result.buckets), np.nan)
     index = {w: r for r, w in enumerate(words)}
     for row in rates.itertuples():
@@ -80,7 +76,7 @@ def flip_view(
         values=grid,
         rows=list(words),
         cols=[str(b) for b in range(result.buckets)],
-        cmap=cmap,
+        cmap=figure.cmap,
         vmin=0.0,
         vmax=1.0,
         title=title

@@ -68,26 +68,21 @@ def perturb(inp: TextInput, word: int, how: str, replacement: list[int]) -> list
 
 def replacement_ids(lm: LoadedModel, how: str, filler: str | None) -> list[int]:
     """The tokens a perturbed word becomes: none (delete), the mask or unk token, or the filler
-    word's tokens."""
+    word's tokens (`how` and `filler` as `FlipOptions` checked them)."""
     tok = lm.tokenizer
     if how == "delete":
         return []
-    if how == "mask":
-        for attr in ("mask_token_id", "unk_token_id"):
-            tid = getattr(tok, attr, None)
-            if tid is not None:
-                return [int(tid)]
-        raise TokenprobeError(
-            "this tokenizer has neither a mask nor an unk token: use `perturbation` delete, or "
-            "filler with a `filler` word"
-        )
     if how == "filler":
-        if not filler or not filler.strip():
-            raise TokenprobeError(
-                "`perturbation` filler needs a word: give `filler`, the word put in place of each word"
-            )
+        assert filler is not None
         return tok.encode(" " + filler.strip(), add_special_tokens=False)
-    raise TokenprobeError(f"unknown `perturbation` {how!r}: use {', '.join(PERTURBATIONS)}")
+    for attr in ("mask_token_id", "unk_token_id"):
+        tid = getattr(tok, attr, None)
+        if tid is not None:
+            return [int(tid)]
+    raise TokenprobeError(
+        "this tokenizer has neither a mask nor an unk token: use `perturbation` delete, or "
+        "filler with a `filler` word"
+    )
 
 
 def rates_table(occurrences: pd.DataFrame, labels: Sequence[str], group: str) -> pd.DataFrame:

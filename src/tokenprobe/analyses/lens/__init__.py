@@ -7,10 +7,19 @@ from ..base import Analysis
 from .cli import command, demo
 from .compute import logit_lens
 from .decoders import Decoder, LogitDecoder
-from .options import MAX_TOP_K, OPTIONS
+from .options import MAX_TOP_K, OPTIONS, LensFigure, LensOptions
 from .result import LensResult
 
-__all__ = ["SPEC", "Decoder", "LensResult", "LogitDecoder", "MAX_TOP_K", "logit_lens"]
+__all__ = [
+    "SPEC",
+    "Decoder",
+    "LensFigure",
+    "LensOptions",
+    "LensResult",
+    "LogitDecoder",
+    "MAX_TOP_K",
+    "logit_lens",
+]
 
 SPEC = Analysis(
     name="lens",
@@ -24,4 +33,7 @@ SPEC = Analysis(
     options=OPTIONS,
     cli=command,
     demo=demo,
+    oom_advice="lower --memory-mb",
+    demo_help="logit lens (two prompts, the first as seed 004's composite figure with a foil, and "
+    "that one again through the tuned lens shipped for the built-in model)",
 )

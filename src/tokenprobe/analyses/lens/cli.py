@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,39 +13,42 @@ from ...rowset import RowSet
 from ...tuned import lens_format, load_lens
 from ..base import Session, check_rows_flags
 from .compute import logit_lens
+from .options import LensFigure, LensOptions
 from .result import LensResult
 from .rows import lens_rows
 
 
-def _figure_options(session: Session) -> dict[str, Any]:
-    """The figure options, ranges checked before the model loads (and --lens's folder)."""
-    if session.args.lens is not None:
-        lens_format(session.args.lens)  # neither format, or no such folder: before the load
-    figure = session.params("figure")
-    if session.args.no_frame:
-        figure["frame"] = False
-    _overview_and_colour(session.args, figure)
-    for name in ("zoom", "frame"):
-        if figure[name] is not False:
-            parse_range(figure[name], name)  # fail on a malformed range before loading the model
-    return figure
-
-
-def _overview_and_colour(args: Any, figure: dict[str, Any]) -> None:
-    """--overview / --no-overview into `figure`; --colour diff needs --foil (checked before the
-    model loads)."""
+def _figure_options(session: Session) -> LensFigure:
+    """The figure settings, checked before the model loads (and --lens's folder):
+    --no-frame and --overview / --no-overview into them; --colour diff needs --foil."""
+    args = session.args
+    if args.lens is not None:
+        lens_format(args.lens)  # neither format, or no such folder: before the load
     if args.overview and args.no_overview:
         raise TokenprobeError("--overview and --no-overview contradict each other: give one")
+    figure = session.options(LensFigure)
+    if args.no_frame:
+        figure = replace(figure, frame=False)
     if args.overview or args.no_overview:
-        figure["overview"] = bool(args.overview)
-    if args.overview and not figure["zoom"]:
+        figure = replace(figure, overview=bool(args.overview))
+    if args.overview and not figure.zoom:
         raise TokenprobeError(
             "--overview boxes the --zoom region on the whole prompt: give --zoom START:END too"
         )
-    if figure["colour"] == "diff" and not args.foil:
+    if figure.colour == "diff" and not args.foil:
         raise TokenprobeError(
             "--colour diff draws logit(target) - logit(foil): give --target and --foil"
         )
+    return figure
+
+
+def _clip(figure: LensFigure, lengths: list[int]) -> None:
+    """--zoom and --frame within every drawn prompt's positions, or one line saying which."""
+    for name in ("zoom", "frame"):
+        value = getattr(figure, name)
+        if value and (span := parse_range(value, name)) is not None:
+            for n in lengths:
+                clip_range(span, n, name)
 
 
 def command(session: Session) -> None:
@@ -62,6 +66,7 @@ def command(session: Session) -> None:
     if not prompts:
         raise TokenprobeError("no prompt: give --prompt TEXT, --prompt-file FILE or --data FILE")
     figure = _figure_options(session)
+    options = session.options(LensOptions)
     outs = (
         [Path(args.out)]
         if len(prompts) == 1
@@ -69,12 +74,10 @@ def command(session: Session) -> None:
     )
     for out in outs:  # before the model runs, not after
         session.check_out(out, LensResult.files(args.format))
-    results = logit_lens(session.load(), prompts, **session.params("run"))
+    results = logit_lens(session.load(), prompts, options=options)
     assert isinstance(results, list)
     for out, result in zip(outs, results, strict=True):
-        for name in ("zoom", "frame"):
-            if figure[name] and (span := parse_range(figure[name], name)) is not None:
-                clip_range(span, result.n_positions, name)
+        _clip(figure, [result.n_positions])
         session.save(result, out, figure)
 
 
@@ -86,6 +89,7 @@ def _over_data(session: Session) -> None:
             "give the prompts with --data or with --prompt/--prompt-file, not both"
         )
     figure = _figure_options(session)
+    options = session.options(LensOptions)
     rows = read_prompts(args.data, args.prompt_column, args.target_column)
     out = Path(args.out)
     session.check_out(out, RowSet.names(LensResult.kind, len(rows), args.figures, args.format))
@@ -98,13 +102,11 @@ def _over_data(session: Session) -> None:
         resume=args.resume,
         executor=session.executor(),
         data=args.data,
-        **session.params("run"),
+        options=options,
     )
-    for name in ("zoom", "frame"):
-        if figure[name] and (span := parse_range(figure[name], name)) is not None:
-            for i in range(min(args.figures, len(result))):
-                n = int(result.frame.loc[result.frame["row"] == i, "position"].max()) + 1
-                clip_range(span, n, name)
+    drawn = range(min(args.figures, len(result)))
+    frame = result.frame
+    _clip(figure, [int(frame.loc[frame["row"] == i, "position"].max()) + 1 for i in drawn])
     session.save(result, out, figure)
 
 
@@ -140,5 +142,7 @@ def demo(session: Session, entry: dict[str, Any], out: Path) -> None:
         lens=lens,
     )
     assert not isinstance(result, list)
-    figure: dict[str, Any] = {k: entry[k] for k in ("zoom", "colour", "overview") if k in entry}
-    session.save(result, out, figure or None)
+    figure = LensFigure.build(
+        None, {k: entry[k] for k in ("zoom", "colour", "overview") if k in entry}
+    )
+    session.save(result, out, figure)

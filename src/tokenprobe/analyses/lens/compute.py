@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,14 +21,14 @@ from tqdm.auto import tqdm
 from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
 from ...model.adapter import weight_of
-from ...results import now, versions
+from ...provenance import provenance
 from ...runner import map_batches, pad_batch, pad_id_of, progress_disabled, token_budget_batches
-from ...text import DEFAULT_MARKER, PreparedInput, prepare, token_texts
+from ...text import PreparedInput, prepare, token_texts
 from ...tuned.lens import TunedLens, check_lens
-from ..base import check_options
+from ..settings import takes
 from .check import check_output_row, check_rows
 from .decoders import Decoder, LogitDecoder, tuned_decoder
-from .options import MAX_TOP_K, OPTIONS
+from .options import LensOptions
 from .result import LensResult
 
 # logits decoded at once (MB) when not given; on an H100, 2048 brought the lens to 1.07-1.19x the
@@ -159,110 +158,84 @@ def _foil_id(
     return fid
 
 
+@takes(LensOptions)
 def logit_lens(
     lm: LoadedModel,
     prompts: str | PreparedInput | Sequence[str | PreparedInput],
     *,
-    chat: bool = False,
-    system: str | None = None,
-    dummy: int = 0,
-    dummy_token: str = DEFAULT_MARKER,
-    dummy_after: str | None = None,
-    dummy_before: str | None = None,
-    targets: Sequence[str] = (),
-    foil: str | None = None,
-    top_k: int = 5,
-    batch_tokens: int = 2048,
-    memory_mb: float | None = None,
+    options: LensOptions,
     progress: bool | None = None,
     decoder: Decoder | None = None,
-    lens: Any = None,
 ) -> LensResult | list[LensResult]:
     """Logit lens of one prompt (returns a result) or many (returns a list, batched).
 
-    `memory_mb` bounds the float32 logits decoded at once (default 512 on the CPU, 2048 on a
-    GPU, where fewer and larger kernels pay); `batch_tokens` bounds the padded tokens of one
-    forward pass. `decoder` turns each layer's states into logits (default: the model's own
-    final norm and unembedding, the logit lens proper; a tuned lens is another decoder).
-    `foil` adds the logit difference logit(first target) - logit(foil) of every cell, taken
-    from the decoded logits (the "output" row: the model's own). `lens`: a tuned lens (a
-    `tune-lens` or tuned-lens package folder, or a `TunedLens`) decodes every inner layer.
+    `options` (or its settings as keyword arguments: see `LensOptions`): `memory_mb` bounds
+    the float32 logits decoded at once (default 512 on the CPU, 2048 on a GPU, where fewer and
+    larger kernels pay); `batch_tokens` bounds the padded tokens of one forward pass. `foil`
+    adds the logit difference logit(first target) - logit(foil) of every cell, taken from the
+    decoded logits (the "output" row: the model's own). `lens`: a tuned lens (a `tune-lens` or
+    tuned-lens package folder, or a `TunedLens`) decodes every inner layer. `decoder` turns
+    each layer's states into logits (default: the model's own final norm and unembedding, the
+    logit lens proper; a tuned lens is another decoder).
     """
+    o = options
     single = isinstance(prompts, (str, PreparedInput))
     items: list[str | PreparedInput] = (
         [prompts] if isinstance(prompts, (str, PreparedInput)) else list(prompts)
     )
-    targets = text_list(targets, "targets") or []
-    check_options(OPTIONS, {"top_k": top_k, "dummy": dummy, "memory_mb": memory_mb})
-    _check(items, top_k, dummy, dummy_after, dummy_before, memory_mb, batch_tokens)
-    inputs = [
-        p
-        if isinstance(p, PreparedInput)
-        else prepare(
-            lm,
-            p,
-            chat=chat,
-            system=system,
-            dummy=dummy,
-            dummy_token=dummy_token,
-            dummy_after=dummy_after,
-            dummy_before=dummy_before,
-        )
-        for p in items
-    ]
-    about = None
-    if lens is not None:
-        decoder, about = tuned_decoder(lm, lens, decoder)
-        if isinstance(lens, TunedLens):  # a folder's lens was checked as it was read
-            check_lens(lens, lm, "`lens` (in memory)")
-    tids = _target_ids(lm, targets)
-    lens = _Lens(lm, inputs, tids, _foil_id(lm, foil, targets, tids), top_k, memory_mb, decoder)
-    out: list[LensResult | None] = [None] * len(inputs)
-    lengths = [len(x) for x in inputs]
-    # progress: forced on/off, or by default shown on a terminal when there is more than one batch
-    n_batches = len(token_budget_batches(lengths, batch_tokens))
-    disable = progress_disabled(progress, n_batches)
-    options = {"top_k": lens.top_k, "batch_tokens": batch_tokens}
-    with tqdm(total=len(inputs), desc="logit lens", unit="prompt", disable=disable) as bar:
-        for sub, stats_list in map_batches(lengths, batch_tokens, lens.run):
-            for i, st in zip(sub, stats_list, strict=True):
-                out[i] = lens.result(inputs[i], st, list(targets), foil, options)
-            bar.update(len(sub))
-    for r in out:
-        assert r is not None
-        r.meta["output_check"] = lens.check
-        if about is not None:
-            r.meta["analysis"], r.meta["lens"] = "tuned lens", about
-    return out[0] if single else out  # type: ignore[return-value]
-
-
-def _check(
-    items: list,
-    top_k: int,
-    dummy: int,
-    dummy_after: str | None,
-    dummy_before: str | None,
-    memory_mb: float | None,
-    batch_tokens: int,
-) -> None:
     if not items:
         raise TokenprobeError("no prompts given")
-    if top_k < 1:
-        raise TokenprobeError(f"`top_k` must be at least 1, not {top_k}")
-    if top_k > MAX_TOP_K:
-        raise TokenprobeError(
-            f"`top_k` must be at most {MAX_TOP_K}, not {top_k}: each kept token is three columns "
-            "per cell; track particular tokens with `targets` instead"
-        )
-    for name, value in (("dummy_after", dummy_after), ("dummy_before", dummy_before)):
-        if value is not None and dummy == 0:
-            raise TokenprobeError(
-                f"`{name}` has no effect without `dummy` N: give the number of dummy tokens to insert"
-            )
-    if memory_mb is not None and memory_mb <= 0:
-        raise TokenprobeError(f"`memory_mb` must be positive, not {memory_mb:g}")
-    if not batch_tokens >= 1:  # NaN too
-        raise TokenprobeError(f"`batch_tokens` must be at least 1, not {batch_tokens}")
+    targets = text_list(o.targets, "targets") or []
+    inputs = [p if isinstance(p, PreparedInput) else _prepare(lm, p, o) for p in items]
+    about = None
+    if o.lens is not None:
+        decoder, about = tuned_decoder(lm, o.lens, decoder)
+        if isinstance(o.lens, TunedLens):  # a folder's lens was checked as it was read
+            check_lens(o.lens, lm, "`lens` (in memory)")
+    tids = _target_ids(lm, targets)
+    fid = _foil_id(lm, o.foil, targets, tids)
+    run = _Lens(lm, inputs, tids, fid, o.top_k, o.memory_mb, decoder)
+    out = _decode_all(run, inputs, targets, o, progress)
+    for r in out:
+        r.meta["output_check"] = run.check
+        if about is not None:
+            r.meta["analysis"], r.meta["lens"] = "tuned lens", about
+    return out[0] if single else out
+
+
+def _prepare(lm: LoadedModel, prompt: str, o: LensOptions) -> PreparedInput:
+    """A prompt as the lens reads it: rendered (chat), tokenised, its dummies inserted."""
+    return prepare(
+        lm,
+        prompt,
+        chat=o.chat,
+        system=o.system,
+        dummy=o.dummy,
+        dummy_token=o.dummy_token,
+        dummy_after=o.dummy_after,
+        dummy_before=o.dummy_before,
+    )
+
+
+def _decode_all(
+    run: _Lens,
+    inputs: list[PreparedInput],
+    targets: list[str],
+    o: LensOptions,
+    progress: bool | None,
+) -> list[LensResult]:
+    """Every input's result, in token-budget batches; the progress bar is forced on/off, or by
+    default shown on a terminal when there is more than one batch."""
+    out: list[LensResult | None] = [None] * len(inputs)
+    lengths = [len(x) for x in inputs]
+    disable = progress_disabled(progress, len(token_budget_batches(lengths, o.batch_tokens)))
+    kept = {"top_k": run.top_k, "batch_tokens": o.batch_tokens}
+    with tqdm(total=len(inputs), desc="logit lens", unit="prompt", disable=disable) as bar:
+        for sub, stats_list in map_batches(lengths, o.batch_tokens, run.run):
+            for i, st in zip(sub, stats_list, strict=True):
+                out[i] = run.result(inputs[i], st, list(targets), o.foil, kept)
+            bar.update(len(sub))
+    return [r for r in out if r is not None]
 
 
 class _Lens:
@@ -366,11 +339,12 @@ class _Lens:
             marked=inp.marked,
             meta={
                 "analysis": "logit lens",
-                "model": self.lm.describe(),  # after the output check: the head it found
+                **provenance(
+                    self.lm, {**inp.options, **options}
+                ).meta(),  # after the output check: the head it found
                 "prompt": inp.prompt,
                 "text": inp.text,
                 "token_ids": list(inp.input_ids),
-                "options": {**inp.options, **options},
                 "targets": targets,
                 "target_ids": tids,
                 "target_tokens": self.target_texts,
@@ -389,7 +363,5 @@ class _Lens:
                 "softcap": self.adapter.softcap,
                 "logit_multiplier": self.adapter.logit_multiplier,
                 "output_check": None,
-                "versions": versions(),
-                "created": now(),
             },
         )

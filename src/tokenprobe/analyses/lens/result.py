@@ -10,6 +10,7 @@ import pandas as pd
 
 from ...heatmap import Heatmap
 from ...results import Result
+from .options import LensFigure
 from .views import lens_view
 
 
@@ -120,35 +121,11 @@ class LensResult(Result):
             meta=meta,
         )
 
-    def views(
-        self,
-        *,
-        zoom: str | tuple[int, int] | None = None,
-        frame: str | tuple[int, int] | bool | None = None,
-        colour: str = "entropy",
-        overview: bool | None = None,
-        annotate: bool | None = None,
-        label_chars: int = 7,
-        cmap: str | None = None,
-        vmax: float | None = None,
-        title: str | None = None,
-    ) -> list[tuple[str, Heatmap]]:
+    def views(self, figure: LensFigure | None = None, **settings: Any) -> list[tuple[str, Heatmap]]:
         """The lens heatmap (entropy, or the logit difference with `colour="diff"`); with
         `zoom`, the composite figure (whole prompt above, the zoom below) unless `overview` is
-        False. See `views.lens_view` for the options."""
-        view = lens_view(
-            self,
-            zoom=zoom,
-            frame=frame,
-            colour=colour,
-            overview=overview,
-            annotate=annotate,
-            label_chars=label_chars,
-            cmap=cmap,
-            vmax=vmax,
-            title=title,
-        )
-        return [(self.kind, view)]
+        False. `figure` (or its settings as keyword arguments): see `LensFigure`."""
+        return [(self.kind, lens_view(self, LensFigure.build(figure, settings)))]
 
     def row_frame(self) -> pd.DataFrame:
         """As a data file's row (`lens_rows`): the row's own target in `target`,

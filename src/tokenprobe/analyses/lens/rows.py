@@ -3,7 +3,6 @@ one table for all rows (`rowset.run_rows`; locally or on Ray workers)."""
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,17 +10,14 @@ from typing import Any
 
 from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
-from ...rowset import DEFAULT_FIGURES, RowSet, at_rows, one_token_text, prompt_rows, run_rows
-from ...text import prepare
+from ...rowset import DEFAULT_FIGURES, RowSet, at_rows, prompt_rows, run_rows
+from ...text import one_token_text, prepare
+from ..settings import takes
 from .compute import _foil_id, _target_ids, logit_lens
+from .options import LensOptions
 from .result import LensResult
 
 DEFAULT_CHUNK_ROWS = 16  # rows per checkpointed chunk (and per Ray task)
-DEFAULTS = {
-    name: p.default
-    for name, p in inspect.signature(logit_lens).parameters.items()
-    if p.default is not inspect.Parameter.empty
-}
 
 
 def _row_targets(targets: Sequence[str], target: str | None) -> list[str]:
@@ -60,22 +56,23 @@ def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) ->
     and within the context, its dummies placed, its targets' and foil's tokens. A stand-in
     that is one token already takes the place of a marker the tokenizer lacks, so that the
     check adds no token (the run adds it, and says so)."""
-    o = {**DEFAULTS, **options}
-    marker = one_token_text(lm.tokenizer, o["dummy_token"]) if o["dummy"] else o["dummy_token"]
+    o = LensOptions.build(None, {k: v for k, v in options.items() if k != "decoder"})
+    marker = one_token_text(lm.tokenizer, o.dummy_token) if o.dummy else o.dummy_token
     prepare(
         lm,
         row["prompt"],
-        chat=o["chat"],
-        system=o["system"],
-        dummy=o["dummy"],
+        chat=o.chat,
+        system=o.system,
+        dummy=o.dummy,
         dummy_token=marker,
-        dummy_after=o["dummy_after"],
-        dummy_before=o["dummy_before"],
+        dummy_after=o.dummy_after,
+        dummy_before=o.dummy_before,
     )
-    targets = _row_targets(text_list(o["targets"], "targets") or [], row.get("target"))
-    _foil_id(lm, o["foil"], targets, _target_ids(lm, targets))
+    targets = _row_targets(text_list(o.targets, "targets") or [], row.get("target"))
+    _foil_id(lm, o.foil, targets, _target_ids(lm, targets))
 
 
+@takes(LensOptions)
 def lens_rows(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -88,21 +85,23 @@ def lens_rows(
     executor: Any = None,
     progress: bool | None = None,
     data: str | None = None,
-    **options: Any,
+    options: LensOptions,
+    decoder: Any = None,
 ) -> RowSet:
     """The logit lens of every prompt (one data-file row each): one table with a `row` column
     and the first `figures` rows' figures. `row_targets[i]` is tracked in row i besides
-    `targets`, in the columns `target`, `target_prob` and `target_rank`. `options` are
-    `logit_lens`'s; with `checkpoint` each finished chunk is kept there (`resume` goes on),
+    `targets`, in the columns `target`, `target_prob` and `target_rank`. `options` (and
+    `decoder`) are `logit_lens`'s; with `checkpoint` each finished chunk is kept there (`resume` goes on),
     with `executor` (`executors.RayExecutor`) the chunks run on its workers."""
-    if "decoder" in options and options["decoder"] is not None and executor is not None:
+    if decoder is not None and executor is not None:
         raise TokenprobeError("a lens `decoder` runs here only: leave out `executor`")
+    settings = options.values() | ({"decoder": decoder} if decoder is not None else {})
     return run_rows(
         lm,
         prompt_rows(prompts, row_targets),
         _lens_chunk,
         LensResult,
-        options,
+        settings,
         check=_check_row,
         chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS,
         figures=figures,
@@ -112,7 +111,7 @@ def lens_rows(
         progress=progress,
         desc="lens",
         data=data,
-        fingerprints=_lens_fingerprint(options.get("lens")) if checkpoint is not None else None,
+        fingerprints=_lens_fingerprint(options.lens) if checkpoint is not None else None,
     )
 
 

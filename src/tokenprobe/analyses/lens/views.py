@@ -16,10 +16,10 @@ from ...heatmap import MAX_FIGURE_WIDTH_IN, Heatmap, clip_range, parse_range
 from ...text import display_token
 
 if TYPE_CHECKING:
+    from .options import LensFigure
     from .result import LensResult
 
 MAX_ANNOTATED_POSITIONS = 80
-COLOURS = ("entropy", "diff")  # what the cells' colour shows
 MAX_COMPOSITE_WIDTH_IN = 12.0  # an overview alone does not widen a composite past this
 
 
@@ -34,27 +34,17 @@ class _Colouring:
     diverging: bool  # limits symmetric around 0
 
 
-def lens_view(
-    result: LensResult,
-    *,
-    zoom: str | tuple[int, int] | None = None,
-    frame: str | tuple[int, int] | bool | None = None,
-    colour: str = "entropy",
-    overview: bool | None = None,
-    annotate: bool | None = None,
-    label_chars: int = 7,
-    cmap: str | None = None,
-    vmax: float | None = None,
-    title: str | None = None,
-) -> Heatmap:
+def lens_view(result: LensResult, figure: LensFigure) -> Heatmap:
     """Heatmap of positions `zoom` (START:END, default all), outlining positions `frame`
     (default: the inserted dummy tokens; False for none). `colour` "entropy" runs from 0 to
     `vmax` nats (default: the largest entropy drawn, rounded up to half a nat); "diff" draws
     logit(first target) - logit(foil) from -`vmax` to `vmax` around 0. `overview` (default:
     when `zoom` is shorter than the prompt) gives the composite: the whole prompt above with
     the zoom boxed, the zoom below with the top-1 tokens, one colour scale for both."""
+    zoom, frame, overview, vmax = figure.zoom, figure.frame, figure.overview, figure.vmax
+    annotate, label_chars = figure.annotate, figure.label_chars
     n_pos = result.n_positions
-    paint = _colouring(result, colour, cmap, title)
+    paint = _colouring(result, figure.colour, figure.cmap, figure.title)
     asked = parse_range(zoom, "zoom")
     start, end = clip_range(asked or (0, n_pos), n_pos, "zoom")
     framed = _frame_span(result, frame)
@@ -97,8 +87,6 @@ def _colouring(result: LensResult, colour: str, cmap: str | None, title: str | N
     if colour == "entropy":
         heading = title or f"Entropy of token predictions ({which}){by}"
         return _Colouring(result.entropy, cmap or "RdYlBu_r", "Entropy (nats)", heading, False)
-    if colour != "diff":
-        raise TokenprobeError(f"`colour` must be one of {', '.join(COLOURS)}, not {colour!r}")
     if result.logit_diff is None:
         raise TokenprobeError(
             "`colour` diff draws logit(target) - logit(foil): compute the lens with a `foil` "

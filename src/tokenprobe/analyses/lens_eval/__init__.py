@@ -6,10 +6,10 @@ from __future__ import annotations
 from ..base import Analysis
 from .cli import command
 from .compute import lens_eval
-from .options import OPTIONS
+from .options import OPTIONS, LensEvalOptions
 from .result import LensEvalResult
 
-__all__ = ["SPEC", "LensEvalResult", "lens_eval"]
+__all__ = ["SPEC", "LensEvalOptions", "LensEvalResult", "lens_eval"]
 
 SPEC = Analysis(
     name="lens_eval",
@@ -24,4 +24,5 @@ SPEC = Analysis(
     options=OPTIONS,
     cli=command,
     groups=["lens", "data"],
+    oom_advice="lower --memory-mb or --seq-len",
 )

@@ -8,6 +8,7 @@ from pathlib import Path
 from ...tuned import lens_format
 from ..base import Session
 from .compute import lens_eval
+from .options import LensEvalOptions
 from .result import LensEvalResult
 
 
@@ -16,5 +17,6 @@ def command(session: Session) -> None:
     out = Path(args.out)
     lens_format(args.lens)  # a folder that holds no lens fails before the model loads
     session.check_out(out, LensEvalResult.files(args.format))
-    result = lens_eval(session.load(), **session.params("run"))
+    options = session.options(LensEvalOptions)  # checked before the model loads
+    result = lens_eval(session.load(), args.lens, args.data, options=options)
     session.save(result, out)

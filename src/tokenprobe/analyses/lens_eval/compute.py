@@ -14,42 +14,34 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ...errors import TokenprobeError
 from ...model import LoadedModel
 from ...model.adapter import weight_of
-from ...results import now, versions
+from ...provenance import provenance
 from ...tuned import TunedDecoder, TunedLens, load_lens, pack, read_corpus
 from ...tuned.corpus import check_seq_len
 from ...tuned.lens import check_lens
 from ...tuned.train import rowdot
-from ..base import check_options
-from .options import OPTIONS
+from ..settings import takes
+from .options import LensEvalOptions
 from .result import LENSES, LensEvalResult
 
 DEFAULT_MEMORY_MB = {"cpu": 512, "cuda": 4096}
 
 
+@takes(LensEvalOptions)
 def lens_eval(
     lm: LoadedModel,
     lens: str | os.PathLike[str] | TunedLens,
     data: str | Sequence[str],
     *,
-    tokens: int = 8192,
-    seq_len: int = 512,
-    text_column: str = "text",
-    batch_tokens: int = 4096,
-    memory_mb: float | None = None,
+    options: LensEvalOptions,
     progress: bool | None = None,
 ) -> LensEvalResult:
     """Per layer, mean KL(final || layer) and next-token cross-entropy (nats) over up to
     `tokens` tokens of `data` packed into `seq_len` sequences, for the logit lens and for
-    `lens` (a tuned lens or the folder it was saved in)."""
-    check_options(OPTIONS, {"tokens": tokens, "seq_len": seq_len, "memory_mb": memory_mb})
-    for name, value in (("tokens", tokens), ("seq_len", seq_len), ("batch_tokens", batch_tokens)):
-        if not value >= 1:  # NaN too
-            raise TokenprobeError(f"`{name}` must be at least 1, not {value}")
-    if memory_mb is not None and memory_mb <= 0:
-        raise TokenprobeError(f"`memory_mb` must be positive, not {memory_mb:g}")
+    `lens` (a tuned lens or the folder it was saved in). `options` (or its settings as
+    keyword arguments): see `LensEvalOptions`."""
+    tokens, seq_len, text_column = options.tokens, options.seq_len, options.text_column
     source = (
         str(lens) if not isinstance(lens, TunedLens) else lens.info.get("path", "a lens in memory")
     )
@@ -62,21 +54,7 @@ def lens_eval(
     adapter = lm.require_adapter()
     decoders = {"logit": None, "tuned": TunedDecoder(tuned.to(lm.device), adapter)}
     n_blocks = adapter.n_blocks
-    vocab = int(weight_of(adapter.unembed).shape[0])
-    if memory_mb is None:
-        memory_mb = DEFAULT_MEMORY_MB["cuda" if lm.device.type == "cuda" else "cpu"]
-    rows = max(1, int(memory_mb * 2**20) // (vocab * 4 * 3))
-    kl = np.zeros((len(LENSES), n_blocks + 1))
-    ce = np.zeros((len(LENSES), n_blocks + 1))
-    micro = max(1, batch_tokens // seq_len)
-    disable = None if progress is None else not progress
-    with tqdm(
-        total=sequences.numel(), desc="lens-eval", unit="tok", unit_scale=True, disable=disable
-    ) as bar:
-        for start in range(0, len(sequences), micro):
-            ids = sequences[start : start + micro].to(lm.device)
-            _batch(lm, ids, decoders, rows, kl, ce)
-            bar.update(ids.numel())
+    kl, ce = _sums(lm, sequences, decoders, options, progress)
     n_kl = sequences.numel()
     n_ce = len(sequences) * (seq_len - 1)
     return LensEvalResult(
@@ -86,22 +64,51 @@ def lens_eval(
         n_tokens=n_kl,
         meta={
             "analysis": "lens evaluation",
-            "model": lm.describe(),
+            **provenance(
+                lm,
+                {
+                    "tokens": tokens,
+                    "seq_len": seq_len,
+                    "sequences": len(sequences),
+                    "batch_tokens": options.batch_tokens,
+                    "text_column": text_column,
+                },
+            ).meta(),
             "lens": {"path": source, **{k: v for k, v in tuned.info.items() if k != "training"}},
             "data": data if isinstance(data, str) else f"{len(data)} texts",
-            "options": {
-                "tokens": tokens,
-                "seq_len": seq_len,
-                "sequences": len(sequences),
-                "batch_tokens": batch_tokens,
-                "text_column": text_column,
-            },
             "rows": "layer 0 = embeddings, layer i = block i output, 'output' = the model's logits; "
             "kl = KL(final || layer) over every position, ce = next-token cross-entropy (nats)",
-            "versions": versions(),
-            "created": now(),
         },
     )
+
+
+def _sums(
+    lm: LoadedModel,
+    sequences: torch.Tensor,
+    decoders: dict,
+    options: LensEvalOptions,
+    progress: bool | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed KL and cross-entropy (lens, layer) over `sequences`, `batch_tokens` tokens per
+    forward pass and the logits of `memory_mb` decoded at once."""
+    adapter = lm.require_adapter()
+    vocab = int(weight_of(adapter.unembed).shape[0])
+    memory_mb = options.memory_mb
+    if memory_mb is None:
+        memory_mb = DEFAULT_MEMORY_MB["cuda" if lm.device.type == "cuda" else "cpu"]
+    rows = max(1, int(memory_mb * 2**20) // (vocab * 4 * 3))
+    kl = np.zeros((len(LENSES), adapter.n_blocks + 1))
+    ce = np.zeros((len(LENSES), adapter.n_blocks + 1))
+    micro = max(1, options.batch_tokens // options.seq_len)
+    disable = None if progress is None else not progress
+    with tqdm(
+        total=sequences.numel(), desc="lens-eval", unit="tok", unit_scale=True, disable=disable
+    ) as bar:
+        for start in range(0, len(sequences), micro):
+            ids = sequences[start : start + micro].to(lm.device)
+            _batch(lm, ids, decoders, rows, kl, ce)
+            bar.update(ids.numel())
+    return kl, ce
 
 
 def _batch(

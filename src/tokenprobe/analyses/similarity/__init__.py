@@ -5,12 +5,21 @@ from __future__ import annotations
 
 from ..base import Analysis
 from .cli import command, demo
-from .compute import DIRECTIONS, PARTIAL, past_similarity
+from .compute import PARTIAL, past_similarity
 from .markers import insert_markers
-from .options import OPTIONS
+from .options import DIRECTIONS, OPTIONS, SimilarityFigure, SimilarityOptions
 from .result import SimilarityResult
 
-__all__ = ["DIRECTIONS", "PARTIAL", "SPEC", "SimilarityResult", "insert_markers", "past_similarity"]
+__all__ = [
+    "DIRECTIONS",
+    "PARTIAL",
+    "SPEC",
+    "SimilarityFigure",
+    "SimilarityOptions",
+    "SimilarityResult",
+    "insert_markers",
+    "past_similarity",
+]
 
 SPEC = Analysis(
     name="similarity",
@@ -27,4 +36,5 @@ SPEC = Analysis(
     options=OPTIONS,
     cli=command,
     demo=demo,
+    demo_help="past similarity (raw and centred)",
 )

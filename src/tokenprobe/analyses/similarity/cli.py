@@ -10,6 +10,7 @@ from ...data import read_texts
 from ...errors import TokenprobeError
 from ..base import Session
 from .compute import past_similarity
+from .options import SimilarityFigure, SimilarityOptions
 from .result import SimilarityResult
 
 
@@ -24,24 +25,26 @@ def command(session: Session) -> None:
         )
     if args.text is not None and not args.text.strip():  # before the model loads
         raise TokenprobeError("the text is empty: give some text with --text or --data")
+    if args.ray and args.data is None:
+        raise TokenprobeError("--ray runs a --data data set; a single --text runs here")
+    options = session.options(SimilarityOptions)  # checked before the model loads
+    figure = session.options(SimilarityFigure)
     texts: str | list[str] = (
         args.text if args.text is not None else read_texts(args.data, args.text_column)
     )
     out = Path(args.out)
     session.check_out(out, SimilarityResult.files(args.format))
-    params = session.params("run")
-    if args.ray and args.data is None:
-        raise TokenprobeError("--ray runs a --data data set; a single --text runs here")
     result = past_similarity(
         session.load(),
         texts,
-        **params,
+        options=options,
         checkpoint=out if args.data is not None else None,
+        resume=args.resume,
         executor=session.executor(),
     )
     if args.data:
         result.meta["data"] = args.data
-    session.save(result, out)
+    session.save(result, out, figure)
 
 
 def demo(session: Session, entry: dict[str, Any], out: Path) -> None:

@@ -22,61 +22,40 @@ from tqdm.auto import tqdm
 from ...checkpoint import Checkpoint, digest, model_settings, npz_writer
 from ...errors import TokenprobeError
 from ...model import LoadedModel
-from ...results import now, versions
+from ...provenance import provenance
 from ...runner import (
     open_checkpoint,
     progress_disabled,
     run_chunks,
     token_budget_batches,
 )
-from ...text import DEFAULT_MARKER, ensure_marker, token_texts
-from .cosines import _Cosines, _Texts
+from ...text import ensure_marker, token_texts
+from ..settings import takes
+from .cosines import Cosines, Texts
 from .layout import _chunks, _texts_of_part
 from .markers import find_marker, insert_markers
+from .options import SimilarityOptions
 from .remote import remote_sums
 from .result import SimilarityResult
 
-DIRECTIONS = ("past", "future")
 PARTIAL = "similarity.partial"  # the checkpoint folder inside --out
 SUFFIX = ".npz"  # a checkpoint part: the chunk's float64 sums, counts and text indices
 
 
-def _check(
-    items: list[str],
-    single: bool,
-    window: int,
-    occurrence: int,
-    direction: str,
-    insert_every: int | None,
-    insert_after: str | None,
-) -> None:
-    """Refuse settings that cannot run, before the model does any work."""
+def _check(items: list[str], single: bool) -> None:
+    """Refuse an empty data set or an empty text, before the model does any work (the settings
+    were checked as `SimilarityOptions` was built)."""
     if not items:
         raise TokenprobeError("the data set is empty: give at least one text")
-    if window < 1:
-        raise TokenprobeError(f"`window` must be at least 1, not {window}")
-    if occurrence < 1:
-        raise TokenprobeError(f"`occurrence` counts from 1, not {occurrence}")
-    if direction not in DIRECTIONS:
-        raise TokenprobeError(f"`direction` must be past or future, not {direction!r}")
-    if insert_every is not None and insert_after is not None:
-        raise TokenprobeError("give `insert_every` or `insert_after`, not both")
     if any(not str(t).strip() for t in items) and single:
         raise TokenprobeError("the text is empty: give a text that contains the marker")
 
 
-def _encode(
-    lm: LoadedModel,
-    items: list[str],
-    single: bool,
-    marker: str,
-    add_marker: bool,
-    occurrence: int,
-    insert_every: int | None,
-    insert_after: str | None,
-) -> _Texts:
+def _encode(lm: LoadedModel, items: list[str], single: bool, o: SimilarityOptions) -> Texts:
     """Markers inserted, texts tokenized, and the `occurrence`-th marker of each found."""
     tok = lm.tokenizer
+    marker, add_marker, occurrence = o.marker, o.add_marker, o.occurrence
+    insert_every, insert_after = o.insert_every, o.insert_after
     if add_marker:
         pattern = [ensure_marker(lm, marker)]
     else:
@@ -106,10 +85,10 @@ def _encode(
             anchors.append(None)
         else:
             anchors.append(hits[occurrence - 1])
-    return _Texts(items, encoded, anchors, pattern, single)
+    return Texts(items, encoded, anchors, pattern, single)
 
 
-def _check_anchors(texts: _Texts, marker: str, occurrence: int, direction: str) -> int:
+def _check_anchors(texts: Texts, marker: str, occurrence: int, direction: str) -> int:
     """Refuse texts that leave nothing to compare; warn about skipped ones (returns how many)."""
     used, anchors, encoded = texts.used, texts.anchors, texts.encoded
     # a marker with no token on the compared side would give an all-NaN table
@@ -138,8 +117,8 @@ def _check_anchors(texts: _Texts, marker: str, occurrence: int, direction: str) 
 
 
 def _sums(
-    cosines: _Cosines,
-    texts: _Texts,
+    cosines: Cosines,
+    texts: Texts,
     store: Checkpoint | None,
     chunk_texts: int,
     batch_tokens: int,
@@ -168,6 +147,7 @@ def _sums(
             lambda chunk: cosines.sums(chunk, batch_tokens, bar),
             store=store,
             suffix=SUFFIX,
+            unit="text",
             write=lambda part: npz_writer(**part),
             after_chunk=after_chunk,
             bar=None if remote is None else bar,  # a worker's batches are not seen here
@@ -182,23 +162,14 @@ def _sums(
     return total, count
 
 
+@takes(SimilarityOptions)
 def past_similarity(
     lm: LoadedModel,
     texts: str | Sequence[str],
     *,
-    marker: str = DEFAULT_MARKER,
-    occurrence: int = 1,
-    window: int = 16,
-    centre: bool = False,
-    centre_skip_first: bool = True,
-    direction: str = "past",
-    insert_every: int | None = None,
-    insert_after: str | None = None,
-    add_marker: bool = True,
-    batch_tokens: int = 4096,
+    options: SimilarityOptions,
     checkpoint: str | Path | None = None,
     resume: bool = False,
-    chunk_texts: int = 256,
     progress: bool | None = None,
     executor: Any = None,
     _after_chunk: Callable[[int], None] | None = None,
@@ -206,34 +177,24 @@ def past_similarity(
     """Cosine similarity of the `occurrence`-th `marker` with each of the `window` tokens before it
     (`direction="future"`: after it), per layer; over several texts, the mean with its count.
 
-    `centre` subtracts each layer's mean hidden state over the text's positions first (raw
-    residual streams share a large common direction, which pushes every cosine towards 1);
-    the mean leaves out the first position unless `centre_skip_first=False`, because that
-    position often holds massive attention-sink activations that would swamp it.
-    A marker that is several tokens (with `add_marker=False`) is represented by its last token.
+    `options` (or its settings as keyword arguments: see `SimilarityOptions`): `centre`
+    subtracts each layer's mean hidden state over the text's positions first (raw residual
+    streams share a large common direction, which pushes every cosine towards 1); the mean
+    leaves out the first position unless `centre_skip_first=False`, because that position often
+    holds massive attention-sink activations that would swamp it. A marker that is several
+    tokens (with `add_marker=False`) is represented by its last token.
     With `checkpoint`, the sums over each finished chunk of `chunk_texts` texts are written
     there; `resume=True` skips the texts already summed. With an `executor`
     (`tokenprobe.executors.RayExecutor`), the chunks are summed on its workers.
     """
+    o = options
     single = isinstance(texts, str)
     items = [texts] if isinstance(texts, str) else list(texts)
-    _check(items, single, window, occurrence, direction, insert_every, insert_after)
-    run = _encode(lm, items, single, marker, add_marker, occurrence, insert_every, insert_after)
-    lacking = _check_anchors(run, marker, occurrence, direction)
-    cosines = _Cosines(lm, run, window, direction, centre, centre_skip_first)
-    options = {
-        "marker": marker,
-        "marker_token_ids": run.pattern,
-        "add_marker": add_marker,
-        "occurrence": occurrence,
-        "window": window,
-        "centre": centre,
-        "centre_skip_first": centre_skip_first,
-        "direction": direction,
-        "insert_every": insert_every,
-        "insert_after": insert_after,
-        "batch_tokens": batch_tokens,
-    }
+    _check(items, single)
+    run = _encode(lm, items, single, o)
+    lacking = _check_anchors(run, o.marker, o.occurrence, o.direction)
+    cosines = Cosines(lm, run, o.window, o.direction, o.centre, o.centre_skip_first)
+    kept = _kept(o, run.pattern)
     store = None
     if checkpoint is not None:
         # batching changes speed, not the numbers
@@ -241,26 +202,42 @@ def past_similarity(
             "analysis": "past similarity",
             "model": model_settings(lm),
             "texts": digest(items),
-            **{k: v for k, v in options.items() if k != "batch_tokens"},
+            **{k: v for k, v in kept.items() if k != "batch_tokens"},
         }
         store = open_checkpoint(checkpoint, PARTIAL, settings, resume)
     remote = None
     if executor is not None:
-        recipe = remote_sums(lm, run, marker if add_marker else None, options, batch_tokens)
-        remote = (executor, recipe)
+        remote = (executor, remote_sums(lm, run, o.marker if o.add_marker else None, o))
     total, count = _sums(
-        cosines, run, store, chunk_texts, batch_tokens, progress, _after_chunk, remote
+        cosines, run, store, o.chunk_texts, o.batch_tokens, progress, _after_chunk, remote
     )
-    result = _result(lm, run, total, count, lacking, options)
+    result = _result(lm, run, total, count, lacking, kept)
     result.meta["batching"] = cosines.batching or "no padded batch was run here"
     if store is not None:
         store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
     return result
 
 
+def _kept(o: SimilarityOptions, pattern: list[int]) -> dict[str, Any]:
+    """The settings meta.json records (and, less `batch_tokens`, a checkpoint must share)."""
+    return {
+        "marker": o.marker,
+        "marker_token_ids": pattern,
+        "add_marker": o.add_marker,
+        "occurrence": o.occurrence,
+        "window": o.window,
+        "centre": o.centre,
+        "centre_skip_first": o.centre_skip_first,
+        "direction": o.direction,
+        "insert_every": o.insert_every,
+        "insert_after": o.insert_after,
+        "batch_tokens": o.batch_tokens,
+    }
+
+
 def _result(
     lm: LoadedModel,
-    run: _Texts,
+    run: Texts,
     total: torch.Tensor,
     count: np.ndarray,
     lacking: int,
@@ -293,16 +270,13 @@ def _result(
         centre=options["centre"],
         meta={
             "analysis": "past similarity",
-            "model": lm.describe(),
+            **provenance(lm, options).meta(),
             "texts": len(run.items),
             "texts_used": len(run.used),
             "texts_skipped": lacking,
             "text": run.items[0] if run.single else None,
             "token_ids": run.encoded[0] if run.single else None,
             "anchor_position": run.anchors[0] if run.single else None,
-            "options": options,
             "layers": "layer 0 = embeddings, layer i = output of block i (the last one before the final norm)",
-            "versions": versions(),
-            "created": now(),
         },
     )

@@ -17,7 +17,7 @@ from ...runner import float_tolerance, map_batches, pad_batch, pad_id_of, relati
 
 
 @dataclass
-class _Texts:
+class Texts:
     """The texts as run: markers inserted, token ids, each one's anchor (None: skipped)."""
 
     items: list[str]
@@ -31,14 +31,14 @@ class _Texts:
         return [i for i, a in enumerate(self.anchors) if a is not None]
 
 
-class _Cosines:
+class Cosines:
     """One batch of texts through the model: each text's cosines (layers, m) and m, the
     number of tokens it has on the compared side within the window."""
 
     def __init__(
         self,
         lm: LoadedModel,
-        texts: _Texts,
+        texts: Texts,
         window: int,
         direction: str,
         centre: bool,

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ...executors import worker_load_args
 from ...model import LoadedModel
 from ...runner import Remote
 from ...text import ensure_marker
+
+if TYPE_CHECKING:
+    from .options import SimilarityOptions
 
 
 class _NoBar:
@@ -31,38 +35,22 @@ def _worker_state(load_args: dict[str, Any], marker: str | None) -> LoadedModel:
 
 def _chunk_on_worker(lm: LoadedModel, payload: tuple) -> dict:
     """One chunk's sums against the worker's model."""
-    from .cosines import _Cosines, _Texts
+    from .cosines import Cosines, Texts
 
     chunk, encoded, anchors, (window, direction, centre, skip_first, batch_tokens) = payload
-    texts = _Texts(items=[], encoded=encoded, anchors=anchors, pattern=[], single=False)
-    cosines = _Cosines(lm, texts, window, direction, centre, skip_first)
+    texts = Texts(items=[], encoded=encoded, anchors=anchors, pattern=[], single=False)
+    cosines = Cosines(lm, texts, window, direction, centre, skip_first)
     return cosines.sums(chunk, batch_tokens, _NoBar())
 
 
-def remote_sums(
-    lm: LoadedModel, texts: Any, marker: str | None, options: dict[str, Any], batch_tokens: int
-) -> Remote:
+def remote_sums(lm: LoadedModel, texts: Any, marker: str | None, o: SimilarityOptions) -> Remote:
     """How a chunk of texts is summed on a worker (`marker`: the one the driver added, if any)."""
-    if lm.load_args is None:
-        from ...errors import TokenprobeError
-
-        raise TokenprobeError(
-            "a Ray run loads the model on each worker by name or path: load it with "
-            "tokenprobe.load, not LoadedModel.wrap"
-        )
-    settings = (
-        options["window"],
-        options["direction"],
-        options["centre"],
-        options["centre_skip_first"],
-        batch_tokens,
-    )
+    load_args = worker_load_args(lm)
+    settings = (o.window, o.direction, o.centre, o.centre_skip_first, o.batch_tokens)
 
     def payload(chunk: Sequence[int]) -> tuple:
         encoded = {i: texts.encoded[i] for i in chunk}
         anchors = {i: texts.anchors[i] for i in chunk}
         return list(chunk), encoded, anchors, settings
 
-    return Remote(
-        functools.partial(_worker_state, dict(lm.load_args), marker), _chunk_on_worker, payload
-    )
+    return Remote(functools.partial(_worker_state, load_args, marker), _chunk_on_worker, payload)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ...heatmap import Heatmap
 from ...results import Result
+from .options import SimilarityFigure
 from .views import similarity_view
 
 
@@ -76,10 +77,11 @@ class SimilarityResult(Result):
         )
 
     def views(
-        self, *, cmap: str = "viridis", vmax: float | None = None, title: str | None = None
+        self, figure: SimilarityFigure | None = None, **settings: Any
     ) -> list[tuple[str, Heatmap]]:
-        """The layer x distance heatmap; see `views.similarity_view` for the options."""
-        return [(self.kind, similarity_view(self, cmap=cmap, vmax=vmax, title=title))]
+        """The layer x distance heatmap. `figure` (or its settings as keyword arguments): see
+        `SimilarityFigure` and `views.similarity_view`."""
+        return [(self.kind, similarity_view(self, SimilarityFigure.build(figure, settings)))]
 
     def summary(self) -> str:
         texts = self.meta.get("texts_used", 1)

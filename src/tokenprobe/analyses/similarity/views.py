@@ -13,18 +13,15 @@ from ...heatmap import MAX_FIGURE_WIDTH_IN, Heatmap
 from ...text import display_token
 
 if TYPE_CHECKING:
+    from .options import SimilarityFigure
     from .result import SimilarityResult
 
 
-def similarity_view(
-    result: SimilarityResult,
-    *,
-    cmap: str = "viridis",
-    vmax: float | None = None,
-    title: str | None = None,
-) -> Heatmap:
-    """Layer x distance heatmap of cosine similarity: colour from -`vmax` to `vmax` (default:
-    the largest |cosine|), padded cells (no text reaches that far) left blank."""
+def similarity_view(result: SimilarityResult, figure: SimilarityFigure) -> Heatmap:
+    """Layer x distance heatmap of cosine similarity in `figure.cmap`: colour from -`vmax` to
+    `vmax` (default: the largest |cosine|), padded cells (no text reaches that far) left blank;
+    `title` replaces the one made from the marker and the direction."""
+    vmax, title = figure.vmax, figure.title
     n_layers, window = result.cosine.shape
     finite = result.cosine[np.isfinite(result.cosine)]
     top = vmax if vmax is not None else (float(np.abs(finite).max()) if finite.size else 1.0) or 1.0
@@ -44,7 +41,7 @@ def similarity_view(
         values=result.cosine,
         rows=list(result.layer_labels),
         cols=cols,
-        cmap=cmap,
+        cmap=figure.cmap,
         vmin=-top,
         vmax=top,
         title=title or f"{name} • {where.capitalize()} Cosine-Sim ({tags}){over}",

@@ -6,7 +6,16 @@ from __future__ import annotations
 from ..base import Analysis
 from .cli import command, demo
 from .compute import causal_trace, embedding_std
-from .options import COMPONENTS, CORRUPTIONS, DIRECTIONS, METHODS, METRICS, OPTIONS
+from .options import (
+    COMPONENTS,
+    CORRUPTIONS,
+    DIRECTIONS,
+    METHODS,
+    METRICS,
+    OPTIONS,
+    TraceFigure,
+    TraceOptions,
+)
 from .result import TraceResult
 from .sites import Site, find_sites
 from .tracer import Problem, Tracer
@@ -20,6 +29,8 @@ __all__ = [
     "SPEC",
     "Problem",
     "Site",
+    "TraceFigure",
+    "TraceOptions",
     "TraceResult",
     "Tracer",
     "causal_trace",
@@ -47,4 +58,7 @@ SPEC = Analysis(
     demo=demo,
     # the estimate keeps every block's activations for the backward pass
     gradients=lambda args: getattr(args, "method", "") in ("estimate", "both"),
+    oom_advice="lower --samples",
+    demo_help="a causal trace (the Eiffel Tower prompt, noise on its subject: residual stream and "
+    "MLPs)",
 )

@@ -1,5 +1,5 @@
-"""`tokenprobe trace`: flags -> prompt and corruption -> `causal_trace` (checkpointed in --out,
-so that --resume continues it) -> one result folder."""
+"""`tokenprobe trace`: flags -> prompt and settings (checked before the model loads) ->
+`causal_trace` (checkpointed in --out, so that --resume continues it) -> one result folder."""
 
 from __future__ import annotations
 
@@ -8,29 +8,22 @@ from typing import Any
 
 from ..base import Session, read_prompt
 from .compute import causal_trace
-from .inputs import check_settings
+from .options import TraceFigure, TraceOptions
 from .result import TraceResult
 
 
 def command(session: Session) -> None:
-    """Check the prompt and the corruption settings before the model loads, then run and save."""
+    """Check the prompt and the settings before the model loads, then run and save."""
     args = session.args
     prompt = read_prompt(session)
-    params = session.params("run")
-    check_settings(
-        params["target"],
-        params["foil"],
-        params["corrupted"],
-        params["corrupt"],
-        params["subject"],
-        params["noise"],
-        params["components"],
-        params["metric"],
-    )
+    options = session.options(TraceOptions)
+    figure = session.options(TraceFigure)
     out = Path(args.out)
     session.check_out(out, TraceResult.files(args.format))
-    result = causal_trace(session.load(), prompt, checkpoint=out, **params)
-    session.save(result, out, session.params("figure"))
+    result = causal_trace(
+        session.load(), prompt, options=options, checkpoint=out, resume=args.resume
+    )
+    session.save(result, out, figure)
 
 
 def demo(session: Session, entry: dict[str, Any], out: Path) -> None:

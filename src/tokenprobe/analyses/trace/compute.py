@@ -11,8 +11,6 @@ first-order estimate from one forward and backward pass instead.
 
 from __future__ import annotations
 
-import inspect
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,16 +22,16 @@ from tqdm.auto import tqdm
 from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
 from ...model.adapter import weight_of
-from ...results import now, versions
+from ...provenance import provenance
 from ...runner import progress_disabled, token_budget_batches
-from ...text import PreparedInput, prepare, token_texts
-from ..base import check_options
+from ...text import PreparedInput, token_texts
+from ..settings import takes
 from .estimate import first_order
-from .inputs import Settings, check_settings, corrupted_input, subject_span, token_id
-from .options import OPTIONS
+from .inputs import TraceInputs, trace_inputs
+from .options import TraceOptions
 from .result import TraceResult
 from .store import CellStore, open_store
-from .tracer import Cell, Problem, Tracer, window_of
+from .tracer import Cell, Tracer, window_of
 
 IMPLAUSIBLE = 1e-3  # warn when the target's clean probability is below this ...
 TOP = 10  # ... and it is not among the clean run's top this many tokens
@@ -41,139 +39,133 @@ TOP = 10  # ... and it is not among the clean run's top this many tokens
 Plans = dict[str, tuple[list[Cell], list[tuple[int, int]]]]
 
 
+@takes(TraceOptions)
 def causal_trace(
     lm: LoadedModel,
     prompt: str | PreparedInput,
     *,
-    target: str | None = None,
-    foil: str | None = None,
-    corrupted: str | None = None,
-    corrupt: str | None = None,
-    subject: str | None = None,
-    noise: float = 3.0,
-    samples: int = 10,
-    seed: int = 0,
-    components: Sequence[str] = ("resid",),
-    window: int = 1,
-    direction: str = "restore",
-    metric: str | None = None,
-    method: str = "exact",
-    chat: bool = False,
-    system: str | None = None,
-    batch_tokens: int = 2048,
+    options: TraceOptions,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool | None = None,
 ) -> TraceResult:
     """Causal trace of `target` (the next token after the prompt) over `components`.
 
-    Corruption: `corrupted` (a prompt of the same token length), or `corrupt="noise"` with
-    `subject` (noise of `noise` x the embeddings' standard deviation on the subject's tokens,
-    `samples` draws averaged, seeded by `seed`). `window` restores that many consecutive layers
-    at once. `metric`: prob, logprob, or diff (logit of `target` - logit of `foil`; the default
-    when a foil is given). `method`: exact, estimate (attribution patching) or both. With
+    `options` (or its settings as keyword arguments: see `TraceOptions`). Corruption:
+    `corrupted` (a prompt of the same token length), or `corrupt="noise"` with `subject`
+    (noise of `noise` x the embeddings' standard deviation on the subject's tokens, `samples`
+    draws averaged, seeded by `seed`). `window` restores that many consecutive layers at once.
+    `metric`: prob, logprob, or diff (logit of `target` - logit of `foil`; the default when a
+    foil is given). `method`: exact, estimate (attribution patching) or both. With
     `checkpoint`, each finished batch of patched runs is written there as the run goes;
     `resume=True` takes them from an interrupted run instead of computing them again (the
     estimate, one forward and backward pass, is computed again).
     """
-    _check_options(window=window, samples=samples, seed=seed, direction=direction, method=method,
-                   metric=metric, corrupt=corrupt)
-    s = check_settings(target, foil, corrupted, corrupt, subject, noise, components, metric)
-    if s.corrupt == "prompt":
-        _warn_unused_noise({"noise": noise, "samples": samples, "seed": seed})
-    clean = prompt if isinstance(prompt, PreparedInput) else prepare(lm, prompt, chat=chat, system=system)
-    bad, differ = (None, None) if s.corrupt == "noise" else corrupted_input(lm, clean, corrupted or "", chat, system)
-    span = subject_span(lm, clean, subject) if subject is not None else None
-    target_id = token_id(lm, target or "", "target")
-    foil_id = token_id(lm, foil, "foil") if foil is not None else None
-    if foil_id is not None and foil_id == target_id:
-        raise TokenprobeError(
-            f"`foil` {foil!r} is the same token as `target` {target!r}"
-            f"{'' if foil == target else ' (their first tokens are the same)'}: give another foil"
+    o = options
+    if o.corruption == "prompt" and o.noise_changed:
+        warn(
+            f"`{'`, `'.join(o.noise_changed)}` only apply to noise corruption and are ignored "
+            "with a `corrupted` prompt: drop them, or corrupt with noise instead",
+            stacklevel=3,  # the caller of `causal_trace` (through `takes`)
         )
-    noised = s.corrupt == "noise"
-    noise_t, noise_std = _draw_noise(lm, span, samples, seed, noise) if noised else (None, None)
-    corrupted_ids = list(bad.input_ids) if bad is not None else list(clean.input_ids)
-    problem = Problem(list(clean.input_ids), corrupted_ids, target_id, foil_id, s.metric, direction, noise_t, span)
-    tracer = Tracer(lm, problem, s.components)
-    _check_finite(tracer, noise_t is not None)
-    _warn_if_implausible(tracer, target or "")
-    options = {"components": list(s.components), "window": window, "seed": seed,
-               "samples": samples if noised else 1, "noise": noise if noised else None}
-    settings = {**options, "seed": seed if noised else None, "corrupt": s.corrupt, "method": method}
-    store = open_store(lm, problem, settings, checkpoint, resume)
-    scores, estimates = _trace(tracer, s.components, window, method, batch_tokens, progress, store)
-    given = {"subject": subject, "target": target, "foil": foil, "target_id": target_id,
-             "foil_id": foil_id, "direction": direction, "method": method, "noise_std": noise_std}
-    options["batch_tokens"] = batch_tokens
-    meta = _meta(lm, clean, bad, s, tracer, list(span or differ or []) or None, given, options)
+    given = trace_inputs(lm, prompt, o)
+    noised = o.corruption == "noise"
+    noise_t, noise_std = _draw_noise(lm, given.span, o) if noised else (None, None)
+    problem = given.problem(o.scored_by, o.direction, noise_t)
+    tracer = Tracer(lm, problem, o.traced)
+    _check_finite(tracer, noised)
+    _warn_if_implausible(tracer, o.target or "")
+    store = open_store(lm, problem, _kept(o), checkpoint, resume)
+    scores, estimates = _trace(tracer, o, progress, store)
     result = TraceResult(
-        tokens=list(clean.tokens),
-        token_ids=list(clean.input_ids),
-        components=list(s.components),
+        tokens=list(given.clean.tokens),
+        token_ids=list(given.clean.input_ids),
+        components=o.traced,
         scores=scores,
         estimates=estimates,
-        meta=meta,
+        meta=_meta(lm, given, o, tracer, noise_std),
     )
-    if method == "both":
+    if o.method == "both":
         result.meta["estimate_correlation"] = result.correlation()
     if store is not None:  # removed now, or by result.save() inside kept_until_saved()
         store.checkpoint.finish(result)
     return result
 
 
-def _check_options(**values: Any) -> None:
-    """The options' choices and limits; counts and the seed must be whole numbers (2.5 samples
-    would fail deep in torch, and True count as 1)."""
-    for name in ("samples", "window", "seed"):
-        value = values[name]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TokenprobeError(f"`{name}` must be a whole number, not {value!r}")
-    check_options(OPTIONS, values)
+def _kept(o: TraceOptions) -> dict[str, Any]:
+    """The settings that decide a checkpoint's numbers (the noise ones as the run uses them)."""
+    noised = o.corruption == "noise"
+    return {
+        "components": o.traced,
+        "window": o.window,
+        "seed": o.seed if noised else None,
+        "samples": o.samples if noised else 1,
+        "noise": o.noise if noised else None,
+        "corrupt": o.corruption,
+        "method": o.method,
+    }
 
 
 def _meta(
     lm: LoadedModel,
-    clean: PreparedInput,
-    bad: PreparedInput | None,
-    s: Settings,
+    given: TraceInputs,
+    o: TraceOptions,
     tracer: Tracer,
-    marked: list[int] | None,
-    given: dict,
-    options: dict,
+    noise_std: float | None,
 ) -> dict:
     """meta.json: the inputs, the scored tokens, the clean and corrupted scores, the options."""
-    tok = lm.tokenizer
+    tok, clean, bad = lm.tokenizer, given.clean, given.bad
+    noised = o.corruption == "noise"
+    foil_token = token_texts(tok, [given.foil_id])[0] if given.foil_id is not None else None
     return {
         "analysis": "causal trace",
-        "model": lm.describe(),
+        **provenance(
+            lm,
+            {
+                "chat": clean.options.get("chat", False),
+                "system": clean.options.get("system"),
+                "components": o.traced,
+                "window": o.window,
+                "seed": o.seed,
+                "samples": o.samples if noised else 1,
+                "noise": o.noise if noised else None,
+                "batch_tokens": o.batch_tokens,
+            },
+        ).meta(),
         "prompt": clean.prompt,
         "text": clean.text,
         "token_ids": list(clean.input_ids),
         "corrupted": bad.prompt if bad is not None else None,
         "corrupted_token_ids": list(bad.input_ids) if bad is not None else None,
-        "corruption": s.corrupt,
-        "marked": marked,
-        **given,
-        "target_token": token_texts(tok, [given["target_id"]])[0],
-        "foil_token": token_texts(tok, [given["foil_id"]])[0] if given["foil_id"] is not None else None,
-        "metric": s.metric,
-        **_run_meta(tracer, s.components),
-        "options": {"chat": clean.options.get("chat", False), "system": clean.options.get("system"), **options},
-        "versions": versions(),
-        "created": now(),
+        "corruption": o.corruption,
+        "marked": given.marked,
+        "subject": o.subject,
+        "target": o.target,
+        "foil": o.foil,
+        "target_id": given.target_id,
+        "foil_id": given.foil_id,
+        "direction": o.direction,
+        "method": o.method,
+        "noise_std": noise_std,
+        "target_token": token_texts(tok, [given.target_id])[0],
+        "foil_token": foil_token,
+        "metric": o.scored_by,
+        **_run_meta(tracer, o.traced),
     }
 
 
 def _draw_noise(
-    lm: LoadedModel, span: tuple[int, int] | None, samples: int, seed: int, noise: float
+    lm: LoadedModel, span: tuple[int, int] | None, o: TraceOptions
 ) -> tuple[torch.Tensor, float]:
     """(samples, subject tokens, width) Gaussian draws, seeded on the CPU (the same on every
     device), scaled to `noise` x the embeddings' standard deviation; and that scale."""
     assert span is not None
+    samples, seed, noise = o.samples, o.seed, o.noise
     std = embedding_std(lm) * noise
     width = int(weight_of(lm.require_adapter().embed).shape[1])
-    draws = torch.randn((samples, span[1] - span[0], width), generator=torch.Generator().manual_seed(seed))
+    draws = torch.randn(
+        (samples, span[1] - span[0], width), generator=torch.Generator().manual_seed(seed)
+    )
     scaled = (draws * std).to(lm.device)
     if not (np.isfinite(std) and bool(torch.isfinite(scaled).all())):
         raise TokenprobeError(
@@ -183,25 +175,17 @@ def _draw_noise(
     return scaled, std
 
 
-def _warn_unused_noise(given: dict[str, Any]) -> None:
-    """The noise settings do nothing when the corruption is a prompt: say so if any was set."""
-    defaults = inspect.signature(causal_trace).parameters
-    changed = [k for k, v in given.items() if v != defaults[k].default]
-    if changed:
-        warn(
-            f"`{'`, `'.join(changed)}` only apply to noise corruption and are ignored with a "
-            "`corrupted` prompt: drop them, or corrupt with noise instead"
-        )
-
-
 def _check_finite(tracer: Tracer, noised: bool) -> None:
     """One line when the clean or corrupted run's score overflowed (a huge `noise`, a 16-bit
     model), rather than NaN cells."""
     if np.isfinite([tracer.clean_score, *tracer.corrupted_scores]).all():
         return
     run = "clean" if not np.isfinite(tracer.clean_score) else "corrupted"
-    fix = (" with this `noise`: give a smaller `noise`" if run == "corrupted" and noised
-           else f" in {str(tracer.lm.dtype).removeprefix('torch.')}: load it in float32 (`dtype`)")
+    fix = (
+        " with this `noise`: give a smaller `noise`"
+        if run == "corrupted" and noised
+        else f" in {str(tracer.lm.dtype).removeprefix('torch.')}: load it in float32 (`dtype`)"
+    )
     raise TokenprobeError(f"the {run} run's score is not finite: the model's numbers overflow{fix}")
 
 
@@ -228,7 +212,7 @@ def _warn_if_implausible(tracer: Tracer, target: str) -> None:
             f"rank {rank}): the trace follows an answer the model does not give; check `target` "
             "(a leading space, as in ' Paris'?) or `chat` (an instruction-tuned model may need "
             "its chat template)",
-            stacklevel=3,
+            stacklevel=4,  # the caller of `causal_trace` (through `takes`)
         )
 
 
@@ -240,7 +224,9 @@ def _run_meta(tracer: Tracer, components: Sequence[str]) -> dict:
         "clean_score": tracer.clean_score,
         "corrupted_score": float(np.mean(tracer.corrupted_scores)),
         "corrupted_scores": tracer.corrupted_scores,
-        "sites": {c: [x.path if x is not None else None for x in tracer.sites[c]] for c in components},
+        "sites": {
+            c: [x.path if x is not None else None for x in tracer.sites[c]] for c in components
+        },
         **tracer.shortcuts(),
     }
 
@@ -261,22 +247,19 @@ def _cells(tracer: Tracer, component: str, window: int) -> tuple[list[Cell], lis
 
 def _trace(
     tracer: Tracer,
-    components: Sequence[str],
-    window: int,
-    method: str,
-    batch_tokens: int,
+    o: TraceOptions,
     progress: bool | None,
     store: CellStore | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """Each component's (rows, positions) grid of exact scores (or estimates when only those
     are asked for), and the estimates beside exact ones with `method="both"`. With a `store`,
     its finished patched runs are taken and each new batch is written to it."""
-    plans = {c: _cells(tracer, c, window) for c in components}
+    plans = {c: _cells(tracer, c, o.window) for c in o.traced}
     try:
-        estimates = _estimates(tracer, plans) if method in ("estimate", "both") else None
-        if method == "estimate":
+        estimates = _estimates(tracer, plans) if o.method in ("estimate", "both") else None
+        if o.method == "estimate":
             return estimates or {}, None
-        return _exact(tracer, plans, batch_tokens, progress, store), estimates
+        return _exact(tracer, plans, o.batch_tokens, progress, store), estimates
     except TokenprobeError:
         # settings that can never finish: keeping their checkpoint would only make the
         # corrected call ask for `resume`

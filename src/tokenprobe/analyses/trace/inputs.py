@@ -1,78 +1,71 @@
-"""A trace's inputs checked and turned into ids: the settings (before any model work), the
-corrupted prompt (same token length), the subject's token span and the scored tokens."""
+"""A trace's inputs checked and turned into ids: the clean and the corrupted prompt (same
+token length), the subject's token span and the scored tokens. The settings themselves are
+checked as they are built (`options.TraceOptions`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
 
 from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
 from ...text import PreparedInput, display_token, encode, first_token, prepare
-from .options import COMPONENTS
+from .options import TraceOptions
+from .tracer import Problem
 
 
 @dataclass
-class Settings:
-    """The settings a trace runs with, the defaults that depend on others resolved."""
+class TraceInputs:
+    """A trace's prompts as ids: the clean one, the corrupted one (None with noise) and where
+    it differs, the subject's positions (with `subject`), and the scored tokens' ids."""
 
-    corrupt: str
-    metric: str
-    components: list[str]
+    clean: PreparedInput
+    bad: PreparedInput | None
+    differ: tuple[int, int] | None
+    span: tuple[int, int] | None
+    target_id: int
+    foil_id: int | None
+
+    @property
+    def marked(self) -> list[int] | None:
+        """The positions the figures mark: the subject's, else where the prompts differ."""
+        return list(self.span or self.differ or []) or None
+
+    def problem(self, metric: str, direction: str, noise: torch.Tensor | None) -> Problem:
+        """What the trace compares: these ids (the clean ones again under noise), these tokens."""
+        clean = list(self.clean.input_ids)
+        corrupted = list(self.bad.input_ids) if self.bad is not None else clean
+        return Problem(
+            clean, corrupted, self.target_id, self.foil_id, metric, direction, noise, self.span
+        )
 
 
-def check_settings(
-    target: str | None,
-    foil: str | None,
-    corrupted: str | None,
-    corrupt: str | None,
-    subject: str | None,
-    noise: float,
-    components: Sequence[str],
-    metric: str | None,
-) -> Settings:
-    """Refuse contradictory or missing settings in one line each, before the model runs."""
-    if not target:
-        raise TokenprobeError("`target` is required: the next token to score, e.g. ' Paris'")
-    if foil is not None and not foil:
-        raise TokenprobeError("`foil` is empty: give a token such as ' London'")
-    if corrupt is None:
-        corrupt = "prompt" if corrupted is not None else "noise" if subject is not None else None
-    if corrupt is None:
+def trace_inputs(
+    lm: LoadedModel, prompt: str | PreparedInput, options: TraceOptions
+) -> TraceInputs:
+    """The prompt and the corrupted one prepared, the subject found, the tokens scored, each
+    refused in one line when it does not fit the model's tokens."""
+    o = options
+    clean = (
+        prompt
+        if isinstance(prompt, PreparedInput)
+        else prepare(lm, prompt, chat=o.chat, system=o.system)
+    )
+    bad, differ = (
+        (None, None)
+        if o.corruption == "noise"
+        else corrupted_input(lm, clean, o.corrupted or "", o.chat, o.system)
+    )
+    span = subject_span(lm, clean, o.subject) if o.subject is not None else None
+    target_id = token_id(lm, o.target or "", "target")
+    foil_id = token_id(lm, o.foil, "foil") if o.foil is not None else None
+    if foil_id is not None and foil_id == target_id:
         raise TokenprobeError(
-            "nothing to corrupt: give `corrupted` TEXT (a prompt of the same token length) or "
-            "`corrupt` noise with `subject` TEXT (the span whose embeddings get the noise)"
+            f"`foil` {o.foil!r} is the same token as `target` {o.target!r}"
+            f"{'' if o.foil == o.target else ' (their first tokens are the same)'}: give another foil"
         )
-    if corrupt == "prompt" and corrupted is None:
-        raise TokenprobeError(
-            "`corrupt` prompt needs `corrupted` TEXT, a prompt of the same token length"
-        )
-    if corrupt == "noise" and subject is None:
-        raise TokenprobeError(
-            "`corrupt` noise needs `subject` TEXT: the span whose embeddings get the noise"
-        )
-    if corrupt == "noise" and corrupted is not None:
-        raise TokenprobeError("give `corrupted` TEXT or `corrupt` noise, not both")
-    if not noise > 0:
-        raise TokenprobeError(f"`noise` must be above 0, not {noise:g}")
-    if isinstance(components, str):
-        components = [components]
-    comps = list(dict.fromkeys(components))
-    if not comps:
-        raise TokenprobeError(f"`components` is empty: give one or more of {', '.join(COMPONENTS)}")
-    for c in comps:
-        if c not in COMPONENTS:
-            raise TokenprobeError(f"`components` must be among {', '.join(COMPONENTS)}, not {c!r}")
-    metric = metric or ("diff" if foil is not None else "prob")
-    if metric == "diff" and foil is None:
-        raise TokenprobeError(
-            "`metric` diff is the logit difference target - foil: give `foil` TEXT"
-        )
-    if metric != "diff" and foil is not None:
-        raise TokenprobeError(
-            f"`foil` is scored only by `metric` diff, not {metric}: drop `metric` or `foil`"
-        )
-    return Settings(corrupt, metric, comps)
+    return TraceInputs(clean, bad, differ, span, target_id, foil_id)
 
 
 def corrupted_input(

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ...heatmap import Heatmap
 from ...results import FIGURE_FORMATS, Result
-from .options import COMPONENTS
+from .options import COMPONENTS, TraceFigure
 from .views import trace_view
 
 
@@ -130,17 +130,12 @@ class TraceResult(Result):
         return cls.files(FIGURE_FORMATS)
 
     def views(
-        self,
-        *,
-        show: str = "score",
-        annotate: bool | None = None,
-        title: str | None = None,
+        self, figure: TraceFigure | None = None, **settings: Any
     ) -> list[tuple[str, Heatmap]]:
-        """A heatmap per component; see `views.trace_view` for the options."""
-        return [
-            (f"trace_{c}", trace_view(self, c, show=show, annotate=annotate, title=title))
-            for c in self.components
-        ]
+        """A heatmap per component; `figure` (or its settings as keyword arguments): see
+        `TraceFigure`."""
+        figure = TraceFigure.build(figure, settings)
+        return [(f"trace_{c}", trace_view(self, c, figure)) for c in self.components]
 
     def summary(self) -> str:
         m = self.meta

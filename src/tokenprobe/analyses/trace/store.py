@@ -55,6 +55,8 @@ class CellStore:
                 scores=np.asarray(scores, dtype=np.float64),
                 cells=np.asarray(finished, dtype=np.int64),
             ),
+            unit="traced cell",
+            count=len(finished),
         )
         self.next += 1
 

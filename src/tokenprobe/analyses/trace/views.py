@@ -13,6 +13,7 @@ from ...heatmap import MAX_FIGURE_WIDTH_IN, Heatmap
 from ...text import display_token
 
 if TYPE_CHECKING:
+    from .options import TraceFigure
     from .result import TraceResult
 
 CMAPS = {"resid": "Purples", "attn": "Reds", "mlp": "Greens"}
@@ -32,17 +33,11 @@ def metric_label(meta: dict) -> str:
     return f"p({target})"
 
 
-def trace_view(
-    result: TraceResult,
-    component: str,
-    *,
-    show: str = "score",
-    annotate: bool | None = None,
-    title: str | None = None,
-) -> Heatmap:
+def trace_view(result: TraceResult, component: str, figure: TraceFigure) -> Heatmap:
     """The heatmap of one component: the score of each cell (`show="normalised"`: 0 =
     corrupted, 1 = clean), values written in the cells when `annotate` (default: up to 24
     positions)."""
+    show, annotate, title = figure.show, figure.annotate, figure.title
     meta = result.meta
     raw = result.scores[component]
     values = result.normalised(raw) if show == "normalised" else raw

@@ -6,10 +6,10 @@ from __future__ import annotations
 from ..base import Analysis
 from .cli import command
 from .compute import tune_lens
-from .options import OPTIONS
+from .options import OPTIONS, TuneLensOptions
 from .result import TuneLensResult
 
-__all__ = ["SPEC", "TuneLensResult", "tune_lens"]
+__all__ = ["SPEC", "TuneLensOptions", "TuneLensResult", "tune_lens"]
 
 SPEC = Analysis(
     name="tune_lens",
@@ -28,4 +28,5 @@ SPEC = Analysis(
     cli=command,
     default_out="lenses/tuned",
     groups=["data", "training", "checkpoints and files"],
+    oom_advice="lower --memory-mb, --batch or --seq-len",
 )

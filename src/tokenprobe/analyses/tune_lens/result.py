@@ -47,17 +47,21 @@ class TuneLensResult(Result):
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> TuneLensResult:
+        """The losses alone (no lens: see `from_folder`)."""
         frame = frame.sort_values(["step", "layer"])
         steps, layers = int(frame["step"].max()) + 1, int(frame["layer"].max()) + 1
-        lens = None
-        folder = meta.get("_folder")
-        if folder is not None:
-            try:
-                lens_format(folder)
-                lens = load_lens(folder)
-            except Exception:  # the table is the result; the lens files may have been moved
-                lens = None
-        return cls(losses=frame["kl"].to_numpy().reshape(steps, layers), lens=lens, meta=meta)
+        return cls(losses=frame["kl"].to_numpy().reshape(steps, layers), lens=None, meta=meta)
+
+    @classmethod
+    def from_folder(cls, folder: Path, frame: pd.DataFrame, meta: dict[str, Any]) -> TuneLensResult:
+        """The losses, and the lens saved beside them when it is still there and readable."""
+        result = cls.from_frame(frame, meta)
+        try:
+            lens_format(folder)
+            result.lens = load_lens(folder)
+        except Exception:  # the table is the result; the lens files may have been moved
+            result.lens = None
+        return result
 
     @classmethod
     def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:

@@ -106,7 +106,7 @@ def test_foil_errors_are_one_line_and_a_long_foil_warns(llama):
 def test_save_load_keeps_the_difference_and_old_results_still_load(llama, tmp_path):
     res = logit_lens(llama, PROMPT, chat=True, dummy=2, targets=TARGETS, foil=" the")
     res.save(tmp_path / "foil", formats=[])
-    back = tokenprobe.Result.load(tmp_path / "foil")
+    back = tokenprobe.load_result(tmp_path / "foil")
     assert isinstance(back, LensResult) and back.foil == " the"
     np.testing.assert_array_equal(back.logit_diff, res.logit_diff)
     assert "logit_diff" in back.to_frame().columns
@@ -118,7 +118,7 @@ def test_save_load_keeps_the_difference_and_old_results_still_load(llama, tmp_pa
     for key in ("foil", "foil_id", "foil_token"):
         meta.pop(key)
     meta_path.write_text(json.dumps(meta))
-    old = tokenprobe.Result.load(tmp_path / "foil")
+    old = tokenprobe.load_result(tmp_path / "foil")
     assert old.foil is None and old.logit_diff is None
     np.testing.assert_array_equal(old.entropy, res.entropy)
     assert "logit_diff" not in old.to_frame().columns
@@ -240,7 +240,7 @@ def test_composite_layout_has_no_overlaps():
 def test_the_page_shows_both_parts_with_box_and_frames(tmp_path):
     res = with_diff(synthetic(40, marked=(34, 40)))
     res.save(tmp_path / "c", formats=["png"], plot_options={"zoom": "24:40", "colour": "diff"})
-    back = tokenprobe.Result.load(tmp_path / "c")
+    back = tokenprobe.load_result(tmp_path / "c")
     whole, detail = back.sections()
     assert len(whole["cols"]) == 40 and whole["box"] == [24, 40] and whole["frame"] == [34, 40]
     assert len(detail["cols"]) == 16 and detail["box"] is None and detail["frame"] == [10, 16]
@@ -297,13 +297,13 @@ def test_cli_foil_colour_and_overview(model_dir, tmp_path, capsys):
         ]
     )
     assert code == 0
-    res = tokenprobe.Result.load(out)
+    res = tokenprobe.load_result(out)
     assert res.foil == " Sydney" and res.logit_diff is not None
     assert res.meta["plot_options"]["colour"] == "diff"
     assert [s["box"] for s in res.sections()] == [[res.n_positions - 8, res.n_positions], None]
     assert (out / "lens.png").stat().st_size > 0
     main([*base, "--zoom=-8:", "--no-overview", "--out", str(tmp_path / "single")])
-    assert len(tokenprobe.Result.load(tmp_path / "single").sections()) == 1
+    assert len(tokenprobe.load_result(tmp_path / "single").sections()) == 1
     capsys.readouterr()
     for argv, message in [
         (
@@ -339,11 +339,11 @@ def test_a_demo_entry_may_give_a_foil_and_figure_options(model_dir, tmp_path, mo
         "zoom": "-8:",
         "colour": "diff",
     }
-    monkeypatch.setattr(tokenprobe.cli, "demo_specs", lambda: {"lens": [entry]})
+    monkeypatch.setattr(tokenprobe.cli.demo, "demo_specs", lambda: {"lens": [entry]})
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(model_dir), "--out", str(out)]) == 0, (
         capsys.readouterr().err
     )
-    res = tokenprobe.Result.load(out / "lens_composite")
+    res = tokenprobe.load_result(out / "lens_composite")
     assert res.foil == " Sydney" and res.meta["plot_options"] == {"zoom": "-8:", "colour": "diff"}
     assert len(res.sections()) == 2 and (out / "report.html").is_file()

@@ -72,7 +72,7 @@ def test_the_command_line_says_which_lens(model_dir, tmp_path, capsys):
     assert code == 0, err
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["lens"]["path"] == str(tmp_path / "lens") and meta["analysis"] == "tuned lens"
-    loaded = tokenprobe.Result.load(tmp_path / "out")
+    loaded = tokenprobe.load_result(tmp_path / "out")
     assert "tuned lens" in loaded.views()[0][1].title
     direct = tokenprobe.logit_lens(lm, PROMPT, lens=tmp_path / "lens").to_frame()
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / "lens.parquet"), direct)

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import numpy as np
+import pandas as pd
 import pytest
+import test_bad_input
+import test_cli
 import torch
+from test_bad_input import assert_one_error, run_any
 
 from tokenprobe import TokenprobeError, past_similarity
-from tokenprobe.analyses.similarity import insert_markers
+from tokenprobe.analyses.similarity import (
+    SimilarityFigure,
+    SimilarityOptions,
+    SimilarityResult,
+    insert_markers,
+)
+from tokenprobe.loading import load_result
+
+model_dir = test_cli.model_dir  # the tiny model folder the command-line cases run on
+no_model_load = test_bad_input.no_model_load  # loading a model fails the test
 
 # Named by hand so the reference does not share the adapter's discovery.
 BLOCKS = {
@@ -210,7 +226,7 @@ def test_multi_token_marker_uses_its_last_token(llama):
         ({"texts": TEXT, "window": 0}, "window must be at least 1"),
         ({"texts": TEXT, "occurrence": 0}, "occurrence counts from 1"),
         ({"texts": [], "window": 3}, "the data set is empty"),
-        ({"texts": TEXT, "direction": "sideways"}, "direction must be past or future"),
+        ({"texts": TEXT, "direction": "sideways"}, "direction must be one of past, future"),
         ({"texts": "x " * 200 + "_PAUSE_"}, "longer than the model's context of 128"),
     ],
 )
@@ -222,10 +238,150 @@ def test_bad_inputs(llama, kwargs, message):
 def test_save_load_roundtrip(llama, tmp_path):
     res = past_similarity(llama, "a b _PAUSE_ c", window=5, centre=True)
     res.save(tmp_path / "sim", formats=["png"])
-    from tokenprobe import Result
 
-    back = Result.load(tmp_path / "sim")
+    back = load_result(tmp_path / "sim")
     np.testing.assert_array_equal(back.cosine, res.cosine)
     np.testing.assert_array_equal(back.count, res.count)
     assert back.tokens == res.tokens and back.centre and back.marker == "_PAUSE_"
     assert (tmp_path / "sim" / "similarity.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------- settings, declared once
+
+NAN, INF = float("nan"), float("inf")
+BAD_SETTINGS = {  # refused as `SimilarityOptions` is built: before the model does any work
+    "a fraction for a count": ({"window": 2.5}, "`window` must be a whole number, not 2.5"),
+    "True for a count": ({"occurrence": True}, "`occurrence` must be a whole number, not True"),
+    "text for a count": ({"window": "3"}, "`window` must be a whole number, not '3'"),
+    "nan for a count": ({"insert_every": NAN}, "`insert_every` must be a whole number, not nan"),
+    "inf for a count": ({"chunk_texts": INF}, "`chunk_texts` must be a whole number, not inf"),
+    "a count for a switch": ({"centre": 1}, "`centre` must be True or False, not 1"),
+    "a number for text": ({"marker": 3}, "`marker` must be text, not 3"),
+    "below a limit": ({"window": 0}, "`window` must be at least 1, not 0"),
+    "below a limit, its own words": ({"occurrence": 0}, "`occurrence` counts from 1, not 0"),
+    "no insert every 0 tokens": ({"insert_every": 0}, "`insert_every` must be at least 1, not 0"),
+    "beyond an int64": ({"window": 2**63}, "`window` must be at most 9223372036854775807"),
+    "outside the choices": (
+        {"direction": "sideways"},
+        "`direction` must be one of past, future, not 'sideways'",
+    ),
+    "batch_tokens": ({"batch_tokens": 0}, "`batch_tokens` must be at least 1, not 0"),
+    "both ways of inserting": (
+        {"insert_every": 2, "insert_after": "."},
+        "give `insert_every` or `insert_after`, not both",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SETTINGS)
+def test_a_bad_setting_is_refused_naming_it(case):
+    kwargs, message = BAD_SETTINGS[case]
+    shown = re.escape(message.replace("`", ""))  # a Python caller reads the bare name
+    with pytest.raises(TokenprobeError, match=shown) as caught:
+        past_similarity(None, TEXT, **kwargs)  # no model: refused before any is used
+    assert message in caught.value.template  # the parameter named, for the flag to replace
+    with pytest.raises(TokenprobeError, match=shown):
+        SimilarityOptions(**kwargs)
+
+
+def _tiny_result() -> SimilarityResult:
+    cosine = np.array([[0.5, -0.25], [0.1, np.nan]], dtype=np.float32)
+    return SimilarityResult(
+        layer_labels=["0", "1"],
+        cosine=cosine,
+        count=np.array([1, 0]),
+        tokens=[None, None],
+        marker="_PAUSE_",
+        occurrence=1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (NAN, "vmax must be a finite number, not nan"),
+        (INF, "vmax must be a finite number, not inf"),
+        (-INF, "vmax must be a finite number, not -inf"),
+        (True, "vmax must be a number, not True"),
+        ("1", "vmax must be a number, not '1'"),
+        (0.0, "vmax must be above 0, not 0"),
+    ],
+)
+def test_a_bad_figure_setting_is_refused_naming_it(value, message):
+    with pytest.raises(TokenprobeError, match=re.escape(message)):
+        _tiny_result().views(vmax=value)
+    with pytest.raises(TokenprobeError, match=re.escape(message)):
+        SimilarityFigure(vmax=value)
+    with pytest.raises(TypeError, match="no such setting"):
+        _tiny_result().views(colour="diff")
+
+
+def test_figure_settings_as_an_object_or_as_keywords_draw_the_same():
+    result = _tiny_result()
+    ((_, by_object),) = result.views(SimilarityFigure(vmax=2.0, title="T", cmap="magma"))
+    ((_, by_keywords),) = result.views(vmax=2.0, title="T", cmap="magma")
+    assert (by_object.vmin, by_object.vmax, by_object.title, by_object.cmap) == (
+        -2.0,
+        2.0,
+        "T",
+        "magma",
+    )
+    assert (by_keywords.vmin, by_keywords.vmax, by_keywords.title) == (-2.0, 2.0, "T")
+    ((_, default),) = result.views()
+    assert default.vmax == 0.5 and default.cmap == "viridis"
+
+
+def test_options_as_an_object_equal_the_same_settings_as_keywords(llama):
+    settings = {"window": 5, "centre": True, "direction": "future", "occurrence": 1}
+    by_object = past_similarity(llama, TEXT, options=SimilarityOptions(**settings))
+    by_keywords = past_similarity(llama, TEXT, **settings)
+    pd.testing.assert_frame_equal(by_object.to_frame(), by_keywords.to_frame())
+    assert by_object.meta["options"] == by_keywords.meta["options"]
+    # keywords given with `options` replace its settings
+    both = past_similarity(llama, TEXT, options=SimilarityOptions(window=3), **settings)
+    pd.testing.assert_frame_equal(both.to_frame(), by_keywords.to_frame())
+    signature = inspect.signature(past_similarity).parameters
+    assert signature["window"].default == 16 and signature["marker"].default == "_PAUSE_"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'windows'"):
+        past_similarity(llama, TEXT, windows=3)
+
+
+BAD_FLAGS = {  # one line naming the flag, exit status 2, the model never loaded
+    "--window 2.5": (["--window", "2.5"], "argument --window: expected a whole number, not '2.5'"),
+    "--window nan": (["--window", "nan"], "argument --window: expected a whole number, not 'nan'"),
+    "--window 0": (["--window", "0"], "--window must be at least 1, not 0"),
+    "--occurrence 0": (["--occurrence", "0"], "--occurrence counts from 1, not 0"),
+    "--insert-every 0": (["--insert-every", "0"], "--insert-every must be at least 1, not 0"),
+    "--insert-every -2": (["--insert-every", "-2"], "--insert-every must be at least 1, not -2"),
+    "--direction sideways": (
+        ["--direction", "sideways"],
+        "argument --direction: invalid choice: 'sideways'",
+    ),
+    "--batch-tokens inf": (
+        ["--batch-tokens", "inf"],
+        "argument --batch-tokens: expected a whole number, not 'inf'",
+    ),
+    "both ways of inserting": (
+        ["--insert-every", "2", "--insert-after", "."],
+        "give --insert-every or --insert-after, not both",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_a_bad_flag_is_one_line_before_the_model_loads(
+    case, model_dir, tmp_path, capsys, no_model_load
+):
+    argv, message = BAD_FLAGS[case]
+    code, _, err = run_any(
+        capsys,
+        "similarity",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path / "o"),
+        "--text",
+        "a b _PAUSE_ c",
+        *argv,
+    )
+    assert_one_error(code, err, message)

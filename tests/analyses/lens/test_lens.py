@@ -165,7 +165,7 @@ def test_frame_roundtrip_and_save_load(llama, tmp_path):
     res = logit_lens(llama, PROMPT, chat=True, dummy=3, targets=[" Canberra"])
     written = res.save(tmp_path / "lens", formats=["png", "svg"])
     assert {"table", "meta", "png", "svg"} <= set(written)
-    back = tokenprobe.Result.load(tmp_path / "lens")
+    back = tokenprobe.load_result(tmp_path / "lens")
     assert isinstance(back, tokenprobe.LensResult)
     assert back.tokens == res.tokens and back.token_ids == res.token_ids
     assert back.marked == res.marked

@@ -6,12 +6,14 @@ batched equals one at a time; bad input is one line; save, load, figures and the
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import warnings
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import zoo
@@ -21,9 +23,18 @@ from test_conformance import HEADS
 from torch import nn
 
 import tokenprobe
-from tokenprobe import LoadedModel, Result, TokenprobeError, causal_trace
-from tokenprobe.analyses.trace import Problem, Tracer, embedding_std
+import tokenprobe.analyses.trace
+from tokenprobe import LoadedModel, TokenprobeError, causal_trace
+from tokenprobe.analyses.trace import (
+    Problem,
+    TraceFigure,
+    TraceOptions,
+    Tracer,
+    TraceResult,
+    embedding_std,
+)
 from tokenprobe.analyses.trace import tiles as tiles_module
+from tokenprobe.loading import load_result
 
 CLEAN = "What is the capital of Australia? The capital is"
 CORRUPTED = "What is the capital of orange? The capital is"  # the same 10 tokens but one
@@ -631,7 +642,7 @@ def test_save_and_load_round_trip_with_a_figure_per_component(traced, tmp_path):
     meta = json.loads((tmp_path / "t" / "meta.json").read_text())
     for key in ("clean_score", "corrupted_score", "metric", "estimate_correlation", "marked"):
         assert meta[key] is not None, key
-    back = Result.load(tmp_path / "t")
+    back = load_result(tmp_path / "t")
     assert type(back).__name__ == "TraceResult" and back.components == traced.components
     assert back.tokens == traced.tokens
     for c in traced.components:
@@ -958,6 +969,125 @@ def test_counts_that_are_not_whole_numbers_are_one_line(bpe):
             causal_trace(lm, CLEAN, **{**noise, name: value})
     with pytest.raises(TokenprobeError, match="^window must be a whole number"):
         causal_trace(lm, CLEAN, corrupted=CORRUPTED, target=TARGET, window=2.0, progress=False)
+
+
+# ----------------------------------------------------------------------------- settings, declared once
+
+NOISED = dict(corrupt="noise", subject="Australia", target=TARGET)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("samples", 2.5, "^samples must be a whole number, not 2.5$"),
+        ("samples", True, "^samples must be a whole number, not True$"),
+        ("window", "3", "^window must be a whole number, not '3'$"),
+        ("seed", 10**23, f"^seed must be at most {2**63 - 1}, not {10**23}$"),
+        ("seed", -1, "^seed must be at least 0, not -1$"),
+        ("noise", float("nan"), "^noise must be a finite number, not nan$"),
+        ("noise", float("inf"), "^noise must be a finite number, not inf$"),
+        ("noise", "3", "^noise must be a number, not '3'$"),
+        ("noise", 0.0, "^noise must be above 0, not 0$"),
+        ("samples", 0, "^samples must be at least 1, not 0$"),
+        ("window", 0, "^window must be at least 1, not 0$"),
+        ("method", "fast", "^method must be one of exact, estimate, both, not 'fast'$"),
+        ("direction", "up", "^direction must be one of restore, corrupt, not 'up'$"),
+        ("metric", "rank", "^metric must be one of prob, logprob, diff, not 'rank'$"),
+        ("corrupt", "blur", "^corrupt must be one of prompt, noise, not 'blur'$"),
+        ("components", ["resid", "ffn"], "^components must be one of resid, attn, mlp, not 'ffn'$"),
+        ("components", [], "^components is empty"),
+        ("chat", 1, "^chat must be True or False, not 1$"),
+        ("target", 5, "^target must be text, not 5$"),
+        ("batch_tokens", 0, "^batch_tokens must be at least 1, not 0$"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_it_before_the_model_runs(name, value, message):
+    """Checked as the settings are built: `lm` is never touched (None would fail at once)."""
+    with pytest.raises(TokenprobeError, match=message):
+        causal_trace(None, CLEAN, **{**NOISED, name: value})
+    with pytest.raises(TokenprobeError, match=message):
+        TraceOptions(**{**NOISED, name: value})
+    with pytest.raises(TokenprobeError, match=message):  # replacing a setting of a built one
+        causal_trace(None, CLEAN, options=TraceOptions(**NOISED), **{name: value})
+
+
+def test_options_and_keyword_settings_are_the_same_run(bpe):
+    lm = zoo.make_causal("llama", bpe, device=TEST_DEVICE)
+    kw = dict(samples=2, seed=4, window=2, components=["mlp", "resid"], method="both")
+    options = TraceOptions(**NOISED, **kw)
+    by_options = causal_trace(lm, CLEAN, options=options, progress=False)
+    by_keywords = causal_trace(lm, CLEAN, **NOISED, **kw, progress=False)
+    base = TraceOptions(**NOISED, samples=3)
+    mixed = causal_trace(lm, CLEAN, options=base, **kw, progress=False)  # keywords win
+    for other in (by_keywords, mixed):
+        pd.testing.assert_frame_equal(by_options.to_frame(), other.to_frame(), check_exact=True)
+        same = ("created", "versions")
+        assert {k: v for k, v in by_options.meta.items() if k not in same} == {
+            k: v for k, v in other.meta.items() if k not in same
+        }
+    assert by_options.meta["options"]["samples"] == 2 and by_options.components == ["mlp", "resid"]
+    with pytest.raises(TokenprobeError, match="^options must be TraceOptions, not dict$"):
+        causal_trace(lm, CLEAN, options=dict(NOISED))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'sample'"):
+        causal_trace(lm, CLEAN, **NOISED, sample=2)
+
+
+def test_the_signature_shows_every_setting_with_its_default():
+    params = inspect.signature(causal_trace).parameters
+    for f in dataclasses.fields(TraceOptions):
+        assert params[f.name].default == f.default, f.name
+    assert params["samples"].default == 10 and params["components"].default == ("resid",)
+    assert {"options", "checkpoint", "resume", "progress"} <= set(params)
+    spec = tokenprobe.analyses.trace.SPEC
+    assert spec.default("batch_tokens") == 2048
+    assert spec.flags()["resume"] == "--resume"  # `resume` is no setting, but messages name it
+    views = inspect.signature(TraceResult.views).parameters
+    assert list(views) == ["self", "figure", "settings"]
+
+
+def test_the_figure_settings_are_checked_and_old_plot_options_draw(traced, tmp_path):
+    by_object = dict(traced.views(TraceFigure(show="normalised", title="T")))["trace_mlp"]
+    by_keywords = dict(traced.views(show="normalised", title="T"))["trace_mlp"]
+    assert by_object.title == by_keywords.title == "T"
+    np.testing.assert_array_equal(by_object.values, by_keywords.values)
+    with pytest.raises(TokenprobeError, match="^show must be one of score, normalised, not 'raw'$"):
+        traced.views(show="raw")
+    with pytest.raises(TokenprobeError, match="^annotate must be True or False, not 'yes'$"):
+        traced.views(annotate="yes")
+    # a result saved by the previous version: meta.json's plot_options as `views` took them
+    traced.save(tmp_path / "old", formats=[], plot_options={"show": "normalised"})
+    back = load_result(tmp_path / "old")
+    drawn = dict(back.views(**back.meta["plot_options"]))["trace_resid"]
+    assert "normalised" in drawn.colorbar
+    assert back.sections()[0]["kind"] == "trace"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--samples", "2.5"], "argument --samples: expected a whole number, not '2.5'"),
+        (["--samples", "0"], "argument --samples: must be at least 1, not 0"),
+        (["--seed", "-1"], "argument --seed: must be at least 0, not -1"),
+        (["--window", "True"], "argument --window: expected a whole number, not 'True'"),
+        (["--noise", "nan"], "argument --noise: must be a finite number, not 'nan'"),
+        (["--noise", "-1"], "argument --noise: must be above 0, not -1"),
+        (["--method", "fast"], "argument --method: invalid choice: 'fast'"),
+        (["--component", "resid", "ffn"], "argument --component: invalid choice: 'ffn'"),
+        (["--show", "raw"], "argument --show: invalid choice: 'raw'"),
+        (["--corrupted", CORRUPTED], "give --corrupted TEXT or --corrupt noise, not both"),
+        (["--foil", ""], "--foil is empty"),
+        (["--metric", "diff"], "--metric diff is the logit difference target - foil: give --foil"),
+    ],
+)
+def test_a_bad_flag_is_one_line_before_the_model_loads(
+    argv, message, tmp_path, capsys, monkeypatch
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(tokenprobe.model, "load", no_model)
+    base = ["trace", "--out", str(tmp_path / "x"), "--prompt", CLEAN, "--target", TARGET]
+    _one_error(capsys, [*base, "--corrupt", "noise", "--subject", "Australia", *argv], message)
 
 
 def test_an_implausible_target_is_warned_about_once(bpe, model_dir, tmp_path, capsys):

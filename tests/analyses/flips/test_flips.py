@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
+import test_bad_input
+import test_cli
 import torch
+from test_bad_input import assert_one_error, run_any
 
 from tokenprobe import (
+    FlipResult,
     LoadedModel,
     PromptedClassifier,
     SequenceClassifier,
@@ -18,7 +23,12 @@ from tokenprobe import (
     flip_rates,
 )
 from tokenprobe.analyses.flips import bucket_of, rates_table, tokenize_words
+from tokenprobe.analyses.flips.options import FlipFigure, FlipOptions
+from tokenprobe.loading import load_result
 from tokenprobe.stats import wilson
+
+model_dir = test_cli.model_dir  # the tiny model folder the command-line cases run on
+no_model_load = test_bad_input.no_model_load  # loading a model fails the test
 
 TEXTS = [
     "I couldn't believe the capital of Australia is Canberra, not Sydney!",
@@ -235,9 +245,8 @@ def test_save_load_and_one_figure_per_class(seq_clf, tmp_path):
     assert {p.name for p in written.values()} >= {"flips.parquet", "rates.parquet", "meta.json"}
     for cls in res.classes():
         assert (tmp_path / "f" / f"flips_{cls}.png").exists()
-    from tokenprobe import Result
 
-    back = Result.load(tmp_path / "f")
+    back = load_result(tmp_path / "f")
     pd.testing.assert_frame_equal(back.rates, res.rates)
     fig = back.plot(label=res.classes()[0], min_count=1)
     assert fig.axes[0].get_xlabel() == "position bucket" and fig.axes[1].get_ylabel() == "flip rate"
@@ -277,3 +286,115 @@ def test_a_class_with_too_few_occurrences_gets_a_clear_figure(seq_clf):
     res = flip_rates(seq_clf, TEXTS[:2], buckets=4)
     fig = res.plot(label=res.classes()[0], min_count=50)
     assert "lower --min-count" in fig.axes[0].texts[0].get_text()
+
+
+# ------------------------------------------------------------------- settings, declared once
+
+NAN, INF = float("nan"), float("inf")
+BAD_SETTINGS = {  # refused as `FlipOptions` is built: before the classifier runs anything
+    "a fraction": ({"buckets": 2.5}, "`buckets` must be a whole number, not 2.5"),
+    "True": ({"buckets": True}, "`buckets` must be a whole number, not True"),
+    "text": ({"buckets": "3"}, "`buckets` must be a whole number, not '3'"),
+    "nan": ({"buckets": NAN}, "`buckets` must be a whole number, not nan"),
+    "inf": ({"chunk_texts": INF}, "`chunk_texts` must be a whole number, not inf"),
+    "a number for text": ({"perturbation": 3}, "`perturbation` must be text, not 3"),
+    "below a limit": ({"buckets": 0}, "`buckets` must be at least 1, not 0"),
+    "beyond an int64": ({"buckets": 2**63}, "`buckets` must be at most 9223372036854775807"),
+    "no batch": ({"batch_tokens": 0}, "`batch_tokens` must be at least 1, not 0"),
+    "no chunk": ({"chunk_texts": -1}, "`chunk_texts` must be at least 1, not -1"),
+    "a choice": ({"group": "all"}, "`group` must be one of predicted, gold, not 'all'"),
+    "a perturbation": ({"perturbation": "shuffle"}, "unknown `perturbation` 'shuffle': use"),
+    "no filler": ({"perturbation": "filler", "filler": " "}, "`perturbation` filler needs a word"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SETTINGS)
+def test_a_bad_setting_is_refused_naming_it(case):
+    kwargs, message = BAD_SETTINGS[case]
+    shown = re.escape(message.replace("`", ""))  # a Python caller reads the bare name
+    with pytest.raises(TokenprobeError, match=shown) as caught:
+        flip_rates(None, TEXTS, **kwargs)  # no classifier: refused before any is used
+    assert message in caught.value.template  # the parameter named, for the flag to replace
+    with pytest.raises(TokenprobeError, match=shown):
+        FlipOptions(**kwargs)
+
+
+def _tiny_result() -> FlipResult:
+    rows = [(0, "a", 0, "joy", "joy"), (0, "b", 1, "joy", "anger")]
+    rows += [(1, "a", 0, "anger", "joy"), (1, "b", 1, "anger", "anger")]
+    occ = pd.DataFrame(rows, columns=["text_id", "word", "word_index", "original", "perturbed"])
+    flipped = occ["original"] != occ["perturbed"]
+    occ = occ.assign(n_words=2, bucket=occ["word_index"], gold=None, flipped=flipped)
+    return FlipResult(occ, rates_table(occ, LABELS, "predicted"), LABELS, buckets=2)
+
+
+BAD_FIGURES = {
+    "a fraction": ({"top": 1.5}, "`top` must be a whole number, not 1.5"),
+    "True": ({"min_count": True}, "`min_count` must be a whole number, not True"),
+    "nan": ({"top": NAN}, "`top` must be a whole number, not nan"),
+    "inf": ({"min_count": INF}, "`min_count` must be a whole number, not inf"),
+    "below a limit": ({"min_count": 0}, "`min_count` must be at least 1, not 0"),
+    "a choice": ({"rank": "best"}, "`rank` must be one of support, rate, frequency, not 'best'"),
+    "a number for text": ({"cmap": 1}, "`cmap` must be text, not 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FIGURES)
+def test_a_bad_figure_setting_is_refused_naming_it(case):
+    kwargs, message = BAD_FIGURES[case]
+    shown = re.escape(message.replace("`", ""))
+    result = _tiny_result()
+    for draw in (result.views, lambda **kw: result.plot("joy", **kw), FlipFigure):
+        with pytest.raises(TokenprobeError, match=shown):
+            draw(**kwargs)
+
+
+def test_figure_settings_as_an_object_or_as_keywords_draw_the_same():
+    result = _tiny_result()
+    by_object = dict(result.views(FlipFigure(top=1, rank="frequency", min_count=1, title="T")))
+    by_keywords = dict(result.views(top=1, rank="frequency", min_count=1, title="T"))
+    assert list(by_object) == list(by_keywords) == ["flips_anger", "flips_joy"]
+    for name, view in by_object.items():
+        assert (view.rows, view.title) == (by_keywords[name].rows, "T") and len(view.rows) == 1
+    # what meta.json kept of an older run's figures (all three, defaults too) still draws
+    old = dict(result.views(**{"top": 40, "rank": "support", "min_count": 3}))
+    assert [v.rows for v in old.values()] == [v.rows for v in dict(result.views()).values()]
+    with pytest.raises(TypeError, match="no such setting"):
+        result.views(colour="diff")
+
+
+def test_options_as_an_object_equal_the_same_settings_as_keywords(seq_clf):
+    settings = {"buckets": 3, "perturbation": "mask", "chunk_texts": 2, "batch_tokens": 64}
+    by_object = flip_rates(seq_clf, TEXTS, options=FlipOptions(**settings))
+    by_keywords = flip_rates(seq_clf, TEXTS, **settings)
+    pd.testing.assert_frame_equal(by_object.occurrences, by_keywords.occurrences)
+    pd.testing.assert_frame_equal(by_object.rates, by_keywords.rates)
+    assert by_object.meta["options"] == by_keywords.meta["options"]
+    both = flip_rates(seq_clf, TEXTS, options=FlipOptions(buckets=7), **settings)
+    pd.testing.assert_frame_equal(both.rates, by_keywords.rates)  # keywords replace settings
+    signature = inspect.signature(flip_rates).parameters
+    assert signature["buckets"].default == 10 and signature["batch_tokens"].default == 4096
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bucket'"):
+        flip_rates(seq_clf, TEXTS, bucket=3)
+
+
+BAD_FLAGS = {  # one line naming the flag, exit status 2, the model never loaded
+    "--buckets 2.5": (["--buckets", "2.5"], "argument --buckets: expected a whole number"),
+    "--buckets nan": (["--buckets", "nan"], "argument --buckets: expected a whole number"),
+    "--buckets -3": (["--buckets", "-3"], "argument --buckets: must be at least 1, not -3"),
+    "--top 1.5": (["--top", "1.5"], "argument --top: expected a whole number, not '1.5'"),
+    "--min-count inf": (["--min-count", "inf"], "argument --min-count: expected a whole number"),
+    "--group all": (["--group", "all"], "argument --group: invalid choice: 'all'"),
+    "--rank best": (["--rank", "best"], "argument --rank: invalid choice: 'best'"),
+    "--perturb shuffle": (["--perturb", "shuffle"], "unknown --perturb 'shuffle': use delete"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_a_bad_flag_is_one_line(case, model_dir, tmp_path, capsys, no_model_load):
+    argv, message = BAD_FLAGS[case]
+    data = tmp_path / "t.csv"
+    pd.DataFrame({"text": ["a b", "c d"], "label": ["joy", "fear"]}).to_csv(data, index=False)
+    argv = ["--model", str(model_dir), "--out", str(tmp_path / "o"), "--data", str(data), *argv]
+    code, _, err = run_any(capsys, "flips", *argv)
+    assert_one_error(code, err, message)  # before the model loads: `no_model_load`

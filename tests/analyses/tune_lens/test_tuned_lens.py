@@ -1,21 +1,22 @@
 """The tuned lens (issue 17): training lowers every layer's held-out KL, an identity lens is the
 logit lens, files round-trip exactly in both formats (and, where the tuned-lens package is
 installed, between it and tokenprobe), a resumed training equals an uninterrupted one, and the
-commands' bad input is one line each."""
+commands' bad input is one line each; each command's settings are declared once
+(`TuneLensOptions`, `LensEvalOptions`) and refused alike from Python and the command line."""
 
 from __future__ import annotations
 
 import copy
 import json
-import random
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+import test_bad_input
 import test_cli
 import torch
-from conftest import make_model
+from conftest import make_model, randomised, texts
 from test_bad_input import assert_one_error, run_any
 from test_cli import run
 
@@ -31,29 +32,12 @@ from tokenprobe import (
     tune_lens,
 )
 from tokenprobe.analyses.lens import LogitDecoder
+from tokenprobe.analyses.lens_eval.options import LensEvalOptions
+from tokenprobe.analyses.tune_lens.options import TuneLensOptions
 from tokenprobe.tuned import lens_format
 
 model_dir = test_cli.model_dir  # the tiny model folder the commands run on
-
-WORDS = (
-    "the capital of australia is canberra not sydney tools hammer wrench level pliers fruits "
-    "orange peach banana plum quick brown fox jumps over lazy dog hello world"
-).split()
-
-
-def texts(seed: int, n: int = 40) -> list[str]:
-    """Sentences of the tiny tokenizer's words; another seed gives held-out text."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 20))) + "." for _ in range(n)]
-
-
-def randomised(lens: TunedLens, seed: int = 0) -> TunedLens:
-    """The lens with random translators (an identity lens would hide wrong keys or transposes)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lens.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return lens
+no_model_load = test_bad_input.no_model_load  # loading a model fails the test
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +124,7 @@ def test_a_tune_lens_folder_loads_in_both_formats(lm, trained, tmp_path):
     assert theirs.info["format"] == "tuned-lens"
     for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(a, b)
-    loaded = tokenprobe.Result.load(tmp_path / "lens")
+    loaded = tokenprobe.load_result(tmp_path / "lens")
     assert np.array_equal(loaded.losses, trained.losses)
 
 
@@ -267,7 +251,7 @@ def test_lens_eval_writes_its_table_figure_and_report_section(model_dir, corpus,
     assert (table["ce"] > 0).all() and (out / "lens_eval.png").stat().st_size > 10_000
     meta = json.loads((out / "meta.json").read_text())
     assert meta["lens"]["path"] == str(lens_dir) and meta["lens"]["format"] == "tokenprobe"
-    loaded = tokenprobe.Result.load(out)
+    loaded = tokenprobe.load_result(out)
     assert np.allclose(
         loaded.kl, table.pivot(index="lens", columns="layer", values="kl").to_numpy()
     )
@@ -375,3 +359,135 @@ def test_overwrite_in_one_format_removes_the_previous_lens_in_the_other(
     assert code == 0, err
     assert not (out / "config.json").exists() and not (out / "params.pt").exists()
     assert (out / "tuned-lens.safetensors").is_file() and (out / "notes.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------------- settings
+
+NAN, INF = float("nan"), float("inf")
+ONE_BATCH = {"tokens": 128, "seq_len": 32, "batch_size": 4}  # one step of training
+
+# (settings, the message: the parameter named first), for tune_lens and lens_eval
+TUNE_REFUSED = {
+    "tokens 2.5": ({"tokens": 2.5}, "tokens must be a whole number, not 2.5"),
+    "tokens True": ({"tokens": True}, "tokens must be a whole number, not True"),
+    "tokens '3'": ({"tokens": "3"}, "tokens must be a whole number, not '3'"),
+    "lr nan": ({**ONE_BATCH, "lr": NAN}, "lr must be a finite number, not nan"),
+    "weight_decay inf": ({**ONE_BATCH, "weight_decay": INF}, "weight_decay must be a finite"),
+    "lr 0": ({**ONE_BATCH, "lr": 0.0}, "lr must be above 0, not 0"),
+    "precision half": ({**ONE_BATCH, "precision": "half"}, "precision must be one of auto, "),
+    "momentum 1": ({**ONE_BATCH, "momentum": 1.0}, "momentum must be at most 0.999, not 1.0"),
+    "seq_len 1": ({**ONE_BATCH, "seq_len": 1}, "seq_len must be at least 2, not 1"),
+    "batch_size 0": ({**ONE_BATCH, "batch_size": 0}, "batch_size must be at least 1, not 0"),
+    "seed -1": ({**ONE_BATCH, "seed": -1}, "seed must be at least 0, not -1"),
+    "checkpoint_every 0": ({**ONE_BATCH, "checkpoint_every": 0}, "checkpoint_every must be at "),
+    "batch_tokens 0": ({**ONE_BATCH, "batch_tokens": 0}, "batch_tokens must be at least 1"),
+    "memory_mb 0": ({**ONE_BATCH, "memory_mb": 0.0}, "memory_mb must be positive, not 0"),
+    "below one batch": ({**ONE_BATCH, "tokens": 100}, "tokens 100 is below one batch"),
+}
+EVAL_REFUSED = {
+    "tokens 2.5": ({"tokens": 2.5}, "tokens must be a whole number, not 2.5"),
+    "tokens True": ({"tokens": True}, "tokens must be a whole number, not True"),
+    "tokens '3'": ({"tokens": "3"}, "tokens must be a whole number, not '3'"),
+    "tokens 0": ({"tokens": 0}, "tokens must be at least 1, not 0"),
+    "memory_mb nan": ({"memory_mb": NAN}, "memory_mb must be a finite number, not nan"),
+    "memory_mb inf": ({"memory_mb": INF}, "memory_mb must be a finite number, not inf"),
+    "seq_len 1": ({"seq_len": 1}, "seq_len must be at least 2, not 1"),
+    "text_column 3": ({"text_column": 3}, "text_column must be text, not 3"),
+    "batch_tokens nan": ({"batch_tokens": NAN}, "batch_tokens must be a whole number, not nan"),
+}
+
+
+@pytest.mark.parametrize("case", TUNE_REFUSED)
+def test_tune_lens_refuses_a_bad_setting_naming_it(case, lm, tmp_path):
+    """Refused as the settings are built: before any text is read or anything is written."""
+    values, message = TUNE_REFUSED[case]
+    with pytest.raises(tokenprobe.TokenprobeError, match=f"^{message}"):
+        tune_lens(lm, str(tmp_path / "no-such-data.txt"), out=tmp_path / "out", **values)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", EVAL_REFUSED)
+def test_lens_eval_refuses_a_bad_setting_naming_it(case, lm, tmp_path):
+    """Refused before the lens folder (here: none) or the text is read."""
+    values, message = EVAL_REFUSED[case]
+    with pytest.raises(tokenprobe.TokenprobeError, match=f"^{message}"):
+        lens_eval(lm, str(tmp_path / "no-lens"), texts(1), **values)
+
+
+def test_a_settings_object_equals_its_keywords(lm):
+    settings = {**ONE_BATCH, "tokens": 256, "lr": 0.5, "seed": 3}
+    given = tune_lens(lm, texts(0), options=TuneLensOptions(**settings), progress=False)
+    keywords = tune_lens(lm, texts(0), **settings, progress=False)
+    assert np.array_equal(given.losses, keywords.losses)
+    a, b = given.lens.state_dict(), keywords.lens.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # keywords replace the object's settings
+    mixed = tune_lens(
+        lm, texts(0), options=TuneLensOptions(**{**settings, "lr": 9.0}), lr=0.5, progress=False
+    )
+    assert np.array_equal(mixed.losses, keywords.losses)
+    lens = randomised(TunedLens(lm.n_blocks, 32))
+    frames = [
+        lens_eval(lm, lens, texts(1), options=LensEvalOptions(tokens=256, seq_len=32)).to_frame(),
+        lens_eval(lm, lens, texts(1), tokens=256, seq_len=32).to_frame(),
+    ]
+    pd.testing.assert_frame_equal(*frames)
+
+
+def test_the_settings_are_the_flags():
+    """Every setting but the library-only `batch_tokens` (the common --batch-tokens) is a flag
+    of its command, with the declaration's default; `tokens` has none for tune-lens."""
+    from tokenprobe.registry import ANALYSES
+
+    for name, cls in (("tune_lens", TuneLensOptions), ("lens_eval", LensEvalOptions)):
+        spec = ANALYSES[name]
+        shown = ("cli_flag", "default", "minimum", "maximum", "choices", "required", "help")
+        flags = {o.param: [getattr(o, k) for k in shown] for o in spec.options if o.role == "run"}
+        declared = {o.param: [getattr(o, k) for k in shown] for o in cls.options()}
+        assert flags == declared and "batch_tokens" not in flags
+        assert spec.run.settings is cls
+        assert spec.default("batch_tokens") == 4096
+    assert TuneLensOptions.options("tokens")[0].required
+    with pytest.raises(TypeError, match="tokens"):
+        TuneLensOptions()
+
+
+TUNE_CLI_REFUSED = {
+    "--tokens 2.5": (["--tokens", "2.5"], "argument --tokens: expected a whole number, not '2.5'"),
+    "--tokens True": (["--tokens", "True"], "argument --tokens: expected a whole number"),
+    "--lr nan": (["--lr", "nan"], "argument --lr: must be a finite number, not 'nan'"),
+    "--precision half": (["--precision", "half"], "argument --precision: invalid choice: 'half'"),
+    "--momentum 1": (["--momentum", "1"], "--momentum must be at most 0.999, not 1.0"),
+    "--lr 0": (["--lr", "0"], "--lr must be above 0, not 0"),
+    "--batch 0": (["--batch", "0"], "argument --batch: must be at least 1, not 0"),
+    "--warmup-steps -1": (["--warmup-steps", "-1"], "argument --warmup-steps: must be at least 0"),
+    "--memory-mb 0": (["--memory-mb", "0"], "argument --memory-mb: must be at least 1, not 0"),
+    "--tokens 100": (["--tokens", "100"], "--tokens 100 is below one batch (--batch 4 x --seq-len"),
+}
+EVAL_CLI_REFUSED = {
+    "--tokens 2.5": (["--tokens", "2.5"], "argument --tokens: expected a whole number, not '2.5'"),
+    "--tokens 0": (["--tokens", "0"], "argument --tokens: must be at least 1, not 0"),
+    "--memory-mb inf": (["--memory-mb", "inf"], "argument --memory-mb: expected a whole number"),
+    "--seq-len 1": (["--seq-len", "1"], "--seq-len must be at least 2, not 1"),
+}
+
+
+@pytest.mark.parametrize("case", TUNE_CLI_REFUSED)
+def test_tune_lens_flags_are_refused_in_one_line_before_the_model_loads(
+    case, model_dir, corpus, tmp_path, capsys, no_model_load
+):
+    extra, message = TUNE_CLI_REFUSED[case]
+    code, _, err = run_any(capsys, *tune_argv(model_dir, corpus, tmp_path / "t", *extra))
+    assert_one_error(code, err, message)
+
+
+@pytest.mark.parametrize("case", EVAL_CLI_REFUSED)
+def test_lens_eval_flags_are_refused_in_one_line_before_the_model_loads(
+    case, model_dir, corpus, tmp_path, capsys, no_model_load
+):
+    extra, message = EVAL_CLI_REFUSED[case]
+    save_lens(TunedLens(3, 32), tmp_path / "lens")
+    argv = ["lens-eval", "--model", str(model_dir), "--lens", str(tmp_path / "lens")]
+    argv += ["--data", str(corpus / "heldout.csv"), "--out", str(tmp_path / "e"), *extra]
+    code, _, err = run_any(capsys, *argv)
+    assert_one_error(code, err, message)

@@ -6,8 +6,10 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from test_bad_input import assert_one_error, no_model_load, run_any  # noqa: F401  (fixture)
 
 import tokenprobe
 from tokenprobe import TokenprobeError, attribute
@@ -83,8 +85,9 @@ def test_integrated_gradients_match_captum_layer_ig(tiny):
 
 def test_16_bit_weights_warn_that_rounding_blurs_small_scores(llama):
     llama.model.to(torch.bfloat16)
-    with pytest.warns(UserWarning, match="load the model in float32"):
+    with pytest.warns(UserWarning, match="load the model in float32") as caught:
         res = attribute(llama, PROMPT, target=TARGET, features=SPANS, method="ablation")
+    assert caught[0].filename == __file__  # the caller's line, past the settings' wrapper
     assert res.scores.dtype == np.float64 and np.isfinite(res.scores).all()
 
 
@@ -335,7 +338,7 @@ def test_every_prompt_token_is_a_feature_without_spans(llama):
 def test_save_load_and_figure(llama, tmp_path):
     res = attribute(llama, PROMPT, target=TARGET, features=SPANS, method="shapley", samples=10)
     res.save(tmp_path / "attr", formats=["png", "svg"])
-    back = tokenprobe.Result.load(tmp_path / "attr")
+    back = tokenprobe.load_result(tmp_path / "attr")
     np.testing.assert_array_equal(back.scores, res.scores)
     np.testing.assert_array_equal(back.stderr, res.stderr)
     assert back.rows == res.rows and [f["text"] for f in back.features] == SPANS
@@ -378,3 +381,146 @@ def test_bad_inputs(llama, kwargs, message):
     with pytest.raises(TokenprobeError, match=message) as err:
         attribute(llama, PROMPT, **args)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ settings (issue 25)
+
+BAD_SETTINGS = [
+    ({"samples": 2.5}, "`samples` must be a whole number, not 2.5"),
+    ({"steps": True}, "`steps` must be a whole number, not True"),
+    ({"window": "3"}, "`window` must be a whole number, not '3'"),
+    ({"samples": float("nan")}, "`samples` must be a whole number, not nan"),
+    ({"stride": float("inf")}, "`stride` must be a whole number, not inf"),
+    ({"steps": 0}, "`steps` must be at least 1, not 0"),
+    ({"samples": 0}, "`samples` must be at least 1, not 0"),
+    ({"target": None, "generate": 0}, "`generate` must be at least 1, not 0"),
+    ({"seed": -1}, "`seed` must be at least 0, not -1"),
+    ({"seed": 2**63}, "`seed` must be at most 9223372036854775807"),
+    ({"batch_tokens": 0}, "`batch_tokens` must be at least 1, not 0"),
+    ({"ig_baseline": "ones"}, "`ig_baseline` must be one of unk, pad, zero, not 'ones'"),
+    ({"score": "odds"}, "`score` must be one of logprob, prob, not 'odds'"),
+    ({"chat": 1}, "`chat` must be True or False, not 1"),
+    ({"foil": 3}, "`foil` must be text, not 3"),
+    ({"method": "lime"}, "unknown method 'lime': use one of ablation, shapley, occlusion"),
+    ({"baseline": ""}, "`baseline` must be one of remove, pad, unk, mask or a replacement"),
+    (
+        {"generate": 2},
+        "give a `target` to score or `generate` N to attribute the model's own answer, not both",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "words"), BAD_SETTINGS)
+def test_a_bad_setting_is_refused_before_any_model_work(values, words):
+    """Refused as the settings are built: no model is needed to find out (None stands in)."""
+    from tokenprobe import attribute_rows
+    from tokenprobe.analyses.attribution import AttributionOptions
+
+    settings = {"target": TARGET, **values}
+    message = words.replace("`", "")
+    for call in (
+        lambda: attribute(None, PROMPT, **settings),
+        lambda: attribute_rows(None, [PROMPT], **settings),
+        lambda: AttributionOptions(**settings),
+    ):
+        with pytest.raises(TokenprobeError) as err:
+            call()
+        assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_options_must_be_attribution_options():
+    with pytest.raises(TokenprobeError, match="options must be AttributionOptions, not dict"):
+        attribute(None, PROMPT, options={"target": TARGET})
+    with pytest.raises(TypeError, match="'sample'"):  # a misspelt setting, as for any keyword
+        attribute(None, PROMPT, target=TARGET, sample=3)
+
+
+def test_options_object_equals_keywords(llama):
+    from tokenprobe import attribute_rows
+    from tokenprobe.analyses.attribution import AttributionOptions
+
+    run = {"target": TARGET, "features": SPANS, "method": "shapley", "samples": 6, "seed": 3}
+    by_keywords = attribute(llama, PROMPT, **run)
+    by_object = attribute(llama, PROMPT, options=AttributionOptions(**run))
+    both = attribute(  # the keywords replace the object's settings
+        llama,
+        PROMPT,
+        options=AttributionOptions(**{**run, "seed": 9, "samples": 2}),
+        seed=3,
+        samples=6,
+    )
+    for res in (by_object, both):
+        np.testing.assert_array_equal(res.scores, by_keywords.scores)
+        np.testing.assert_array_equal(res.stderr, by_keywords.stderr)
+        assert res.meta["options"] == by_keywords.meta["options"]
+    assert by_keywords.meta["options"]["spans"] == SPANS  # meta.json's names, as before
+    prompts = [PROMPT, "Tools: hammer, wrench. Fruits: kiwi"]
+    rows = {"method": "ablation", "features": ["hammer", "wrench"], "progress": False}
+    kw = attribute_rows(llama, prompts, [TARGET, " plum"], **rows)
+    obj = attribute_rows(
+        llama,
+        prompts,
+        [TARGET, " plum"],
+        options=AttributionOptions(method="ablation", features=["hammer", "wrench"]),
+        progress=False,
+    )
+    pd.testing.assert_frame_equal(obj.frame, kw.frame)
+
+
+def test_the_signatures_show_every_setting_with_its_default():
+    import inspect
+
+    from tokenprobe import attribute_rows
+
+    for func in (attribute, attribute_rows):
+        params = inspect.signature(func).parameters
+        assert params["samples"].default == 64 and params["ig_baseline"].default == "unk"
+        assert params["method"].default == "ablation" and params["batch_tokens"].default == 4096
+        assert params["options"].default is None and params["checkpoint"].default is None
+
+
+def test_figure_settings_object_equals_keywords(llama, tmp_path):
+    from tokenprobe.analyses.attribution import AttributionFigure
+
+    res = attribute(llama, PROMPT, target=TARGET, features=SPANS, method="ablation")
+    ((_, by_keywords),) = res.views(cmap="viridis", title="T", annotate=False)
+    ((_, by_object),) = res.views(AttributionFigure(cmap="viridis", title="T", annotate=False))
+    for view in (by_keywords, by_object):
+        assert (view.cmap, view.title, view.annotate) == ("viridis", "T", False)
+    with pytest.raises(TokenprobeError, match="annotate must be True or False, not 'yes'"):
+        res.views(annotate="yes")
+    with pytest.raises(TypeError, match="'zoom'"):
+        res.views(zoom="0:2")
+    # a folder saved by the previous version: meta.json's plot_options drawn as they were
+    res.save(tmp_path / "a", formats=["png"], plot_options={"cmap": "magma", "title": "old"})
+    back = tokenprobe.load_result(tmp_path / "a")
+    ((_, view),) = back.views(**back.meta["plot_options"])
+    assert (view.cmap, view.title) == ("magma", "old")
+    assert back.sections()[0]["kind"] == "attr"
+
+
+CLI_PROMPT = ["attribute", "--prompt", "Tools: hammer, wrench"]
+BAD_FLAGS = [
+    (
+        ["--target", " x", "--samples", "2.5"],
+        "argument --samples: expected a whole number, not '2.5'",
+    ),
+    (["--target", " x", "--steps", "nan"], "argument --steps: expected a whole number, not 'nan'"),
+    (["--target", " x", "--window", "0"], "argument --window: must be at least 1, not 0"),
+    (["--generate", "0"], "argument --generate: must be at least 1, not 0"),
+    (["--target", " x", "--seed", "-1"], "argument --seed: must be at least 0, not -1"),
+    (["--target", " x", "--ig-baseline", "ones"], "argument --ig-baseline: invalid choice: 'ones'"),
+    (["--target", " x", "--score", "odds"], "argument --score: invalid choice: 'odds'"),
+    (["--target", " x", "--method", "lime"], "unknown method 'lime': use one of ablation, shapley"),
+    (["--target", " x", "--baseline", ""], "--baseline must be one of remove, pad, unk, mask"),
+    (["--target", " x", "--generate", "2"], "give a --target to score or --generate N to"),
+    (["--target", " x", "--batch-tokens", "0"], "argument --batch-tokens: must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_FLAGS)
+def test_a_bad_flag_is_one_line_before_the_model_loads(
+    argv, message, capsys, tmp_path, no_model_load
+):
+    code, _, err = run_any(capsys, *CLI_PROMPT, *argv, "--out", str(tmp_path / "o"))
+    assert_one_error(code, err, message)
