@@ -65,7 +65,7 @@ test: lint browser
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not matrix and not interrupt"
+	$(BIN)/python -m pytest -m fast
 
 # the linter, the formatter's check and the type checker (pre-commit runs the same three)
 lint: $(STAMP)

@@ -159,19 +159,23 @@ def randomised(lens: TunedLens, seed: int = 0) -> TunedLens:
 
 # ------------------------------------------------------------------------------- test tiers
 
-# Files whose every test belongs to a tier of its own (`make test` runs every tier; `make
-# test-fast` leaves these and the slow ones out): the conformance matrix over every
-# architecture, and the tests that interrupt and resume runs.
+# Files whose every test belongs to a tier of its own; `make test` runs every tier, `make
+# test-fast` (`-m fast`) only the tests in none of them and not marked slow (a few minutes).
 TIERS = {
     "matrix": ("test_conformance.py", "test_cli_matrix.py", "test_sweep_adapter.py",
-               "test_sweep_padding.py", "test_sweep_gradients.py"),
+               "test_sweep_padding.py", "test_sweep_gradients.py"),  # every architecture
     "interrupt": ("test_interrupt.py", "test_trace_resume.py", "test_checkpoint_rules.py"),
+    "ray": ("test_ray.py",),  # a local Ray cluster started in the tests
+    "readme": ("test_readme_examples.py",),  # every README example as written
 }  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test of a tier's files with the tier."""
+    """Mark each test of a tier's files with the tier, and the rest `fast` (unless slow or
+    marked with a tier in its own file)."""
     for item in items:
         for tier, files in TIERS.items():
             if item.path.name in files:
                 item.add_marker(getattr(pytest.mark, tier))
+        if not any(item.get_closest_marker(name) for name in ("slow", *TIERS)):
+            item.add_marker(pytest.mark.fast)

@@ -252,6 +252,7 @@ def test_every_cell_equals_one_forward_per_cell(lm, monkeypatch):
 SWEEP = [a for a in zoo.SWEEP if a != "gemma3n"]
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize("arch", SWEEP)
 def test_the_sweeps_families_equal_one_forward_per_cell(arch, bpe, monkeypatch):
     """The families of 2026's sweep, default tiles and finest: a shortcut that does not hold
