@@ -323,12 +323,12 @@ def test_attribute_command(model_dir, tmp_path, capsys):
         "pdf",
     )
     assert code == 0, err
-    table = pd.read_parquet(out / "attr.parquet")
+    table = pd.read_parquet(out / "attribute.parquet")
     assert list(table["feature_text"].unique()) == ["hammer", "wrench"]
     assert table["method"].unique().tolist() == ["shapley"] and table["stderr"].notna().all()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["options"]["samples"] == 8 and meta["target"] == ", peach"
-    assert (out / "attr.pdf").exists()
+    assert (out / "attribute.pdf").exists()
 
 
 def test_attribute_command_resumes_an_interrupted_run(model_dir, tmp_path, capsys, monkeypatch):
@@ -342,18 +342,18 @@ def test_attribute_command_resumes_an_interrupted_run(model_dir, tmp_path, capsy
         original(self, *a, **kw)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tokenprobe.analyses.attribution.problem.FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr("tokenprobe.analyses.attribute.problem.FLUSH_SECONDS", 0.0)
     monkeypatch.setattr(Checkpoint, "append", append_then_stop)
     code, _, err = run(capsys, *argv)
-    assert code == 130 and f"finished work is kept in {out / 'attr.partial'}" in err
+    assert code == 130 and f"finished work is kept in {out / 'attribute.partial'}" in err
     monkeypatch.undo()
     code, _, err = run(capsys, *argv, "--resume")
     assert code == 0, err
-    assert not (out / "attr.partial").exists()
-    resumed = pd.read_parquet(out / "attr.parquet")
+    assert not (out / "attribute.partial").exists()
+    resumed = pd.read_parquet(out / "attribute.parquet")
     code, _, err = run(capsys, *argv[:-2], "--out", str(tmp_path / "whole"))
     assert code == 0, err
-    whole = pd.read_parquet(tmp_path / "whole" / "attr.parquet")
+    whole = pd.read_parquet(tmp_path / "whole" / "attribute.parquet")
     assert abs(resumed["score"] - whole["score"]).max() < 1e-5
     code, _, err = run(capsys, *argv, "--resume")
     assert code == 2 and "pass --overwrite" in err  # nothing to resume: finished outputs stay

@@ -10,7 +10,7 @@ import pytest
 from test_cli import model_dir, run  # noqa: F401  (the tiny model folder fixture)
 
 import tokenprobe
-from tokenprobe.analyses.attribution import rows as attr_rows
+from tokenprobe.analyses.attribute import rows as attr_rows
 from tokenprobe.analyses.lens import rows as lens_rows_module
 from tokenprobe.data import row_lines
 

@@ -166,14 +166,14 @@ def test_attribution_killed_after_commit_resumes_without_recomputing(model_dir, 
     argv += ["--target", ", peach", "--method", "shapley", "--samples", "6"]
     out = tmp_path / "attr"
     killed_at("committed", [*argv, "--out", str(out)], tmp_path)
-    assert not (out / "attr.parquet").exists() and (out / SAVE_JOURNAL).exists()
+    assert not (out / "attribute.parquet").exists() and (out / SAVE_JOURNAL).exists()
     code, _, err = run(capsys, *argv, "--out", str(out), "--resume")
     assert code == 0, err
     assert json.loads((out / "meta.json").read_text())["forward_passes"] == 0  # all from disk
     assert run(capsys, *argv, "--out", str(tmp_path / "whole"))[0] == 0
     assert files_in(out) == files_in(tmp_path / "whole")
-    resumed = pd.read_parquet(out / "attr.parquet")
-    whole = pd.read_parquet(tmp_path / "whole" / "attr.parquet")
+    resumed = pd.read_parquet(out / "attribute.parquet")
+    whole = pd.read_parquet(tmp_path / "whole" / "attribute.parquet")
     assert abs(resumed["score"] - whole["score"]).max() < 1e-5
 
 
@@ -374,7 +374,7 @@ def test_integrated_gradients_in_one_batch_say_no_step_was_kept(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:  # every step is in the one batch that is interrupted
-        m.setattr("tokenprobe.analyses.attribution.gradients._per_row_grads", stop)
+        m.setattr("tokenprobe.analyses.attribute.gradients._per_row_grads", stop)
         code, _, err = run(capsys, *argv)
     assert code == 130 and "0 of 8 integration steps" in err, err
     with monkeypatch.context() as m:  # two batches of 4 steps, stopped in the second
@@ -386,7 +386,7 @@ def test_integrated_gradients_in_one_batch_say_no_step_was_kept(
                 raise KeyboardInterrupt
             return original(*a, **kw)
 
-        from tokenprobe.analyses.attribution import gradients as attribution
+        from tokenprobe.analyses.attribute import gradients as attribution
 
         original = attribution._per_row_grads
         m.setattr(attribution, "_per_row_grads", first_only)

@@ -102,7 +102,7 @@ def test_prompts_over_data_on_ray_equal_the_local_run(model_dir, data, tmp_path,
     ]
     if command == "attribute":
         argv += ["--method", "ablation"]
-    kind = "lens" if command == "lens" else "attr"
+    kind = "lens" if command == "lens" else "attribute"
     assert run(capsys, *argv, "--out", str(tmp_path / "here"))[0] == 0
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "ray"), "--ray", "--workers", "2")
     assert code == 0, err

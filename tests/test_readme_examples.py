@@ -493,7 +493,7 @@ def expected_files(args: Any) -> list[str]:
     data = getattr(args, "data", None)
     match args.command:
         case "lens" | "attribute":
-            stem = "lens" if args.command == "lens" else "attr"
+            stem = "lens" if args.command == "lens" else "attribute"
             if data:
                 return [
                     f"{stem}.parquet",
@@ -528,7 +528,7 @@ FINITE = {
 }
 TABLE = {
     "lens": "lens.parquet",
-    "attribute": "attr.parquet",
+    "attribute": "attribute.parquet",
     "similarity": "similarity.parquet",
     "flips": "rates.parquet",
     "trace": "trace.parquet",
@@ -712,7 +712,7 @@ def check_attribute(run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: 
     import torch
 
     if args.data:
-        metas = row_metas(run, "attr")
+        metas = row_metas(run, "attribute")
         assert len(metas) == len(pd.read_csv(run.root / args.data)), run.describe()
     else:
         metas = [meta]

@@ -162,12 +162,17 @@ def test_every_section_renders_and_hovers_in_chromium(browser, all_kinds, tmp_pa
     page, requests, dialogs, _ = _open(browser, html)
     sections = page.query_selector_all("section.heatmap")
     kinds = [s.get_attribute("data-kind") for s in sections]
-    assert {"lens", "similarity", "attr", "flips"} <= set(kinds)
+    assert {"lens", "similarity", "attribute", "flips"} <= set(kinds)
     for s in sections:
         assert s.get_attribute("data-rendered") == "1"
         box = s.query_selector("canvas").bounding_box()
         assert box["width"] > 300 and box["height"] > 100
-    expected = {"lens": "entropy", "similarity": "layer", "attr": "attribution", "flips": "bucket"}
+    expected = {
+        "lens": "entropy",
+        "similarity": "layer",
+        "attribute": "attribution",
+        "flips": "bucket",
+    }
     seen = set()
     for s, kind in zip(sections, kinds, strict=True):
         if kind in seen:
@@ -255,7 +260,7 @@ def test_the_demo_report_in_chromium(browser, tmp_path, capsys):
     sections = page.query_selector_all("section.heatmap")
     kinds = [s.get_attribute("data-kind") for s in sections]
     assert (
-        sorted(set(kinds)) == ["attr", "flips", "lens", "similarity", "trace"]
+        sorted(set(kinds)) == ["attribute", "flips", "lens", "similarity", "trace"]
         and kinds.count("flips") == 4
         and kinds.count("trace") == 2  # the residual stream and the MLPs
     )
@@ -265,7 +270,7 @@ def test_the_demo_report_in_chromium(browser, tmp_path, capsys):
     words = {
         "lens": "entropy",
         "similarity": "cosine",
-        "attr": "attribution",
+        "attribute": "attribution",
         "flips": "bucket",
         "trace": "normalised",
     }

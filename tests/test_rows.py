@@ -11,7 +11,7 @@ import pytest
 from test_cli import assert_one_line_errors, model_dir, run  # noqa: F401  (fixture)
 
 import tokenprobe
-from tokenprobe.analyses.attribution import rows as attr_rows
+from tokenprobe.analyses.attribute import rows as attr_rows
 from tokenprobe.analyses.lens import rows as lens_rows_module
 from tokenprobe.report import collect, render
 
@@ -119,7 +119,7 @@ def test_attribution_over_data_equals_one_prompt_at_a_time(
         str(tmp_path / "all"),
     )
     assert code == 0, err
-    table = pd.read_parquet(tmp_path / "all" / "attr.parquet")
+    table = pd.read_parquet(tmp_path / "all" / "attribute.parquet")
     lm = tokenprobe.load(str(model_dir))
     for i, (prompt, target) in enumerate(zip(PROMPTS, TARGETS, strict=True)):
         alone = tokenprobe.attribute(lm, prompt, target=target, method="ablation").to_frame()
@@ -128,8 +128,8 @@ def test_attribution_over_data_equals_one_prompt_at_a_time(
             mine[alone.columns], alone, check_dtype=False, rtol=1e-6, atol=1e-9
         )
     assert sorted(p.name for p in (tmp_path / "all").glob("*.png")) == [
-        "attr_row0.png",
-        "attr_row1.png",
+        "attribute_row0.png",
+        "attribute_row1.png",
     ]
     page = render([result for _, result in collect(tmp_path / "all")])
     assert "row 0:" in page and "row 1:" in page
@@ -159,7 +159,7 @@ def test_an_interrupted_data_run_resumes_to_the_same_table(
 ):
     module = lens_rows_module if command == "lens" else attr_rows
     name = "_lens_chunk" if command == "lens" else "_attribute_chunk"
-    kind = "lens" if command == "lens" else "attr"
+    kind = "lens" if command == "lens" else "attribute"
     extra = ["--target-column", "answer"] + (
         ["--method", "ablation"] if command == "attribute" else []
     )

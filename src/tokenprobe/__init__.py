@@ -25,9 +25,9 @@ _WHERE = {
     **dict.fromkeys(("PreparedInput", "prepare"), ".text"),
     **dict.fromkeys(
         ("AttributionResult", "AttributionOptions", "AttributionFigure", "attribute"),
-        ".analyses.attribution",
+        ".analyses.attribute",
     ),
-    "attribute_rows": ".analyses.attribution.rows",
+    "attribute_rows": ".analyses.attribute.rows",
     "lens_rows": ".analyses.lens.rows",
     **dict.fromkeys(
         (
@@ -123,13 +123,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .analyses import ANALYSES, Analysis, Option, register
-    from .analyses.attribution import (
+    from .analyses.attribute import (
         AttributionFigure,
         AttributionOptions,
         AttributionResult,
         attribute,
     )
-    from .analyses.attribution.rows import attribute_rows
+    from .analyses.attribute.rows import attribute_rows
     from .analyses.flips import (
         FlipFigure,
         FlipOptions,

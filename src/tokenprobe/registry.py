@@ -50,7 +50,7 @@ def by_kind(kind: object) -> Analysis:
     """The analysis whose results are saved with `kind` in their meta.json."""
     _load_built_in()
     for spec in ANALYSES.values():
-        if spec.result.kind == kind:
+        if kind == spec.result.kind or kind in spec.result.old_kinds:
             return spec
     raise TokenprobeError(f"unknown result kind {kind!r}")
 

@@ -56,7 +56,11 @@ def _previous_files(out: Path) -> set[str]:
         return set()
     names = set(kind.saved_names(meta))
     if "data_rows" in meta:  # a data-set run: its tables and its rows' figures
-        names = {n for n in map(str, meta.get("files") or []) if n.startswith(f"{kind.kind}")}
+        names = {
+            n
+            for n in map(str, meta.get("files") or [])
+            if n.startswith((kind.kind, *kind.old_kinds))
+        }
         names.add("meta.json")
     files = meta.get("files")
     if isinstance(files, list):
@@ -70,6 +74,7 @@ class Result:
     (`to_frame`, `from_frame`) and its heatmaps (`views`)."""
 
     kind: ClassVar[str] = ""
+    old_kinds: ClassVar[tuple[str, ...]] = ()  # what earlier versions saved this kind as
     meta: dict[str, Any]
     # the finished checkpoint this result was built from, kept until save() has written it
     # (set by Checkpoint.finish inside checkpoint.kept_until_saved(); None otherwise)
@@ -131,8 +136,10 @@ class Result:
     @classmethod
     def saved_names(cls, meta: dict[str, Any]) -> list[str]:
         """Every file a saved result of this kind with this meta.json can occupy, in any
-        format (for results saved before meta.json listed its files)."""
-        return cls.files(FIGURE_FORMATS)
+        format (for results saved before meta.json listed its files, or under an old kind)."""
+        stems = (cls.kind, *cls.old_kinds)
+        names = [f"{stem}.{ext}" for stem in stems for ext in ("parquet", *FIGURE_FORMATS)]
+        return [*cls.files(FIGURE_FORMATS), *names]
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables a saved result holds, by file stem; the first is what `load` reads."""

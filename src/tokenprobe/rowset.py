@@ -374,7 +374,8 @@ class RowSet(Result):
     ) -> RowSet:
         """A saved RowSet from its table and meta.json (its row metas are read beside them,
         in `folder`)."""
-        rows_table = folder / f"{inner.kind}_rows.parquet"
+        saved = str(meta.get("kind", inner.kind))  # an earlier version's kind, for old folders
+        rows_table = folder / f"{saved}_rows.parquet"
         if not rows_table.is_file():
             raise TokenprobeError(f"{folder} lacks {rows_table.name}: re-run the analysis")
         metas = pd.read_parquet(rows_table).sort_values(ROW)["meta"]
@@ -384,7 +385,7 @@ class RowSet(Result):
         if len(row_meta) != want or have != list(range(len(row_meta))):
             raise TokenprobeError(
                 f"{folder} is damaged: meta.json says {want} data rows, {rows_table.name} holds "
-                f"{len(row_meta)} and {inner.kind}.parquet {len(have)}: re-run the analysis"
+                f"{len(row_meta)} and {saved}.parquet {len(have)}: re-run the analysis"
             )
         return cls(inner, frame, row_meta, int(meta.get("figure_rows", DEFAULT_FIGURES)), meta)
 

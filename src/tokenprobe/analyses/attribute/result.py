@@ -22,7 +22,8 @@ class AttributionResult(Result):
     row's own score (log-probability under teacher forcing, or probability).
     """
 
-    kind: ClassVar[str] = "attr"
+    kind: ClassVar[str] = "attribute"
+    old_kinds: ClassVar[tuple[str, ...]] = ("attr",)  # saved before 0.2: attr.parquet
 
     features: list[dict[str, Any]]  # text, start, end (character range in the prompt), positions
     rows: list[str]

@@ -172,7 +172,7 @@ def _open_store(
     checkpoint: str | Path | None,
     resume: bool,
 ) -> ScoreStore | None:
-    """The run's checkpoint in `checkpoint`/attr.partial (None without `checkpoint`), with
+    """The run's checkpoint in `checkpoint`/attribute.partial (None without `checkpoint`), with
     what an interrupted run of the same settings finished."""
     # batching changes speed, not the numbers; the prompt and target are kept as ids
     skip = ("batch_tokens", "chat", "system", "spans", "target_spans")

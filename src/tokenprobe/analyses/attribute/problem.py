@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 BASELINES = ("remove", "pad", "unk", "mask")  # what replaces an ablated feature (or any text)
 DEFAULT_BASELINE = "remove"
 SCORES = ("logprob", "prob")  # a row's score: log-probability or probability
-PARTIAL = "attr.partial"  # the checkpoint folder inside --out
+PARTIAL = "attribute.partial"  # the checkpoint folder inside --out (<kind>.partial)
 FLUSH_SECONDS = 30.0  # how often finished work is written to the checkpoint during a run
 
 

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 SPEC = Analysis(
-    name="attribution",
+    name="attribute",
     command="attribute",
     run=attribute,
     result=AttributionResult,
@@ -46,7 +46,7 @@ SPEC = Analysis(
     "the feature); shapley averages marginal contributions over sampled permutations (antithetic pairs; "
     "exact enumeration when --samples >= features!); saliency, input_x_gradient and integrated_gradients "
     "act on the prompt's embedding-layer output and are summed over a feature's tokens. Writes "
-    "attr.parquet, attr.png and meta.json.",
+    "attribute.parquet, attribute.png and meta.json.",
     options=OPTIONS,
     cli=command,
     demo=demo,

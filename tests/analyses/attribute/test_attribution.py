@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_16_bit_weights_warn_that_rounding_blurs_small_scores(llama):
 def test_batched_backward_gives_the_per_row_gradients(llama, monkeypatch):
     """The GPU's single vmapped backward (forced here on the CPU) equals one backward per row,
     for grouped rows and for probability scores too."""
-    from tokenprobe.analyses.attribution import gradients as attr_module
+    from tokenprobe.analyses.attribute import gradients as attr_module
 
     kwargs = dict(target=TARGET, features=SPANS, target_spans=[", banana", " plum."], steps=4)
     for score in ("logprob", "prob"):
@@ -254,7 +255,7 @@ def test_interrupted_attribution_resumes_without_recomputing(
     full = attribute(llama, PROMPT, **run)
     with pytest.raises(KeyboardInterrupt):
         attribute(llama, PROMPT, **run, checkpoint=tmp_path, _after_batch=StopAfter(stop))
-    partial = tmp_path / "attr.partial"
+    partial = tmp_path / "attribute.partial"
     assert list(partial.glob("part-*.npz"))  # what was finished is on disk
     with pytest.raises(TokenprobeError, match="pass resume"):
         attribute(llama, PROMPT, **run, checkpoint=tmp_path)
@@ -273,7 +274,7 @@ def test_bad_method_options_leave_no_checkpoint_behind(llama, tmp_path):
     run = dict(target=TARGET, features=SPANS, method="integrated_gradients", checkpoint=tmp_path)
     with pytest.raises(TokenprobeError, match="steps must be at least 1"):
         attribute(llama, PROMPT, **run, steps=0)
-    assert not (tmp_path / "attr.partial").exists()
+    assert not (tmp_path / "attribute.partial").exists()
     attribute(llama, PROMPT, **run, steps=4)  # the corrected command needs no --resume
 
 
@@ -286,7 +287,7 @@ def test_occlusion_window_one_equals_token_ablation(llama):
 
 
 def test_batched_scores_equal_one_at_a_time(tiny):
-    from tokenprobe.analyses.attribution import Problem, build_features
+    from tokenprobe.analyses.attribute import Problem, build_features
 
     prompt = ids_of(tiny, PROMPT)
     target = tiny.tokenizer.encode(TARGET, add_special_tokens=False)
@@ -333,6 +334,28 @@ def test_every_prompt_token_is_a_feature_without_spans(llama):
     res = attribute(llama, PROMPT, target=TARGET, method="ablation")
     assert len(res.features) == len(ids_of(llama, PROMPT))
     assert "".join(f["text"] for f in res.features) == PROMPT
+
+
+def test_a_result_saved_under_the_old_kind_attr_still_loads_and_is_replaced_whole(llama, tmp_path):
+    """Before the one-name rename the kind was `attr` (attr.parquet, attr.png): such a folder
+    loads, and saving over it leaves none of its old files behind."""
+    res = attribute(llama, PROMPT, target=TARGET, method="ablation")
+    old = tmp_path / "old"
+    res.save(old)
+    meta = json.loads((old / "meta.json").read_text())
+    for ext in ("parquet", "png"):
+        (old / f"attribute.{ext}").rename(old / f"attr.{ext}")
+    meta.update(kind="attr", files=["attr.parquet", "meta.json", "attr.png"])
+    (old / "meta.json").write_text(json.dumps(meta))
+    back = tokenprobe.load_result(old)
+    assert isinstance(back, tokenprobe.AttributionResult)
+    np.testing.assert_array_equal(back.scores, res.scores)
+    res.save(old, overwrite=True)
+    assert sorted(p.name for p in old.iterdir()) == [
+        "attribute.parquet",
+        "attribute.png",
+        "meta.json",
+    ]
 
 
 def test_save_load_and_figure(llama, tmp_path):
@@ -414,7 +437,7 @@ BAD_SETTINGS = [
 def test_a_bad_setting_is_refused_before_any_model_work(values, words):
     """Refused as the settings are built: no model is needed to find out (None stands in)."""
     from tokenprobe import attribute_rows
-    from tokenprobe.analyses.attribution import AttributionOptions
+    from tokenprobe.analyses.attribute import AttributionOptions
 
     settings = {"target": TARGET, **values}
     message = words.replace("`", "")
@@ -437,7 +460,7 @@ def test_options_must_be_attribution_options():
 
 def test_options_object_equals_keywords(llama):
     from tokenprobe import attribute_rows
-    from tokenprobe.analyses.attribution import AttributionOptions
+    from tokenprobe.analyses.attribute import AttributionOptions
 
     run = {"target": TARGET, "features": SPANS, "method": "shapley", "samples": 6, "seed": 3}
     by_keywords = attribute(llama, PROMPT, **run)
@@ -480,7 +503,7 @@ def test_the_signatures_show_every_setting_with_its_default():
 
 
 def test_figure_settings_object_equals_keywords(llama, tmp_path):
-    from tokenprobe.analyses.attribution import AttributionFigure
+    from tokenprobe.analyses.attribute import AttributionFigure
 
     res = attribute(llama, PROMPT, target=TARGET, features=SPANS, method="ablation")
     ((_, by_keywords),) = res.views(cmap="viridis", title="T", annotate=False)
@@ -496,7 +519,7 @@ def test_figure_settings_object_equals_keywords(llama, tmp_path):
     back = tokenprobe.load_result(tmp_path / "a")
     ((_, view),) = back.views(**back.meta["plot_options"])
     assert (view.cmap, view.title) == ("magma", "old")
-    assert back.sections()[0]["kind"] == "attr"
+    assert back.sections()[0]["kind"] == "attribute"
 
 
 CLI_PROMPT = ["attribute", "--prompt", "Tools: hammer, wrench"]
