@@ -29,7 +29,7 @@ from .errors import TokenprobeError
 warnings.filterwarnings("ignore", message=r"Glyph .* missing from font", category=UserWarning)
 
 MAX_FIGURE_WIDTH_IN = 60.0
-FRAME_COLOUR = "#1b9e3e"  # green: outlined columns, e.g. the lens's dummy tokens (as seed 004)
+FRAME_COLOUR = "#1b9e3e"  # green: outlined columns, e.g. the lens's dummy tokens
 BOX_COLOUR = "#7b1fa2"  # purple: on an overview, the region drawn in detail below it
 MASKED_COLOUR = "#d9d9d9"
 

@@ -1,5 +1,5 @@
 """The lens's contrastive score (`foil`: logit(target) - logit(foil) per cell, `colour="diff"`)
-and seed 004's composite figure (`overview`: the whole prompt above, the zoom boxed, the zoom
+and the overview + detail composite figure (`overview`: the whole prompt above, the zoom boxed, the zoom
 in detail below)."""
 
 from __future__ import annotations

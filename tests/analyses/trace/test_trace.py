@@ -26,7 +26,7 @@ import tokenprobe
 import tokenprobe.analyses.trace
 from tokenprobe import LoadedModel, TokenprobeError, causal_trace
 from tokenprobe.analyses.trace import (
-    Problem,
+    Comparison,
     TraceFigure,
     TraceOptions,
     Tracer,
@@ -457,7 +457,7 @@ def test_restoring_every_position_of_a_layer_gives_the_clean_score(arch, bpe):
     clean, bad = _ids(lm, CLEAN), _ids(lm, CORRUPTED)
     target = lm.tokenizer.encode(TARGET, add_special_tokens=False)[0]
     for direction in ("restore", "corrupt"):
-        tracer = Tracer(lm, Problem(clean, bad, target, None, "logprob", direction), ["resid"])
+        tracer = Tracer(lm, Comparison(clean, bad, target, None, "logprob", direction), ["resid"])
         cells = [
             [(tracer.index[("resid", k)], p) for p in range(len(clean))] for k in range(lm.n_layers)
         ]

@@ -34,6 +34,6 @@ SPEC = Analysis(
     cli=command,
     demo=demo,
     oom_advice="lower --memory-mb",
-    demo_help="logit lens (two prompts, the first as seed 004's composite figure with a foil, and "
+    demo_help="logit lens (two prompts, the first as an overview + detail figure with a foil, and "
     "that one again through the tuned lens shipped for the built-in model)",
 )

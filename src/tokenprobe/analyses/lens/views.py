@@ -1,6 +1,6 @@
 """The lens's heatmaps: x = input tokens, y = layers with "output" on top, the top-1 token in
 each cell, colour = entropy (or the logit difference target - foil); hovering on the page gives
-the top-k and the targets. With a zoom on a longer prompt, one composite figure (seed 004's):
+the top-k and the targets. With a zoom on a longer prompt, one composite figure (overview + detail):
 the whole prompt above, a purple box marking the zoom, the zoom in detail below."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from .options import (
 )
 from .result import TraceResult
 from .sites import Site, find_sites
-from .tracer import Problem, Tracer
+from .tracer import Comparison, Tracer
 
 __all__ = [
     "COMPONENTS",
@@ -27,7 +27,7 @@ __all__ = [
     "METHODS",
     "METRICS",
     "SPEC",
-    "Problem",
+    "Comparison",
     "Site",
     "TraceFigure",
     "TraceOptions",

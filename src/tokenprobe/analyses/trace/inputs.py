@@ -12,7 +12,7 @@ from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
 from ...text import PreparedInput, display_token, encode, first_token, prepare
 from .options import TraceOptions
-from .tracer import Problem
+from .tracer import Comparison
 
 
 @dataclass
@@ -32,11 +32,11 @@ class TraceInputs:
         """The positions the figures mark: the subject's, else where the prompts differ."""
         return list(self.span or self.differ or []) or None
 
-    def problem(self, metric: str, direction: str, noise: torch.Tensor | None) -> Problem:
+    def problem(self, metric: str, direction: str, noise: torch.Tensor | None) -> Comparison:
         """What the trace compares: these ids (the clean ones again under noise), these tokens."""
         clean = list(self.clean.input_ids)
         corrupted = list(self.bad.input_ids) if self.bad is not None else clean
-        return Problem(
+        return Comparison(
             clean, corrupted, self.target_id, self.foil_id, metric, direction, noise, self.span
         )
 

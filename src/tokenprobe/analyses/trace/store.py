@@ -13,7 +13,7 @@ import numpy as np
 from ...checkpoint import Checkpoint, digest, model_settings, npz_writer
 from ...model import LoadedModel
 from ...runner import open_checkpoint
-from .tracer import Problem
+from .tracer import Comparison
 
 PARTIAL = "trace.partial"  # in the output folder (the result's kind, as `check_out` expects)
 SUFFIX = ".cells.npz"  # a part: one batch's rows of one component, their scores, cells finished
@@ -63,7 +63,7 @@ class CellStore:
 
 def open_store(
     lm: LoadedModel,
-    problem: Problem,
+    problem: Comparison,
     options: dict[str, Any],
     checkpoint: str | Path | None,
     resume: bool,

@@ -43,7 +43,7 @@ OnBatch = Callable[[list[int], np.ndarray], None]
 
 
 @dataclass
-class Problem:
+class Comparison:
     """What one trace compares: the clean ids, the corrupted ids (noise: the same ids, with
     `noise` (samples, span, width) added to the embeddings of positions `span`), the scored
     token(s) and which run is the base."""
@@ -72,7 +72,7 @@ def score_logits(logits: torch.Tensor, metric: str, target: int, foil: int | Non
 class Tracer(Shortcuts):
     """Clean and corrupted runs recorded once; then cells scored in batches."""
 
-    def __init__(self, lm: LoadedModel, problem: Problem, components: Sequence[str]) -> None:
+    def __init__(self, lm: LoadedModel, problem: Comparison, components: Sequence[str]) -> None:
         self.lm, self.pb = lm, problem
         self.adapter = lm.require_adapter()
         self.n_pos = len(problem.clean_ids)
