@@ -26,7 +26,7 @@ import tokenprobe
 import tokenprobe.cli
 from tokenprobe.analyses import Analysis, Option, register, unregister
 from tokenprobe.analyses.base import Session
-from tokenprobe.analyses.settings import Settings, setting, takes
+from tokenprobe.analyses.settings import Settings, setting, with_options
 from tokenprobe.checkpoint import model_settings, npz_writer
 from tokenprobe.cli import error_line
 from tokenprobe.heatmap import Heatmap
@@ -108,7 +108,7 @@ class NormFigure(Settings):
     cmap: str = setting("viridis", "colour map", choices=("viridis", "magma"), group="figure")
 
 
-@takes(NormOptions)
+@with_options(NormOptions)
 def hidden_norms(
     lm: tokenprobe.LoadedModel,
     prompt: str,

@@ -10,7 +10,7 @@ from dataclasses import FrozenInstanceError, dataclass
 import pytest
 
 from tokenprobe.analyses.option import Whole
-from tokenprobe.analyses.settings import PromptSettings, Settings, setting, takes
+from tokenprobe.analyses.settings import PromptSettings, Settings, setting, with_options
 from tokenprobe.errors import TokenprobeError
 
 
@@ -95,12 +95,12 @@ def test_the_flags_come_from_the_fields():
         _Toy.options("nope")
 
 
-@takes(_Toy)
+@with_options(_Toy)
 def _toy_run(x: int, *, options: _Toy, progress: bool = False) -> tuple[int, _Toy, bool]:
     return x, options, progress
 
 
-def test_takes_accepts_the_object_the_keywords_or_both():
+def test_with_options_accepts_the_object_the_keywords_or_both():
     assert _toy_run(1)[1] == _Toy()
     assert _toy_run(1, count=4)[1] == _toy_run(1, options=_Toy(count=4))[1]
     both = _toy_run(1, options=_Toy(count=4, mode="b", scale=1.0), mode="a", progress=True)
@@ -124,7 +124,7 @@ def test_the_signature_shows_every_setting_with_its_default():
 def test_a_setting_named_twice_is_refused_at_import():
     with pytest.raises(TypeError, match="settings of _Toy"):
 
-        @takes(_Toy)
+        @with_options(_Toy)
         def twice(*, options: _Toy, count: int = 3) -> None: ...
 
 

@@ -1,7 +1,7 @@
 """One declaration per setting: an analysis's options are a frozen dataclass (a `Settings`)
 whose fields carry their flag, help, limits and choices (`setting`, after inseq's `cli_arg`).
 
-The same class is what the library function takes (`takes` keeps keyword arguments for
+The same class is what the library function takes (`with_options` keeps keyword arguments for
 Python callers, built from the fields), what the command line's flags are made from
 (`Settings.options`) and the one place every value is checked: its declared type (a whole
 number for an `int` field, a finite number for a `float` one), its choices and limits, and the
@@ -37,9 +37,10 @@ def setting(
     cli: bool = True,
     **option: Any,
 ) -> Any:
-    """A field of a `Settings` class: its default and, unless `cli` is False (a setting only
-    Python callers give, such as a decoder object), the command-line option's `help`, `flag`,
-    `group`, `choices`, `minimum`, `maximum`, `metavar`, `action`, ... (see `base.Option`)."""
+    """A field of a `Settings` class: its default, its limits and choices (`minimum`,
+    `maximum`, `choices`: checked for every setting) and, unless `cli` is False (a setting only
+    Python callers give), its command-line flag: `help`, `flag`, `group`, `metavar`, `action`,
+    ... (see `option.Option`)."""
     return field(default=default, metadata={"option": Option(None, help, **option), "cli": cli})
 
 
@@ -172,7 +173,7 @@ def _option(f: Field[Any], hint: Any, role: str) -> Option:
     return replace(about, param=f.name, role=role, default=default, type=argtype)
 
 
-def takes(cls: type[Settings]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+def with_options(cls: type[Settings]) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Decorate a library function whose `options` parameter is a `cls`: callers may give
     `options=cls(...)`, the settings as keyword arguments, or both (keywords win); the
     function gets one checked `cls`. Its signature shows every setting with its default.

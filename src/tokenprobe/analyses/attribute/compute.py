@@ -25,7 +25,7 @@ from ...model import LoadedModel
 from ...provenance import provenance
 from ...runner import open_checkpoint, progress_disabled
 from ...text import first_token
-from ..settings import takes
+from ..settings import with_options
 from .features import AttributionInput, prepare_attribution
 from .gradients import GRADIENT_METHODS
 from .methods import METHODS, MethodOutput
@@ -48,7 +48,7 @@ CONTRASTIVE = DEFINITION.replace(
 ).replace("(exp of it with score=prob)", "(p(row) - p(foil) with score=prob)")
 
 
-@takes(AttributionOptions)
+@with_options(AttributionOptions)
 def attribute(
     lm: LoadedModel,
     prompt: str,

@@ -11,7 +11,7 @@ from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
 from ...rowset import DEFAULT_FIGURES, RowSet, at_rows, prompt_rows, run_rows
 from ...text import one_token_text
-from ..settings import takes
+from ..settings import with_options
 from .compute import _check, _foil_id, attribute
 from .features import prepare_attribution
 from .options import AttributionOptions
@@ -56,7 +56,7 @@ def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) ->
         _foil_id(lm, o.foil, inp.target_text)
 
 
-@takes(AttributionOptions)
+@with_options(AttributionOptions)
 def attribute_rows(
     lm: LoadedModel,
     prompts: Sequence[str],

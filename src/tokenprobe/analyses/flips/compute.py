@@ -20,7 +20,7 @@ from ...checkpoint import Checkpoint, digest, model_settings
 from ...errors import TokenprobeError
 from ...provenance import provenance
 from ...runner import Remote, open_checkpoint, progress_disabled, run_chunks
-from ..settings import takes
+from ..settings import with_options
 from .classifiers import Classifier
 from .options import FlipOptions
 from .result import FlipResult
@@ -95,7 +95,7 @@ def _settings(
     }
 
 
-@takes(FlipOptions)
+@with_options(FlipOptions)
 def flip_rates(
     classifier: Classifier,
     texts: Sequence[str],

@@ -25,7 +25,7 @@ from ...provenance import provenance
 from ...runner import map_batches, pad_batch, pad_id_of, progress_disabled, token_budget_batches
 from ...text import PreparedInput, prepare, token_texts
 from ...tuned.lens import TunedLens, check_lens
-from ..settings import takes
+from ..settings import with_options
 from .check import check_output_row, check_rows
 from .decoders import Decoder, LogitDecoder, tuned_decoder
 from .options import LensOptions
@@ -158,7 +158,7 @@ def _foil_id(
     return fid
 
 
-@takes(LensOptions)
+@with_options(LensOptions)
 def logit_lens(
     lm: LoadedModel,
     prompts: str | PreparedInput | Sequence[str | PreparedInput],

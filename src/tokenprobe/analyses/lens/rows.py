@@ -12,7 +12,7 @@ from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
 from ...rowset import DEFAULT_FIGURES, RowSet, at_rows, prompt_rows, run_rows
 from ...text import one_token_text, prepare
-from ..settings import takes
+from ..settings import with_options
 from .compute import _foil_id, _target_ids, logit_lens
 from .options import LensOptions
 from .result import LensResult
@@ -72,7 +72,7 @@ def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) ->
     _foil_id(lm, o.foil, targets, _target_ids(lm, targets))
 
 
-@takes(LensOptions)
+@with_options(LensOptions)
 def lens_rows(
     lm: LoadedModel,
     prompts: Sequence[str],

@@ -21,14 +21,14 @@ from ...tuned import TunedDecoder, TunedLens, load_lens, pack, read_corpus
 from ...tuned.corpus import check_seq_len
 from ...tuned.lens import check_lens
 from ...tuned.train import rowdot
-from ..settings import takes
+from ..settings import with_options
 from .options import LensEvalOptions
 from .result import LENSES, LensEvalResult
 
 DEFAULT_MEMORY_MB = {"cpu": 512, "cuda": 4096}
 
 
-@takes(LensEvalOptions)
+@with_options(LensEvalOptions)
 def lens_eval(
     lm: LoadedModel,
     lens: str | os.PathLike[str] | TunedLens,

@@ -30,7 +30,7 @@ from ...runner import (
     token_budget_batches,
 )
 from ...text import ensure_marker, token_texts
-from ..settings import takes
+from ..settings import with_options
 from .cosines import Cosines, Texts
 from .layout import _chunks, _texts_of_part
 from .markers import find_marker, insert_markers
@@ -162,7 +162,7 @@ def _sums(
     return total, count
 
 
-@takes(SimilarityOptions)
+@with_options(SimilarityOptions)
 def past_similarity(
     lm: LoadedModel,
     texts: str | Sequence[str],

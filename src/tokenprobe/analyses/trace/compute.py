@@ -25,7 +25,7 @@ from ...model.adapter import weight_of
 from ...provenance import provenance
 from ...runner import progress_disabled, token_budget_batches
 from ...text import PreparedInput, token_texts
-from ..settings import takes
+from ..settings import with_options
 from .estimate import first_order
 from .inputs import TraceInputs, trace_inputs
 from .options import TraceOptions
@@ -39,7 +39,7 @@ TOP = 10  # ... and it is not among the clean run's top this many tokens
 Plans = dict[str, tuple[list[Cell], list[tuple[int, int]]]]
 
 
-@takes(TraceOptions)
+@with_options(TraceOptions)
 def causal_trace(
     lm: LoadedModel,
     prompt: str | PreparedInput,

@@ -12,14 +12,14 @@ from ...checkpoint import Checkpoint
 from ...model import LoadedModel
 from ...provenance import provenance
 from ...tuned import train_lens
-from ..settings import takes
+from ..settings import with_options
 from .options import TuneLensOptions
 from .result import TuneLensResult
 
 PARTIAL = f"{TuneLensResult.kind}.partial"
 
 
-@takes(TuneLensOptions)
+@with_options(TuneLensOptions)
 def tune_lens(
     lm: LoadedModel,
     data: str | Sequence[str],
