@@ -22,7 +22,7 @@ from torch import nn
 
 import tokenprobe
 from tokenprobe import TokenprobeError
-from tokenprobe.analyses.trace import Problem, Tracer
+from tokenprobe.analyses.trace import Comparison, Tracer
 from tokenprobe.analyses.trace import tiles as tiles_module
 
 PROMPT = "What is the capital of Australia? The capital of Australia is"
@@ -370,7 +370,7 @@ def test_gemma3n_restoring_every_position_of_a_layer_gives_the_clean_score(gemma
     clean, bad = (_ids(gemma3n, t)[0].tolist() for t in (CLEAN, CORRUPTED))
     target = gemma3n.tokenizer.encode(" Canberra", add_special_tokens=False)[0]
     for direction in ("restore", "corrupt"):
-        problem = Problem(clean, bad, target, None, "logprob", direction)
+        problem = Comparison(clean, bad, target, None, "logprob", direction)
         tracer = Tracer(gemma3n, problem, ["resid"])
         cells = [
             [(tracer.index[("resid", k)], p) for p in range(len(clean))]
