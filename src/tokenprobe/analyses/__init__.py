@@ -14,7 +14,15 @@ from .base import Analysis, Option
 
 __all__ = ["ANALYSES", "Analysis", "Option", "by_command", "by_kind", "register", "unregister"]
 
-BUILT_IN = ("lens", "similarity", "attribute", "flips", "tune_lens", "lens_eval", "trace")
+BUILT_IN = (
+    "lens",
+    "similarity",
+    "attribute",
+    "flips",
+    "tune_lens",
+    "lens_eval",
+    "trace",
+)
 
 for _name in BUILT_IN:
     register(importlib.import_module(f".{_name}", __name__).SPEC)

@@ -96,6 +96,11 @@ class Adapter:
         return len(self.blocks)
 
     @property
+    def width(self) -> int:
+        """The residual stream's width (the blocks' width; the embedding's where none says)."""
+        return _state_width(self.blocks) or int(weight_of(self.embed).shape[-1])
+
+    @property
     def streams(self) -> int:
         """How many streams the blocks carry (1 but for Gemma 3n's AltUp blocks)."""
         return self.merge.streams if self.merge is not None else 1

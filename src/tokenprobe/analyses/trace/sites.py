@@ -29,9 +29,7 @@ from torch import nn
 
 from ...errors import TokenprobeError
 from ...model import Adapter, execution_device
-
-_ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
-_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
+from ...model.parts import find_module
 
 
 @dataclass
@@ -45,32 +43,6 @@ class Site:
     module: nn.Module | None = None  # attn/mlp: the module whose output is the state
     path: str = ""  # where it is, for meta.json
     residual: bool = False  # the module adds the residual itself: its state is output - residual
-
-
-def _is_norm_or_dropout(name: str, module: nn.Module) -> bool:
-    kind = type(module).__name__.lower()
-    return "norm" in kind or "dropout" in kind or "norm" in name or name.startswith("ln")
-
-
-def _find(block: nn.Module, component: str) -> tuple[str, nn.Module] | None:
-    """The attention or MLP module among a block's children, else None."""
-    children = [(n, m) for n, m in block.named_children() if not _is_norm_or_dropout(n, m)]
-    names, words = (
-        (_ATTN_NAMES, ("attention",))
-        if component == "attn"
-        else (_MLP_NAMES, ("mlp", "moe", "feedforward"))
-    )
-    for name, module in children:
-        if name in names:
-            return name, module
-    for name, module in children:
-        if any(w in type(module).__name__.lower() for w in words):
-            return name, module
-    if component == "mlp":  # OPT: fc1, activation, fc2 directly in the block
-        for name, module in children:
-            if name == "fc2" and isinstance(module, nn.Linear):
-                return name, module
-    return None
 
 
 def _adds_residual(module: nn.Module) -> bool:
@@ -88,7 +60,7 @@ def find_sites(adapter: Adapter, component: str) -> list[Site | None]:
         return [Site("resid", k, k, path=f"{adapter.blocks_path} layer {k}") for k in range(n + 1)]
     sites: list[Site | None] = []
     for b, block in enumerate(adapter.blocks):
-        found = _find(block, component)
+        found = find_module(block, component)
         if found is None:
             sites.append(None)
             continue
