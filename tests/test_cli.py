@@ -512,8 +512,10 @@ def test_demo_attributes_in_float32_when_auto_loads_16_bits(
 
     monkeypatch.setattr(tokenprobe.model, "load", gpu_like_load)
     specs = tokenprobe.cli.demo_specs()
-    # the tiny tokenizer gives two of the demo's verbalisers the same first token
-    monkeypatch.setattr(tokenprobe.cli.demo, "demo_specs", lambda: {**specs, "flips": []})
+    # the tiny tokenizer gives two of the demo's verbalisers the same first token, and ' Paris'
+    # and ' Rome' too; its model has 2 blocks, not 30
+    specs |= {"flips": [], "logit_attribution": [], "attention": []}
+    monkeypatch.setattr(tokenprobe.cli.demo, "demo_specs", lambda: specs)
     out = tmp_path / "demo"
     code, _, err = run(capsys, "demo", "--model", str(folder), "--out", str(out))
     assert code == 0, err

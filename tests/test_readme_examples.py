@@ -64,7 +64,18 @@ NOT_EXAMPLES = {
     "ray": "starts a Ray cluster by hand; without RAY_ADDRESS, --ray starts a local one",
     "export": "points --ray at a cluster (RAY_ADDRESS); the tests use a local one",
 }
-COMMANDS = {"lens", "similarity", "attribute", "flips", "trace", "tune-lens", "lens-eval", "report"}
+COMMANDS = {
+    "lens",
+    "similarity",
+    "attribute",
+    "logit-attribution",
+    "flips",
+    "trace",
+    "attention",
+    "tune-lens",
+    "lens-eval",
+    "report",
+}
 TIMEOUT = {"fast": 300, "slow": 900}  # seconds per example
 
 
@@ -514,6 +525,20 @@ def expected_files(args: Any) -> list[str]:
             return [*lens, "tuned_lens.parquet", "meta.json", *figures("tuned_lens", args)]
         case "lens-eval":
             return ["lens_eval.parquet", "meta.json", *figures("lens_eval", args)]
+        case "logit-attribution":
+            stems = ("logit_attribution", "logit_attribution_heads", "logit_attribution_positions")
+            return [
+                "logit_attribution.parquet",
+                "meta.json",
+                *(f for s in stems for f in figures(s, args)),
+            ]
+        case "attention":
+            files = ["attention.parquet", "meta.json", *figures("attention_layer", args)]
+            if args.head is not None:
+                files += figures("attention_head", args)
+            if args.to:
+                files += ["attention_to.parquet", *figures("attention_to", args)]
+            return files
     raise AssertionError(f"no expectations for `tokenprobe {args.command}`: add them here")
 
 
@@ -525,6 +550,8 @@ FINITE = {
     "trace": ["score"],
     "tune-lens": None,  # every float column
     "lens-eval": None,
+    "logit-attribution": ["value"],
+    "attention": ["weight"],
 }
 TABLE = {
     "lens": "lens.parquet",
@@ -534,6 +561,8 @@ TABLE = {
     "trace": "trace.parquet",
     "tune-lens": "tuned_lens.parquet",
     "lens-eval": "lens_eval.parquet",
+    "logit-attribution": "logit_attribution.parquet",
+    "attention": "attention.parquet",
 }
 
 
@@ -808,6 +837,37 @@ def check_lens_eval(run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: 
     assert (inner["ce"] > 0).all(), run.describe()
 
 
+def check_logit_attribution(
+    run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: Any
+) -> None:
+    """The target (and foil) are likely next tokens; the parts add up to the model's own logit
+    (difference) at every position, which favours the target over the foil at the last one; the
+    heads add up to their block's attention."""
+    prompt = prompt_of(args, run.root)
+    assert_plausible_target(smol, prompt, args.chat, args.target, run)
+    exact = meta["exactness"]
+    assert exact["max_abs_error"] <= exact["tolerance"], exact
+    last = table[table["position"] == table["position"].max()]
+    whole = last[last["component"].isin(["embed", "attn", "mlp", "mixer", "bias"])]["value"].sum()
+    assert whole > 0, f"the model does not favour the target at the last position\n{run.describe()}"
+    heads = last[last["component"].isin(["head", "attn_bias"])].groupby("layer")["value"].sum()
+    attn = last[last["component"] == "attn"].set_index("layer")["value"]
+    np.testing.assert_allclose(heads.sort_index(), attn.loc[heads.index].sort_index(), atol=1e-3)
+
+
+def check_attention(run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: Any) -> None:
+    """Softmax weights: every stored query row of every head sums to 1 and looks only back; the
+    eager implementation agreed on the first layer; --to's weights are within [0, 1]."""
+    assert table["weight"].between(0, 1 + 1e-6).all() and (table["key"] <= table["query"]).all()
+    sums = table.groupby(["layer", "head", "query"])["weight"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-4)
+    check = meta["eager_check"]
+    assert check.get("passed", True), check
+    if args.to:
+        to = pd.read_parquet(run.out / "attention_to.parquet")
+        assert to["weight"].between(0, 1 + 1e-6).all() and to["weight"].max() > 0.05, run.describe()
+
+
 def check_report(run: Run, args: Any, *_: Any) -> None:
     """Every result written under the folder before it is in the page; none skipped."""
     assert "warning" not in run.stderr, run.describe()
@@ -825,6 +885,8 @@ PLAUSIBLE = {
     "flips": check_flips,
     "tune-lens": check_tune_lens,
     "lens-eval": check_lens_eval,
+    "logit-attribution": check_logit_attribution,
+    "attention": check_attention,
     "report": check_report,
 }
 

@@ -290,16 +290,19 @@ def _help_of(capsys, *argv: str) -> str:
 
 def test_the_toy_is_in_report_help_and_in_demo_help_only_with_a_demo(norms, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "1000")
-    listed = "lens, similarity, attribute, flips, tune-lens, lens-eval, trace and norms)"
+    listed = (
+        "lens, similarity, attribute, logit-attribution, flips, tune-lens, lens-eval, trace, "
+        "attention and norms)"
+    )
     assert f"(any mix of {listed} into one HTML file" in _help_of(capsys, "report")
     demo = _help_of(capsys, "demo")
-    assert "norms" not in demo and "MLPs) and report.html in --out, on the built-in" in demo
+    assert "norms" not in demo and "' Tower') and report.html in --out, on the built-in" in demo
     unregister(SPEC.name)  # the same toy with a demo entry (the fixture removes it again)
     register(replace(SPEC, demo=lambda session, entry, out: None, demo_help="toy norms (a cat)"))
-    assert "MLPs), toy norms (a cat) and report.html in --out" in _help_of(capsys, "demo")
+    assert "' Tower'), toy norms (a cat) and report.html in --out" in _help_of(capsys, "demo")
     unregister(SPEC.name)  # a demo without its own phrase: its help up to the colon
     register(replace(SPEC, demo=lambda session, entry, out: None))
-    assert "MLPs), toy and report.html in --out" in _help_of(capsys, "demo")
+    assert "' Tower'), toy and report.html in --out" in _help_of(capsys, "demo")
 
 
 def test_the_toy_gets_its_own_out_of_memory_advice(norms, model_dir, tmp_path, capsys, monkeypatch):

@@ -229,6 +229,42 @@ def test_a_1000_position_lens_stays_responsive(browser, tmp_path):
     page.close()
 
 
+def test_a_4096_token_attention_pattern_renders_in_chromium(browser, tmp_path):
+    """The attention view at 4,096 tokens: one image per section, drawn and decoded quickly
+    (bertviz draws one element per cell and stalls past ~512 tokens)."""
+    import torch
+
+    from tokenprobe.analyses.attention import AttentionResult
+    from tokenprobe.analyses.attention.result import Pattern
+
+    n = 4096
+    scores = torch.randn(1, n, n, generator=torch.Generator().manual_seed(0))
+    weights = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), -torch.inf)
+    tokens = [f" t{i}" for i in range(n)]
+    meta = {"tokens": tokens, "attention_layers": [0], "stored": "asked", "options": {"head": 0}}
+    result = AttentionResult(
+        tokens, [0], 1, Pattern.from_dense({0: weights.softmax(-1)}, [0]), meta=meta
+    )
+    html = write_report([result], tmp_path / "attention.html")
+    page, requests, dialogs, seconds = _open(browser, html)
+    sections = page.query_selector_all("section.heatmap")
+    assert sections and all(s.get_attribute("data-rendered") == "1" for s in sections)
+    for s in sections:
+        img = s.query_selector("img")
+        img.scroll_into_view_if_needed()
+        page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=img, timeout=30_000)
+        box = img.bounding_box()
+        assert box["width"] > 200 and box["height"] > 200
+        assert s.query_selector_all("canvas, td, rect") == []  # no element per cell
+    assert page.eval_on_selector_all("body *", "e => e.length") < 200
+    assert [u for u in requests if not u.startswith("file://")] == [] and dialogs == []
+    print(
+        f"\n4,096-token attention: {html.stat().st_size / 2**20:.1f} MB, drawn in {seconds:.2f} s"
+    )
+    assert seconds < 30  # generous: a benchmark, not a speed test
+    page.close()
+
+
 def test_flip_rates_page_has_one_section_per_class(all_kinds):
     res = tokenprobe.load_result(all_kinds / "flips")
     page = render([res])
@@ -260,10 +296,15 @@ def test_the_demo_report_in_chromium(browser, tmp_path, capsys):
     sections = page.query_selector_all("section.heatmap")
     kinds = [s.get_attribute("data-kind") for s in sections]
     assert (
-        sorted(set(kinds)) == ["attribute", "flips", "lens", "similarity", "trace"]
+        sorted(set(kinds))
+        == ["attention", "attribute", "flips", "lens", "logit_attribution", "similarity", "trace"]
         and kinds.count("flips") == 4
-        and kinds.count("trace") == 2  # the residual stream and the MLPs
+        and kinds.count("trace") == 3  # the residual stream, the MLPs, and the heads
+        and kinds.count("logit_attribution") == 3  # components, heads, positions
     )
+    for s in sections:
+        if s.get_attribute("data-kind") == "attention" and s.query_selector("img"):
+            assert page.evaluate("i => i.naturalWidth", s.query_selector("img")) > 0
     # the Australia prompt's composite (two parts) through the logit lens and through the
     # shipped tuned lens, and the Eiffel one
     assert kinds.count("lens") == 5

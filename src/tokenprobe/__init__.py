@@ -48,6 +48,16 @@ _WHERE = {
         ("TraceResult", "TraceOptions", "TraceFigure", "causal_trace"), ".analyses.trace"
     ),
     **dict.fromkeys(("LensEvalResult", "LensEvalOptions", "lens_eval"), ".analyses.lens_eval"),
+    **dict.fromkeys(
+        (
+            "LogitAttributionResult",
+            "LogitAttributionOptions",
+            "LogitAttributionFigure",
+            "logit_attribution",
+        ),
+        ".analyses.logit_attribution",
+    ),
+    **dict.fromkeys(("AttentionResult", "AttentionOptions", "attention"), ".analyses.attention"),
     **dict.fromkeys(("TuneLensResult", "TuneLensOptions", "tune_lens"), ".analyses.tune_lens"),
     **dict.fromkeys(("TunedDecoder", "TunedLens", "load_lens", "save_lens"), ".tuned"),
 }
@@ -96,6 +106,13 @@ __all__ = [
     "LensEvalResult",
     "LensEvalOptions",
     "lens_eval",
+    "LogitAttributionResult",
+    "LogitAttributionOptions",
+    "LogitAttributionFigure",
+    "logit_attribution",
+    "AttentionResult",
+    "AttentionOptions",
+    "attention",
     "TuneLensResult",
     "TuneLensOptions",
     "tune_lens",
@@ -123,6 +140,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .analyses import ANALYSES, Analysis, Option, register
+    from .analyses.attention import AttentionOptions, AttentionResult, attention
     from .analyses.attribute import (
         AttributionFigure,
         AttributionOptions,
@@ -141,6 +159,12 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .analyses.lens import LensFigure, LensOptions, LensResult, logit_lens
     from .analyses.lens.rows import lens_rows
     from .analyses.lens_eval import LensEvalOptions, LensEvalResult, lens_eval
+    from .analyses.logit_attribution import (
+        LogitAttributionFigure,
+        LogitAttributionOptions,
+        LogitAttributionResult,
+        logit_attribution,
+    )
     from .analyses.settings import Settings
     from .analyses.similarity import (
         SimilarityFigure,

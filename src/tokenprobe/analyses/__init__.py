@@ -18,10 +18,12 @@ BUILT_IN = (
     "lens",
     "similarity",
     "attribute",
+    "logit_attribution",
     "flips",
     "tune_lens",
     "lens_eval",
     "trace",
+    "attention",
 )
 
 for _name in BUILT_IN:

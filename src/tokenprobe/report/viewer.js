@@ -10,6 +10,8 @@ data.sections.forEach(function(s,k){
   const sec=document.createElement("section");sec.className="heatmap";sec.dataset.kind=s.kind;
   const h=document.createElement("h2");h.textContent=s.title;sec.appendChild(h);
   const about=document.createElement("div");about.className="about";about.textContent=s.about.join("\n");sec.appendChild(about);
+  if(s.image){const img=document.createElement("img");img.src=s.image;img.alt=s.title;img.style.maxWidth="100%";// one tile, not a node per cell
+    sec.appendChild(img);root.appendChild(sec);sec.dataset.rendered="1";return;}
   const canvas=document.createElement("canvas");sec.appendChild(canvas);root.appendChild(sec);
   const lut=data.luts[s.cmap];const nr=s.rows.length,nc=s.cols.length;
   const left=90,topM=20,bottom=90,barW=70,rowH=Math.max(12,Math.min(22,Math.floor(620/Math.max(nr,1))));

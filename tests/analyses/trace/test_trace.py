@@ -650,15 +650,16 @@ def test_save_and_load_round_trip_with_a_figure_per_component(traced, tmp_path):
         np.testing.assert_array_equal(back.scores[c], traced.scores[c])
         np.testing.assert_array_equal(back.estimates[c], traced.estimates[c])
     table = back.to_frame()
-    assert list(table.columns[:6]) == [
+    assert list(table.columns[:7]) == [
         "component",
         "layer",
+        "head",  # empty (NA) but for head components
         "position",
         "token",
         "score",
         "normalised",
     ]
-    assert len(table) == (3 + 2 + 2) * len(traced.tokens)
+    assert len(table) == (3 + 2 + 2) * len(traced.tokens) and table["head"].isna().all()
 
 
 def test_figures_and_report_sections(traced):
@@ -995,7 +996,11 @@ NOISED = dict(corrupt="noise", subject="Australia", target=TARGET)
         ("direction", "up", "^direction must be one of restore, corrupt, not 'up'$"),
         ("metric", "rank", "^metric must be one of prob, logprob, diff, not 'rank'$"),
         ("corrupt", "blur", "^corrupt must be one of prompt, noise, not 'blur'$"),
-        ("components", ["resid", "ffn"], "^components must be one of resid, attn, mlp, not 'ffn'$"),
+        (
+            "components",
+            ["resid", "ffn"],
+            "^components must be one of resid, attn, mlp, head, head-k, head-v, not 'ffn'$",
+        ),
         ("components", [], "^components is empty"),
         ("chat", 1, "^chat must be True or False, not 1$"),
         ("target", 5, "^target must be text, not 5$"),

@@ -52,6 +52,16 @@ CASES = {
         direction="corrupt",
         metric="logprob",
     ),
+    # key heads of a grouped-query model, a cell per position
+    "heads": dict(corrupted=CORRUPTED, components=["head-k"], metric="logprob"),
+    # query and value heads and attention outputs, every position at once, with the estimate
+    "heads-all": dict(
+        corrupted=CORRUPTED,
+        components=["head", "head-v", "attn"],
+        positions="all",
+        method="both",
+        metric="logprob",
+    ),
 }
 
 
@@ -156,6 +166,7 @@ def test_a_resume_with_other_settings_is_refused(lm, tmp_path, monkeypatch):
         "target_id": dict(target=" Sydney"),
         "subject_positions": dict(subject="Australia"),
         "method": dict(method="both"),
+        "positions": dict(positions="all"),
     }
     for differ, change in others.items():
         with pytest.raises(TokenprobeError, match=f"other settings \\(different {differ}\\)"):

@@ -1,5 +1,6 @@
 """Causal tracing (activation patching): restore one (layer, position) state of the residual
-stream, an attention output or an MLP output from one run into another, and score the answer."""
+stream, an attention output, an MLP output or one attention head from one run into another, and
+score the answer."""
 
 from __future__ import annotations
 
@@ -50,7 +51,9 @@ SPEC = Analysis(
     "one (--direction corrupt: the other way round) and scores --target at the last position: its "
     "probability, log-probability, or the logit difference to --foil; also normalised (0 = corrupted, "
     "1 = clean). resid rows: layer 0 = embeddings, layer i = output of block i; attn and mlp rows: the "
-    "block's attention or MLP output. --method estimate gives attribution patching's first-order "
+    "block's attention or MLP output; head rows: (block, head), one query head's output before the output "
+    "projection (head-k, head-v: one key or value head of a separate key/value projection). --positions all "
+    "restores every position of a row at once (one cell per row: for heads a block x head map). --method estimate gives attribution patching's first-order "
     "estimate from one forward and backward pass; both gives the two and their correlation. Writes "
     "trace.parquet, trace_<component>.png and meta.json (with the clean and corrupted scores).",
     options=OPTIONS,
@@ -59,6 +62,6 @@ SPEC = Analysis(
     # the estimate keeps every block's activations for the backward pass
     gradients=lambda args: getattr(args, "method", "") in ("estimate", "both"),
     oom_advice="lower --samples",
-    demo_help="a causal trace (the Eiffel Tower prompt, noise on its subject: residual stream and "
-    "MLPs)",
+    demo_help="two causal traces (the Eiffel Tower prompt, noise on its subject: residual stream "
+    "and MLPs; then every attention head, all positions at once)",
 )

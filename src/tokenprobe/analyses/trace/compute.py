@@ -17,26 +17,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ...errors import TokenprobeError, warn
 from ...model import LoadedModel
 from ...model.adapter import weight_of
 from ...provenance import provenance
-from ...runner import progress_disabled, token_budget_batches
 from ...text import PreparedInput, token_texts
 from ..settings import with_options
-from .estimate import first_order
+from .cells import trace_grids
+from .heads import heads_meta, is_head
 from .inputs import TraceInputs, trace_inputs
 from .options import TraceOptions
 from .result import TraceResult
-from .store import CellStore, open_store
-from .tracer import Cell, Tracer, window_of
+from .store import open_store
+from .tracer import Tracer
 
 IMPLAUSIBLE = 1e-3  # warn when the target's clean probability is below this ...
 TOP = 10  # ... and it is not among the clean run's top this many tokens
-# each component's cells (the sites each restores) and the (row, position) each fills
-Plans = dict[str, tuple[list[Cell], list[tuple[int, int]]]]
 
 
 @with_options(TraceOptions)
@@ -76,7 +73,7 @@ def causal_trace(
     _check_finite(tracer, noised)
     _warn_if_implausible(tracer, o.target or "")
     store = open_store(lm, problem, _kept(o), checkpoint, resume)
-    scores, estimates = _trace(tracer, o, progress, store)
+    scores, estimates = trace_grids(tracer, o, progress, store)
     result = TraceResult(
         tokens=list(given.clean.tokens),
         token_ids=list(given.clean.input_ids),
@@ -103,6 +100,8 @@ def _kept(o: TraceOptions) -> dict[str, Any]:
         "noise": o.noise if noised else None,
         "corrupt": o.corruption,
         "method": o.method,
+        # (absent when each: the checkpoints of traces before the setting existed still resume)
+        **({"positions": o.positions} if o.positions != "each" else {}),
     }
 
 
@@ -150,6 +149,8 @@ def _meta(
         "target_token": token_texts(tok, [given.target_id])[0],
         "foil_token": foil_token,
         "metric": o.scored_by,
+        "positions": o.positions,
+        **({"tokens": list(clean.tokens)} if o.positions == "all" else {}),
         **_run_meta(tracer, o.traced),
     }
 
@@ -220,91 +221,23 @@ def _run_meta(tracer: Tracer, components: Sequence[str]) -> dict:
     """The clean and corrupted scores, where each row's state was read, and how the exact
     cells' lower blocks and earlier positions ran."""
     _warn_if_close(tracer.clean_score, tracer.corrupted_scores)
+    n = tracer.adapter.n_blocks
     return {
         "clean_score": tracer.clean_score,
         "corrupted_score": float(np.mean(tracer.corrupted_scores)),
         "corrupted_scores": tracer.corrupted_scores,
         "sites": {
-            c: [x.path if x is not None else None for x in tracer.sites[c]] for c in components
+            c: [x.path if x is not None else None for x in tracer.sites[c]]
+            for c in components
+            if not is_head(c)
         },
+        **(
+            {"heads": {c: heads_meta(tracer.sites[c], n) for c in components if is_head(c)}}
+            if any(is_head(c) for c in components)
+            else {}
+        ),
         **tracer.shortcuts(),
     }
-
-
-def _cells(tracer: Tracer, component: str, window: int) -> tuple[list[Cell], list[tuple[int, int]]]:
-    """Every (row, position) cell of a component that has a site, with the sites it restores."""
-    sites = tracer.sites[component]
-    cells, where = [], []
-    for row, site in enumerate(sites):
-        if site is None:
-            continue
-        idx = [tracer.index[(component, k)] for k in window_of(sites, row, window)]
-        for p in range(tracer.n_pos):
-            cells.append([(i, p) for i in idx])
-            where.append((row, p))
-    return cells, where
-
-
-def _trace(
-    tracer: Tracer,
-    o: TraceOptions,
-    progress: bool | None,
-    store: CellStore | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-    """Each component's (rows, positions) grid of exact scores (or estimates when only those
-    are asked for), and the estimates beside exact ones with `method="both"`. With a `store`,
-    its finished patched runs are taken and each new batch is written to it."""
-    plans = {c: _cells(tracer, c, o.window) for c in o.traced}
-    try:
-        estimates = _estimates(tracer, plans) if o.method in ("estimate", "both") else None
-        if o.method == "estimate":
-            return estimates or {}, None
-        return _exact(tracer, plans, o.batch_tokens, progress, store), estimates
-    except TokenprobeError:
-        # settings that can never finish: keeping their checkpoint would only make the
-        # corrected call ask for `resume`
-        if store is not None:
-            store.checkpoint.discard()
-        raise
-
-
-def _grids(tracer: Tracer, plans: Plans) -> dict[str, np.ndarray]:
-    """A (rows, positions) grid of NaN per component, for its cells' values."""
-    return {c: np.full((len(tracer.sites[c]), tracer.n_pos), np.nan) for c in plans}
-
-
-def _estimates(tracer: Tracer, plans: Plans) -> dict[str, np.ndarray]:
-    """Attribution patching's estimate of every cell, from one forward and backward pass."""
-    deltas = first_order(tracer)
-    base = float(np.mean(tracer.base_scores))
-    estimates = _grids(tracer, plans)
-    for c, (cells, where) in plans.items():
-        for cell, (row, p) in zip(cells, where, strict=True):
-            estimates[c][row, p] = base + sum(float(deltas[i][:, p].mean()) for i, _ in cell)
-    return estimates
-
-
-def _exact(
-    tracer: Tracer,
-    plans: Plans,
-    batch_tokens: int,
-    progress: bool | None,
-    store: CellStore | None,
-) -> dict[str, np.ndarray]:
-    """Every cell's patched run, in batches; the progress bar starts at what `store` holds."""
-    grids = _grids(tracer, plans)
-    n_rows = sum(len(cells) for cells, _ in plans.values()) * tracer.samples
-    n_batches = len(token_budget_batches([tracer.n_pos] * max(1, n_rows), batch_tokens))
-    disable = progress_disabled(progress, n_batches)
-    with tqdm(total=n_rows, desc="causal trace", unit="run", disable=disable) as bar:
-        bar.update(0 if store is None else store.n_done)
-        for c, (cells, where) in plans.items():
-            done = None if store is None else store.done[c]
-            write = None if store is None else (lambda r, v, c=c: store.write(c, r, v))
-            values = tracer.score_cells(cells, batch_tokens, bar, done, write)
-            for (row, p), v in zip(where, values, strict=True):
-                grids[c][row, p] = v
-    return grids
 
 
 def embedding_std(lm: LoadedModel) -> float:

@@ -11,7 +11,11 @@ from ...errors import TokenprobeError
 from ..base import Option, finite_float, prompt_inputs
 from ..settings import PromptSettings, Settings, setting
 
-COMPONENTS = ("resid", "attn", "mlp")  # residual stream, attention output, MLP output
+# residual stream, attention output, MLP output; one query head's output (before the output
+# projection), one key or value head (the output of the separate key or value projection)
+COMPONENTS = ("resid", "attn", "mlp", "head", "head-k", "head-v")
+HEAD_COMPONENTS = ("head", "head-k", "head-v")
+POSITIONS = ("each", "all")  # a cell per position, or every position of a site at once
 CORRUPTIONS = ("prompt", "noise")
 DIRECTIONS = ("restore", "corrupt")  # clean into corrupted (denoising), corrupted into clean
 METRICS = ("prob", "logprob", "diff")
@@ -80,8 +84,9 @@ class TraceOptions(PromptSettings):
     components: tuple[str, ...] | list[str] = setting(
         ("resid",),
         "what to restore: resid (residual stream: embeddings and each block's output), attn "
-        "(each block's attention output), mlp (each block's MLP output); several allowed "
-        "(default resid)",
+        "(each block's attention output), mlp (each block's MLP output), head (each query "
+        "head's output before the output projection), head-k / head-v (each key / value head: "
+        "the separate key / value projection's output); several allowed (default resid)",
         flag="--component",
         nargs="+",
         action="extend",
@@ -95,6 +100,13 @@ class TraceOptions(PromptSettings):
         "default {default})",
         minimum=1,
         metavar="W",
+        group="trace",
+    )
+    positions: str = setting(
+        "each",
+        "each: a cell per (row, position) (default); all: every position of a row restored "
+        "at once, one cell per row (with --component head: a layer x head map)",
+        choices=list(POSITIONS),
         group="trace",
     )
     direction: str = setting(
@@ -168,6 +180,12 @@ class TraceOptions(PromptSettings):
             raise TokenprobeError(
                 f"`foil` is scored only by `metric` diff, not {self.scored_by}: drop `metric` "
                 "or `foil`"
+            )
+        heads = [c for c in self.traced if c in HEAD_COMPONENTS]
+        if heads and self.window > 1:
+            raise TokenprobeError(
+                f"`window` {self.window} restores consecutive layers of a block's output, not of "
+                f"one head: give `window` 1 with `components` {', '.join(heads)}"
             )
         if self.batch_tokens < 1:
             raise TokenprobeError(f"`batch_tokens` must be at least 1, not {self.batch_tokens}")

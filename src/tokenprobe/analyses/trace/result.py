@@ -29,7 +29,9 @@ class TraceResult(Result):
     tokens: list[str]
     token_ids: list[int]
     components: list[str]
-    scores: dict[str, np.ndarray]  # component -> (rows, positions) float64, NaN: no such site
+    # component -> (rows, positions) float64, NaN: no such site; a head component's is
+    # (blocks, heads, positions); with positions "all" one column (every position at once)
+    scores: dict[str, np.ndarray]
     estimates: dict[str, np.ndarray] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -76,24 +78,40 @@ class TraceResult(Result):
             )
         return out
 
+    @property
+    def all_positions(self) -> bool:
+        """Was each row restored at every position at once (one column per row)?"""
+        return self.meta.get("positions") == "all"
+
     def to_frame(self) -> pd.DataFrame:
-        """One row per (component, layer, position)."""
+        """One row per (component, layer, head, position); head is empty (NA) for resid, attn
+        and mlp, position for positions "all" (every position restored at once)."""
         parts = []
+        tokens = np.asarray(self.tokens, dtype=object)
         for c in self.components:
             grid = self.scores[c]
-            rows, positions = grid.shape
-            pos = np.tile(np.arange(positions), rows)
+            g3 = grid if grid.ndim == 3 else grid[:, None, :]
+            layers, heads, cols = g3.shape
+            n = layers * heads * cols
+            pos = np.tile(np.arange(cols), layers * heads)
             data: dict[str, Any] = {
                 "component": c,
-                "layer": np.repeat(np.arange(rows), positions),
-                "position": pos,
-                "token": np.asarray(self.tokens, dtype=object)[pos],
-                "score": grid.reshape(-1),
-                "normalised": self.normalised(grid).reshape(-1),
+                "layer": np.repeat(np.arange(layers), heads * cols),
+                "head": pd.array(
+                    np.tile(np.repeat(np.arange(heads), cols), layers)
+                    if grid.ndim == 3
+                    else [pd.NA] * n,
+                    dtype="Int64",
+                ),
+                "position": pd.array([pd.NA] * n, dtype="Int64") if self.all_positions else pos,
+                "token": None if self.all_positions else tokens[pos],
+                "score": g3.reshape(-1),
+                "normalised": self.normalised(g3).reshape(-1),
             }
             if self.estimates is not None:
-                data["estimate"] = self.estimates[c].reshape(-1)
-                data["estimate_normalised"] = self.normalised(self.estimates[c]).reshape(-1)
+                est = self.estimates[c].reshape(-1)
+                data["estimate"] = est
+                data["estimate_normalised"] = self.normalised(est)
             parts.append(pd.DataFrame(data))
         return pd.concat(parts, ignore_index=True)
 
@@ -102,14 +120,23 @@ class TraceResult(Result):
         components = list(dict.fromkeys(str(c) for c in frame["component"]))
         scores: dict[str, np.ndarray] = {}
         estimates: dict[str, np.ndarray] | None = {} if "estimate" in frame.columns else None
-        tokens: list[str] = []
+        every = meta.get("positions") == "all"
+        tokens: list[str] = [str(t) for t in meta.get("tokens", [])] if every else []
         for c in components:
-            part = frame[frame["component"] == c].sort_values(["layer", "position"])
-            rows, positions = int(part["layer"].max()) + 1, int(part["position"].max()) + 1
-            scores[c] = part["score"].to_numpy(dtype=np.float64).reshape(rows, positions)
+            part = frame[frame["component"] == c]
+            headed = "head" in part.columns and bool(part["head"].notna().any())
+            order = ["layer", "head", "position"] if headed else ["layer", "position"]
+            part = part.sort_values(order)
+            shape: tuple[int, ...] = (
+                int(part["layer"].max()) + 1,
+                *((int(part["head"].max()) + 1,) if headed else ()),
+                1 if every else int(part["position"].max()) + 1,
+            )
+            scores[c] = part["score"].to_numpy(dtype=np.float64).reshape(shape)
             if estimates is not None:
-                estimates[c] = part["estimate"].to_numpy(dtype=np.float64).reshape(rows, positions)
-            tokens = [str(t) for t in part["token"][:positions]]
+                estimates[c] = part["estimate"].to_numpy(dtype=np.float64).reshape(shape)
+            if not every:
+                tokens = [str(t) for t in part["token"][: shape[-1]]]
         return cls(
             tokens=tokens,
             token_ids=list(meta.get("token_ids", [])),
@@ -144,10 +171,14 @@ class TraceResult(Result):
         for c in self.components:
             grid = self.scores[c]
             if np.isfinite(grid).any():
-                at = np.nanargmin(grid) if lowest else np.nanargmax(grid)
-                layer, pos = np.unravel_index(at, grid.shape)
+                at = np.unravel_index(
+                    np.nanargmin(grid) if lowest else np.nanargmax(grid), grid.shape
+                )
                 word = "lowest" if lowest else "highest"
-                best.append(f"{c} {word} at layer {layer}, position {pos} ({grid[layer, pos]:.4g})")
+                where = f"layer {at[0]}" + (f", head {at[1]}" if grid.ndim == 3 else "")
+                if not self.all_positions:
+                    where += f", position {at[-1]}"
+                best.append(f"{c} {word} at {where} ({grid[at]:.4g})")
         line = (
             f"causal trace ({m.get('method')}, {m.get('metric')}) of {str(m.get('prompt', ''))[:50]!r}: "
             f"clean {self.clean_score:.4g}, corrupted {self.corrupted_score:.4g}; "

@@ -43,6 +43,11 @@ class Site:
     module: nn.Module | None = None  # attn/mlp: the module whose output is the state
     path: str = ""  # where it is, for meta.json
     residual: bool = False  # the module adds the residual itself: its state is output - residual
+    # a head's site: its columns of `module`'s input ("input": a query head before the output
+    # projection) or output ("output": a key or value head of its projection); `head` its number
+    cols: slice | None = None
+    hook: str = "output"
+    head: int | None = None
 
 
 def _adds_residual(module: nn.Module) -> bool:
@@ -147,8 +152,12 @@ def at_sites(
     handles = []
     try:
         for i, raw in edits.items():
-            site, edit = sites[i], _shaped(raw, n_pos)
-            if site.component == "resid" and site.layer == 0:
+            site = sites[i]
+            edit = _shaped(raw if site.cols is None else _sliced(raw, site.cols), n_pos)
+            if site.cols is not None:
+                assert site.module is not None
+                handles.append(_slice_hook(site.module, site.hook, edit))
+            elif site.component == "resid" and site.layer == 0:
                 handles.append(
                     blocks[0].register_forward_pre_hook(_input_hook(edit), with_kwargs=True)
                 )
@@ -162,6 +171,38 @@ def at_sites(
     finally:
         for h in handles:
             h.remove()
+
+
+def _sliced(edit: Edit, cols: slice) -> Edit:
+    """The edit of a head's columns of a module's input or output (batch, positions, heads x
+    head width): the rest of it is left as it is. Under autograd the columns are handed on
+    through a new tensor, so that the gradient reaches the state that `edit` saw."""
+
+    def apply(x: torch.Tensor, _residual: torch.Tensor | None) -> torch.Tensor:
+        part = x[..., cols].contiguous()
+        new = edit(part, None)
+        if new is part:
+            if not x.requires_grad:
+                return x
+            return torch.cat([x[..., : cols.start], part, x[..., cols.stop :]], dim=-1)
+        out = x.clone()
+        out[..., cols] = new
+        return out
+
+    return apply
+
+
+def _slice_hook(module: nn.Module, where: str, edit: Edit) -> Any:
+    """A hook handing `module`'s input (`where` "input") or output to `edit`."""
+    if where == "output":
+        return module.register_forward_hook(_output_hook(edit))
+
+    def pre(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (edit(args[0], None), *args[1:]), kwargs
+        return args, {**kwargs, "input": edit(kwargs["input"], None)}
+
+    return module.register_forward_pre_hook(pre, with_kwargs=True)
 
 
 def _input_hook(edit: Edit) -> Callable[..., Any]:

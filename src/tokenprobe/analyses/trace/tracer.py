@@ -34,6 +34,7 @@ from ...model import LoadedModel
 from ...model.kvcache import cache_keyword, with_cache
 from ...runner import run_with_backoff, token_budget_batches
 from . import tiles
+from .heads import head_sites, is_head
 from .shortcuts import Shortcuts
 from .sites import Site, Skipper, at_sites, find_sites, recorder
 
@@ -76,9 +77,19 @@ class Tracer(Shortcuts):
         self.lm, self.pb = lm, problem
         self.adapter = lm.require_adapter()
         self.n_pos = len(problem.clean_ids)
-        self.sites = {c: find_sites(self.adapter, c) for c in dict.fromkeys(["resid", *components])}
-        self.flat = [s for c in self.sites for s in self.sites[c] if s is not None]
-        self.index = {(s.component, s.layer): i for i, s in enumerate(self.flat)}
+        self.sites = {
+            c: head_sites(self.adapter, c) if is_head(c) else find_sites(self.adapter, c)
+            for c in dict.fromkeys(["resid", *components])
+        }
+        # every site once, and where each (component, row) is among them (a head component's
+        # row is block x heads + head)
+        self.flat: list[Site] = []
+        self.index: dict[tuple[str, int], int] = {}
+        for c, by_row in self.sites.items():
+            for row, site in enumerate(by_row):
+                if site is not None:
+                    self.index[(c, row)] = len(self.flat)
+                    self.flat.append(site)
         params = inspect.signature(lm.model.forward).parameters
         self.keep_last = "logits_to_keep" in params
         self.samples = 1 if problem.noise is None else int(problem.noise.shape[0])
