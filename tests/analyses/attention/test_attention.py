@@ -98,6 +98,8 @@ def test_past_max_cells_only_what_was_asked_is_kept(tmp_path, tokenizer):
     assert [s for s, _ in rows.views()] == ["attention_to"]
     with pytest.raises(TokenprobeError, match="--max-cells"):
         attention(lm, PROMPT, max_cells=small)
+    with pytest.raises(TokenprobeError, match="every head of layer 2 .* over --max-cells"):
+        attention(lm, PROMPT, layer=2, max_cells=small)  # 4 heads do not fit: not kept anyway
 
 
 def test_a_failed_check_puts_the_implementation_back(tokenizer, monkeypatch):
@@ -123,6 +125,7 @@ def test_refusals_are_one_line_with_exit_2(model_dir, mamba_dir, tmp_path, capsy
         (model_dir, ["--layer", "7"], "--layer 7 is out of range"),
         (model_dir, ["--layer", "1", "--head", "4"], "--head 4 is out of range"),
         (model_dir, ["--to", " Sydney", "--from", "99"], "--from 99 is outside"),
+        (model_dir, ["--from", "2"], "give --to TEXT as well"),
         (mamba_dir, [], "no softmax attention"),
     ]
     for folder, extra, message in cases:

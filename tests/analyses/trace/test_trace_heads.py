@@ -1,8 +1,10 @@
 """Per-head patching (`components` head, head-k, head-v; `positions` each or all) against a
 brute-force loop: one plain forward pass per cell, the head's columns of the output
-projection's input (or of the key/value projection's output) overwritten with the clean run's
-by a hook written here. Also: the heads' estimates add up to the attention output's (the output
-projection is linear), save/load, figures, the installed command and its refusals.
+projection's input (or of the key/value projection's output; of OLMo's whole-width key norm's
+output) overwritten with the clean run's by a hook written here; and that restoring one key or
+value head there changes only that head's keys/values as the attention function sees them.
+Also: the heads' estimates add up to the attention output's (the output projection is linear),
+save/load, figures, the installed command and its refusals.
 The same brute force on every family of the zoo is in test_trace_heads_matrix.py, resuming
 head cells in test_trace_resume.py.
 """
@@ -22,6 +24,7 @@ import zoo
 from conftest import TEST_DEVICE
 from test_cli import model_dir, run  # noqa: F401  (the tiny model folder fixture)
 from test_conformance import HEADS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from tokenprobe import TokenprobeError, causal_trace
 from tokenprobe.analyses.trace import TraceResult
@@ -46,6 +49,11 @@ OUT = {
     "phi": "self_attn.dense",
 }
 HEAD_COUNT = ("num_attention_heads", "n_head", "n_heads")
+# a key head's state, by family (read off transformers' attention code, not taken from the
+# analysis): the key projection's output, except where a norm over ALL key heads together
+# follows it (OLMo 2/3: Olmo2RMSNorm(key heads x head width) on k_proj's output), whose output
+# holds one head's normalised key; a per-head norm (Qwen3: width head_dim) keeps k_proj's
+KEY_SITE = {"olmo2": "k_norm", "olmo3": "k_norm"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,7 +89,8 @@ def head_modules(lm, component: str) -> list[tuple[torch.nn.Module | None, int]]
     name = OUT[arch]
     heads = _config_number(lm, HEAD_COUNT)
     if component != "head":
-        name = name.rpartition(".")[0] + (".k_proj" if component == "head-k" else ".v_proj")
+        site = KEY_SITE.get(arch, "k_proj") if component == "head-k" else "v_proj"
+        name = f"{name.rpartition('.')[0]}.{site}"
         heads = _config_number(lm, ("num_key_value_heads", *HEAD_COUNT))
     found = []
     for block in blocks:
@@ -173,16 +182,100 @@ def test_query_heads_equal_one_forward_per_cell(arch, bpe, monkeypatch):
     check_against_brute_force(lm, ["head"], monkeypatch)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "opt"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "olmo2", "opt"])
 def test_key_and_value_heads_equal_one_forward_per_cell(arch, bpe, monkeypatch):
-    """Grouped-query llama (2 key/value heads for 4 query heads), qwen3 (a norm after the key
-    projection), OPT (biases, as many key/value heads as query heads)."""
+    """Grouped-query llama (2 key/value heads for 4 query heads), qwen3 (a per-head norm after
+    the key projection), olmo2 (a norm over both key heads: patched after it), OPT (biases, as
+    many key/value heads as query heads)."""
     lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE, layers=2)
     check_against_brute_force(lm, ["head-k", "head-v"], monkeypatch)
     res = causal_trace(lm, CLEAN, components=["head", "head-k"], **KW)
     kv = _config_number(lm, ("num_key_value_heads", *HEAD_COUNT))
     assert res.meta["heads"]["head-k"]["heads"] == kv
     assert res.meta["heads"]["head"]["heads"] == _config_number(lm, HEAD_COUNT)
+    site = KEY_SITE.get(arch, "k_proj")
+    assert res.meta["heads"]["head-k"]["paths"][1].endswith(f".1.self_attn.{site} output")
+    assert ("norm's output" in res.meta["heads"]["head-k"]["site"]) == (arch in KEY_SITE)
+
+
+def _attention_sees(lm, ids, hooks, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The keys and values (batch, key heads, positions, width) each block's attention function
+    is handed in one forward pass (after norms and rotary), recorded by wrapping it."""
+    impl = lm.model.config._attn_implementation
+    inner = ALL_ATTENTION_FUNCTIONS.get_interface(impl, None)
+    assert inner is not None, impl
+    seen = []
+
+    def wrapper(module, query, key, value, *args, **kwargs):
+        seen.append((key.detach().clone(), value.detach().clone()))
+        return inner(module, query, key, value, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setitem(ALL_ATTENTION_FUNCTIONS._local_mapping, impl, wrapper)
+        _logprob(lm, ids, hooks)
+    return seen
+
+
+def off_head_changes(lm, component: str, mods, monkeypatch) -> tuple[float, float]:
+    """One forward per (block, head g, position q) cell, head g's columns at q restored from the
+    clean run at `mods`' sites: the largest change of what block b's attention sees outside
+    (g, q) from the corrupted run's, and the largest gap at (g, q) from the clean run's."""
+    clean, bad = lm.tokenizer(CLEAN)["input_ids"], lm.tokenizer(CORRUPTED)["input_ids"]
+    kept: dict[int, torch.Tensor] = {}
+    keep = [
+        (m, component, lambda x, b=b: kept.__setitem__(b, x.clone()) or x)
+        for b, (m, _) in enumerate(mods)
+    ]
+    which = 0 if component == "head-k" else 1
+    want = [kv[which] for kv in _attention_sees(lm, clean, keep, monkeypatch)]
+    base = [kv[which] for kv in _attention_sees(lm, bad, [], monkeypatch)]
+    off = gap = 0.0
+    for b, (module, heads) in enumerate(mods):
+        d = kept[b].shape[-1] // heads
+        for g in range(heads):
+            for q in range(len(bad)):
+                change = _restore(kept[b], slice(g * d, (g + 1) * d), q)
+                seen = _attention_sees(lm, bad, [(module, component, change)], monkeypatch)
+                got = seen[b][which]
+                gap = max(gap, _most(got[0, g, q] - want[b][0, g, q]))
+                got[0, g, q] = base[b][0, g, q]
+                off = max(off, _most(got - base[b]))
+                assert all(torch.equal(s[which], base[i]) for i, s in enumerate(seen[:b]))
+    assert max(_most(w - c) for w, c in zip(want, base, strict=True)) > 1e-2  # runs differ
+    return off, gap
+
+
+def _most(x: torch.Tensor) -> float:
+    return float(x.abs().max())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "olmo2", "olmo3"])
+def test_restoring_a_key_or_value_head_changes_that_head_alone(arch, bpe, monkeypatch):
+    """At this file's sites, restoring head g at position q gives block b's attention the
+    corrupted run's keys (values) everywhere but (g, q), and the clean run's there."""
+    lm = zoo.make_causal(arch, bpe, device=TEST_DEVICE, layers=2)
+    for component in ("head-k", "head-v"):
+        off, gap = off_head_changes(lm, component, head_modules(lm, component), monkeypatch)
+        assert off < 1e-5 and gap < 1e-5, (component, off, gap)
+
+
+def test_olmo2s_key_projection_would_not_isolate_a_head(bpe, monkeypatch):
+    """The control: OLMo 2's k_norm spans both key heads, so restoring one head's columns of
+    k_proj's output (the site before the fix) changes the other head's keys too."""
+    lm = zoo.make_causal("olmo2", bpe, device=TEST_DEVICE, layers=2)
+    mods = [(block.self_attn.k_proj, 2) for block in lm.model.model.layers]
+    off, _ = off_head_changes(lm, "head-k", mods, monkeypatch)
+    assert off > 1e-3
+
+
+def test_a_key_norm_of_another_width_is_refused(bpe):
+    """A norm over the key heads that is neither per head nor over the whole projection's
+    output as one vector (here a LayerNorm over (heads, width) at once) cannot be cut by head."""
+    lm = zoo.make_causal("olmo2", bpe, device=TEST_DEVICE, layers=2)
+    for block in lm.model.model.layers:
+        block.self_attn.k_norm = torch.nn.LayerNorm((2, 8))
+    with pytest.raises(TokenprobeError, match=r"self_attn.k_norm normalises 16 values together"):
+        causal_trace(lm, CLEAN, components=["head-k"], **KW)
 
 
 def test_the_heads_estimates_add_up_to_the_attention_outputs(bpe):

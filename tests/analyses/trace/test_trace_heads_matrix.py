@@ -2,7 +2,9 @@
 sliding-window, ALiBi, soft-capping, parallel and post-norm blocks, Jamba's hybrid): every
 query-head cell, each position and all at once, equals one plain forward pass per cell with the
 head's columns restored by a hook written in test_trace_heads.py; key and value heads likewise
-where the family has separate key/value projections. Two blocks and five tokens keep it quick.
+where the family has separate key/value projections (at the projection's output, or at OLMo
+3's whole-width key norm's output: test_trace_heads.KEY_SITE). Two blocks and five tokens keep
+it quick.
 """
 
 from __future__ import annotations

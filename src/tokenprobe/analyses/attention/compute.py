@@ -57,7 +57,10 @@ def attention(lm: LoadedModel, prompt: str, *, options: AttentionOptions) -> Att
         )
     to_table = None
     if keys is not None:
-        to_table = np.stack([rows[b][:, keys].sum(-1).numpy() for b in layers])
+        most = max(rows[b].shape[0] for b in layers)  # layers may differ in head count
+        to_table = np.full((len(layers), most), np.nan)
+        for i, b in enumerate(layers):
+            to_table[i, : rows[b].shape[0]] = rows[b][:, keys].sum(-1).numpy()
     return AttentionResult(
         tokens=inp.tokens,
         layers=layers,
@@ -146,14 +149,15 @@ def _plan(o: AttentionOptions, heads_of: list[int | None], n: int) -> Plan:
     if o.layer is not None:
         heads = [o.head] if o.head is not None else None
         asked = (1 if o.head is not None else heads_of[o.layer] or 0) * triangle
-        if asked <= o.max_cells or o.to is None:
+        if asked <= o.max_cells or o.head is not None:  # one head asked for: kept whole
             return Plan([o.layer], heads, "the layer and head asked for")
     if o.to is not None:
         return Plan([], None, "the --from query's row only")
+    what = "every layer and head" if o.layer is None else f"every head of layer {o.layer}"
+    weights = sum(h or 0 for h in heads_of) if o.layer is None else heads_of[o.layer] or 0
     raise TokenprobeError(
-        f"every layer and head of {n} tokens is {sum(h or 0 for h in heads_of) * triangle:,} "
-        f"weights, over --max-cells {o.max_cells:,}: give --layer (and --head), --to, or a "
-        "larger --max-cells"
+        f"{what} of {n} tokens is {weights * triangle:,} weights, over --max-cells "
+        f"{o.max_cells:,}: give --layer and --head, --to, or a larger --max-cells"
     )
 
 

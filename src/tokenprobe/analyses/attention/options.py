@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...errors import TokenprobeError
 from ..base import prompt_inputs
 from ..settings import PromptSettings, setting
 
@@ -28,7 +29,7 @@ class AttentionOptions(PromptSettings):
     )
     head: int | None = setting(
         None,
-        "the query head to show (default: every head of --layer)",
+        "the query head to show (default: every head of --layer, or of the last attention layer)",
         minimum=0,
         metavar="N",
         group="attention",
@@ -57,6 +58,13 @@ class AttentionOptions(PromptSettings):
         group="attention",
     )
     eager_check: bool = setting(True, cli=False)  # compare with the eager implementation once
+
+    def check(self) -> None:
+        if self.from_position != -1 and self.to is None:
+            raise TokenprobeError(
+                "`from_position` (--from) picks the query whose attention to --to's tokens is "
+                "tabled: give --to TEXT as well"
+            )
 
 
 OPTIONS = [

@@ -1,6 +1,11 @@
 """The sites of attention heads: a query head's output is its columns of the output projection's
 input (`head`); a key or value head is its columns of the separate key or value projection's
 output (`head-k`, `head-v`; grouped-query models have fewer of them than query heads).
+Where the key (value) projection's output goes through a norm over all key heads together
+(OLMo 2/3, OLMoE, FlexOlmo: `k_norm` of width key heads x head width), restoring one head's
+columns of the projection would rescale every head's keys: the site is that norm's output
+instead (one head's normalised key, before rotary). A per-head norm (Qwen3, Gemma 3: width
+head_dim) keeps the projection's output; a norm of any other width is refused.
 
 A head component's rows are (block, head) pairs laid out block by block (row = block x heads +
 head), with None where a block has no such head (Jamba's state-space blocks, or a block with
@@ -11,6 +16,9 @@ output of their own: `head-k` and `head-v` are refused there, in one line naming
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from ...errors import TokenprobeError
@@ -68,19 +76,74 @@ def _block_sites(layout: HeadLayout, component: str) -> list[Site]:
             f"values, not {layout.kv_heads} key/value heads x {d}: its heads cannot be told "
             "apart; trace head or attn instead"
         )
-    path = f"{layout.path}.{name} output"
+    module, name = _after_norm(layout, component, proj, name)
     return [
         Site(
             component,
             layout.block,
             layout.block,
-            proj,
-            path,
+            module,
+            f"{layout.path}.{name} output",
             cols=slice(h * d, (h + 1) * d),
             head=h,
         )
         for h in range(layout.kv_heads)
     ]
+
+
+def _after_norm(
+    layout: HeadLayout, component: str, proj: nn.Module, name: str
+) -> tuple[nn.Module, str]:
+    """The module whose output holds the key (value) heads, and its name: the projection, or
+    the norm after it where that norm normalises all the heads together."""
+    found = _head_norm(layout.module, component)
+    if found is None:
+        return proj, name
+    norm_name, norm = found
+    width, d, kv = _norm_width(norm), layout.head_dim, layout.kv_heads
+    if width is None or width == d:  # per head (a norm without weights: all known are)
+        return proj, name
+    if width == kv * d and not _joint_layer_norm(norm):
+        return norm, norm_name
+    raise TokenprobeError(
+        f"`components` {component}: {layout.path}.{norm_name} normalises {width} values "
+        f"together (not one head's {d}) and its output is not {kv} heads x {d} columns, so "
+        f"one {WHAT[component]} cannot be restored alone; trace head or attn instead"
+    )
+
+
+def _head_norm(attn: nn.Module, component: str) -> tuple[str, nn.Module] | None:
+    """The attention module's norm of its keys (`k_norm`, `key_layernorm`, ...) or values."""
+    prefixes = ("k_", "key_") if component == "head-k" else ("v_", "value_")
+    for n, m in attn.named_children():
+        if n.startswith(prefixes) and "norm" in n and not isinstance(m, nn.Identity):
+            return n, m
+    return None
+
+
+def _norm_width(norm: nn.Module) -> int | None:
+    """How many values a norm normalises together: its weight's last dimension (a norm of
+    shape (heads, head_dim) normalises each head), a plain LayerNorm's normalized_shape; None
+    for a norm without weights."""
+    shape = _torch_norm_shape(norm)
+    if shape is not None:
+        return math.prod(shape)
+    weight = getattr(norm, "weight", None)
+    return int(weight.shape[-1]) if isinstance(weight, torch.Tensor) else None
+
+
+def _joint_layer_norm(norm: nn.Module) -> bool:
+    """A torch norm over several dimensions at once (its output is not heads x width)."""
+    shape = _torch_norm_shape(norm)
+    return shape is not None and len(shape) > 1
+
+
+def _torch_norm_shape(norm: nn.Module) -> tuple[int, ...] | None:
+    """The normalized_shape of torch's own LayerNorm or RMSNorm (not a subclass, which may
+    normalise otherwise), else None."""
+    if type(norm) in (nn.LayerNorm, nn.RMSNorm):
+        return tuple(getattr(norm, "normalized_shape"))  # noqa: B009
+    return None
 
 
 def _name_in(owner: nn.Module, module: nn.Module) -> str:
@@ -113,4 +176,20 @@ def heads_meta(sites: list[Site | None], n_blocks: int) -> dict:
         "head_dim": widths[0] if widths else None,
         "heads_per_block": [sum(s is not None for s in blk) for blk in blocks],
         "paths": [next((s.path for s in blk if s is not None), None) for blk in blocks],
+        "site": " / ".join(dict.fromkeys(_what_site(s) for s in sites if s is not None)),
     }
+
+
+def _what_site(site: Site) -> str:
+    """What a head's site is, in words, for meta.json."""
+    if site.hook == "input":
+        return "its columns of the output projection's input (before it mixes the heads)"
+    what = "key" if site.component == "head-k" else "value"
+    if site.module is not None and "norm" in type(site.module).__name__.lower():
+        return (
+            f"its columns of the {what} norm's output (the norm spans all {what} heads, so "
+            f"the projection's columns would rescale every head): one normalised {what}, "
+            "before rotary"
+        )
+    after = "any per-head norm and rotary" if what == "key" else "any per-head norm"
+    return f"its columns of the {what} projection's output (before {after})"
