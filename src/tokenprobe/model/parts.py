@@ -11,6 +11,7 @@ mixers (Mamba, RWKV, xLSTM) have no softmax heads: their blocks have no `HeadLay
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,33 @@ Q_NAMES, K_NAMES, V_NAMES = (
 )
 
 
-def _is_norm_or_dropout(name: str, module: nn.Module) -> bool:
+def is_norm(name: str, module: nn.Module) -> bool:
+    """Whether a block's child `name` is a norm, by its class name or its own name."""
     kind = type(module).__name__.lower()
-    return "norm" in kind or "dropout" in kind or "norm" in name or name.startswith("ln")
+    return "norm" in kind or "norm" in name or name.startswith("ln")
+
+
+def _is_norm_or_dropout(name: str, module: nn.Module) -> bool:
+    return is_norm(name, module) or "dropout" in type(module).__name__.lower()
+
+
+def adds_residual(module: nn.Module) -> bool:
+    """Whether a module's forward takes the residual and adds it itself (BLOOM, MPT)."""
+    try:
+        return "residual" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def residual_argument(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The `residual` argument of a call of a module that adds the residual itself."""
+    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+    return bound.arguments["residual"]
+
+
+def first_output(out: Any) -> torch.Tensor:
+    """A module's main output: the first item of a tuple or list, else the output itself."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def find_module(block: nn.Module, component: str) -> tuple[str, nn.Module] | None:

@@ -73,8 +73,19 @@ def test_the_installed_command_writes_files_read_back_equal(model_dir, tmp_path)
     assert isinstance(loaded, LogitAttributionResult)
     frame = pd.read_parquet(out / "logit_attribution.parquet")
     assert set(frame.columns) == {"position", "token", "layer", "component", "head", "value"}
-    assert np.allclose(loaded.total(), exact["model_logit"], atol=exact["tolerance"])
+    own = _own_logit(model_dir, meta["token_ids"], [meta["target_id"], meta["foil_id"]])
+    assert np.allclose(loaded.total(), own, atol=1e-4 * max(1.0, float(np.abs(own).max())))
     assert "logit_attribution_positions" in [s for s, _ in loaded.views(show="mlp")]
+
+
+def _own_logit(folder, token_ids: list[int], pair: list[int]) -> np.ndarray:
+    """target - foil from the saved model's own logits, loaded and run here."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([token_ids])).logits[0].double()
+    return (logits[:, pair[0]] - logits[:, pair[1]]).numpy()
 
 
 def test_figures_follow_the_position_and_show_options(bpe):
@@ -139,15 +150,3 @@ def test_cli_bad_input_exits_2_with_one_line(model_dir, tmp_path, capsys, bpe): 
     cases = [(["--prompt", PROMPT, "--target", TARGET], "cannot split block 0")]
     assert_one_line_errors(capsys, "logit-attribution", str(refused), tmp_path / "o2", cases)
     assert not (tmp_path / "o2").exists()
-
-
-def test_half_precision_runs_within_its_tolerance(bpe):
-    lm = zoo.make_causal("llama", bpe)
-    lm.model.to(torch.bfloat16)
-    from tokenprobe import LoadedModel
-
-    half = LoadedModel.wrap(lm.model, lm.tokenizer, name="tiny-llama-bf16")
-    result = _run(half, target=TARGET, foil=FOIL)
-    exact = result.meta["exactness"]
-    assert exact["max_abs_error"] <= exact["tolerance"]
-    assert run is not None  # the CLI helper, imported for the fixture module

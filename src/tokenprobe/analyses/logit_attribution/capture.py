@@ -8,7 +8,6 @@ attention_output`)."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +18,14 @@ from torch import nn
 
 from ...errors import TokenprobeError
 from ...model import Adapter
-from ...model.parts import HeadLayout, find_module
+from ...model.parts import (
+    HeadLayout,
+    adds_residual,
+    find_module,
+    first_output,
+    is_norm,
+    residual_argument,
+)
 
 Tensors = dict[str, torch.Tensor]
 
@@ -36,32 +42,20 @@ class Branch:
     residual: bool
 
 
-def _is_norm(name: str, module: nn.Module) -> bool:
-    kind = type(module).__name__.lower()
-    return "norm" in kind or "norm" in name or name.startswith("ln")
-
-
-def _adds_residual(module: nn.Module) -> bool:
-    try:
-        return "residual" in inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def branches(block: nn.Module) -> list[Branch]:
     """The block's attention and MLP modules (`parts.find_module`); a block without attention
     (Mamba's, Jamba's state-space layers) has its one other non-norm child as a "mixer"."""
     found = {c: find_module(block, c) for c in ("attn", "mlp")}
-    out = [Branch(c, f[0], f[1], _adds_residual(f[1])) for c, f in found.items() if f is not None]
+    out = [Branch(c, f[0], f[1], adds_residual(f[1])) for c, f in found.items() if f is not None]
     if found["attn"] is None:
         taken = {f[0] for f in found.values() if f is not None}
         rest = [
             (n, m)
             for n, m in block.named_children()
-            if n not in taken and not _is_norm(n, m) and "dropout" not in type(m).__name__.lower()
+            if n not in taken and not is_norm(n, m) and "dropout" not in type(m).__name__.lower()
         ]
         if len(rest) == 1:
-            out.insert(0, Branch("mixer", rest[0][0], rest[0][1], _adds_residual(rest[0][1])))
+            out.insert(0, Branch("mixer", rest[0][0], rest[0][1], adds_residual(rest[0][1])))
     return out
 
 
@@ -77,10 +71,6 @@ class Captured:
     final: tuple[torch.Tensor, torch.Tensor] | None = None  # the final norm's (input, output)
     raw_logits: torch.Tensor | None = None  # (positions, len(vocab_ids))
     calls: dict[str, int] = field(default_factory=dict)
-
-
-def _first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _rows(t: torch.Tensor, n_pos: int) -> torch.Tensor:
@@ -131,7 +121,7 @@ def capture(
             )
 
         def logits(_m: nn.Module, _a: tuple, out: Any) -> None:
-            got.raw_logits = _rows(_first(out)[..., vocab_ids], n_pos)
+            got.raw_logits = _rows(first_output(out)[..., vocab_ids], n_pos)
 
         handles.append(adapter.unembed.register_forward_hook(counted("unembedding", logits)))
         yield got
@@ -141,7 +131,7 @@ def capture(
 
 
 def _keep_final(got: Captured, args: tuple, out: Any, n_pos: int) -> None:
-    got.final = (_rows(args[0], n_pos), _rows(_first(out), n_pos))
+    got.final = (_rows(args[0], n_pos), _rows(first_output(out), n_pos))
 
 
 def _block_hooks(
@@ -161,7 +151,7 @@ def _block_hooks(
         got.inputs[b] = _rows(arg0(args, kwargs), n_pos)
 
     def block_out(_m: nn.Module, _a: tuple, out: Any) -> None:
-        got.outputs[b] = _rows(_first(out), n_pos)
+        got.outputs[b] = _rows(first_output(out), n_pos)
 
     handles = [
         block.register_forward_pre_hook(counted(f"block {b}", block_in), with_kwargs=True),
@@ -170,19 +160,18 @@ def _block_hooks(
     for br in found:
 
         def part(_m: nn.Module, args: tuple, kwargs: dict, out: Any, br: Branch = br) -> None:
-            value = _rows(_first(out), n_pos)
+            value = _rows(first_output(out), n_pos)
             if br.residual:
-                bound = inspect.signature(br.module.forward).bind_partial(*args, **kwargs)
-                value = value - _rows(bound.arguments["residual"], n_pos)
+                value = value - _rows(residual_argument(br.module, args, kwargs), n_pos)
             got.parts[b][br.name] = value
 
         key = f"block {b} {br.name}"
         handles.append(br.module.register_forward_hook(counted(key, part), with_kwargs=True))
     for name, child in block.named_children():
-        if _is_norm(name, child):
+        if is_norm(name, child):
 
             def norm(_m: nn.Module, args: tuple, out: Any, name: str = name) -> None:
-                x, y = (args[0] if args else None), _first(out)
+                x, y = (args[0] if args else None), first_output(out)
                 if not isinstance(x, torch.Tensor) or x.shape != y.shape or x.dim() not in (2, 3):
                     return  # not a norm of the residual stream (a per-head or stacked one)
                 if x.shape[-2] == n_pos and x.numel() == n_pos * x.shape[-1]:

@@ -184,24 +184,27 @@ def _exactness(
     rows: Rows, got: Captured, multiplier: float, foil: bool, tol: float
 ) -> dict[str, Any]:
     """The parts' sum against the model's own logit (before any soft-cap) at every position;
-    a TokenprobeError where they differ by more than the tolerance."""
+    a TokenprobeError where they differ by more than the tolerance at that position's scale
+    (`tol` x the sum of its parts' sizes)."""
     raw = got.raw_logits
     assert raw is not None
     own = (raw[:, 0] - raw[:, 1] if foil else raw[:, 0]) * multiplier
     total, magnitude = rows.total(), rows.magnitude()
     error = (total - own).abs()
-    limit = tol * max(1.0, float(magnitude.max()))
-    worst = int(error.argmax())
-    if float(error[worst]) > limit:
+    limits = tol * magnitude.clamp(min=1.0)  # each position's own scale
+    worst = int((error / limits).argmax())
+    if float(error[worst]) > float(limits[worst]):
         raise TokenprobeError(
             f"logit attribution: the parts add up to {float(total[worst]):.6g} at position "
             f"{worst} but the model's own logit is {float(own[worst]):.6g} (error "
-            f"{float(error[worst]):.3g}, tolerance {limit:.2g}): this model's read-out is not "
-            "the frozen final norm, projection and unembedding found"
+            f"{float(error[worst]):.3g}, tolerance {float(limits[worst]):.2g}): this model's "
+            "read-out is not the frozen final norm, projection and unembedding found"
         )
     return {
         "max_abs_error": float(error.max()),
-        "tolerance": limit,
+        "tolerance": float(limits.max()),
+        "relative_tolerance": tol,
         "error_per_position": [float(e) for e in error],
+        "tolerance_per_position": [float(v) for v in limits],
         "model_logit": [float(v) for v in own],
     }

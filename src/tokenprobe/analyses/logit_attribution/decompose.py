@@ -30,65 +30,100 @@ class BlockParts:
     post: dict[str, tuple[NormForm, torch.Tensor]] = field(default_factory=dict)
     multiplier: float = 1.0  # Granite's residual_multiplier: each part is this x the output
     error: float = 0.0  # largest |block output - input - sum of parts|
-    limit: float = 0.0
 
 
-def _gap(parts: dict[str, torch.Tensor], change: torch.Tensor) -> float:
+def position_limits(tol: float, *states: torch.Tensor) -> torch.Tensor:
+    """Each position's tolerance (positions,): `tol` x max(1, its largest |value| in any of
+    `states`), so that a position of small scale is held to its own rounding."""
+    scale = torch.stack([s.abs().amax(-1) for s in states]).amax(0)
+    return tol * scale.clamp(min=1.0)
+
+
+def _gap(parts: dict[str, torch.Tensor], change: torch.Tensor) -> torch.Tensor:
+    """|sum of parts - change| at its worst, per position (positions,)."""
     total = sum(parts.values(), torch.zeros_like(change))
-    return float((total - change).abs().max())
+    return (total - change).abs().amax(-1)
+
+
+def _post_norms(
+    block: torch.nn.Module,
+    norms: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    raw: dict[str, torch.Tensor],
+    found: list[Branch],
+    tol: float,
+) -> dict[str, tuple[str, torch.Tensor, NormForm | None]]:
+    """Each branch's post-norm: a norm child whose input is that branch's output (structural
+    evidence, whatever the tolerance of the block check), as (name, output, form or None)."""
+    out = {}
+    for br in found:
+        r = raw.get(br.name)
+        for name, (n_in, n_out) in norms.items():
+            if r is None or bool(((n_in - r).abs().amax(-1) > position_limits(tol, r)).any()):
+                continue
+            try:
+                form = fit_norm(block.get_submodule(name), n_in, n_out, tol=tol, path=name)
+            except TokenprobeError:
+                form = None  # the branch's part stands; its heads cannot be split (head_parts)
+            out[br.name] = (name, n_out, form)
+            break
+    return out
 
 
 def split_block(
     adapter: Adapter, b: int, got: Captured, found: list[Branch], tol: float
 ) -> BlockParts:
-    """Block `b`'s parts, checked to add up to its change; one TokenprobeError where neither
-    the branches' outputs nor their post-norms' outputs do."""
+    """Block `b`'s parts, checked at every position to add up to its change: post-norm
+    outputs where a branch has one, else the branches' outputs or `residual_multiplier` x
+    them, whichever is closer; one TokenprobeError where the chosen form does not add up."""
     block, where = adapter.blocks[b], f"{adapter.blocks_path}.N"
     x, y = got.inputs[b], got.outputs[b]
-    change = y - x
-    limit = tol * max(1.0, float(y.abs().max()), float(x.abs().max()))
+    change, limits = y - x, position_limits(tol, x, y)
     raw = {br.name: got.parts[b][br.name] for br in found if br.name in got.parts[b]}
     how = {
         br.name: f"output of {where}.{br.child}"
         + (" minus its residual argument (it adds the residual itself)" if br.residual else "")
         for br in found
     }
-    gap = _gap(raw, change)
-    if gap <= limit:
-        return BlockParts(b, dict(raw), how, raw, error=gap, limit=limit)
+    post = _post_norms(block, got.norms[b], raw, found, tol)
+    if post:
+        parts = {**raw, **{k: v[1] for k, v in post.items()}}
+        for k, (name, _, _) in post.items():
+            child = next(br.child for br in found if br.name == k)
+            how[k] = f"output of {where}.{name} (the norm on {child}'s output)"
+        frozen = {k: (f, f.scale(got.norms[b][n][0])) for k, (n, _, f) in post.items() if f}
+        return _checked(block, b, found, BlockParts(b, parts, how, raw, frozen), change, limits)
+    forms = [BlockParts(b, dict(raw), how, raw)]
     alpha = getattr(adapter.config, "residual_multiplier", None)
     if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha != 1:
         scaled = {k: float(alpha) * v for k, v in raw.items()}
-        gap = _gap(scaled, change)
-        if gap <= limit:
-            said = {
-                k: f"{float(alpha):g} (config.residual_multiplier) x {v}" for k, v in how.items()
-            }
-            return BlockParts(b, scaled, said, raw, error=gap, limit=limit, multiplier=float(alpha))
-    parts, post = dict(raw), {}
-    for br in found:
-        for name, (n_in, n_out) in got.norms[b].items():
-            r = raw.get(br.name)
-            if r is None or float((n_in - r).abs().max()) > tol * max(1.0, float(r.abs().max())):
-                continue
-            parts[br.name] = n_out
-            how[br.name] = f"output of {where}.{name} (the norm on {br.child}'s output)"
-            try:
-                form = fit_norm(block.get_submodule(name), n_in, n_out, tol=tol, path=name)
-                post[br.name] = (form, form.scale(n_in))
-            except TokenprobeError:
-                pass  # the branch's part stands; its heads cannot be split (see head_parts)
-            break
-    gap = _gap(parts, change)
-    if gap > limit:
+        said = {k: f"{float(alpha):g} (config.residual_multiplier) x {v}" for k, v in how.items()}
+        forms.append(BlockParts(b, scaled, said, raw, multiplier=float(alpha)))
+    best = min(forms, key=lambda f: float((_gap(f.parts, change) / limits).max()))
+    return _checked(block, b, found, best, change, limits)
+
+
+def _checked(
+    block: torch.nn.Module,
+    b: int,
+    found: list[Branch],
+    part: BlockParts,
+    change: torch.Tensor,
+    limits: torch.Tensor,
+) -> BlockParts:
+    """`part` with its error, or one TokenprobeError where a position's gap passes its limit."""
+    gap = _gap(part.parts, change)
+    worst = int((gap / limits).argmax())
+    if float(gap[worst]) > float(limits[worst]):
         names = ", ".join(f"{br.name} ({br.child})" for br in found) or "none found"
         raise TokenprobeError(
             f"logit attribution cannot split block {b} ({type(block).__name__}) into parts: "
-            f"its output - input differs from the sum of its branches [{names}] by {gap:.3g} "
-            f"(tolerance {limit:.2g}), with or without a post-norm on each branch; this "
-            "family's residual stream is not a sum of the blocks' branch outputs"
+            f"its output - input differs from the sum of its branches [{names}] by "
+            f"{float(gap[worst]):.3g} at position {worst} (tolerance {float(limits[worst]):.2g}), "
+            "with or without a post-norm on each branch; this family's residual stream is not "
+            "a sum of the blocks' branch outputs"
         )
-    return BlockParts(b, parts, how, raw, post, gap, limit)
+    part.error = float(gap.max())
+    return part
 
 
 @dataclass

@@ -18,7 +18,6 @@ stream the lens decodes would not be a state of the model: the next block reads 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from torch import nn
 
 from ...errors import TokenprobeError
 from ...model import Adapter, execution_device
-from ...model.parts import find_module
+from ...model.parts import adds_residual, find_module, first_output, residual_argument
 
 
 @dataclass
@@ -50,13 +49,6 @@ class Site:
     head: int | None = None
 
 
-def _adds_residual(module: nn.Module) -> bool:
-    try:
-        return "residual" in inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def find_sites(adapter: Adapter, component: str) -> list[Site | None]:
     """The sites of one component, by row: L + 1 for the residual stream, L for attn and mlp
     (None for a block without such a module, e.g. Jamba's state-space blocks for attn)."""
@@ -71,7 +63,7 @@ def find_sites(adapter: Adapter, component: str) -> list[Site | None]:
             continue
         name, module = found
         path = f"{adapter.blocks_path}.{b}.{name}"
-        sites.append(Site(component, b, b, module, path, _adds_residual(module)))
+        sites.append(Site(component, b, b, module, path, adds_residual(module)))
     if all(s is None for s in sites):
         what = "attention" if component == "attn" else "MLP"
         raise TokenprobeError(
@@ -82,21 +74,12 @@ def find_sites(adapter: Adapter, component: str) -> list[Site | None]:
     return sites
 
 
-def _first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def _with_first(out: Any, state: torch.Tensor) -> Any:
     if isinstance(out, tuple):
         return (state, *out[1:])
     if isinstance(out, list):
         return [state, *out[1:]]
     return state
-
-
-def _residual_arg(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
-    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
-    return bound.arguments["residual"]
 
 
 # A hook's edit: given the output at a site (batch, positions, width) and, for a module that
@@ -216,14 +199,14 @@ def _input_hook(edit: Edit) -> Callable[..., Any]:
 
 def _output_hook(edit: Edit) -> Callable[..., Any]:
     def hook(_m: nn.Module, _args: tuple, out: Any) -> Any:
-        return _with_first(out, edit(_first(out), None))
+        return _with_first(out, edit(first_output(out), None))
 
     return hook
 
 
 def _residual_hook(module: nn.Module, edit: Edit) -> Callable[..., Any]:
     def hook(_m: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-        return _with_first(out, edit(_first(out), _residual_arg(module, args, kwargs)))
+        return _with_first(out, edit(first_output(out), residual_argument(module, args, kwargs)))
 
     return hook
 
@@ -260,7 +243,7 @@ class Skipper:
         def note(b: int) -> Callable[..., None]:
             def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
                 self.others[b] = tuple(out[1:]) if isinstance(out, (tuple, list)) else None
-                state = _first(out)
+                state = first_output(out)
                 self.streams[b] = int(state.shape[0]) if state.dim() == 4 else 1
 
             return hook
