@@ -12,10 +12,11 @@ tokenprobe's exact trace; TransformerLens 4's `patching.get_act_patch_attn_head_
 on a TransformerBridge over the same model; nnsight's documented pattern (an `invoke` per cell
 writing the head's slice of `o_proj.input`, one `trace` per layer so that a batch fits in
 memory); and the floor, plain batched forward passes over all the patched inputs (one batch per
-layer), patched by hooks. `--layers N` restricts every tool to the first N layers (a quicker
-run). Peers run where importable (`.venv-bench/bin/python bench/heads.py`); one that is not is
-said to be skipped. Prints seconds, peak memory, the ratio to the floor and to each peer, and
-the largest difference of each grid from tokenprobe's.
+layer), patched by hooks. `--layers N` (a quicker run): every tool still runs the full model,
+and patches only the cells of its first N layers. Peers run where importable
+(`.venv-bench/bin/python bench/heads.py`); one that is not is said to be skipped. Prints
+seconds, peak memory, the ratio to the floor and tokenprobe's to each tool, and the largest
+difference of each grid from tokenprobe's and from the floor's (same cells, same metric).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import torch
 from _common import timed
 
 import tokenprobe
+from tokenprobe.analyses.trace import TraceOptions, Tracer
+from tokenprobe.analyses.trace.cells import plan_cells
+from tokenprobe.analyses.trace.inputs import trace_inputs
 
 # bench/trace.py's prompts (not imported: its name is the standard library's `trace`)
 CLEAN = "The Eiffel Tower, the iron tower that was built for a fair, stands in the city of"
@@ -49,36 +53,27 @@ def _geometry(lm) -> tuple[int, int, int]:
 
 
 def ours(lm, layers: int) -> Callable[[], np.ndarray]:
+    """tokenprobe's exact head trace of the full model: `causal_trace` when every layer is
+    asked for; with `--layers N`, the same Tracer, inputs and cells (causal_trace has no layer
+    filter), those of the first N blocks only, scored in the same token-budget batches."""
+    options = TraceOptions(corrupted=CORRUPTED, target=TARGET, components=["head"])
+
     def run() -> np.ndarray:
-        res = tokenprobe.causal_trace(
-            lm, CLEAN, corrupted=CORRUPTED, target=TARGET, components=["head"], progress=False
-        )
-        return res.scores["head"][:layers]
+        if layers == lm.n_blocks:
+            res = tokenprobe.causal_trace(lm, CLEAN, options=options, progress=False)
+            return res.scores["head"]
+        given = trace_inputs(lm, CLEAN, options)
+        tracer = Tracer(lm, given.problem(options.scored_by, options.direction, None), ["head"])
+        cells, where = plan_cells(tracer, "head", options.window, options.positions)
+        heads = len(tracer.sites["head"]) // lm.n_blocks  # row = block x heads + head
+        kept = [i for i, (row, _) in enumerate(where) if row < layers * heads]
+        values = tracer.score_cells([cells[i] for i in kept], options.batch_tokens)
+        grid = np.full((layers * heads, tracer.n_pos), np.nan)
+        for i, v in zip(kept, values, strict=True):
+            grid[where[i]] = v
+        return grid.reshape(layers, heads, tracer.n_pos)
 
-    if layers < lm.n_blocks:  # the trace runs every layer: time it on a truncated copy
-        return _truncated(lm, layers, run)
     return run
-
-
-def _truncated(lm, layers: int, run: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
-    """`run` on the model with only its first `layers` blocks (the tokenprobe trace has no
-    layer filter; dropping the upper blocks leaves the lower cells' job the same size)."""
-    blocks = lm.model.model.layers
-    kept = torch.nn.ModuleList(list(blocks)[:layers])
-
-    def truncated() -> np.ndarray:
-        lm.model.model.layers = kept
-        old = lm.model.config.num_hidden_layers
-        lm.model.config.num_hidden_layers = layers
-        lm.adapter = None  # found again on the truncated model
-        try:
-            return run()
-        finally:
-            lm.model.model.layers = blocks
-            lm.model.config.num_hidden_layers = old
-            lm.adapter = None
-
-    return truncated
 
 
 def floor(lm, layers: int) -> Callable[[], np.ndarray]:
@@ -90,16 +85,22 @@ def floor(lm, layers: int) -> Callable[[], np.ndarray]:
     bad = torch.tensor([lm.tokenizer.encode(CORRUPTED)], device=lm.device)
     metric = _metric(lm)
     kept: dict[int, torch.Tensor] = {}
-    handles = [
-        blocks[k].self_attn.o_proj.register_forward_pre_hook(
-            lambda _m, args, k=k: kept.__setitem__(k, args[0].clone())
-        )
-        for k in range(layers)
-    ]
-    with torch.inference_mode():
-        lm.model(input_ids=clean, use_cache=False)
-    for h in handles:
-        h.remove()
+
+    def record_clean() -> None:
+        """The clean run, each patched layer's o_proj input kept (part of the timed job)."""
+        handles = [
+            blocks[k].self_attn.o_proj.register_forward_pre_hook(
+                lambda _m, args, k=k: kept.__setitem__(k, args[0].clone())
+            )
+            for k in range(layers)
+        ]
+        try:
+            with torch.inference_mode():
+                lm.model(input_ids=clean, use_cache=False, logits_to_keep=1)
+        finally:
+            for h in handles:
+                h.remove()
+
     rows = torch.arange(heads * n_pos, device=lm.device)
     h_of, p_of = rows // n_pos, rows % n_pos
     cols = (h_of[:, None] * d + torch.arange(d, device=lm.device)[None]).long()
@@ -113,6 +114,7 @@ def floor(lm, layers: int) -> Callable[[], np.ndarray]:
         return pre
 
     def run() -> np.ndarray:
+        record_clean()
         out = np.zeros((layers, heads, n_pos))
         for k in range(layers):
             handle = blocks[k].self_attn.o_proj.register_forward_pre_hook(patch(k))
@@ -215,6 +217,34 @@ def nnsight_heads(lm, layers: int) -> Callable[[], np.ndarray] | None:
     return run
 
 
+def _report(
+    results: dict[str, tuple[float, float]],
+    grids: dict[str, np.ndarray],
+    layers: int,
+    heads: int,
+    n_pos: int,
+) -> None:
+    """Each grid's largest difference from tokenprobe's and from the floor's (the same cells,
+    (layer, head, position), and the same metric), and tokenprobe's speed against the others."""
+    shape = (layers, heads, n_pos)
+    bad = [f"{n} {g.shape}" for n, g in grids.items() if g.shape != shape or np.isnan(g).any()]
+    if bad:
+        print(f"grids not {shape} or with NaN: {', '.join(bad)}")
+    print(f"{'max |diff|':<20}{'vs tokenprobe':>15}{'vs floor':>15}")
+    for name, g in grids.items():
+        cols = [
+            float(np.abs(g - grids[ref]).max()) if ref in grids and ref != name else float("nan")
+            for ref in ("tokenprobe", "floor (batched)")
+        ]
+        print(f"{name:<20}{cols[0]:>15.3g}{cols[1]:>15.3g}")
+    if "tokenprobe" in results:
+        ours_t = results["tokenprobe"][0]
+        for other in ("floor (batched)", "transformer_lens", "nnsight"):
+            if other in results:
+                ratio = results[other][0] / ours_t
+                print(f"tokenprobe vs {other}: {other} / tokenprobe = {ratio:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
@@ -225,6 +255,7 @@ def main() -> int:
     parser.add_argument(
         "--peers", default="tl,nnsight", help="comma-separated subset of tl, nnsight"
     )
+    parser.add_argument("--save", default=None, help="write every grid to this .npz file")
     args = parser.parse_args()
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
@@ -245,33 +276,26 @@ def main() -> int:
     ]
     results: dict[str, tuple[float, float]] = {}
     grids: dict[str, np.ndarray] = {}
-    print(
-        f"{'method':<20}{'seconds':>9}{'x floor':>9}{'peak MB':>9}{'max |diff| vs tokenprobe (floor before it)':>44}"
-    )
+    print(f"{'method':<20}{'seconds':>9}{'x floor':>9}{'peak MB':>9}", flush=True)
     for name, make in methods:
         try:
             fn = make()
             if fn is None:
                 print(f"{name:<20} skipped (not installed here, or not in --peers)", flush=True)
                 continue
-            grids[name] = fn()
-            results[name] = timed(fn, args.repeats, lm.device)
+            # the last of the warm-up and timed runs leaves its grid
+            results[name] = timed(
+                lambda fn=fn, name=name: grids.__setitem__(name, fn()), args.repeats, lm.device
+            )
         except Exception as exc:  # a peer's API change must not lose the other lines
             print(f"{name:<20} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             continue
         sec, peak = results[name]
         floor_t = results.get("floor (batched)", (sec, 0.0))[0]
-        base = grids.get("tokenprobe", grids.get("floor (batched)"))
-        diff = float(np.abs(grids[name] - base).max()) if base is not None else float("nan")
-        print(f"{name:<20}{sec:>9.3f}{sec / floor_t:>9.2f}{peak:>9.0f}{diff:>44.3g}", flush=True)
-    if "tokenprobe" in results and "floor (batched)" in grids:
-        diff = float(np.abs(grids["floor (batched)"] - grids["tokenprobe"]).max())
-        print(f"floor vs tokenprobe: max |diff| {diff:.3g}")
-    for peer in ("transformer_lens", "nnsight"):
-        if peer in results and "tokenprobe" in results:
-            print(
-                f"tokenprobe vs {peer}: {results[peer][0] / results['tokenprobe'][0]:.2f}x faster"
-            )
+        print(f"{name:<20}{sec:>9.3f}{sec / floor_t:>9.2f}{peak:>9.0f}", flush=True)
+    _report(results, grids, layers, heads, n_pos)
+    if args.save:
+        np.savez(args.save, **{name.split()[0]: g for name, g in grids.items()})
     return 0
 
 
