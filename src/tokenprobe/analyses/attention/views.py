@@ -160,7 +160,9 @@ def views(result: AttentionResult) -> list[tuple[str, Any]]:
     meta, tokens, n = result.meta, result.tokens, len(result.tokens)
     options = meta.get("options") or {}
     model = (meta.get("model") or {}).get("name", "")
-    about = [f"model: {model}", f"kept: {meta.get('stored', '')}", f"{n} tokens"]
+    prompt = str(meta.get("prompt", ""))  # the report adds the model's name itself
+    shown = prompt if len(prompt) <= 200 else prompt[:200] + "..."
+    about = [f"prompt: {shown}", f"kept: {meta.get('stored', '')}", f"{n} tokens"]
     kept = [b for b in result.layers if result.pattern.full(b, n)]
     out: list[tuple[str, Any]] = []
     layer = options.get("layer")
