@@ -200,6 +200,29 @@ COMMANDS: dict[str, Command] = {
             lm, PROMPT, target=" dog", subject="quick brown", samples=2
         ),
     ),
+    "trace heads": Command(
+        lambda f, k: (
+            ["trace", "--prompt", PROMPT, "--target", " dog", "--subject", "quick brown"]
+            + ["--samples", "2", "--component", "head", "--positions", "all"]
+        ),
+        lambda lm, f, k: tokenprobe.causal_trace(
+            lm,
+            PROMPT,
+            target=" dog",
+            subject="quick brown",
+            samples=2,
+            components=["head"],
+            positions="all",
+        ),
+    ),
+    "logit-attribution": Command(
+        lambda f, k: ["logit-attribution", "--prompt", PROMPT, "--target", " dog"],
+        lambda lm, f, k: tokenprobe.logit_attribution(lm, PROMPT, target=" dog"),
+    ),
+    "attention": Command(
+        lambda f, k: ["attention", "--prompt", PROMPT, "--to", " fox"],
+        lambda lm, f, k: tokenprobe.attention(lm, PROMPT, to=" fox"),
+    ),
     "attribute": Command(
         lambda f, k: (
             ["attribute", "--prompt", PROMPT, "--target", " dog"]
@@ -253,6 +276,7 @@ COMMANDS: dict[str, Command] = {
     ),
 }
 CAUSAL_ONLY = ["lens", "trace", "attribute", "similarity", "tune-lens", "lens-eval"]
+CAUSAL_ONLY += ["trace heads", "logit-attribution", "attention"]
 CAUSAL_KINDS = ["causal-folder", "gguf", "hub-offline"]
 CLASSIFIER_KINDS = ["bert-classifier", "roberta-classifier", "llama-classifier"]
 
