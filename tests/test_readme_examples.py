@@ -72,6 +72,7 @@ COMMANDS = {
     "flips",
     "trace",
     "attention",
+    "features",
     "tune-lens",
     "lens-eval",
     "report",
@@ -212,6 +213,16 @@ VALUES: dict[str, tuple[dict[str, str | None], str]] = {
         {"fast": CLASSIFIER, "slow": "smollm2"},
         "a cluster's shared folder: the workspace's classifier (fast), the built-in model (slow)",
     ),
+    "path/to/saelens-folder": (
+        {"fast": "saes/tiny-saelens", "slow": "saes/smollm2-saelens"},
+        "a placeholder: a random SAELens folder (sae-lens 6's cfg.json and tensor names) for the "
+        "tier's model, written in the workspace (no dictionary for SmolLM2 can be downloaded here)",
+    ),
+    "path/to/sparsify-run": (
+        {"fast": "saes/tiny-sparsify", "slow": "saes/smollm2-sparsify"},
+        "a placeholder: a random sparsify run folder (hookpoints layers.1 and layers.14) for the "
+        "tier's model, written in the workspace",
+    ),
     "/shared/data/tweets.parquet": (
         {"fast": "tweets.parquet", "slow": "tweets.parquet"},
         "a cluster's shared folder: the workspace's tweets.parquet",
@@ -270,7 +281,7 @@ def plan(example: Example, tier: str) -> Plan:
             argv += [word, new_value]
             i += 2
             continue
-        if word in VALUES and (i > 0 and words[i - 1] in ("--model", "--data")):
+        if word in VALUES and (i > 0 and words[i - 1] in ("--model", "--data", "--sae")):
             new_value, why = VALUES[word][0][tier], VALUES[word][1]
             if new_value is not None:
                 notes.append(f"{word} -> {new_value}: {why}")
@@ -333,6 +344,44 @@ def write_inputs(root: Path) -> dict[str, str]:
     return {"cot": cot, "samples": "\n".join(samples.text[:300])}
 
 
+def sae_folders(root: Path, name: str, width: int, blocks: int) -> None:
+    """Random dictionaries for a model of `width` and `blocks` blocks, in the layouts sae-lens 6
+    and sparsify write: `saes/<name>-saelens` (a ReLU SAE on the residual stream after the
+    middle block) and `saes/<name>-sparsify` (a TopK run with hookpoints layers.1 and
+    layers.14, or the last block where the model has fewer)."""
+    import torch
+    from safetensors.torch import save_file
+
+    fixtures = Path(__file__).resolve().parent / "data" / "sae"
+    g = torch.Generator().manual_seed(0)
+    latents = 256
+
+    def weights(transposed: bool) -> dict[str, torch.Tensor]:
+        w_enc = torch.randn(width, latents, generator=g) / width**0.5
+        w_dec = torch.randn(latents, width, generator=g) * (3.0 / width**0.5)
+        if transposed:
+            return {"encoder.weight": w_enc.T.contiguous(), "encoder.bias": torch.zeros(latents),
+                    "W_dec": w_dec, "b_dec": torch.zeros(width)}  # fmt: skip
+        return {"W_enc": w_enc, "b_enc": -0.5 * torch.ones(latents), "W_dec": w_dec,
+                "b_dec": torch.zeros(width)}  # fmt: skip
+
+    saelens = root / "saes" / f"{name}-saelens"
+    saelens.mkdir(parents=True)
+    cfg = json.loads((fixtures / "saelens-standard" / "cfg.json").read_text())
+    cfg.update(d_in=width, d_sae=latents)
+    cfg["metadata"]["hook_name"] = f"blocks.{blocks // 2}.hook_resid_post"
+    (saelens / "cfg.json").write_text(json.dumps(cfg))
+    save_file(weights(False), str(saelens / "sae_weights.safetensors"))
+    run = fixtures / "sparsify-topk"
+    for hookpoint in dict.fromkeys(["layers.1", f"layers.{min(14, blocks - 1)}"]):
+        folder = root / "saes" / f"{name}-sparsify" / hookpoint
+        folder.mkdir(parents=True)
+        cfg = json.loads((run / "layers.1" / "cfg.json").read_text())
+        cfg.update(d_in=width, num_latents=latents, k=16)
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+        save_file(weights(True), str(folder / "sae.safetensors"))
+
+
 def tiny_models(root: Path, texts: list[str]) -> None:
     """A tiny Llama at TINY, its byte-level BPE trained on `texts` with a vocabulary large
     enough that every word is one token; a tiny BERT classifier (anger, joy, sadness) at
@@ -345,6 +394,8 @@ def tiny_models(root: Path, texts: list[str]) -> None:
     lm.model.config.max_position_embeddings = 2048  # lens-eval's default 512-token sequences
     lm.model.save_pretrained(root / TINY)
     lm.tokenizer.save_pretrained(root / TINY)
+    config = lm.model.config
+    sae_folders(root, "tiny", int(config.hidden_size), int(config.num_hidden_layers))
     classifier = zoo.make_classifier("bert", zoo.wordpiece_tokenizer(root, texts))
     classifier.model.save_pretrained(root / CLASSIFIER)
     classifier.tokenizer.save_pretrained(root / CLASSIFIER)
@@ -485,6 +536,7 @@ def slow_runs(request, tmp_path_factory):
         pytest.skip(f"no tokenprobe executable beside {sys.executable}: pip install -e .")
     root = tmp_path_factory.mktemp("readme-slow")
     write_inputs(root)
+    sae_folders(root, "smollm2", 576, 30)
     runner = Runner("slow", root, environment(), workers=1)  # one SmolLM2 run at a time
     for example in selected(request, "test_example_is_plausible_on_the_builtin_model"):
         runner.submit(example)
@@ -539,6 +591,14 @@ def expected_files(args: Any) -> list[str]:
             if args.to:
                 files += ["attention_to.parquet", *figures("attention_to", args)]
             return files
+        case "features":
+            stems = ("features", "features_error") + (("features_effects",) if args.target else ())
+            return [
+                "features.parquet",
+                "features_positions.parquet",
+                "meta.json",
+                *(f for s in stems for f in figures(s, args)),
+            ]
     raise AssertionError(f"no expectations for `tokenprobe {args.command}`: add them here")
 
 
@@ -552,6 +612,7 @@ FINITE = {
     "lens-eval": None,
     "logit-attribution": ["value"],
     "attention": ["weight"],
+    "features": ["activation"],
 }
 TABLE = {
     "lens": "lens.parquet",
@@ -563,6 +624,7 @@ TABLE = {
     "lens-eval": "lens_eval.parquet",
     "logit-attribution": "logit_attribution.parquet",
     "attention": "attention.parquet",
+    "features": "features.parquet",
 }
 
 
@@ -868,6 +930,24 @@ def check_attention(run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: 
         assert to["weight"].between(0, 1 + 1e-6).all() and to["weight"].max() > 0.05, run.describe()
 
 
+def check_features(run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: Any) -> None:
+    """The dictionary read where its files say (the sparsify hookpoint, the SAELens hook); kept
+    features active, ranked, at most --top per position by activation; with --target every
+    kept feature's exact effect computed, and activation x gradient tracking it."""
+    d = meta["dictionary"]
+    if args.hookpoint:
+        assert d["hook"] == args.hookpoint and d["reads"] == f"resid {int(args.hookpoint[7:]) + 1}"
+    assert (table["activation"] > 0).all() and (table["rank"] >= 1).all(), run.describe()
+    per_position = table[table["rank"] <= args.top].groupby("position").size()
+    assert (per_position <= args.top).all()
+    positions = pd.read_parquet(run.out / "features_positions.parquet")
+    assert np.isfinite(positions["error_ratio"]).all() and (positions["kl"] >= 0).all()
+    if args.target:
+        top = table[table["top"]]
+        assert np.isfinite(top["ablation"]).all() and np.isfinite(top["attribution"]).all()
+        assert meta["correlation"] is not None and meta["correlation"] > 0.3, meta["correlation"]
+
+
 def check_report(run: Run, args: Any, *_: Any) -> None:
     """Every result written under the folder before it is in the page; none skipped."""
     assert "warning" not in run.stderr, run.describe()
@@ -887,6 +967,7 @@ PLAUSIBLE = {
     "lens-eval": check_lens_eval,
     "logit-attribution": check_logit_attribution,
     "attention": check_attention,
+    "features": check_features,
     "report": check_report,
 }
 

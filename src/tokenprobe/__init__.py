@@ -58,6 +58,10 @@ _WHERE = {
         ".analyses.logit_attribution",
     ),
     **dict.fromkeys(("AttentionResult", "AttentionOptions", "attention"), ".analyses.attention"),
+    **dict.fromkeys(
+        ("FeaturesResult", "FeaturesOptions", "FeaturesFigure", "features"), ".analyses.features"
+    ),
+    **dict.fromkeys(("Dictionary", "SaeSite", "load_sae"), ".sae"),
     **dict.fromkeys(("TuneLensResult", "TuneLensOptions", "tune_lens"), ".analyses.tune_lens"),
     **dict.fromkeys(("TunedDecoder", "TunedLens", "load_lens", "save_lens"), ".tuned"),
 }
@@ -81,6 +85,13 @@ __all__ = [
     "load",
     "Result",
     "load_result",
+    "FeaturesResult",
+    "FeaturesOptions",
+    "FeaturesFigure",
+    "features",
+    "Dictionary",
+    "SaeSite",
+    "load_sae",
     "PreparedInput",
     "prepare",
     "AttributionResult",
@@ -148,6 +159,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         attribute,
     )
     from .analyses.attribute.rows import attribute_rows
+    from .analyses.features import FeaturesFigure, FeaturesOptions, FeaturesResult, features
     from .analyses.flips import (
         FlipFigure,
         FlipOptions,
@@ -179,5 +191,6 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .model import Adapter, LoadedModel, load
     from .results import Result
     from .rowset import RowSet
+    from .sae import Dictionary, SaeSite, load_sae
     from .text import PreparedInput, prepare
     from .tuned import TunedDecoder, TunedLens, load_lens, save_lens

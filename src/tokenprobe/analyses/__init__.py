@@ -24,6 +24,7 @@ BUILT_IN = (
     "lens_eval",
     "trace",
     "attention",
+    "features",
 )
 
 for _name in BUILT_IN:

@@ -341,17 +341,19 @@ def _output_projection(
 
 
 def _state_width(blocks: nn.ModuleList) -> int | None:
-    """The residual stream's width: the widest of the blocks' norms (per-head query/key norms
-    are narrower), else the input width of their first linear map."""
-    widths = [
-        int(weight.shape[0])
-        for m in blocks[0].modules()
-        if _is_norm(m)
-        and isinstance(weight := getattr(m, "weight", None), torch.Tensor)
-        and weight.dim() == 1
-    ]
-    if widths:
-        return max(widths)
+    """The residual stream's width: the widest of the block's own norms (its direct children;
+    a norm inside a mixer can be wider: Mamba 2's gated norm), else of the norms inside it
+    (per-head query/key norms are narrower), else the input width of its first linear map."""
+    for found in (blocks[0].children(), blocks[0].modules()):
+        widths = [
+            int(weight.shape[0])
+            for m in found
+            if _is_norm(m)
+            and isinstance(weight := getattr(m, "weight", None), torch.Tensor)
+            and weight.dim() == 1
+        ]
+        if widths:
+            return max(widths)
     for module in blocks[0].modules():
         if isinstance(module, nn.Linear):
             return int(module.in_features)

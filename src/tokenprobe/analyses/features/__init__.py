@@ -1,0 +1,37 @@
+"""Sparse features per token: a sparse autoencoder's or transcoder's latents on a prompt, the
+reconstruction error per position, and with a target each kept feature's effect (activation x
+gradient, and the exact change when it is removed)."""
+
+from __future__ import annotations
+
+from ..base import Analysis
+from .cli import command
+from .compute import features
+from .options import OPTIONS, FeaturesFigure, FeaturesOptions
+from .result import FeaturesResult
+
+__all__ = ["SPEC", "FeaturesFigure", "FeaturesOptions", "FeaturesResult", "features"]
+
+SPEC = Analysis(
+    name="features",
+    command="features",
+    run=features,
+    result=FeaturesResult,
+    help="sparse features: a sparse autoencoder's or transcoder's latents per token",
+    description="One forward pass of --prompt records the state --sae reads (a SAELens, sparsify "
+    "or Gemma Scope dictionary; its site is checked against the model); its latents give the "
+    "--top most active features per position and the reconstruction error (|state - "
+    "reconstruction| / |state|, and the next-token KL with every position reconstructed). With "
+    "--target (and --foil): each feature's activation x gradient of log p(target) (or target - "
+    "foil) and, unless --no-ablate, its exact effect: the score lost when the feature is removed "
+    "at its position (its decoder row times its activation taken from the state, the "
+    "reconstruction error kept), batched, one row per (position, feature). Writes "
+    "features.parquet (position, token, feature, activation, rank, top, attribution, ablation), "
+    "features_positions.parquet (l0, norm, error_ratio, kl, splice_effect per position), "
+    "meta.json, features.png, features_effects.png and features_error.png.",
+    options=OPTIONS,
+    cli=command,
+    batch_tokens=False,
+    groups=["input", "dictionary", "figure"],
+    oom_advice="give a shorter prompt or a smaller --top",
+)

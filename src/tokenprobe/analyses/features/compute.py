@@ -1,0 +1,216 @@
+"""`features`: a sparse dictionary's latents on one prompt. One forward pass records the state
+the dictionary reads (and, for a transcoder, the one it writes); the latents, the reconstruction
+error per position and, with a target, each kept feature's activation x gradient come from it;
+the reconstruction's effect on the model and each kept feature's exact removal are forward
+passes of their own (`effects`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...errors import TokenprobeError
+from ...model import LoadedModel
+from ...provenance import provenance
+from ...sae import Dictionary, SaeSite, load_sae
+from ...sae.hooks import at_site, check_fits, site_module
+from ...text import PreparedInput, first_token, prepare
+from ..settings import with_options
+from .effects import Scorer, ablations, run_edits, splice_kl, splices
+from .options import FeaturesOptions
+from .result import FeaturesResult, Kept
+
+
+@with_options(FeaturesOptions)
+def features(
+    lm: LoadedModel,
+    prompt: str | PreparedInput,
+    *,
+    options: FeaturesOptions,
+    dictionary: Dictionary | None = None,
+    offline: bool = False,
+) -> FeaturesResult:
+    """The dictionary's active features at every position of `prompt` (the `top` most active
+    kept, and with `target` those with the largest activation x gradient), the reconstruction
+    error per position and, with `target`, each kept feature's effect on the target's
+    log-probability (or target - foil). `dictionary`: one already loaded (else `options.sae` is
+    loaded). `options` (or its settings as keyword arguments): see `FeaturesOptions`."""
+    o = options
+    adapter = lm.require_adapter()
+    sae = dictionary if dictionary is not None else _load(o, offline)
+    check_fits(adapter, sae)
+    sae = sae.to(lm.device)
+    given = (
+        prompt
+        if isinstance(prompt, PreparedInput)
+        else prepare(lm, prompt, chat=o.chat, system=o.system)
+    )
+    ids = torch.tensor([given.input_ids], device=lm.device)
+    scorer = _scorer(lm, o)
+    x_in, x_out, grad, logits = _record(lm, sae, ids, scorer)
+    with torch.no_grad():
+        acts = sae.encode(x_in)
+        recon = sae.decode(acts, x_in)
+    attribution = None
+    if grad is not None:  # d score / d activation = the decoder row . d score / d state
+        attribution = acts * ((grad / sae.input_scale) @ sae.w_dec.T)
+    kept = _keep(acts, attribution, o.top)
+    kl, spliced = splice_kl(lm, sae, ids, recon, logits, scorer)
+    per_position = {"l0": (acts > 0).sum(-1).cpu().numpy(), **_errors(x_out, recon), "kl": kl}
+    ablation, base = None, None
+    if scorer is not None:
+        base, per_position["splice_effect"], ablation = _effects(
+            lm, sae, ids, (acts, kept, x_in, x_out, recon), scorer, o
+        )
+    meta = {
+        "analysis": "sparse features",
+        **provenance(lm, o).meta(),
+        "prompt": given.prompt,
+        "text": given.text,
+        "tokens": given.tokens,
+        "input_ids": given.input_ids,
+        "dictionary": _describe(adapter, sae),
+        "score": None if scorer is None else scorer.describe(),
+        "base_score": base,
+        "spliced": spliced,
+        "rows": ROWS,
+    }
+    return FeaturesResult(
+        tokens=given.tokens,
+        kept=Kept.build(kept, acts, attribution, ablation, o.top),
+        positions=per_position,
+        meta=meta,
+    )
+
+
+ROWS = (
+    "features.parquet: one row per (position, kept feature) where it is active: activation, "
+    "rank (1 = the position's most active), top (among the position's kept), attribution "
+    "(activation x gradient of the score), ablation (score - score with the feature removed at "
+    "that position; NaN where not run); features_positions.parquet: per position l0, state "
+    "norm, error_ratio (|state - reconstruction| / |state|), kl (next-token KL when every "
+    "position is reconstructed) and splice_effect (score change when only that position is)"
+)
+
+
+def _effects(
+    lm: LoadedModel,
+    sae: Dictionary,
+    ids: torch.Tensor,
+    found: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    scorer: Scorer,
+    o: FeaturesOptions,
+) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """The unedited score (through the same batched path as the edits), each position's
+    splice effect, and each kept feature's ablation effect (None with `ablate` off)."""
+    acts, kept, inputs, states, recon = found
+    nothing = [(0, torch.zeros_like(states[0]))]
+    base = float(run_edits(lm, sae, ids, nothing, scorer, o.batch_tokens)[0])
+    splice = splices(lm, sae, ids, states, recon, scorer, base, o.batch_tokens)
+    ablation = None
+    if o.ablate:
+        ablation = ablations(lm, sae, ids, (acts, kept, inputs), scorer, base, o.batch_tokens)
+    return base, splice, ablation
+
+
+def _errors(states: torch.Tensor, recon: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per position, the state's norm and |state - reconstruction| / |state|."""
+    norm = states.norm(dim=-1)
+    error = (states - recon).norm(dim=-1) / norm.clamp_min(1e-30)
+    return {"norm": norm.double().cpu().numpy(), "error_ratio": error.double().cpu().numpy()}
+
+
+def _load(o: FeaturesOptions, offline: bool) -> Dictionary:
+    if o.sae is None:
+        raise TokenprobeError(
+            "`sae` is required: give --sae DIR (a SAELens, sparsify or Gemma Scope folder) or a "
+            "hub id"
+        )
+    site = SaeSite.parse(o.sae_site) if o.sae_site is not None else None
+    return load_sae(o.sae, hookpoint=o.hookpoint, site=site, offline=offline)
+
+
+def _scorer(lm: LoadedModel, o: FeaturesOptions) -> Scorer | None:
+    if o.target is None:
+        return None
+    target = first_token(lm.tokenizer, o.target, "target", "features scores")
+    foil = None if o.foil is None else first_token(lm.tokenizer, o.foil, "foil", "features scores")
+    return Scorer(target, foil, o.target, o.foil)
+
+
+def _record(
+    lm: LoadedModel, sae: Dictionary, ids: torch.Tensor, scorer: Scorer | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One forward pass: the state the dictionary reads and the one it writes (the same for an
+    autoencoder), the score's gradient with respect to the written state (with a scorer), and
+    every position's logits (positions, vocabulary) in float32."""
+    adapter = lm.require_adapter()
+    store: dict[str, torch.Tensor] = {}
+    n = ids.shape[1]
+
+    def read(x: torch.Tensor) -> torch.Tensor:
+        store["in"] = x.detach()[0].float()
+        return x
+
+    def write(x: torch.Tensor) -> torch.Tensor:
+        if sae.transcoder is False:
+            store["in"] = x.detach()[0].float()
+        store["out"] = x.detach()[0].float()
+        if scorer is None:
+            return x
+        leaf = x.detach().requires_grad_(True)
+        store["leaf"] = leaf
+        return leaf
+
+    with torch.enable_grad() if scorer is not None else torch.no_grad():
+        with _hooks(adapter, sae, read, write, n):
+            out = lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        logits = out.logits[0].float()
+        grad = None
+        if scorer is not None:
+            score = scorer.score(logits[None, -1])[0]
+            (g,) = torch.autograd.grad(score, store["leaf"])
+            grad = g[0].float()
+    return store["in"], store["out"], grad, logits.detach()
+
+
+def _hooks(adapter: Any, sae: Dictionary, read: Any, write: Any, n: int) -> Any:
+    """The write site's hook, and for a transcoder the read site's too."""
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    if sae.transcoder:
+        stack.enter_context(at_site(adapter, sae.site, read, n))
+    stack.enter_context(at_site(adapter, sae.writes, write, n))
+    return stack
+
+
+def _keep(acts: torch.Tensor, attribution: torch.Tensor | None, top: int) -> torch.Tensor:
+    """(positions, d_sae) mask of the kept features: the `top` most active at each position,
+    and the `top` with the largest |activation x gradient| (active ones only)."""
+    k = min(top, acts.shape[-1])
+    mask = torch.zeros_like(acts, dtype=torch.bool)
+    mask.scatter_(-1, acts.topk(k, dim=-1).indices, True)
+    if attribution is not None:
+        mask.scatter_(-1, attribution.abs().topk(k, dim=-1).indices, True)
+    return mask & (acts > 0)
+
+
+def _describe(adapter: Any, sae: Dictionary) -> dict[str, Any]:
+    """For meta.json: what the dictionary is and where it reads and writes in this model."""
+    return {
+        "format": sae.format,
+        "path": sae.path,
+        "hook": sae.hook,
+        "kind": "transcoder" if sae.transcoder else "sparse autoencoder",
+        "activation": sae.activation,
+        "k": sae.k,
+        "d_in": sae.d_in,
+        "latents": sae.d_sae,
+        "reads": str(sae.site),
+        "reads_module": site_module(adapter, sae.site)[1],
+        "writes": str(sae.writes),
+        "writes_module": site_module(adapter, sae.writes)[1],
+    }
