@@ -73,6 +73,7 @@ COMMANDS = {
     "trace",
     "attention",
     "features",
+    "train-sae",
     "tune-lens",
     "lens-eval",
     "report",
@@ -223,6 +224,10 @@ VALUES: dict[str, tuple[dict[str, str | None], str]] = {
         "a placeholder: a random sparsify run folder (hookpoints layers.1 and layers.14) for the "
         "tier's model, written in the workspace",
     ),
+    "15": (
+        {"fast": "1", "slow": None},
+        "train-sae --layer 15: the tiny Llama has 2 blocks (its residual layers are 0 to 2)",
+    ),
     "/shared/data/tweets.parquet": (
         {"fast": "tweets.parquet", "slow": "tweets.parquet"},
         "a cluster's shared folder: the workspace's tweets.parquet",
@@ -230,6 +235,22 @@ VALUES: dict[str, tuple[dict[str, str | None], str]] = {
 }
 # Sizes changed for time (both tiers), as (command, flag, README value) -> replacement flags.
 TIME: dict[tuple[str, str, str], tuple[list[str], str]] = {
+    ("train-sae", "--k", "32"): (
+        [
+            "--k",
+            "32",
+            "--tokens",
+            "4096",
+            "--seq-len",
+            "64",
+            "--batch",
+            "4",
+            "--eval-tokens",
+            "512",
+        ],
+        "the default 1M tokens take about 20 minutes on 2 CPU cores (SmolLM2): 16 steps of "
+        "4 x 64 tokens, 512 held-out tokens",
+    ),
     ("tune-lens", "--tokens", "2000000"): (
         ["--tokens", "512", "--seq-len", "64", "--batch", "4"],
         "2M tokens take days on 2 CPU cores (147k took 40 minutes): 2 steps of 4 x 64 tokens",
@@ -281,7 +302,7 @@ def plan(example: Example, tier: str) -> Plan:
             argv += [word, new_value]
             i += 2
             continue
-        if word in VALUES and (i > 0 and words[i - 1] in ("--model", "--data", "--sae")):
+        if word in VALUES and (i > 0 and words[i - 1] in ("--model", "--data", "--sae", "--layer")):
             new_value, why = VALUES[word][0][tier], VALUES[word][1]
             if new_value is not None:
                 notes.append(f"{word} -> {new_value}: {why}")
@@ -591,6 +612,17 @@ def expected_files(args: Any) -> list[str]:
             if args.to:
                 files += ["attention_to.parquet", *figures("attention_to", args)]
             return files
+        case "train-sae":
+            sae = ["cfg.json", "sae_weights.safetensors"]
+            return [*sae, "train_sae.parquet", "meta.json", *figures("train_sae", args)]
+        case "features" if data:
+            return [
+                "feature_contexts.parquet",
+                "feature_contexts_top.parquet",
+                "meta.json",
+                *figures("feature_contexts", args),
+                *figures("feature_contexts_tokens", args),
+            ]
         case "features":
             stems = ("features", "features_error") + (("features_effects",) if args.target else ())
             return [
@@ -613,6 +645,7 @@ FINITE = {
     "logit-attribution": ["value"],
     "attention": ["weight"],
     "features": ["activation"],
+    "train-sae": ["fve", "l0"],
 }
 TABLE = {
     "lens": "lens.parquet",
@@ -625,6 +658,7 @@ TABLE = {
     "logit-attribution": "logit_attribution.parquet",
     "attention": "attention.parquet",
     "features": "features.parquet",
+    "train-sae": "train_sae.parquet",
 }
 
 
@@ -643,9 +677,11 @@ def check_written(run: Run) -> tuple[Any, pd.DataFrame | None, dict[str, Any]]:
         path = run.out / name
         assert path.is_file() and path.stat().st_size > 0, f"{path} missing\n{run.describe()}"
     meta = json.loads((run.out / "meta.json").read_text(encoding="utf-8"))
-    table = pd.read_parquet(run.out / TABLE[args.command])
-    assert len(table) > 0, f"{TABLE[args.command]} is empty\n{run.describe()}"
-    columns = FINITE.get(args.command, [])
+    dashboard = args.command == "features" and getattr(args, "data", None)
+    name = "feature_contexts.parquet" if dashboard else TABLE[args.command]
+    table = pd.read_parquet(run.out / name)
+    assert len(table) > 0, f"{name} is empty\n{run.describe()}"
+    columns = ["frequency", "count"] if dashboard else FINITE.get(args.command, [])
     if columns is None:
         columns = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
     if args.command == "lens":
@@ -935,6 +971,14 @@ def check_features(run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: A
     features active, ranked, at most --top per position by activation; with --target every
     kept feature's exact effect computed, and activation x gradient tracking it."""
     d = meta["dictionary"]
+    if args.data:  # a dashboard: every latent tallied, top contexts of the live ones
+        top = pd.read_parquet(run.out / "feature_contexts_top.parquet")
+        assert len(table) == d["latents"] and table["frequency"].between(0, 1).all()
+        live = table[table["count"] > 0]
+        assert len(live) > d["latents"] // 2 and set(top["feature"]) == set(live["feature"])
+        assert (top.groupby("feature").size() <= args.top_examples).all()
+        assert (top["activation"] > 0).all() and (top["token"] != "").all(), run.describe()
+        return
     if args.hookpoint:
         assert d["hook"] == args.hookpoint and d["reads"] == f"resid {int(args.hookpoint[7:]) + 1}"
     assert (table["activation"] > 0).all() and (table["rank"] >= 1).all(), run.describe()
@@ -946,6 +990,19 @@ def check_features(run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: A
         top = table[table["top"]]
         assert np.isfinite(top["ablation"]).all() and np.isfinite(top["attribution"]).all()
         assert meta["correlation"] is not None and meta["correlation"] > 0.3, meta["correlation"]
+
+
+def check_train_sae(run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: Any) -> None:
+    """The SAE learned something in the few steps it had: the held-out reconstruction explains
+    some variance and splicing it in recovers part of the loss zero-ablation loses; L0 is k;
+    the folder loads as the dictionary of the layer asked for."""
+    from tokenprobe.sae import load_sae
+
+    quality = meta["quality"]
+    assert quality["fve"] > 0.0 and quality["l0"] == pytest.approx(args.k, abs=0.5), quality
+    assert 0.0 < quality["ce_recovered"] <= 1.05, quality
+    sae = load_sae(run.out)
+    assert sae.activation == "topk" and sae.k == args.k and str(sae.site) == f"resid {args.layer}"
 
 
 def check_report(run: Run, args: Any, *_: Any) -> None:
@@ -968,6 +1025,7 @@ PLAUSIBLE = {
     "logit-attribution": check_logit_attribution,
     "attention": check_attention,
     "features": check_features,
+    "train-sae": check_train_sae,
     "report": check_report,
 }
 

@@ -292,7 +292,7 @@ def test_the_toy_is_in_report_help_and_in_demo_help_only_with_a_demo(norms, caps
     monkeypatch.setenv("COLUMNS", "1000")
     listed = (
         "lens, similarity, attribute, logit-attribution, flips, tune-lens, lens-eval, trace, "
-        "attention, features and norms)"
+        "attention, features, train-sae and norms)"
     )
     assert f"(any mix of {listed} into one HTML file" in _help_of(capsys, "report")
     demo = _help_of(capsys, "demo")

@@ -62,6 +62,7 @@ _WHERE = {
         ("FeaturesResult", "FeaturesOptions", "FeaturesFigure", "features"), ".analyses.features"
     ),
     **dict.fromkeys(("Dictionary", "SaeSite", "load_sae"), ".sae"),
+    **dict.fromkeys(("TrainSaeResult", "TrainSaeOptions", "train_sae"), ".analyses.train_sae"),
     **dict.fromkeys(("TuneLensResult", "TuneLensOptions", "tune_lens"), ".analyses.tune_lens"),
     **dict.fromkeys(("TunedDecoder", "TunedLens", "load_lens", "save_lens"), ".tuned"),
 }
@@ -92,6 +93,9 @@ __all__ = [
     "Dictionary",
     "SaeSite",
     "load_sae",
+    "TrainSaeResult",
+    "TrainSaeOptions",
+    "train_sae",
     "PreparedInput",
     "prepare",
     "AttributionResult",
@@ -185,6 +189,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         past_similarity,
     )
     from .analyses.trace import TraceFigure, TraceOptions, TraceResult, causal_trace
+    from .analyses.train_sae import TrainSaeOptions, TrainSaeResult, train_sae
     from .analyses.tune_lens import TuneLensOptions, TuneLensResult, tune_lens
     from .errors import TokenprobeError, TokenprobeWarning
     from .loading import load_result

@@ -25,6 +25,7 @@ BUILT_IN = (
     "trace",
     "attention",
     "features",
+    "train_sae",
 )
 
 for _name in BUILT_IN:

@@ -7,10 +7,20 @@ from __future__ import annotations
 from ..base import Analysis
 from .cli import command
 from .compute import features
+from .contexts import FeatureContextsResult
+from .dataset import feature_contexts
 from .options import OPTIONS, FeaturesFigure, FeaturesOptions
 from .result import FeaturesResult
 
-__all__ = ["SPEC", "FeaturesFigure", "FeaturesOptions", "FeaturesResult", "features"]
+__all__ = [
+    "SPEC",
+    "FeatureContextsResult",
+    "FeaturesFigure",
+    "FeaturesOptions",
+    "FeaturesResult",
+    "feature_contexts",
+    "features",
+]
 
 SPEC = Analysis(
     name="features",
@@ -28,10 +38,17 @@ SPEC = Analysis(
     "reconstruction error kept), batched, one row per (position, feature). Writes "
     "features.parquet (position, token, feature, activation, rank, top, attribution, ablation), "
     "features_positions.parquet (l0, norm, error_ratio, kl, splice_effect per position), "
-    "meta.json, features.png, features_effects.png and features_error.png.",
+    "meta.json, features.png, features_effects.png and features_error.png. With --data instead "
+    "of a prompt (resumable with --resume, on Ray with --ray): the texts in right-padded "
+    "batches, the forward stopped at the dictionary's site, and per feature the tokens it fired "
+    "on, its frequency, mean activation when active, largest activation and its --top-examples "
+    "top contexts (--context tokens each side): feature_contexts.parquet, "
+    "feature_contexts_top.parquet (feature, rank, activation, text, position, left, token, "
+    "right and the window's tokens and activations), meta.json, feature_contexts.png and "
+    "feature_contexts_tokens.png.",
     options=OPTIONS,
     cli=command,
     batch_tokens=False,
-    groups=["input", "dictionary", "figure"],
-    oom_advice="give a shorter prompt or a smaller --top",
+    groups=["input", "dictionary", "data", "figure", "Ray (a data set over a cluster)"],
+    oom_advice="give a shorter prompt, a smaller --top or (with --data) fewer --top-examples",
 )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ...errors import TokenprobeError
 from ...sae import SaeSite
-from ..base import prompt_inputs
+from ..base import Option, prompt_inputs, ray_options
 from ..settings import PromptSettings, Settings, setting
 
 
@@ -71,6 +71,30 @@ class FeaturesOptions(PromptSettings):
         invert=True,
         group="dictionary",
     )
+    top_examples: int = setting(
+        20,
+        "with --data: the top contexts kept per feature (default {default})",
+        minimum=1,
+        maximum=1000,
+        metavar="N",
+        group="data",
+    )
+    context: int = setting(
+        8,
+        "with --data: tokens of each top context shown either side of the activating token "
+        "(default {default})",
+        minimum=0,
+        maximum=256,
+        metavar="W",
+        group="data",
+    )
+    text_column: str = setting(
+        "text", "the --data column of texts (default {default})", metavar="NAME", group="data"
+    )
+    limit: int | None = setting(
+        None, "with --data: use only the first N texts", minimum=1, metavar="N", group="data"
+    )
+    chunk_texts: int = setting(64, cli=False, minimum=1)  # texts per checkpointed chunk
     batch_tokens: int = setting(2048, cli=False)
 
     def check(self) -> None:
@@ -101,10 +125,35 @@ class FeaturesFigure(Settings):
         metavar="N",
         group="figure",
     )
+    examples: int = setting(
+        5,
+        "with --data: top contexts per feature drawn token by token (default {default})",
+        minimum=1,
+        metavar="N",
+        group="figure",
+    )
 
 
 OPTIONS = [
     *prompt_inputs(several=False),
+    Option(
+        None,
+        "instead of a prompt, a data set of texts (.txt, .csv, .jsonl, .parquet, a folder, "
+        "hf:NAME[:CONFIG][:SPLIT], sample:NAME): per feature its frequency, mean and largest "
+        "activation and its top contexts",
+        flag="--data",
+        role="input",
+        metavar="FILE",
+        group="data",
+    ),
     *FeaturesOptions.options(),
     *FeaturesFigure.options(),
+    Option(
+        "resume",  # named: a message about `resume` shows --resume
+        "continue an interrupted --data run in --out (its finished texts are kept there)",
+        role="input",
+        action="store_true",
+        group="data",
+    ),
+    *ray_options(),
 ]

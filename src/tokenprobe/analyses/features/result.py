@@ -91,6 +91,9 @@ class FeaturesResult(Result):
     norm, error_ratio, kl and (with a target) splice_effect."""
 
     kind: ClassVar[str] = "features"
+    # the kind `features --data` saves (`FeatureContextsResult`): found by this analysis,
+    # handed over by `from_folder`
+    old_kinds: ClassVar[tuple[str, ...]] = ("feature_contexts",)
 
     tokens: list[str]
     kept: Kept
@@ -143,6 +146,10 @@ class FeaturesResult(Result):
 
     @classmethod
     def from_folder(cls, folder: Path, frame: pd.DataFrame, meta: dict[str, Any]) -> Result:
+        if meta.get("kind") == "feature_contexts":
+            from .contexts import FeatureContextsResult
+
+            return FeatureContextsResult.from_folder(folder, frame, meta)
         result = cls.from_frame(frame, meta)
         path = folder / f"{POSITIONS_TABLE}.parquet"
         if path.is_file():
