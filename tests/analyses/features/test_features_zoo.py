@@ -71,7 +71,7 @@ def test_features_on_every_family(tok, arch: str) -> None:
         with pytest.raises(TokenprobeError, match=REFUSED[arch]):
             features(lm, PROMPT, dictionary=sae)
         return
-    res = features(lm, PROMPT, dictionary=sae, target=TARGET, top=2)
+    res = features(lm, PROMPT, dictionary=sae, target=TARGET, top=1)
     ids = torch.tensor([lm.tokenizer.encode(PROMPT)], device=lm.device)
     with torch.no_grad():
         hidden = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False)
@@ -95,5 +95,5 @@ def test_features_on_every_family(tok, arch: str) -> None:
     want = base - _last_score(lm, ids, block, remove)
     scale = max(1.0, abs(want))
     assert k.ablation[i] == pytest.approx(want, abs=2e-4 * scale)
-    one = features(lm, PROMPT, dictionary=sae, target=TARGET, top=2, batch_tokens=ids.shape[1])
+    one = features(lm, PROMPT, dictionary=sae, target=TARGET, top=1, batch_tokens=ids.shape[1])
     np.testing.assert_allclose(one.kept.ablation, k.ablation, atol=1e-4 * scale)
