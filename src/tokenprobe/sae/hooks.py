@@ -14,7 +14,13 @@ from torch import nn
 
 from ..errors import TokenprobeError
 from ..model import Adapter
-from ..model.parts import adds_residual, find_module, first_output, residual_argument
+from ..model.parts import (
+    adds_residual,
+    find_module,
+    first_output,
+    linear_shape,
+    residual_argument,
+)
 from .dictionary import Dictionary, SaeSite
 
 # rewrites a (batch, positions, width) state; returning the same tensor changes nothing
@@ -96,9 +102,13 @@ def _check_post_norm(adapter: Adapter, site: SaeSite) -> None:
 
 
 def _width(adapter: Adapter, site: SaeSite) -> int | None:
+    """The state's width at a site: the residual stream's, or for an MLP's input what its
+    first linear map takes (OPT's MLP site is its bare fc2, whose input is the hidden layer)."""
     if site.kind in ("resid", "attn", "mlp"):
         return adapter.width
-    return None  # an MLP's input: the residual width too, where the norm keeps it
+    module, _ = site_module(adapter, site)
+    shapes = [shape for m in module.modules() if (shape := linear_shape(m)) is not None]
+    return shapes[0][0] if shapes else None
 
 
 @contextmanager

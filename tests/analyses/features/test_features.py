@@ -237,6 +237,10 @@ def test_refusals(llama) -> None:
     wrong = random_dictionary(llama.require_adapter().width + 1, SaeSite("resid", 2))
     with pytest.raises(TokenprobeError, match="values at resid 2"):
         features(llama, PROMPT, dictionary=wrong)
+    narrow = random_dictionary(llama.require_adapter().width // 2, SaeSite("mlp-in", 1))
+    narrow.out_site = SaeSite("mlp", 1)
+    with pytest.raises(TokenprobeError, match="values at mlp-in 1"):
+        features(llama, PROMPT, dictionary=narrow)
     deep = random_dictionary(llama.require_adapter().width, SaeSite("resid", 99))
     with pytest.raises(TokenprobeError, match="residual layers 0 to"):
         features(llama, PROMPT, dictionary=deep)
