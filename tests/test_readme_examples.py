@@ -982,9 +982,12 @@ def check_features(run: Run, args: Any, table: pd.DataFrame, meta: dict, smol: A
     if args.hookpoint:
         assert d["hook"] == args.hookpoint and d["reads"] == f"resid {int(args.hookpoint[7:]) + 1}"
     assert (table["activation"] > 0).all() and (table["rank"] >= 1).all(), run.describe()
-    per_position = table[table["rank"] <= args.top].groupby("position").size()
-    assert (per_position <= args.top).all()
     positions = pd.read_parquet(run.out / "features_positions.parquet")
+    kept = table[table["top"]]
+    for p, l0 in zip(positions["position"], positions["l0"], strict=True):
+        # the position's most active features are all kept, ranked 1.. without a gap
+        ranks = set(kept.loc[kept["position"] == p, "rank"])
+        assert set(range(1, min(args.top, int(l0)) + 1)) <= ranks, (p, sorted(ranks))
     assert np.isfinite(positions["error_ratio"]).all() and (positions["kl"] >= 0).all()
     if args.target:
         top = table[table["top"]]

@@ -6,6 +6,7 @@ passes of their own (`effects`)."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,7 @@ def features(
     }
     return FeaturesResult(
         tokens=given.tokens,
-        kept=Kept.build(kept, acts, attribution, ablation, o.top),
+        kept=Kept.build(kept, acts, attribution, ablation),
         positions=per_position,
         meta=meta,
     )
@@ -155,7 +156,7 @@ def _record(
         return x
 
     def write(x: torch.Tensor) -> torch.Tensor:
-        if sae.transcoder is False:
+        if not sae.transcoder:
             store["in"] = x.detach()[0].float()
         store["out"] = x.detach()[0].float()
         if scorer is None:
@@ -176,10 +177,8 @@ def _record(
     return store["in"], store["out"], grad, logits.detach()
 
 
-def _hooks(adapter: Any, sae: Dictionary, read: Any, write: Any, n: int) -> Any:
+def _hooks(adapter: Any, sae: Dictionary, read: Any, write: Any, n: int) -> ExitStack:
     """The write site's hook, and for a transcoder the read site's too."""
-    from contextlib import ExitStack
-
     stack = ExitStack()
     if sae.transcoder:
         stack.enter_context(at_site(adapter, sae.site, read, n))

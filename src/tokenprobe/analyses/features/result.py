@@ -41,7 +41,6 @@ class Kept:
         acts: torch.Tensor,
         attribution: torch.Tensor | None,
         ablation: np.ndarray | None,
-        top: int,
     ) -> Kept:
         """From the (positions, d_sae) kept mask, activations and effects: every feature kept
         at some position, wherever it is active."""
