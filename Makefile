@@ -74,12 +74,24 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# Every benchmark appends its rows to $(BENCH_JSON) (started afresh), then one table is printed
+# (bench/table.py). `THREADS=1 make bench` sets torch's thread count; peers not installed in
+# the runtime virtualenv leave their columns empty (captum is there: it is a test dependency).
+# A benchmark that fails does not stop the others; the table shows the rows that were written.
+bench bench-peers: export BENCH_JSON ?= bench/results.json
+bench bench-peers: export THREADS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/lens.py
-	$(BIN)/python bench/similarity.py
-	$(BIN)/python bench/attribution.py
-	$(BIN)/python bench/flips.py
-	$(BIN)/python bench/trace.py
+	rm -f $(BENCH_JSON)
+	-$(BIN)/python bench/lens.py
+	-$(BIN)/python bench/similarity.py
+	-$(BIN)/python bench/attribution.py --jobs ablation,integrated_gradients
+	-$(BIN)/python bench/flips.py
+	-$(BIN)/python bench/trace.py --peers none
+	-$(BIN)/python bench/heads.py --peers none
+	-$(BIN)/python bench/features.py
+	-$(BIN)/python bench/attention.py
+	-$(BIN)/python bench/train_sae.py --peer-python none
+	$(BIN)/python bench/table.py $(BENCH_JSON)
 
 # Peers (nnsight, TransformerLens) live in their own virtualenv, never in the runtime one;
 # torch is pinned first so they cannot pull a CUDA build.
@@ -112,10 +124,20 @@ $(SAE_VENV)/.installed: pyproject.toml Makefile
 	$(SAE_VENV)/bin/pip install --quiet -e . sae-lens==6.54.12 eai-sparsify==1.3.3
 	touch $@
 
-bench-peers: $(BENCH_VENV)/.installed $(INSEQ_VENV)/.installed
-	$(BENCH_VENV)/bin/python bench/lens.py
-	$(BENCH_VENV)/bin/python bench/trace.py
-	$(INSEQ_VENV)/bin/python bench/attribution.py
+# The same table with every peer: each benchmark runs in the virtualenv that holds its peers
+# (nnsight and TransformerLens; captum and inseq; sae-lens), the others in the runtime one.
+bench-peers: $(STAMP) $(BENCH_VENV)/.installed $(INSEQ_VENV)/.installed $(SAE_VENV)/.installed
+	rm -f $(BENCH_JSON)
+	-$(BENCH_VENV)/bin/python bench/lens.py
+	-$(BIN)/python bench/similarity.py
+	-$(INSEQ_VENV)/bin/python bench/attribution.py
+	-$(INSEQ_VENV)/bin/python bench/flips.py
+	-$(BENCH_VENV)/bin/python bench/trace.py
+	-$(BENCH_VENV)/bin/python bench/heads.py
+	-$(BIN)/python bench/features.py
+	-$(BIN)/python bench/attention.py
+	-$(BIN)/python bench/train_sae.py --peer-python $(SAE_VENV)/bin/python
+	$(BIN)/python bench/table.py $(BENCH_JSON)
 
 clean:
 	rm -rf $(VENV) $(LATEST_VENV) $(BENCH_VENV) $(INSEQ_VENV) $(SAE_VENV) out build src/*.egg-info

@@ -17,7 +17,7 @@ import os
 import sys
 
 import torch
-from _common import timed
+from _common import add_args, configure, record, timed
 
 import tokenprobe
 from tokenprobe.analyses.attention import attention, recording
@@ -60,7 +60,10 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    add_args(parser)
+    args = configure(parser.parse_args())
+    if args.smoke:
+        args.tokens, args.repeats = 32, 1
     if args.model == "tiny":
         lm = tiny(args.device)
     else:
@@ -98,6 +101,19 @@ def main() -> int:
     print(f"{'method':<36}{'seconds':>9}{'x floor':>9}{'peak MB':>10}")
     for name, (sec, peak) in results.items():
         print(f"{name:<36}{sec:>9.3f}{sec / base:>9.2f}{peak:>10.0f}")
+    floor = results["eager + output_attentions (floor)"]
+    for job, name in (
+        ("recording", "tokenprobe recording"),
+        ("attention() + table", "tokenprobe attention() + table"),
+        ("attention() + table + eager check", "  ... + the eager check"),
+    ):
+        record(
+            f"attention weights, {ids.shape[1]} tokens: {job}",
+            tokenprobe=results[name],
+            floor=floor,
+            floor_name="one eager forward with output_attentions",
+            lm=lm,
+        )
     return 0
 
 

@@ -21,11 +21,12 @@ from importlib.metadata import version
 
 import numpy as np
 import torch
-from _common import timed
+from _common import add_args, configure, record, timed
 
 import tokenprobe
 from tokenprobe.runner import pad_batch
 
+FLOOR = "bare batched forward over the same inputs"
 PROMPT = "Q: Ben has 7 bags with 5 marbles in each bag, and he gives 3 marbles to Ann. How many marbles does he have left?\nA:"
 TARGET = " 7 x 5 = 35 and 35 - 3 = 32. The answer is 32."
 
@@ -44,7 +45,10 @@ def main() -> int:
         default="ablation,integrated_gradients,inseq",
         help="comma-separated subset of: ablation, integrated_gradients, inseq",
     )
-    args = parser.parse_args()
+    add_args(parser)
+    args = configure(parser.parse_args())
+    if args.smoke:
+        args.features, args.target_tokens, args.steps, args.repeats = 4, 2, 4, 1
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     tok = lm.tokenizer
@@ -114,14 +118,14 @@ def main() -> int:
             "ablation",
             f"ablation ({n + 1} inputs)",
             [
-                ("captum (default, token by token)", captum_ablation),
-                ("captum (forward_in_tokens=False)", lambda: captum_ablation(False)),
+                ("captum default", captum_ablation),
+                ("captum one-pass", lambda: captum_ablation(False)),
             ],
         ),
         (
             "integrated_gradients",
             f"integrated gradients ({args.steps} steps)",
-            [("captum", captum_ig)],
+            [("captum IG", captum_ig)],
         ),
     ]
     for method, label, peers in jobs:
@@ -133,8 +137,10 @@ def main() -> int:
             f"{label:<34}{'tokenprobe':<30}{t_ours:>9.2f}{mem_ours:>9.0f}{'':>10}{t_ours / t_bare:>10.1f}x"
         )
         a = ours(method).scores
+        timings: dict[str, tuple[float, float]] = {}
         for name, fn in peers:
             t_peer, mem_peer = timed(fn, args.repeats, lm.device)
+            timings[name] = (t_peer, mem_peer)
             b = fn().token_attr.detach().cpu().numpy()
             diff = (
                 f"max |diff| {np.abs(a - b).max():.1e}" if a.shape == b.shape else "shapes differ"
@@ -142,6 +148,14 @@ def main() -> int:
             print(
                 f"{'':<34}{name:<30}{t_peer:>9.2f}{mem_peer:>9.0f}{t_peer / t_ours:>9.1f}x{t_peer / t_bare:>10.1f}x  {diff}"
             )
+        record(
+            label,
+            tokenprobe=(t_ours, mem_ours),
+            floor=t_bare,
+            floor_name=FLOOR,
+            peers=timings,
+            lm=lm,
+        )
     if "inseq" in args.jobs:
         t_bare, _ = timed(bare("integrated_gradients"), args.repeats, lm.device)
         inseq_job(lm, prompt, target, args.steps, args.repeats, t_bare)
@@ -219,6 +233,15 @@ def inseq_job(
     print(
         f"{'':<34}{peer:<30}{t_peer:>9.2f}{mem_peer:>9.0f}{t_peer / t_ours:>9.1f}x"
         f"{t_peer / t_bare:>10.1f}x  {note}"
+    )
+    record(
+        f"{label} ({steps} steps)",
+        tokenprobe=(t_ours, mem_ours),
+        floor=t_bare,
+        floor_name=FLOOR,
+        peers={"inseq IG": (t_peer, mem_peer)},
+        notes=note,
+        lm=lm,
     )
 
 

@@ -15,7 +15,7 @@ import os
 import sys
 
 import torch
-from _common import timed
+from _common import add_args, configure, record, timed
 
 import tokenprobe
 from tokenprobe.analyses.features import feature_contexts
@@ -59,7 +59,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    args = parser.parse_args()
+    add_args(parser)
+    args = configure(parser.parse_args())
+    if args.smoke:
+        args.texts, args.tokens, args.latents, args.repeats = 2, 16, 256, 1
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     texts = texts_of(lm, args.texts, args.tokens)
@@ -96,6 +99,13 @@ def main() -> int:
     print(f"{'method':<40}{'seconds':>9}{'x floor':>9}{'peak MB':>10}")
     for name, (sec, peak) in results.items():
         print(f"{name:<40}{sec:>9.3f}{sec / floor_s:>9.2f}{peak:>10.0f}")
+    record(
+        f"features --data, {len(texts)} texts, {args.latents} latents",
+        tokenprobe=results["tokenprobe features --data"],
+        floor=results["forward to the layer + encoder (floor)"],
+        floor_name="forward to the dictionary's layer + encoder matmul",
+        lm=lm,
+    )
     return 0
 
 

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from _common import add_args, configure, record
 
 import tokenprobe
 from tokenprobe.analyses.flips import perturb, tokenize_words
@@ -26,6 +27,7 @@ from tokenprobe.data import read_table
 from tokenprobe.runner import pad_batch, pad_id_of, token_budget_batches
 
 LABELS = ["anger", "joy", "optimism", "sadness"]
+FLOOR = "bare batched forward over the same perturbed inputs"
 
 
 def main() -> int:
@@ -34,7 +36,10 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--texts", type=int, default=24)
-    args = parser.parse_args()
+    add_args(parser)
+    args = configure(parser.parse_args())
+    if args.smoke:
+        args.texts = 2
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     frame = read_table("sample:emotion").head(args.texts)
@@ -67,10 +72,12 @@ def main() -> int:
         torch.cuda.synchronize()
     t_bare = time.perf_counter() - start
 
+    job = f"flip rates, {len(texts)} texts / {n_words} words"
     try:
         from captum.attr import FeatureAblation
     except ImportError:
         print("captum is not installed: pip install captum")
+        record(job, tokenprobe=t_ours, floor=t_bare, floor_name=FLOOR, lm=lm)
         return 1
     verb = torch.tensor(clf.verbaliser_ids, device=lm.device)
     p, s = len(clf.prefix_ids), len(clf.suffix_ids)
@@ -117,6 +124,15 @@ def main() -> int:
     print(
         f"same flip decisions: {agree_single:.1%} of single-token words, {agree_all:.1%} of all words "
         "(captum masks every token of a word, tokenprobe puts one mask token in its place)"
+    )
+    record(
+        job,
+        tokenprobe=t_ours,
+        floor=t_bare,
+        floor_name=FLOOR,
+        peers={"captum FeatureAblation": t_captum},
+        notes=f"same flips: {agree_single:.1%} of single-token words, {agree_all:.1%} of all",
+        lm=lm,
     )
     return 0
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from _common import timed
+from _common import add_args, configure, record, timed
 
 import tokenprobe
 from tokenprobe.analyses.trace import TraceOptions, Tracer
@@ -40,6 +40,8 @@ from tokenprobe.analyses.trace.inputs import trace_inputs
 CLEAN = "The Eiffel Tower, the iron tower that was built for a fair, stands in the city of"
 CORRUPTED = "The Colosseum, the old arena that was built for a fair, stands in the city of"
 TARGET = " Paris"
+# --smoke: a 9-token pair (the same length on SmolLM2's tokenizer), peers left out
+SMOKE = ("The Eiffel Tower stands in the city of", "The Colosseum stands in the city of")
 
 
 def _metric(lm) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -261,7 +263,11 @@ def main() -> int:
         "--peers", default="tl,nnsight", help="comma-separated subset of tl, nnsight"
     )
     parser.add_argument("--save", default=None, help="write every grid to this .npz file")
-    args = parser.parse_args()
+    add_args(parser)
+    args = configure(parser.parse_args())
+    if args.smoke:
+        global CLEAN, CORRUPTED
+        (CLEAN, CORRUPTED), args.peers, args.layers, args.stride = SMOKE, "", 2, None
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     heads, d, n_pos = _geometry(lm)
@@ -302,6 +308,15 @@ def main() -> int:
         floor_t = results.get("floor (batched)", (sec, 0.0))[0]
         print(f"{name:<20}{sec:>9.3f}{sec / floor_t:>9.2f}{peak:>9.0f}", flush=True)
     _report(results, grids, layers, heads, n_pos)
+    if "tokenprobe" in results:
+        record(
+            f"head patching, {len(layers) * heads * n_pos} cells ({len(layers)} layers)",
+            tokenprobe=results["tokenprobe"],
+            floor=results.get("floor (batched)"),
+            floor_name="batched forwards over every patched input, one batch per layer",
+            peers={p: results[p] for p in ("nnsight", "transformer_lens") if p in results},
+            lm=lm,
+        )
     if args.save:
         np.savez(args.save, **{name.split()[0]: g for name, g in grids.items()})
     return 0

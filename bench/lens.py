@@ -1,13 +1,16 @@
 """Benchmark the logit lens against the minimal by-hand version and against peers, in one run.
 
     python bench/lens.py [--model smollm2] [--prompts 8] [--tokens 64] [--repeats 3]
+                         [--threads N] [--json FILE] [--smoke]
 
-Prints, for the same prompts: a bare batched forward pass (the model alone), the by-hand lens
+Prints, for the same prompts: a bare batched forward pass (the model alone); the matrix
+products alone (final norm + unembedding of every inner row, in the chunks tokenprobe decodes,
+from hidden states computed beforehand: the floor of the lens's own work); the by-hand lens
 (one forward with output_hidden_states, then final norm + unembedding + entropy/top-k of every
-layer in one batched call: the floor), tokenprobe's lens, and nnsight / TransformerLens when
-they are importable (bench-only extras: `make bench-peers`). Each line gives seconds, the
-ratio to the by-hand floor and to the bare forward, and peak memory (RSS growth on CPU,
-allocator peak on CUDA).
+layer in one batched call); tokenprobe's lens; and nnsight / TransformerLens when they are
+importable (bench-only extras: `make bench-peers`). Each line gives seconds, the ratio to the
+matrix products, to the by-hand lens and to the bare forward, and peak memory (RSS growth on
+CPU, allocator peak on CUDA). Records one row (floor: the matrix products) in the JSON file.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import sys
 from collections.abc import Callable
 
 import torch
-from _common import timed
+from _common import add_args, configure, record, timed
 
 import tokenprobe
+from tokenprobe.analyses.lens.compute import DEFAULT_MEMORY_MB
 from tokenprobe.runner import pad_batch
 
 BASE_TEXT = (
@@ -43,6 +47,29 @@ def bare_forward(lm, batch: list[list[int]]) -> Callable[[], object]:
     def run() -> object:
         with torch.inference_mode():
             return lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    return run
+
+
+def matmuls(lm, batch: list[list[int]], memory_mb: float | None = None) -> Callable[[], object]:
+    """The floor: final norm + unembedding (the adapter's head, as the lens decodes) of every
+    inner (layer, position) row, in the lens's chunks; the hidden states are made beforehand.
+    The last row, the model's own logits, comes with the forward pass and is not counted."""
+    ids, mask = pad_batch(batch, 0, lm.device)
+    adapter = lm.require_adapter()
+    with torch.inference_mode(), adapter.record() as hidden:
+        lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    valid = mask.bool()
+    rows = torch.cat([h[valid] for h in hidden[: adapter.n_blocks]])
+    vocab = int(lm.model.get_output_embeddings().weight.shape[0])
+    budget = memory_mb or DEFAULT_MEMORY_MB["cuda" if lm.device.type == "cuda" else "cpu"]
+    chunk = max(1, int(budget * 2**20) // (vocab * 4 * 4))  # as tokenprobe's lens sizes them
+
+    def run() -> object:
+        with torch.inference_mode():
+            for i in range(0, rows.shape[0], chunk):
+                last = adapter.logits(rows[i : i + chunk])
+        return last
 
     return run
 
@@ -136,7 +163,10 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--memory-mb", type=float, default=None, help="tokenprobe's --memory-mb")
-    args = parser.parse_args()
+    add_args(parser)
+    args = configure(parser.parse_args())
+    if args.smoke:
+        args.prompts, args.tokens, args.repeats = 2, 8, 1
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     batch = prompts_of(lm.tokenizer, args.prompts, args.tokens)
@@ -146,7 +176,8 @@ def main() -> int:
     )
     methods: list[tuple[str, Callable[[], object] | None]] = [
         ("bare forward", bare_forward(lm, batch)),
-        ("by hand (floor)", by_hand(lm, batch)),
+        ("matmuls (floor)", matmuls(lm, batch, args.memory_mb)),
+        ("by hand", by_hand(lm, batch)),
         ("tokenprobe", ours(lm, batch, memory_mb=args.memory_mb)),
         ("nnsight", nnsight_lens(lm, batch)),
         ("transformer_lens", transformer_lens(lm, batch)),
@@ -161,17 +192,37 @@ def main() -> int:
         except torch.OutOfMemoryError:  # the by-hand floor holds every layer's logits at once
             print(f"  {name:<18} out of memory")
             torch.cuda.empty_cache()
-    floor = results.get("by hand (floor)", (float("nan"), 0.0))[0]
+    floor = results["matmuls (floor)"][0]
+    hand = results.get("by hand", (float("nan"), 0.0))[0]
     bare = results["bare forward"][0]
-    print(f"{'method':<20}{'seconds':>9}{'x by hand':>11}{'x forward':>11}{'peak MB':>10}")
+    print(
+        f"{'method':<20}{'seconds':>9}{'x matmuls':>11}{'x by hand':>11}{'x forward':>11}"
+        f"{'peak MB':>10}"
+    )
     for name, (sec, peak) in results.items():
-        print(f"{name:<20}{sec:>9.3f}{sec / floor:>11.2f}{sec / bare:>11.2f}{peak:>10.0f}")
+        print(
+            f"{name:<20}{sec:>9.3f}{sec / floor:>11.2f}{sec / hand:>11.2f}{sec / bare:>11.2f}"
+            f"{peak:>10.0f}"
+        )
     if "tokenprobe" not in results:
         return 1
     ours_t = results["tokenprobe"][0]
+    print(
+        f"tokenprobe / floor (matmuls alone) = {ours_t / floor:.2f}; tokenprobe / (bare forward + "
+        f"matmuls) = {ours_t / (bare + floor):.2f}"
+    )
     for peer in ("nnsight", "transformer_lens"):
         if peer in results:
             print(f"tokenprobe vs {peer}: {results[peer][0] / ours_t:.2f}x faster")
+    record(
+        f"logit lens, {args.prompts} x {args.tokens} tokens",
+        tokenprobe=results["tokenprobe"],
+        floor=results["matmuls (floor)"],
+        floor_name="final norm + unembedding of every inner row (matrix products alone)",
+        peers={p: results[p] for p in ("nnsight", "transformer_lens") if p in results},
+        notes=f"bare forward {bare:.2f} s; by-hand lens {hand:.2f} s",
+        lm=lm,
+    )
     return 0
 
 

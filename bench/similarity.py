@@ -13,7 +13,7 @@ import os
 import sys
 
 import torch
-from _common import timed
+from _common import add_args, configure, record, timed
 
 import tokenprobe
 from tokenprobe.runner import pad_batch, pad_id_of
@@ -40,7 +40,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    args = parser.parse_args()
+    add_args(parser)
+    args = configure(parser.parse_args())
+    if args.smoke:
+        args.texts, args.repeats = 2, 1
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     texts = texts_of(args.texts)
@@ -73,6 +76,17 @@ def main() -> int:
     print(f"{'method':<34}{'seconds':>9}{'x floor':>9}{'peak MB':>10}")
     for name, (sec, peak) in results.items():
         print(f"{name:<34}{sec:>9.3f}{sec / base:>9.2f}{peak:>10.0f}")
+    for name, centre in (
+        ("tokenprobe similarity", ""),
+        ("tokenprobe similarity --centre", ", centred"),
+    ):
+        record(
+            f"past similarity, {len(texts)} texts{centre}",
+            tokenprobe=results[name],
+            floor=results["forward + hidden states (floor)"],
+            floor_name="one batched forward with output_hidden_states",
+            lm=lm,
+        )
     return 0
 
 

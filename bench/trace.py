@@ -25,13 +25,15 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from _common import timed
+from _common import add_args, configure, record, timed
 
 import tokenprobe
 
 CLEAN = "The Eiffel Tower, the iron tower that was built for a fair, stands in the city of"
 CORRUPTED = "The Colosseum, the old arena that was built for a fair, stands in the city of"
 TARGET = " Paris"
+# --smoke: a 9-token pair (the same length on SmolLM2's tokenizer), peers left out
+SMOKE = ("The Eiffel Tower stands in the city of", "The Colosseum stands in the city of")
 
 
 def _metric(lm) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -182,7 +184,11 @@ def main() -> int:
     parser.add_argument(
         "--peers", default="tl,nnsight", help="comma-separated subset of tl, nnsight"
     )
-    args = parser.parse_args()
+    add_args(parser)
+    args = configure(parser.parse_args())
+    if args.smoke:
+        global CLEAN, CORRUPTED
+        (CLEAN, CORRUPTED), args.peers = SMOKE, ""
 
     lm = tokenprobe.load(args.model, device=args.device, dtype=args.dtype)
     n_pos = len(lm.tokenizer.encode(CLEAN))
@@ -242,6 +248,24 @@ def main() -> int:
     for peer in ("transformer_lens", "nnsight"):
         if peer in results:
             print(f"tokenprobe vs {peer}: {results[peer][0] / ours_t:.2f}x faster")
+    cells = f"{n_pos * lm.n_layers} cells"
+    floor_t = results.get("floor (one batch)")
+    record(
+        f"causal trace, {cells}",
+        tokenprobe=results["tokenprobe"],
+        floor=floor_t,
+        floor_name="one batched forward over every restored input, patched by hooks",
+        peers={p: results[p] for p in ("nnsight", "transformer_lens") if p in results},
+        lm=lm,
+    )
+    record(
+        f"causal trace, {cells}, estimate (attribution patching)",
+        tokenprobe=results["tokenprobe estimate"],
+        floor=floor_t,
+        floor_name="the exact trace's floor",
+        notes=f"correlation with the exact trace {np.corrcoef(exact, est)[0, 1]:.3f}",
+        lm=lm,
+    )
     return 0
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -34,10 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from _common import add_args, configure, record
+
 ROOT = Path(__file__).resolve().parent.parent
 
 PEER = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
+import torch
+if os.environ.get("THREADS"):
+    torch.set_num_threads(int(os.environ["THREADS"]))
 from datasets import Dataset
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
 from sae_lens import LoggingConfig, TopKTrainingSAEConfig
@@ -102,6 +109,7 @@ def ours(args: argparse.Namespace) -> dict:
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "fve_last": float(result.table["fve"][-1]),
         "folder": str(lm.folder),
+        "name": lm.name,
         "width": lm.require_adapter().width,
     }
 
@@ -125,7 +133,11 @@ def main() -> None:
     p.add_argument("--data")
     p.add_argument("--peer-python", default=str(ROOT / ".venv-sae" / "bin" / "python"))
     p.add_argument("--side", choices=["both", "ours"], default="both")
-    args = p.parse_args()
+    add_args(p)
+    args = configure(p.parse_args())
+    if args.smoke:
+        args.latents, args.k, args.seq_len, args.batch_size, args.steps = 256, 8, 32, 2, 2
+    os.environ["THREADS"] = str(torch.get_num_threads())  # both sides' processes use as many
     if args.side == "ours":
         print(json.dumps(ours(args)))
         return
@@ -134,6 +146,7 @@ def main() -> None:
     per_step = args.batch_size * args.seq_len
     lr = 2e-4 / (args.latents / 2**14) ** 0.5
     best: dict[str, dict] = {}
+    model_name = args.model
     for _ in range(args.rounds):
         me = [sys.executable, __file__, "--side", "ours", "--data", args.data]
         me += [f"--{k.replace('_', '-')}={v}" for k, v in (
@@ -142,6 +155,7 @@ def main() -> None:
         me += [f"--batch={args.batch_size}"]
         out = subprocess.run(me, capture_output=True, text=True, check=True).stdout
         run = json.loads(out.strip().splitlines()[-1])
+        model_name = run["name"]
         mine = rates(run, per_step, args.steps) | {"fve_last": run["fve_last"]}
         if mine["total"] > best.get("tokenprobe", {}).get("total", 0):
             best["tokenprobe"] = mine
@@ -160,6 +174,21 @@ def main() -> None:
     setup = {k: getattr(args, k) for k in ("model", "layer", "latents", "k", "seq_len",
                                            "batch_size", "steps")}  # fmt: skip
     print(json.dumps({"setup": setup, "tokens_per_s": best}, indent=1))
+    tokens = args.steps * per_step
+
+    def seconds(side: dict) -> tuple[float, float]:
+        return tokens / side["total"], side["rss_mb"]
+
+    peer = best.get("sae-lens", {})
+    record(
+        f"train-sae TopK, {args.latents} latents, k {args.k}, {tokens} tokens",
+        tokenprobe=seconds(best["tokenprobe"]),
+        peers={"sae-lens": seconds(peer)} if "total" in peer else {},
+        notes=f"peak memory: whole process RSS; sae-lens: {peer['error']}"
+        if "error" in peer
+        else "peak memory: whole process RSS (model included)",
+        model=model_name,
+    )
 
 
 if __name__ == "__main__":

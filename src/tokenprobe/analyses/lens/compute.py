@@ -11,8 +11,7 @@ logits from the last block's output (`Adapter.check_head`), else the lens stops 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,62 +29,16 @@ from .check import check_output_row, check_rows
 from .decoders import Decoder, LogitDecoder, tuned_decoder
 from .options import LensOptions
 from .result import LensResult
+from .stats import Scratch, _Stats, cat_stats, stats_in_chunks
 
 # logits decoded at once (MB) when not given; on an H100, 2048 brought the lens to 1.07-1.19x the
 # time of decoding every layer at once (512: 1.66x) in a seventh of that one's memory
 DEFAULT_MEMORY_MB = {"cpu": 512, "cuda": 2048}
 
 
-@dataclass
-class _Stats:
-    entropy: torch.Tensor  # (n,)
-    top_ids: torch.Tensor  # (n, k)
-    top_probs: torch.Tensor  # (n, k)
-    target_probs: torch.Tensor  # (n, t)
-    target_ranks: torch.Tensor  # (n, t)
-    logit_diff: torch.Tensor  # (n, 1): logit(target) - logit(foil); (n, 0) without a foil
-
-
-def logit_stats(
-    logits: torch.Tensor, top_k: int, target_ids: torch.Tensor, diff_ids: torch.Tensor | None = None
-) -> _Stats:
-    """Entropy (nats), top-k and target probability/rank of each row of logits, in float32;
-    with `diff_ids` (target, foil), the difference of their logits as decoded."""
-    x = logits.float()
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)
-    logp = x - lse
-    entropy = -logp.exp().mul_(logp).sum(dim=-1)  # in place: one (n, V) temporary fewer
-    top_vals, top_ids = torch.topk(x, top_k, dim=-1)
-    top_probs = (top_vals - lse).exp()
-    if target_ids.numel():
-        t_logits = x[:, target_ids]  # (n, t)
-        t_probs = (t_logits - lse).exp()
-        # rank 1 = the most likely token; ties count in the target's favour
-        t_ranks = (x.unsqueeze(1) > t_logits.unsqueeze(-1)).sum(dim=-1) + 1
-    else:
-        t_probs = x.new_zeros((x.shape[0], 0))
-        t_ranks = torch.zeros((x.shape[0], 0), dtype=torch.long, device=x.device)
-    if diff_ids is not None and diff_ids.numel():
-        diff = x[:, diff_ids[0:1]] - x[:, diff_ids[1:2]]
-    else:
-        diff = x.new_zeros((x.shape[0], 0))
-    return _Stats(entropy, top_ids, top_probs, t_probs, t_ranks, diff)
-
-
-def _cat(parts: list[_Stats]) -> _Stats:
-    return _Stats(*(torch.cat([getattr(p, f) for p in parts]) for f in _Stats.__dataclass_fields__))
-
-
-def _stats_in_chunks(
-    decode, rows: torch.Tensor, chunk: int, top_k: int, ids: tuple[torch.Tensor, torch.Tensor]
-) -> _Stats:
-    """`logit_stats` of `decode(rows)`, `chunk` rows decoded at a time; `ids`: the target ids
-    and the (target, foil) pair of the logit difference (empty without a foil)."""
-    parts = [
-        logit_stats(decode(rows[i : i + chunk]), top_k, *ids)
-        for i in range(0, rows.shape[0], chunk)
-    ]
-    return _cat(parts)
+def _at(decoder: Decoder, layer: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`decoder` at one layer (None: a shared decoder, every layer)."""
+    return lambda x: decoder.decode(x, layer)
 
 
 def _layer_stats(
@@ -94,15 +47,16 @@ def _layer_stats(
     chunk: int,
     top_k: int,
     ids: tuple[torch.Tensor, torch.Tensor],
+    scratch: Scratch,
 ) -> _Stats:
     """Statistics of layers 0..L-1 (each (n, width)), layer-major: decoded together when the
     decoder is the same for every layer, else layer by layer."""
     if decoder.shared:
         rows = torch.cat(states)
-        return _stats_in_chunks(lambda x: decoder.decode(x, None), rows, chunk, top_k, ids)
-    return _cat(
+        return stats_in_chunks(_at(decoder, None), rows, chunk, top_k, ids, scratch)
+    return cat_stats(
         [
-            _stats_in_chunks(lambda x, i=i: decoder.decode(x, i), h, chunk, top_k, ids)
+            stats_in_chunks(_at(decoder, i), h, chunk, top_k, ids, scratch)
             for i, h in enumerate(states)
         ]
     )
@@ -290,25 +244,31 @@ class _Lens:
                     lm, hidden[n_blocks][rows, positions], fwd.logits[rows, positions]
                 )
             states = [hidden[layer][valid] for layer in range(n_blocks)]
-            inner = _layer_stats(self.decoder, states, self.chunk, self.top_k, self.ids)
-            outer = _stats_in_chunks(
-                lambda x: x, fwd.logits[valid], self.chunk, self.top_k, self.ids
+            scratch = Scratch()  # the chunks' work buffers, reused by every chunk of the batch
+            inner = _layer_stats(self.decoder, states, self.chunk, self.top_k, self.ids, scratch)
+            outer = stats_in_chunks(
+                lambda x: x, fwd.logits[valid], self.chunk, self.top_k, self.ids, scratch
             )
         return self._split(batch, inner, outer, n)
 
     def _split(self, batch: list[int], inner: _Stats, outer: _Stats, n: int) -> list[_Stats]:
         """Back per input: (rows, positions) of each statistic."""
         n_blocks = self.adapter.n_blocks
+        fields = {  # (rows, n, ...) of each statistic, moved off the device once
+            f: torch.cat(
+                [
+                    getattr(inner, f).reshape(n_blocks, n, *getattr(inner, f).shape[1:]),
+                    getattr(outer, f)[None],
+                ]
+            ).cpu()
+            for f in _Stats.__dataclass_fields__
+        }
         results = []
         offset = 0
         for length in (len(self.inputs[i].input_ids) for i in batch):
             per = {}
-            for f in _Stats.__dataclass_fields__:
-                a = getattr(inner, f).reshape(n_blocks, n, *getattr(inner, f).shape[1:])
-                b = getattr(outer, f)
-                per[f] = torch.cat(
-                    [a[:, offset : offset + length], b[None, offset : offset + length]]
-                ).cpu()
+            for f, whole in fields.items():
+                per[f] = whole[:, offset : offset + length]
             results.append(_Stats(**per))
             offset += length
         return results
