@@ -513,8 +513,8 @@ def test_demo_attributes_in_float32_when_auto_loads_16_bits(
     monkeypatch.setattr(tokenprobe.model, "load", gpu_like_load)
     specs = tokenprobe.cli.demo_specs()
     # the tiny tokenizer gives two of the demo's verbalisers the same first token, and ' Paris'
-    # and ' Rome' too; its model has 2 blocks, not 30
-    specs |= {"flips": [], "logit_attribution": [], "attention": []}
+    # and ' Rome' too; its model has 2 blocks, not 30; the built-in SAE fits only the built-in model
+    specs |= {"flips": [], "logit_attribution": [], "attention": [], "features": []}
     monkeypatch.setattr(tokenprobe.cli.demo, "demo_specs", lambda: specs)
     out = tmp_path / "demo"
     code, _, err = run(capsys, "demo", "--model", str(folder), "--out", str(out))

@@ -219,6 +219,10 @@ VALUES: dict[str, tuple[dict[str, str | None], str]] = {
         "a placeholder: a random SAELens folder (sae-lens 6's cfg.json and tensor names) for the "
         "tier's model, written in the workspace (no dictionary for SmolLM2 can be downloaded here)",
     ),
+    "builtin": (
+        {"fast": "saes/tiny-saelens", "slow": None},
+        "--sae builtin fits only the built-in model: the tiny model's random SAELens folder (fast)",
+    ),
     "path/to/sparsify-run": (
         {"fast": "saes/tiny-sparsify", "slow": "saes/smollm2-sparsify"},
         "a placeholder: a random sparsify run folder (hookpoints layers.1 and layers.14) for the "

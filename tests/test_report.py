@@ -297,8 +297,20 @@ def test_the_demo_report_in_chromium(browser, tmp_path, capsys):
     kinds = [s.get_attribute("data-kind") for s in sections]
     assert (
         sorted(set(kinds))
-        == ["attention", "attribute", "flips", "lens", "logit_attribution", "similarity", "trace"]
+        == [
+            "attention",
+            "attribute",
+            "feature_contexts",
+            "features",
+            "flips",
+            "lens",
+            "logit_attribution",
+            "similarity",
+            "trace",
+        ]  # fmt: skip
         and kinds.count("flips") == 4
+        and kinds.count("features") == 3  # activations, effects, error per position
+        and kinds.count("feature_contexts") == 2  # features x top contexts, token by token
         and kinds.count("trace") == 3  # the residual stream, the MLPs, and the heads
         and kinds.count("logit_attribution") == 3  # components, heads, positions
     )

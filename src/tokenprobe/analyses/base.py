@@ -129,6 +129,8 @@ class Analysis:
     gradients: Callable[[argparse.Namespace], bool] = field(default=lambda args: False)
     oom_advice: str = ""  # out of memory: what else to lower here, e.g. "lower --samples"
     demo_help: str = ""  # what its demo entries run, in `demo --help` ("flip rates (200 texts)")
+    # the files a demo.json entry writes, where they differ by entry (default: `result`'s)
+    demo_files: Callable[[dict[str, Any], Sequence[str]], list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.default_out = self.default_out or f"out/{self.command}"

@@ -52,7 +52,10 @@ def run_demo(session: Any) -> int:
         raise TokenprobeError(f"--out {out} is a file, not a folder: choose another --out")
     todo = [(ANALYSES[name], entry) for name in ANALYSES for entry in specs.get(name, [])]
     for analysis, entry in todo:  # before the model runs, not after
-        names = analysis.result.files(args.format)
+        if analysis.demo_files is not None:
+            names = analysis.demo_files(entry, args.format)
+        else:
+            names = analysis.result.files(args.format)
         check_writable(out / entry["name"], names, args.overwrite)
     check_report_path(out / "report.html", args.overwrite, "--out")
     session.load()  # the model, once, before the first analysis

@@ -11,6 +11,7 @@ from .dictionary import Dictionary, SaeSite
 from .hub import download, is_hub_id
 from .readers import read_gemmascope, read_json, read_saelens, read_sparsify
 
+BUILTIN = "builtin"  # the dictionary shipped for the built-in model (SmolLM2-135M-Instruct)
 _SAELENS_KEYS = ("architecture", "d_sae", "hook_name", "hook_point", "metadata")
 _SPARSIFY_KEYS = ("num_latents", "expansion_factor", "transcode")
 
@@ -25,8 +26,11 @@ def load_sae(
     """A dictionary from a local folder or file, or a hub id (`owner/repo[/sub/folder]`).
 
     `hookpoint` picks one folder of a sparsify run; `site` overrides the site the folder's
-    names give (and is needed where they give none)."""
+    names give (and is needed where they give none). `builtin` (where no folder has that name)
+    reads the sparse autoencoder shipped for the built-in model."""
     local = Path(path).expanduser()
+    if str(path) == BUILTIN and not local.exists():
+        local = builtin_folder()
     if not local.exists():
         if not is_hub_id(str(path)):
             raise TokenprobeError(
@@ -36,6 +40,19 @@ def load_sae(
         local = download(str(path), hookpoint, offline)
         hookpoint = None if (local / "cfg.json").exists() else hookpoint
     return _read(local, hookpoint, site)
+
+
+def builtin_folder() -> Path:
+    """The package's sparse autoencoder for the built-in model (SAELens's format)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("tokenprobe").joinpath("data/saes/smollm2")))
+    if not (folder / "cfg.json").is_file():
+        raise TokenprobeError(
+            f"this installation of tokenprobe has no built-in sparse autoencoder ({folder} is "
+            "missing): reinstall tokenprobe, or pass --sae DIR"
+        )
+    return folder
 
 
 def _read(path: Path, hookpoint: str | None, site: SaeSite | None) -> Dictionary:

@@ -46,9 +46,13 @@ def site_states(
 @dataclass
 class Quality:
     """A dictionary on held-out text: FVE and L0 of its reconstruction of the site's states,
-    the latents that never fired there, and the mean next-token cross-entropies (nats)."""
+    the median error ratio |state - reconstruction| / |state| per token (FVE weighs each token
+    by its squared deviation, so a few outsized states, such as SmolLM2's attention sinks after
+    position 0, can carry it alone), the latents that never fired there, and the mean
+    next-token cross-entropies (nats)."""
 
     fve: float
+    error_ratio: float
     l0: float
     never_fired: int
     ce_clean: float
@@ -86,6 +90,7 @@ def evaluate(
     site, n_pos = dictionary.site, sequences.shape[1]
     sums = dict.fromkeys(("sq_err", "sq_dev", "l0", "clean", "spliced", "ablated"), 0.0)
     fired = torch.zeros(dictionary.d_sae, dtype=torch.bool)
+    ratios: list[torch.Tensor] = []
     d = dictionary.to(lm.device)
     mean = site_mean(lm, site, sequences, batch, skip_first)
 
@@ -96,6 +101,9 @@ def evaluate(
         out = d.decode(acts, state)
         sums["l0"] += float(acts.gt(0).sum())
         sums["sq_err"] += float((state - out).pow(2).sum())
+        ratios.append(
+            ((state - out).norm(dim=-1) / state.norm(dim=-1).clamp_min(1e-30)).flatten().cpu()
+        )
         sums["sq_dev"] += float((state - mean.to(state.device)).pow(2).sum())
         return torch.cat([full[:, :skip_first], out.to(full.dtype)], dim=1)
 
@@ -117,6 +125,7 @@ def evaluate(
     predicted = len(sequences) * (n_pos - 1)
     return Quality(
         fve=1.0 - sums["sq_err"] / sums["sq_dev"] if sums["sq_dev"] else float("nan"),
+        error_ratio=float(torch.cat(ratios).median()) if ratios else float("nan"),
         l0=sums["l0"] / tokens,
         never_fired=int((~fired).sum()),
         ce_clean=sums["clean"] / predicted,

@@ -110,3 +110,41 @@ def test_a_missing_folder_is_one_line(folders, tmp_path) -> None:
         PROMPT, "--out", str(tmp_path / "x"), "--offline",
     )  # fmt: skip
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_the_builtin_sae_on_another_model_is_one_line(folders, tmp_path) -> None:
+    """`--sae builtin` was trained on the built-in model: a model with another vocabulary is
+    refused before anything runs (not a width error, not wrong features)."""
+    model, _ = folders
+    done = _run(
+        "features", "--model", str(model), "--sae", "builtin", "--prompt", PROMPT,
+        "--out", str(tmp_path / "x"),
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "trained on the built-in model" in lines[0] and "--sae DIR" in lines[0]
+
+
+def test_the_builtin_sae_warns_on_other_weights_of_the_same_shape(monkeypatch) -> None:
+    """Same vocabulary, other unembedding (the original float weights instead of the built-in
+    4-bit ones, or another model of that vocabulary): a warning, and the run goes on."""
+    import tokenprobe.analyses.features.compute as compute
+
+    lm = make_model("llama", make_tokenizer())
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    real = compute.read_json
+    monkeypatch.setattr(
+        compute,
+        "read_json",
+        lambda path: {
+            **real(path),
+            "tokenprobe_training": {"vocab_size": vocab, "unembed_hash": "0" * 64},
+        },
+    )
+    with pytest.warns(UserWarning, match="unembedding differs"):
+        compute._check_builtin(lm)
+    monkeypatch.setattr(
+        compute, "read_json", lambda path: {"tokenprobe_training": {"vocab_size": vocab + 1}}
+    )
+    with pytest.raises(tokenprobe.TokenprobeError, match="vocabulary"):
+        compute._check_builtin(lm)

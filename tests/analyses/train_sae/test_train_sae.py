@@ -110,6 +110,8 @@ def test_held_out_numbers_equal_plain_forwards_with_a_hook_written_here(lm, trai
     recon = topk_reference(w, 4, x) @ w["W_dec"] + w["b_dec"]
     fve = 1 - float((x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
     assert q["fve"] == pytest.approx(fve, abs=1e-5)
+    ratio = float(((x - recon).norm(dim=-1) / x.norm(dim=-1)).median())
+    assert q["error_ratio_median"] == pytest.approx(ratio, abs=1e-5)
     gap = sums["ablated"] - sums["clean"]
     assert q["ce_recovered"] == pytest.approx((sums["ablated"] - sums["spliced"]) / gap, abs=1e-4)
 

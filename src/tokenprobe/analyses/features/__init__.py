@@ -5,7 +5,7 @@ gradient, and the exact change when it is removed)."""
 from __future__ import annotations
 
 from ..base import Analysis
-from .cli import command
+from .cli import command, demo, demo_files
 from .compute import features
 from .contexts import FeatureContextsResult
 from .dataset import feature_contexts
@@ -48,6 +48,10 @@ SPEC = Analysis(
     "feature_contexts_tokens.png.",
     options=OPTIONS,
     cli=command,
+    demo=demo,
+    demo_files=demo_files,
+    demo_help="sparse features (the built-in sparse autoencoder on the Eiffel Tower prompt, each "
+    "feature's effect on ' Paris' minus ' Rome', and its top contexts over 200 sample texts)",
     batch_tokens=False,
     groups=["input", "dictionary", "data", "figure", "Ray (a data set over a cluster)"],
     oom_advice="give a shorter prompt, a smaller --top or (with --data) fewer --top-examples",

@@ -4,6 +4,7 @@ loads) -> the dictionary (loaded and checked against the model) -> `features` (o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,18 @@ def _data_command(session: Session, options: FeaturesOptions, figure: FeaturesFi
 
 
 def demo(session: Session, entry: dict[str, Any], out: Path) -> None:
-    """One demo.json features entry: a prompt and its settings."""
-    options = {k: v for k, v in entry.items() if k not in ("name", "prompt")}
-    session.save(features(session.load(), entry["prompt"], offline=session.offline, **options), out)
+    """One demo.json features entry: a prompt and its settings, or a data set ("data") and the
+    settings of its top contexts."""
+    options = {k: v for k, v in entry.items() if k not in ("name", "prompt", "data")}
+    lm = session.load()
+    if "data" in entry:
+        result: Any = feature_contexts(lm, entry["data"], offline=session.offline, **options)
+    else:
+        result = features(lm, entry["prompt"], offline=session.offline, **options)
+    session.save(result, out)
+
+
+def demo_files(entry: dict[str, Any], formats: Sequence[str]) -> list[str]:
+    """The files a demo entry writes: a data set's top contexts, or one prompt's features."""
+    kind = FeatureContextsResult if "data" in entry else FeaturesResult
+    return kind.files(formats)

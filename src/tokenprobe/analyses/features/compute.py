@@ -7,17 +7,21 @@ passes of their own (`effects`)."""
 from __future__ import annotations
 
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...errors import TokenprobeError
-from ...model import LoadedModel
+from ...errors import TokenprobeError, warn
+from ...model import LoadedModel, weight_of
 from ...provenance import provenance
 from ...sae import Dictionary, SaeSite, load_sae
+from ...sae.formats import BUILTIN, builtin_folder
 from ...sae.hooks import at_site, check_fits, site_module
+from ...sae.readers import read_json
 from ...text import PreparedInput, first_token, prepare
+from ...tuned.lens import unembed_hash
 from ..settings import with_options
 from .effects import Scorer, ablations, run_edits, splice_kl, splices
 from .options import FeaturesOptions
@@ -40,7 +44,7 @@ def features(
     loaded). `options` (or its settings as keyword arguments): see `FeaturesOptions`."""
     o = options
     adapter = lm.require_adapter()
-    sae = dictionary if dictionary is not None else _load(o, offline)
+    sae = dictionary if dictionary is not None else _load(o, offline, lm)
     check_fits(adapter, sae)
     sae = sae.to(lm.device)
     given = (
@@ -123,14 +127,38 @@ def _errors(states: torch.Tensor, recon: torch.Tensor) -> dict[str, np.ndarray]:
     return {"norm": norm.double().cpu().numpy(), "error_ratio": error.double().cpu().numpy()}
 
 
-def _load(o: FeaturesOptions, offline: bool) -> Dictionary:
+def _load(o: FeaturesOptions, offline: bool, lm: LoadedModel) -> Dictionary:
     if o.sae is None:
         raise TokenprobeError(
             "`sae` is required: give --sae DIR (a SAELens, sparsify or Gemma Scope folder) or a "
             "hub id"
         )
     site = SaeSite.parse(o.sae_site) if o.sae_site is not None else None
-    return load_sae(o.sae, hookpoint=o.hookpoint, site=site, offline=offline)
+    sae = load_sae(o.sae, hookpoint=o.hookpoint, site=site, offline=offline)
+    if o.sae == BUILTIN and not Path(BUILTIN).exists():
+        _check_builtin(lm)
+    return sae
+
+
+def _check_builtin(lm: LoadedModel) -> None:
+    """The built-in dictionary on another model than the one it was trained on: refused where
+    the vocabulary differs, a warning where only the weights do (the same model's original
+    float weights instead of the built-in model's 4-bit ones still fit)."""
+    cfg = read_json(builtin_folder() / "cfg.json")
+    trained = cfg.get("tokenprobe_training", {})
+    vocab = lm.loaded_vocab or int(weight_of(lm.require_adapter().unembed).shape[0])
+    if trained.get("vocab_size") not in (None, vocab):
+        raise TokenprobeError(
+            f"--sae builtin was trained on the built-in model ({cfg.get('model_name', 'smollm2')}), "
+            f"not on {lm.name} (vocabulary {vocab}, not {trained['vocab_size']}): pass "
+            "--sae DIR with a dictionary trained on this model (train-sae makes one)"
+        )
+    saved = trained.get("unembed_hash")
+    if saved and saved != unembed_hash(lm.require_adapter(), lm.loaded_vocab):
+        warn(
+            f"--sae builtin was trained on the built-in model's weights, and {lm.name}'s "
+            "unembedding differs (same shape): its features may mislead"
+        )
 
 
 def _scorer(lm: LoadedModel, o: FeaturesOptions) -> Scorer | None:

@@ -59,7 +59,7 @@ def feature_contexts(
     `FeaturesOptions` (the dictionary and the data-set settings)."""
     o = options
     adapter = lm.require_adapter()
-    sae = dictionary if dictionary is not None else _load(o, offline)
+    sae = dictionary if dictionary is not None else _load(o, offline, lm)
     check_fits(adapter, sae)
     texts = _texts(data, o)
     encoded, cut = _encode(lm, texts)

@@ -99,6 +99,7 @@ def _meta(lm: LoadedModel, data: str | Sequence[str], training: Training) -> dic
         dead = float(training.log[-1, COLUMNS.index("dead_fraction")]) if len(training.log) else 0.0
         meta["quality"] = {
             "fve": q.fve,
+            "error_ratio_median": q.error_ratio,
             "l0": q.l0,
             "dead_latents": round(dead * d.d_sae),
             "dead_after_tokens": settings["dead_tokens"],

@@ -72,7 +72,13 @@ class TrainSaeResult(Result):
             last = f"FVE {self.table['fve'][-1]:.3f}" if steps else "no step"
             return f"{head}, {steps} steps; last batch {last}"
         return (
-            f"{head}, {steps} steps; held-out FVE {q['fve']:.3f}, L0 {q['l0']:.1f}, dead "
+            f"{head}, {steps} steps; held-out FVE {q['fve']:.3f}"
+            + (
+                f", median error ratio {q['error_ratio_median']:.3f}"
+                if "error_ratio_median" in q
+                else ""
+            )
+            + f", L0 {q['l0']:.1f}, dead "
             f"{q['dead_latents']}, CE recovered {q['ce_recovered']:.3f} "
             f"({q['ce_clean']:.3f} clean, {q['ce_spliced']:.3f} spliced, "
             f"{q['ce_zero_ablated']:.3f} zero-ablated nats)"
