@@ -296,10 +296,15 @@ def test_the_toy_is_in_report_help_and_in_demo_help_only_with_a_demo(norms, caps
     )
     assert f"(any mix of {listed} into one HTML file" in _help_of(capsys, "report")
     demo = _help_of(capsys, "demo")
-    assert "norms" not in demo and "200 sample texts) and report.html in --out, on the built-in" in demo
+    assert (
+        "norms" not in demo
+        and "200 sample texts) and report.html in --out, on the built-in" in demo
+    )
     unregister(SPEC.name)  # the same toy with a demo entry (the fixture removes it again)
     register(replace(SPEC, demo=lambda session, entry, out: None, demo_help="toy norms (a cat)"))
-    assert "200 sample texts), toy norms (a cat) and report.html in --out" in _help_of(capsys, "demo")
+    assert "200 sample texts), toy norms (a cat) and report.html in --out" in _help_of(
+        capsys, "demo"
+    )
     unregister(SPEC.name)  # a demo without its own phrase: its help up to the colon
     register(replace(SPEC, demo=lambda session, entry, out: None))
     assert "200 sample texts), toy and report.html in --out" in _help_of(capsys, "demo")
