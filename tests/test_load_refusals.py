@@ -1,7 +1,9 @@
-"""Loading refuses, in one line, what tokenprobe cannot use as asked: an encoder-decoder model
-(BART, T5), a sequence classifier loaded as a causal LM, and any model whose loading leaves a
-weight newly initialised at random (which would give other outputs at every load). Ordinary
-folders (tied and untied embeddings, classifiers) still load."""
+"""Loading refuses, in one line, what tokenprobe cannot use as asked: a speech or image
+encoder-decoder, a text one as a classifier, a sequence classifier loaded as a causal LM, and
+any model whose loading leaves a weight newly initialised at random (which would give other
+outputs at every load). A text encoder-decoder (BART, T5) loads as a seq2seq LM, and every
+analysis that does not take one yet refuses it in one line. Ordinary folders (tied and untied
+embeddings, classifiers) still load."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tokenprobe import TokenprobeError
 from tokenprobe.cli import main
 from tokenprobe.model import newly_initialised
 
-ENCODER_DECODER = "encoder-decoder models (BART, T5, ...) are not supported yet"
+REFUSED = "does not support encoder-decoder models yet (those that do: none yet)"
 
 
 def save(model, tokenizer, folder):
@@ -109,27 +111,123 @@ def one_line_error(capsys, *argv: str) -> str:
 
 
 @pytest.mark.parametrize("arch, cls", [("bart", "Bart"), ("t5", "T5")])
-@pytest.mark.parametrize("task", ["causal-lm", "sequence-classification"])
-def test_an_encoder_decoder_is_refused_in_one_line(folders, arch, cls, task):
+def test_a_text_encoder_decoder_loads_as_a_seq2seq_lm(folders, arch, cls):
+    lm = tokenprobe.load(str(folders[arch]), device="cpu")
+    assert type(lm.model).__name__ == f"{cls}ForConditionalGeneration"
+    assert lm.is_seq2seq and lm.adapter is None and lm.seq2seq is not None
     with pytest.raises(TokenprobeError) as info:
-        tokenprobe.load(str(folders[arch]), device="cpu", task=task)
+        lm.require_adapter()  # the decoder-only adapter would find the encoder's blocks
+    assert "\n" not in str(info.value) and "this analysis does not support" in str(info.value)
+
+
+@pytest.mark.parametrize("arch, cls", [("bart", "Bart"), ("t5", "T5")])
+def test_an_encoder_decoder_as_a_classifier_is_refused_in_one_line(folders, arch, cls):
+    with pytest.raises(TokenprobeError) as info:
+        tokenprobe.load(str(folders[arch]), device="cpu", task="sequence-classification")
     message = str(info.value)
-    assert "\n" not in message and ENCODER_DECODER in message
+    assert "\n" not in message and "not as a sequence classifier" in message
     assert f"({cls}ForConditionalGeneration)" in message and str(folders[arch]) in message
 
 
-def test_an_encoder_decoder_is_refused_by_the_command_line(folders, tmp_path, capsys):
-    model = str(folders["bart"])
-    line = one_line_error(
-        capsys, "lens", "--model", model, "--prompt", "hi", "--out", str(tmp_path / "o")
+def test_speech_and_image_encoder_decoders_are_refused_in_one_line():
+    from transformers import (
+        BertConfig,
+        EncoderDecoderConfig,
+        ProphetNetConfig,
+        T5Gemma2Config,
+        VisionEncoderDecoderConfig,
+        ViTConfig,
+        WhisperConfig,
     )
-    assert ENCODER_DECODER in line and model in line
-    data = tmp_path / "t.csv"
-    data.write_text("text,label\nhello world,joy\nthe fox,anger\n")
-    line = one_line_error(
-        capsys, "flips", "--model", model, "--data", str(data), "--out", str(tmp_path / "f")
-    )
-    assert ENCODER_DECODER in line
+
+    from tokenprobe.model.checks import check_supported
+
+    bert, vit = BertConfig(), ViTConfig()
+    configs = [
+        WhisperConfig(),
+        T5Gemma2Config(),
+        VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit, bert),
+        EncoderDecoderConfig.from_encoder_decoder_configs(bert, bert),
+    ]
+    with pytest.raises(TokenprobeError, match="n-gram prediction streams"):
+        check_supported("m", ProphetNetConfig(), "causal-lm")
+    for config in configs:
+        with pytest.raises(TokenprobeError) as info:
+            check_supported("m", config, "causal-lm")
+        assert "\n" not in str(info.value) and "does not take text on both sides" in str(
+            info.value
+        ), config.model_type
+
+
+def _dummy(param: str) -> object:
+    return ["The quick brown fox"] if param in ("texts", "data") else "The quick brown fox"
+
+
+@pytest.mark.parametrize("name", sorted(tokenprobe.analyses.ANALYSES))
+def test_every_analysis_refuses_an_encoder_decoder_in_one_line(folders, name):
+    """The gate of `with_options`: each registered analysis's library function, given an
+    encoder-decoder (or a classifier around one), refuses it before any work."""
+    import inspect
+
+    from tokenprobe.analyses import ANALYSES
+    from tokenprobe.analyses.flips.classifiers import PromptedClassifier
+
+    spec = ANALYSES[name]
+    lm = tokenprobe.load(str(folders["t5"]), device="cpu")
+    params = list(inspect.signature(spec.run).parameters.values())
+    first = PromptedClassifier(lm, ["joy", "anger"]) if name == "flips" else lm
+    rest = [
+        _dummy(p.name)
+        for p in params[1:]
+        if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+    ]
+    with pytest.raises(TokenprobeError) as info:
+        spec.run(first, *rest)
+    message = str(info.value)
+    assert "\n" not in message and str(folders["t5"]) in message
+    assert f"(T5ForConditionalGeneration): the {name} analysis {REFUSED}" in message
+
+
+def _command_args(tmp_path) -> dict[str, list[str]]:
+    from tokenprobe import TunedLens, save_lens
+
+    text = tmp_path / "train.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
+    lens = tmp_path / "lens"
+    save_lens(TunedLens(2, 32), lens)
+    table = tmp_path / "t.csv"
+    table.write_text("text,label\nhello world,joy\nthe fox,anger\n")
+    prompt = ["--prompt", "The quick brown fox"]
+    return {
+        "lens": prompt,
+        "similarity": ["--text", "a b _PAUSE_ c"],
+        "attribute": [*prompt, "--target", " fox"],
+        "logit-attribution": [*prompt, "--target", " fox"],
+        "flips": ["--data", str(table)],
+        "tune-lens": ["--data", str(text), "--tokens", "256", "--seq-len", "16", "--batch", "4"],
+        "lens-eval": ["--lens", str(lens), "--data", str(text), "--seq-len", "16"],
+        "trace": [*prompt, "--target", " fox", "--subject", "quick"],
+        "attention": prompt,
+        "features": prompt,
+        "train-sae": ["--data", str(text), "--layer", "1"],
+    }
+
+
+def test_every_command_refuses_an_encoder_decoder_in_one_line(folders, tmp_path, capsys):
+    from tokenprobe.analyses import ANALYSES
+
+    commands = _command_args(tmp_path)
+    assert set(commands) == {spec.command for spec in ANALYSES.values()}  # a new one: add it
+    model = str(folders["t5"])
+    for spec in ANALYSES.values():
+        out = str(tmp_path / spec.command)
+        code = main([spec.command, "--model", model, "--out", out, *commands[spec.command]])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()  # info and warning lines may come first
+        assert code == 2 and sum("error" in line for line in lines) == 1, (spec.command, err)
+        lines = lines[-1:]
+        assert lines[0].startswith(f"tokenprobe: error: {model} is an encoder-decoder model")
+        assert f"the {spec.name} analysis {REFUSED}" in lines[0], lines[0]
 
 
 def test_bart_as_a_causal_lm_would_leave_its_head_random(folders):

@@ -508,3 +508,160 @@ def make_classifier(arch: str, tokenizer: Any, device: torch.device | str = "cpu
             if name.startswith(("classifier", "score", "pre_classifier", "sequence_summary")):
                 p.mul_(16.0)
     return LoadedModel.wrap(model.eval().to(device), tokenizer, name=f"tiny-{arch}-classifier")
+
+
+# ----------------------------------------------------------------------------- encoder-decoder
+
+_BART = dict(
+    d_model=H,
+    encoder_layers=LAYERS,
+    decoder_layers=LAYERS,
+    encoder_attention_heads=HEADS,
+    decoder_attention_heads=HEADS,
+    encoder_ffn_dim=FF,
+    decoder_ffn_dim=FF,
+    max_position_embeddings=CTX,
+)
+_T5 = dict(
+    d_model=H, d_kv=8, d_ff=FF, num_layers=LAYERS, num_decoder_layers=LAYERS, num_heads=HEADS
+)
+_GEMMA_MODULE = dict(
+    hidden_size=H,
+    intermediate_size=FF,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    num_key_value_heads=2,
+    head_dim=8,
+    query_pre_attn_scalar=8,
+    sliding_window=WINDOW,
+    max_position_embeddings=CTX,
+)
+
+
+def _t5gemma(vocab: int) -> Any:
+    from transformers import T5GemmaConfig, T5GemmaModuleConfig
+
+    module = dict(_GEMMA_MODULE, vocab_size=vocab)
+    return T5GemmaConfig(
+        encoder=T5GemmaModuleConfig(**module),
+        decoder=T5GemmaModuleConfig(**module, final_logit_softcapping=5.0),
+        vocab_size=vocab,
+    )
+
+
+def _fsmt(vocab: int) -> Any:
+    from transformers import FSMTConfig
+
+    return FSMTConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, **_BART)
+
+
+# name -> (config factory taking the vocabulary size, what is special about it); each with
+# 2 encoder and 2 decoder blocks. Left out: prophetnet (its decoder runs n-gram streams whose
+# states are not one residual stream), encoder-decoder (EncoderDecoderModel: two whole models
+# glued by a config), t5gemma2 (its encoder takes images), seamless_m4t (speech).
+SEQ2SEQ: dict[str, tuple[Callable[[int], Any], str]] = {
+    "t5": (_c("T5Config", **_T5), "tied head: decoder output x d_model ** -0.5"),
+    "t5-untied": (_c("T5Config", **_T5, tie_word_embeddings=False), "T5 v1.1: no output scaling"),
+    "mt5": (_c("MT5Config", **_T5, tie_word_embeddings=False), "untied head"),
+    "umt5": (_c("UMT5Config", **_T5, tie_word_embeddings=False), "per-layer position biases"),
+    "longt5": (
+        _c("LongT5Config", **_T5, local_radius=4, global_block_size=4),
+        "local encoder attention",
+    ),
+    "switch_transformers": (
+        _c(
+            "SwitchTransformersConfig",
+            **_T5,
+            num_experts=4,
+            expert_capacity=64,
+            num_sparse_encoder_layers=1,
+            num_sparse_decoder_layers=1,
+            router_jitter_noise=0.0,
+        ),
+        "mixture of experts",
+    ),
+    "bart": (_c("BartConfig", **_BART), "post-norm blocks, final_logits_bias"),
+    "mbart": (_c("MBartConfig", **_BART, scale_embedding=True), "decoder.layer_norm"),
+    "plbart": (_c("PLBartConfig", **_BART), "post-norm blocks"),
+    "mvp": (_c("MvpConfig", **_BART), "post-norm blocks"),
+    "marian": (_c("MarianConfig", **_BART, scale_embedding=True), "sinusoidal positions"),
+    "m2m_100": (_c("M2M100Config", **_BART), "decoder.layer_norm, scaled embeddings"),
+    "pegasus": (_c("PegasusConfig", **_BART), "decoder.layer_norm, sinusoidal positions"),
+    "blenderbot": (_c("BlenderbotConfig", **_BART), "decoder.layer_norm"),
+    "blenderbot-small": (_c("BlenderbotSmallConfig", **_BART), "post-norm blocks"),
+    "led": (
+        _c(
+            "LEDConfig",
+            **{k: v for k, v in _BART.items() if k != "max_position_embeddings"},
+            max_encoder_position_embeddings=CTX,
+            max_decoder_position_embeddings=CTX,
+            attention_window=4,
+        ),
+        "sliding-window encoder",
+    ),
+    "bigbird_pegasus": (
+        _c("BigBirdPegasusConfig", **_BART, attention_type="original_full"),
+        "decoder.layer_norm",
+    ),
+    "pegasus_x": (
+        _c("PegasusXConfig", **_BART, block_size=8, num_global_tokens=4),
+        "block-local encoder with global tokens",
+    ),
+    "nllb-moe": (
+        _c(
+            "NllbMoeConfig",
+            **_BART,
+            num_experts=4,
+            expert_capacity=64,
+            encoder_sparse_step=2,
+            decoder_sparse_step=2,
+        ),
+        "mixture of experts",
+    ),
+    "fsmt": (_fsmt, "separate source and target vocabularies"),
+    "t5gemma": (_t5gemma, "Gemma 2 blocks, soft-capped logits"),
+}
+SEQ2SEQ_SCALE = {"t5gemma": 4.0}
+# families whose decoder starts at EOS and is then forced to the target language's code
+# (mBART-50, M2M100, NLLB): a code token is added to the tokenizer and forced
+FORCED = {"mbart": "de_DE", "m2m_100": "__de__", "nllb-moe": "deu_Latn"}
+
+
+def make_seq2seq(
+    arch: str, tokenizer: Any, device: torch.device | str = "cpu", seed: int = 0
+) -> Any:
+    """A tiny random encoder-decoder of `arch` wrapped as a LoadedModel (a fresh tokenizer
+    copy serves both sides), its decoder starting at the tokenizer's pad token, and its
+    `final_logits_bias` (where it has one) random, so that a head that drops it is wrong."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from tokenprobe import LoadedModel
+
+    tok = copy.deepcopy(tokenizer)
+    if arch in FORCED:
+        tok.add_special_tokens({"additional_special_tokens": [FORCED[arch]]})
+    torch.manual_seed(seed)
+    config = SEQ2SEQ[arch][0](len(tok))
+    for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(config, attr, getattr(tok, attr))
+    start = tok.eos_token_id if arch in FORCED else tok.pad_token_id
+    if arch == "fsmt":  # it finds padding by id: a pad apart from its start token (EOS)
+        config.pad_token_id = tok.unk_token_id
+    config.decoder_start_token_id = start
+    model = AutoModelForSeq2SeqLM.from_config(config, dtype=torch.float32)
+    factor = SEQ2SEQ_SCALE.get(arch, 8.0)
+    _scale(model, factor, head=4.0)
+    with torch.no_grad():
+        for module in model.modules():  # fixed sinusoids, made again on loading: not scaled
+            if "Sinusoidal" in type(module).__name__ and isinstance(module, torch.nn.Embedding):
+                module.weight.div_(factor)
+        projection = getattr(model.get_decoder(), "output_projection", None)
+        if projection is not None:  # FSMT's head, inside its decoder
+            projection.weight.mul_(8.0)
+        bias = getattr(model, "final_logits_bias", None)
+        if isinstance(bias, torch.Tensor):
+            bias.copy_(torch.randn_like(bias) * 4.0)
+    model.generation_config.decoder_start_token_id = start
+    if arch in FORCED:
+        model.generation_config.forced_bos_token_id = tok.convert_tokens_to_ids(FORCED[arch])
+    return LoadedModel.wrap(model.eval().to(device), tok, name=f"tiny-{arch}")

@@ -16,6 +16,7 @@ import torch
 
 from .errors import TokenprobeError, warn
 from .model import Adapter, LoadedModel, weight_of
+from .model.seq2seq_input import decoder_prefix
 
 DEFAULT_MARKER = "_PAUSE_"
 
@@ -164,6 +165,7 @@ def ensure_marker(lm: LoadedModel, marker: str) -> int:
                     bias[old_rows:] = bias[:old_rows].mean()
         if lm.adapter is not None:  # resizing replaced the embedding modules
             lm.adapter = Adapter.from_model(lm.model)
+        lm.seq2seq = None  # an encoder-decoder's is found again (its logits bias was resized)
     warnings.warn(
         f"marker {marker!r} was not in the tokenizer: added as token {new_id} with an untrained "
         "(mean) embedding, so the model has never seen it",
@@ -320,3 +322,66 @@ def one_token_text(tokenizer: Any, prefer: str) -> str:
             if len(ids) == 1 and tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text:
                 return text
     return prefer
+
+
+# ----------------------------------------------------------------------------- encoder-decoder
+
+
+@dataclass
+class Seq2SeqInput:
+    """An encoder-decoder's input: the source ids its encoder reads (with the tokenizer's own
+    special tokens), and the decoder ids: the model's start token, its forced tokens (a target
+    language code), then the tokens of the given target prefix (no EOS after them)."""
+
+    source: str
+    input_ids: list[int]
+    tokens: list[str]
+    decoder_ids: list[int]
+    decoder_tokens: list[str]
+    forced: int  # decoder_ids[:forced] are the start and forced tokens; the target's follow
+    target: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def prepare_seq2seq(
+    lm: LoadedModel,
+    source: str,
+    *,
+    target: str | None = None,
+    target_lang: str | None = None,
+    max_length: int | None = None,
+) -> Seq2SeqInput:
+    """Tokenize `source` for the encoder and build the decoder ids: the model's start token,
+    its forced token, then `target` tokenized as the target side (`text_target`), without the
+    tokenizer's special tokens (its EOS, a language code the forced token already gives)."""
+    if source is None or not str(source).strip():
+        raise TokenprobeError("the source text is empty: give some text as `source`")
+    tok = lm.tokenizer
+    ids = [int(i) for i in tok(source)["input_ids"]]
+    decoder = decoder_prefix(lm, target_lang)
+    forced = len(decoder)
+    if target is not None:
+        given = [int(i) for i in tok(text_target=target, add_special_tokens=False)["input_ids"]]
+        if not given:
+            raise TokenprobeError(f"the target {target!r} gives no tokens: give some text")
+        decoder += given
+    limit = max_length if max_length is not None else lm.context_length
+    for what, seq in (("source", ids), ("decoder input", decoder)):
+        if limit is not None and len(seq) > limit:
+            raise TokenprobeError(
+                f"the {what} is {len(seq)} tokens, longer than the model's context of {limit}: "
+                "shorten it"
+            )
+    return Seq2SeqInput(
+        source=source,
+        input_ids=ids,
+        tokens=token_texts(tok, ids),
+        decoder_ids=decoder,
+        decoder_tokens=token_texts(tok, decoder),
+        forced=forced,
+        target=target,
+        options={"target": target, "target_lang": target_lang},
+    )

@@ -22,6 +22,8 @@ from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import TokenprobeError
+from ..model.seq2seq import check_analysis
+from ..registry import ANALYSES
 from .option import INT_MAX, INT_MIN, SEED_PARAMS, Option, Whole, finite_float
 
 S = TypeVar("S", bound="Settings")
@@ -188,9 +190,12 @@ def with_options(cls: type[Settings]) -> Callable[[Callable[..., R]], Callable[.
         if shared:
             raise TypeError(f"{func.__name__}: {sorted(shared)} are settings of {cls.__name__}")
 
+        first = passed[0].name if passed else None
+
         @functools.wraps(func)
         def call(*args: Any, options: Any = None, **kwargs: Any) -> R:
             mine = {k: kwargs.pop(k) for k in list(kwargs) if k in own.parameters}
+            _refuse_seq2seq(call, args[0] if args else mine.get(first or ""))
             return func(*args, options=cls.build(options, kwargs), **mine)
 
         hints = _hints(cls)
@@ -218,6 +223,17 @@ def with_options(cls: type[Settings]) -> Callable[[Callable[..., R]], Callable[.
         return call
 
     return wrap
+
+
+def _refuse_seq2seq(call: Callable[..., Any], model: Any) -> None:
+    """The gate every analysis passes: an encoder-decoder model (the model, or a classifier's
+    `.lm`) given to an analysis that does not take one yet is one line, naming the analysis
+    (its registry name; see `model.seq2seq.SEQ2SEQ_ANALYSES`)."""
+    lm = getattr(model, "lm", model)
+    if getattr(lm, "is_seq2seq", False) is not True:
+        return
+    name = next((a.name for a in ANALYSES.values() if a.run is call), call.__name__)
+    check_analysis(lm, name)
 
 
 @dataclass(frozen=True)

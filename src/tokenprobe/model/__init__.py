@@ -41,6 +41,7 @@ from .devices import execution_device, resolve_device, resolve_dtype
 from .hub import check_reachable, offline, offline_wanted
 from .hub import offline as offline_block
 from .placement import parse_max_memory, placement_kwargs
+from .seq2seq import Seq2SeqAdapter, refusal
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -52,6 +53,7 @@ __all__ = [
     "Adapter",
     "BuiltinModel",
     "LoadedModel",
+    "Seq2SeqAdapter",
     "builtin_gguf",
     "cache_root",
     "check_nothing_initialised",
@@ -88,6 +90,8 @@ class LoadedModel:
     load_args: dict[str, Any] | None = None  # how `load` loaded it (a Ray worker loads it so)
     # embedding rows before a marker token was added (None: none added)
     loaded_vocab: int | None = None
+    # an encoder-decoder's two stacks and decoder head (`adapter` stays None for it)
+    seq2seq: Seq2SeqAdapter | None = None
 
     @classmethod
     def wrap(
@@ -95,7 +99,8 @@ class LoadedModel:
     ) -> LoadedModel:
         """Wrap an already-built model and tokenizer (e.g. one made in a notebook or a test)."""
         model.eval()
-        adapter = Adapter.from_model(model) if model.get_output_embeddings() is not None else None
+        causal = model.get_output_embeddings() is not None and not _is_seq2seq(model)
+        adapter = Adapter.from_model(model) if causal else None
         return cls(
             model=model,
             tokenizer=tokenizer,
@@ -105,9 +110,26 @@ class LoadedModel:
         )
 
     def require_adapter(self) -> Adapter:
+        """The decoder-only adapter; an encoder-decoder model is refused in one line (its
+        blocks would be found in the encoder: see `require_seq2seq`)."""
+        if self.is_seq2seq:
+            raise refusal(self.name, type(self.model).__name__)
         if self.adapter is None:
             self.adapter = Adapter.from_model(self.model)
         return self.adapter
+
+    @property
+    def is_seq2seq(self) -> bool:
+        """An encoder-decoder model (T5, BART, Marian, ...), by its config."""
+        return _is_seq2seq(self.model)
+
+    def require_seq2seq(self) -> Seq2SeqAdapter:
+        """An encoder-decoder model's adapter (a TokenprobeError for any other model)."""
+        if not self.is_seq2seq:
+            raise TokenprobeError(f"{self.name} is not an encoder-decoder model")
+        if self.seq2seq is None:
+            self.seq2seq = Seq2SeqAdapter.from_model(self.model)
+        return self.seq2seq
 
     @property
     def device(self) -> torch.device:
@@ -175,6 +197,10 @@ class LoadedModel:
         }
 
 
+def _is_seq2seq(model: Any) -> bool:
+    return getattr(getattr(model, "config", None), "is_encoder_decoder", False) is True
+
+
 # ----------------------------------------------------------------------------- load
 
 
@@ -187,11 +213,13 @@ def _from_folder(
     **placement: Any,
 ) -> tuple[PreTrainedModel, Any]:
     """The model and tokenizer in `folder` (or of a hub id), refused in one line when tokenprobe
-    cannot use them as `task` asks: an encoder-decoder, a classifier asked for as a causal LM,
-    or any weight that loading would initialise at random."""
+    cannot use them as `task` asks: a speech or image encoder-decoder, a classifier asked for
+    as a causal LM, or any weight that loading would initialise at random. A text
+    encoder-decoder loads as AutoModelForSeq2SeqLM (`LoadedModel.is_seq2seq`)."""
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
         AutoModelForSequenceClassification,
         AutoTokenizer,
     )
@@ -208,7 +236,11 @@ def _from_folder(
     config = AutoConfig.from_pretrained(folder, **kwargs)
     check_supported(folder, config, task)
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    model, info = auto[task].from_pretrained(  # a weight of another shape: refused below
+    # a text encoder-decoder (check_supported let only those through) is a seq2seq LM
+    seq2seq = getattr(config, "is_encoder_decoder", False) is True
+    model, info = (
+        AutoModelForSeq2SeqLM if seq2seq else auto[task]
+    ).from_pretrained(  # a weight of another shape: refused below
         folder,
         config=config,
         dtype=dtype,
@@ -338,6 +370,8 @@ def _load(
         cast(nn.Module, model).to(dev)  # still PreTrainedModel.to (mypy misreads its `wraps`)
     lm = LoadedModel.wrap(model, tokenizer, name=display, source=source)
     lm.folder = folder
-    if task == "causal-lm":
+    if lm.is_seq2seq:
+        lm.require_seq2seq()
+    elif task == "causal-lm":
         lm.require_adapter()
     return lm

@@ -1,6 +1,7 @@
 """What a model folder must be for tokenprobe to use it, checked around loading: the files it
-needs, a kind of model it supports (no encoder-decoder yet; no classifier as a causal LM), and
-no weight that loading would initialise at random."""
+needs, a kind of model it supports (a text encoder-decoder as a seq2seq LM, not a speech or
+image one; no classifier as a causal LM), and no weight that loading would initialise at
+random."""
 
 from __future__ import annotations
 
@@ -42,16 +43,51 @@ def check_model_folder(name: str, folder: Path) -> None:
 _CLASSIFIER_SUFFIX = "ForSequenceClassification"
 
 
+def text_seq2seq_types() -> set[str]:
+    """The model types transformers loads as text-to-text sequence-to-sequence LMs
+    (AutoModelForSeq2SeqLM) that take text on both sides: not speech or image-text ones, nor
+    EncoderDecoderModel (two whole models joined by a config)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    other = set(auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES)
+    other |= set(auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    return set(auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES) - other - {"encoder-decoder"}
+
+
+_NOT_ONE_STREAM = {"prophetnet", "xlm-prophetnet"}
+
+
+def _check_encoder_decoder(name: str, config: Any, task: str, kind: str) -> None:
+    """A text encoder-decoder loads as a seq2seq LM; anything else of the kind, or one asked
+    for as a sequence classifier, is one line."""
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in text_seq2seq_types():
+        raise TokenprobeError(
+            f"{name} holds an encoder-decoder model ({kind}) that does not take text on both "
+            "sides (speech, images, or two models joined as EncoderDecoderModel): tokenprobe "
+            "reads text encoder-decoders (T5, BART, Marian, ...) and decoder-only causal LMs"
+        )
+    if model_type in _NOT_ONE_STREAM:
+        raise TokenprobeError(
+            f"{name} holds a {kind}: its decoder runs n-gram prediction streams beside the main "
+            "one, not one residual stream, which tokenprobe does not read"
+        )
+    if task != "causal-lm":
+        raise TokenprobeError(
+            f"{name} holds an encoder-decoder model ({kind}): it loads as a sequence-to-sequence "
+            "LM (the default task), not as a sequence classifier; encoder-decoder classifiers "
+            "are not supported yet"
+        )
+
+
 def check_supported(name: str, config: Any, task: str) -> None:
-    """Before any weight is read: refuse an encoder-decoder model, and a sequence classifier
-    loaded as a causal LM (its LM head would be new and random), in one line each."""
+    """Before any weight is read: refuse a speech or image encoder-decoder model (or a text
+    one asked for as a classifier), and a sequence classifier loaded as a causal LM (its LM
+    head would be new and random), in one line each."""
     architectures = list(getattr(config, "architectures", None) or [])
     kind = architectures[0] if architectures else getattr(config, "model_type", "?")
     if getattr(config, "is_encoder_decoder", False):
-        raise TokenprobeError(
-            f"{name} holds an encoder-decoder model ({kind}): encoder-decoder models (BART, T5, "
-            "...) are not supported yet; pass a decoder-only causal LM (a ...ForCausalLM model)"
-        )
+        _check_encoder_decoder(name, config, task, kind)
     if (
         task == "causal-lm"
         and architectures
