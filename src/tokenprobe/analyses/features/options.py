@@ -23,7 +23,8 @@ class FeaturesOptions(PromptSettings):
         None,
         "the sparse autoencoder or transcoder: a SAELens folder (cfg.json + "
         "sae_weights.safetensors), a sparsify folder, a Gemma Scope params.npz (or its folder), "
-        "or a hub id owner/repo[/sub/folder] (required)",
+        "a hub id owner/repo[/sub/folder], or builtin (the one shipped for the built-in model) "
+        "(required)",
         metavar="DIR",
         group="dictionary",
     )
