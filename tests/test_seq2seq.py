@@ -16,7 +16,6 @@ import zoo
 
 import tokenprobe
 from tokenprobe import TokenprobeError
-from tokenprobe.model.seq2seq import SEQ2SEQ_ANALYSES
 from tokenprobe.model.seq2seq_input import pad_batch
 from tokenprobe.text import prepare_seq2seq
 
@@ -175,7 +174,7 @@ def test_a_saved_folder_loads_and_the_command_refuses_it(arch, tokenizer, tmp_pa
         return
     command = Path(sys.executable).with_name("tokenprobe")
     done = subprocess.run(
-        [str(command), "lens", "--model", str(tmp_path / arch), "--prompt", "hi"]
+        [str(command), "attention", "--model", str(tmp_path / arch), "--prompt", "hi"]
         + ["--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,
@@ -184,13 +183,25 @@ def test_a_saved_folder_loads_and_the_command_refuses_it(arch, tokenizer, tmp_pa
     lines = [line for line in done.stderr.splitlines() if "memory:" not in line]  # an info line
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith("tokenprobe: error: ")
-    assert f"the lens analysis {REFUSED} (those that do: none yet)" in lines[0]
+    assert f"the attention analysis {REFUSED} (those that do: {supported()})" in lines[0]
     assert (
         f"{tmp_path / arch} is an encoder-decoder model ({type(made.model).__name__})" in lines[0]
     )
 
 
-def test_the_list_of_analyses_that_take_an_encoder_decoder_is_registered():
+def supported() -> str:
+    """The analyses whose registration declares they take an encoder-decoder model."""
     from tokenprobe.analyses import ANALYSES
 
-    assert set(SEQ2SEQ_ANALYSES) <= set(ANALYSES)
+    return ", ".join(a.name for a in ANALYSES.values() if a.seq2seq) or "none yet"
+
+
+def test_an_analysis_that_does_not_declare_seq2seq_refuses_one_in_the_library(tokenizer):
+    from tokenprobe.analyses import ANALYSES
+
+    lm = _MODELS.get("t5") or zoo.make_seq2seq("t5", tokenizer)
+    refused = [a for a in ANALYSES.values() if not a.seq2seq]
+    assert refused, "every analysis takes an encoder-decoder: nothing left to refuse"
+    spec = next(a for a in refused if a.name == "attention")
+    with pytest.raises(TokenprobeError, match=f"the attention analysis {REFUSED}"):
+        spec.run(lm, "hi")

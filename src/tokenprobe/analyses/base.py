@@ -131,6 +131,7 @@ class Analysis:
     demo_help: str = ""  # what its demo entries run, in `demo --help` ("flip rates (200 texts)")
     # the files a demo.json entry writes, where they differ by entry (default: `result`'s)
     demo_files: Callable[[dict[str, Any], Sequence[str]], list[str]] | None = None
+    seq2seq: bool = False  # takes an encoder-decoder model (else the gate refuses one)
 
     def __post_init__(self) -> None:
         self.default_out = self.default_out or f"out/{self.command}"

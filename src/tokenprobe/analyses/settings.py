@@ -22,7 +22,7 @@ from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import TokenprobeError
-from ..model.seq2seq import check_analysis
+from ..model.seq2seq import refusal
 from ..registry import ANALYSES
 from .option import INT_MAX, INT_MIN, SEED_PARAMS, Option, Whole, finite_float
 
@@ -227,13 +227,17 @@ def with_options(cls: type[Settings]) -> Callable[[Callable[..., R]], Callable[.
 
 def _refuse_seq2seq(call: Callable[..., Any], model: Any) -> None:
     """The gate every analysis passes: an encoder-decoder model (the model, or a classifier's
-    `.lm`) given to an analysis that does not take one yet is one line, naming the analysis
-    (its registry name; see `model.seq2seq.SEQ2SEQ_ANALYSES`)."""
+    `.lm`) given to an analysis whose registration does not declare `seq2seq=True` is one
+    line, naming the analysis and those that take one."""
     lm = getattr(model, "lm", model)
     if getattr(lm, "is_seq2seq", False) is not True:
         return
-    name = next((a.name for a in ANALYSES.values() if a.run is call), call.__name__)
-    check_analysis(lm, name)
+    spec = next((a for a in ANALYSES.values() if a.run is call), None)
+    if spec is not None and spec.seq2seq:
+        return
+    supported = [a.name for a in ANALYSES.values() if a.seq2seq]
+    name = spec.name if spec is not None else call.__name__
+    raise refusal(getattr(lm, "name", "the model"), type(lm.model).__name__, name, supported)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ the states here are read with hooks on the blocks, as `Adapter.record` does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,27 +35,19 @@ from ..errors import TokenprobeError
 from .adapter import weight_of
 from .heads import post_process
 
-# The analyses (registry names) that take an encoder-decoder model; every other one refuses
-# it in one line (`refusal`, raised by `analyses.settings.with_options`).
-SEQ2SEQ_ANALYSES: tuple[str, ...] = ()
 
-
-def refusal(name: str, cls: str, analysis: str | None = None) -> TokenprobeError:
-    """The one line for an encoder-decoder model given to an analysis that cannot take one."""
+def refusal(
+    name: str, cls: str, analysis: str | None = None, supported: Sequence[str] = ()
+) -> TokenprobeError:
+    """The one line for an encoder-decoder model given to an analysis that cannot take one;
+    `supported` names the analyses that can (each declares `Analysis.seq2seq`)."""
     who = f"the {analysis} analysis" if analysis else "this analysis"
-    those = ", ".join(SEQ2SEQ_ANALYSES) or "none yet"
+    those = ", ".join(supported) or "none yet"
     return TokenprobeError(
         f"{name} is an encoder-decoder model ({cls}): {who} does not support encoder-decoder "
         f"models yet (those that do: {those}); pass a decoder-only causal LM (a ...ForCausalLM "
         "model)"
     )
-
-
-def check_analysis(lm: Any, analysis: str | None) -> None:
-    """Refuse (one `TokenprobeError`) an encoder-decoder `lm` for an analysis not in
-    `SEQ2SEQ_ANALYSES`; anything else passes."""
-    if getattr(lm, "is_seq2seq", False) is True and analysis not in SEQ2SEQ_ANALYSES:
-        raise refusal(getattr(lm, "name", "the model"), type(lm.model).__name__, analysis)
 
 
 def _block_output(output: Any) -> torch.Tensor:
