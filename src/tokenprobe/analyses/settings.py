@@ -253,3 +253,33 @@ class PromptSettings(Settings):
     system: str | None = setting(
         None, "system message for --chat (default: the template's own)", group="input"
     )
+
+
+@dataclass(frozen=True)
+class TargetLangSettings(Settings):
+    """The setting of every analysis that takes an encoder-decoder model: --target-lang, the
+    language code the decoder is forced to begin with (mBART-50, M2M100, NLLB)."""
+
+    target_lang: str | None = setting(
+        None,
+        "encoder-decoder models: the target language code the decoder begins with, as "
+        "generate's forced_bos_token_id (de_DE for mBART-50, de for M2M100, deu_Latn for "
+        "NLLB; default: the model's own forced token, if any)",
+        metavar="CODE",
+        group="encoder-decoder",
+    )
+
+
+@dataclass(frozen=True)
+class DecoderTextSettings(TargetLangSettings):
+    """--target-lang and --decoder-text: the target-side text an encoder-decoder's decoder has
+    already written, read after its start and forced tokens (the positions analysed)."""
+
+    decoder_text: str | None = setting(
+        None,
+        "encoder-decoder models: the target-side text the decoder has already written, after "
+        "its start token (e.g. the translation so far); the analysis reads the decoder at "
+        "these positions (default: only the start and forced tokens)",
+        metavar="TEXT",
+        group="encoder-decoder",
+    )
