@@ -242,4 +242,7 @@ def test_the_shipped_sae_on_the_demo_prompt(smol, tmp_path):
     positions = pd.read_parquet(out / "features_positions.parquet")
     assert (positions["l0"][1:] == 32).all()
     assert (positions["error_ratio"][1:] < 1).all()
+    # position 0 (the attention sink) was left out of training, so it is left out here
+    assert meta["skip_first"] == 1 and positions.loc[0, ["l0", "error_ratio"]].isna().all()
+    assert pd.read_parquet(out / "features.parquet")["position"].min() == 1
     assert meta["correlation"] > 0.5, meta["correlation"]

@@ -104,6 +104,15 @@ class Dictionary:
         return self.out_site is not None
 
     @property
+    def trained_skip_first(self) -> int:
+        """The leading positions of each sequence left out in training, where its cfg.json
+        says so (train-sae's --skip-first: metadata.training.skip_first); else 0."""
+        metadata = self.meta.get("metadata")
+        training = (metadata if isinstance(metadata, dict) else self.meta).get("training")
+        value = training.get("skip_first", 0) if isinstance(training, dict) else 0
+        return int(value) if isinstance(value, int) and value > 0 else 0
+
+    @property
     def writes(self) -> SaeSite:
         """The site whose state `decode` reconstructs."""
         return self.out_site or self.site

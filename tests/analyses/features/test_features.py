@@ -144,6 +144,38 @@ def test_splice_kl_and_error_equal_brute_force(llama) -> None:
     assert np.isnan(res.kept.ablation).all() and np.isfinite(res.kept.attribution).all()
 
 
+def test_skipped_positions_are_left_out_and_the_rest_unchanged(llama) -> None:
+    """--skip-first (here the dictionary's own, as train-sae records it in cfg.json): nothing is
+    kept or scored before it, the splice leaves those states alone (KL by hand), and every
+    later position's rows are those of a run without it."""
+    lm, layer, skip = llama, 2, 3
+    sae = random_dictionary(lm.require_adapter().width, SaeSite("resid", layer), seed=1)
+    sae.meta = {"metadata": {"training": {"skip_first": skip}}}
+    assert sae.trained_skip_first == skip
+    res = features(lm, PROMPT, dictionary=sae, target=TARGET, top=3)
+    full = features(lm, PROMPT, dictionary=sae, target=TARGET, top=3, skip_first=0)
+    assert res.meta["skip_first"] == skip and full.meta["skip_first"] == 0
+    assert res.kept.position.min() == skip and (full.kept.position < skip).any()
+    later = full.kept.position >= skip
+    for name in ("position", "feature", "activation", "attribution", "ablation"):
+        np.testing.assert_allclose(getattr(res.kept, name), getattr(full.kept, name)[later])
+    for name in ("l0", "error_ratio", "splice_effect"):
+        got, want = res.positions[name], full.positions[name]
+        assert np.isnan(got[:skip]).all()
+        np.testing.assert_allclose(got[skip:], want[skip:], atol=1e-6)
+    ids = torch.tensor([lm.tokenizer.encode(PROMPT)])
+    x = _hidden(lm, ids, layer)
+    recon = torch.relu((x - sae.b_dec) @ sae.w_enc + sae.b_enc) @ sae.w_dec + sae.b_dec
+    recon[:skip] = x[:skip]
+    plain = _edited(lm, ids, layer, lambda s: s)
+    spliced = _edited(lm, ids, layer, lambda s: recon[None].clone())
+    p, q = torch.log_softmax(plain.double(), -1), torch.log_softmax(spliced.double(), -1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    np.testing.assert_allclose(res.positions["kl"], kl.numpy(), rtol=1e-3, atol=1e-6)
+    assert not np.allclose(res.positions["kl"], full.positions["kl"])
+    assert "position(s) left out" in res.summary()
+
+
 def test_batched_equals_one_row_per_batch(llama) -> None:
     lm = llama
     sae = random_dictionary(lm.require_adapter().width, SaeSite("resid", 1), seed=2)

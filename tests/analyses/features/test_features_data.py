@@ -106,6 +106,32 @@ def test_stats_and_top_contexts_equal_brute_force(llama, activation: str) -> Non
         assert row.right == "".join(row.window_tokens[4:])
 
 
+def test_skipped_positions_are_not_read(llama) -> None:
+    """With skip_first, the first positions of every text are neither counted nor a top
+    context, and show as NaN (not read) in the windows around later ones."""
+    lm, layer, skip = llama, 2, 2
+    sae = random_dictionary(lm.require_adapter().width, SaeSite("resid", layer))
+    res = feature_contexts(
+        lm, TEXTS, dictionary=sae, top_examples=4, context=3, batch_tokens=80, skip_first=skip
+    )
+    _, acts_of = brute_force(lm, sae, TEXTS, layer, 4)
+    read = [a.copy() for a in acts_of]
+    for a in read:
+        a[:skip] = np.nan
+    count = sum((np.nan_to_num(a) > 0).sum(0) for a in read)
+    np.testing.assert_array_equal(res.stats["count"], count)
+    assert res.meta["tokens"] == sum(len(a) - skip for a in read)
+    c = res.contexts
+    assert len(c) and c["position"].min() >= skip
+    for row in c.itertuples(index=False):
+        acts = read[row.text][:, row.feature]
+        padded = np.concatenate([np.full(3, np.nan), acts, np.full(3, np.nan)])
+        want = padded[row.position : row.position + 7]
+        np.testing.assert_allclose(row.window_activations, want, rtol=1e-4, atol=1e-6)
+    full = feature_contexts(lm, TEXTS, dictionary=sae, top_examples=4, context=3)
+    assert (full.contexts["position"] < skip).any()  # without it, early positions do win
+
+
 def test_the_top_contexts_break_ties_by_text_then_position(llama) -> None:
     """Texts with one shared prefix: tied activations keep the lowest text indices."""
     lm = llama

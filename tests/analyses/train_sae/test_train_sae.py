@@ -125,6 +125,8 @@ def test_the_saelens_folder_loads_and_encodes_like_the_trained_weights(trained, 
     assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
     loaded = load_sae(tmp_path / "sae")
     assert str(loaded.site) == "resid 2" and loaded.activation == "topk"
+    want = cfg["metadata"]["training"]["skip_first"]  # what `features` will leave out
+    assert loaded.trained_skip_first == want == 1  # the default
     w = load_file(str(tmp_path / "sae" / "sae_weights.safetensors"))
     d = trained.dictionary
     for name, ours in (
@@ -250,7 +252,9 @@ def test_the_installed_command_writes_a_folder_features_reads(model_dir, corpus,
     done = command("features", "--model", str(model_dir), "--sae", str(out), "--prompt",
                    "the quick brown fox jumps over the lazy dog", "--out", str(feat))  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert json.loads((feat / "meta.json").read_text())["dictionary"]["reads"] == "resid 2"
+    meta = json.loads((feat / "meta.json").read_text())
+    assert meta["dictionary"]["reads"] == "resid 2"
+    assert meta["skip_first"] == 1  # the position train-sae left out, left out here too
 
 
 def test_bad_input_is_one_line_each(model_dir, corpus, tmp_path, capsys):

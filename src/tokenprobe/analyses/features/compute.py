@@ -55,20 +55,27 @@ def features(
     ids = torch.tensor([given.input_ids], device=lm.device)
     scorer = _scorer(lm, o)
     x_in, x_out, grad, logits = _record(lm, sae, ids, scorer)
+    skip = skip_first(o, sae, ids.shape[1])
     with torch.no_grad():
         acts = sae.encode(x_in)
         recon = sae.decode(acts, x_in)
+        acts[:skip] = 0  # positions the dictionary was not trained on: left as they are
+        recon[:skip] = x_out[:skip]
     attribution = None
     if grad is not None:  # d score / d activation = the decoder row . d score / d state
         attribution = acts * ((grad / sae.input_scale) @ sae.w_dec.T)
     kept = _keep(acts, attribution, o.top)
     kl, spliced = splice_kl(lm, sae, ids, recon, logits, scorer)
-    per_position = {"l0": (acts > 0).sum(-1).cpu().numpy(), **_errors(x_out, recon), "kl": kl}
+    per_position = {"l0": (acts > 0).sum(-1).double().cpu().numpy(), **_errors(x_out, recon)}
+    per_position["kl"] = kl
     ablation, base = None, None
     if scorer is not None:
         base, per_position["splice_effect"], ablation = _effects(
-            lm, sae, ids, (acts, kept, x_in, x_out, recon), scorer, o
+            lm, sae, ids, (acts, kept, x_in, x_out, recon), scorer, o, skip
         )
+    for name in ("l0", "error_ratio", "splice_effect"):  # not read at the skipped positions
+        if name in per_position:
+            per_position[name][:skip] = np.nan
     meta = {
         "analysis": "sparse features",
         **provenance(lm, o).meta(),
@@ -80,6 +87,7 @@ def features(
         "score": None if scorer is None else scorer.describe(),
         "base_score": base,
         "spliced": spliced,
+        "skip_first": skip,
         "rows": ROWS,
     }
     return FeaturesResult(
@@ -96,7 +104,9 @@ ROWS = (
     "(activation x gradient of the score), ablation (score - score with the feature removed at "
     "that position; NaN where not run); features_positions.parquet: per position l0, state "
     "norm, error_ratio (|state - reconstruction| / |state|), kl (next-token KL when every "
-    "position is reconstructed) and splice_effect (score change when only that position is)"
+    "position is reconstructed) and splice_effect (score change when only that position is); "
+    "the first skip_first positions (meta.json) are left out: no features, NaN l0, error_ratio "
+    "and splice_effect"
 )
 
 
@@ -107,17 +117,26 @@ def _effects(
     found: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     scorer: Scorer,
     o: FeaturesOptions,
+    skip: int,
 ) -> tuple[float, np.ndarray, np.ndarray | None]:
     """The unedited score (through the same batched path as the edits), each position's
-    splice effect, and each kept feature's ablation effect (None with `ablate` off)."""
+    splice effect (from position `skip` on), and each kept feature's ablation effect (None with
+    `ablate` off)."""
     acts, kept, inputs, states, recon = found
     nothing = [(0, torch.zeros_like(states[0]))]
     base = float(run_edits(lm, sae, ids, nothing, scorer, o.batch_tokens)[0])
-    splice = splices(lm, sae, ids, states, recon, scorer, base, o.batch_tokens)
+    splice = splices(lm, sae, ids, states, recon, scorer, base, o.batch_tokens, skip)
     ablation = None
     if o.ablate:
         ablation = ablations(lm, sae, ids, (acts, kept, inputs), scorer, base, o.batch_tokens)
     return base, splice, ablation
+
+
+def skip_first(o: FeaturesOptions, sae: Dictionary, n: int | None = None) -> int:
+    """The leading positions left out: `o.skip_first`, else the dictionary's own (as trained);
+    at most `n - 1` for one text of `n` tokens, so that its last position is read."""
+    skip = o.skip_first if o.skip_first is not None else sae.trained_skip_first
+    return skip if n is None else min(skip, max(n - 1, 0))
 
 
 def _errors(states: torch.Tensor, recon: torch.Tensor) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ from ...runner import Remote, map_batches, open_checkpoint, progress_disabled, r
 from ...sae import Dictionary
 from ...sae.hooks import check_fits
 from ..settings import with_options
-from .compute import _describe, _load
+from .compute import _describe, _load, skip_first
 from .contexts import FeatureContextsResult, build_tables
 from .options import FeaturesOptions
 from .reader import SiteReader
@@ -66,10 +66,12 @@ def feature_contexts(
     used = [i for i, ids in enumerate(encoded) if ids]
     if not used:
         raise TokenprobeError("every text is empty after tokenization: check the data set")
+    skip = skip_first(o, sae)
     kept = {"top_examples": o.top_examples, "context": o.context, "chunk_texts": o.chunk_texts}
+    kept["skip_first"] = skip
     store = open_checkpoint(checkpoint, PARTIAL, _shared(lm, sae, encoded, kept), resume)
     chunks = [used[i : i + o.chunk_texts] for i in range(0, len(used), o.chunk_texts)]
-    run = _Run(lm, sae.to(lm.device), o.top_examples, o.context, o.batch_tokens)
+    run = _Run(lm, sae.to(lm.device), o.top_examples, o.context, o.batch_tokens, skip)
     remote = None if executor is None else _remote(lm, sae, encoded, o)
     with tqdm(
         total=len(used), desc="features", unit="text", disable=progress_disabled(progress)
@@ -133,10 +135,16 @@ class _Run:
     """Chunks of texts -> tallies, against one model and dictionary (here or on a worker)."""
 
     def __init__(
-        self, lm: LoadedModel, sae: Dictionary, top: int, context: int, batch_tokens: int
+        self,
+        lm: LoadedModel,
+        sae: Dictionary,
+        top: int,
+        context: int,
+        batch_tokens: int,
+        skip: int = 0,
     ) -> None:
         self.lm, self.sae, self.top, self.context = lm, sae, top, context
-        self.batch_tokens = batch_tokens
+        self.batch_tokens, self.skip = batch_tokens, skip
         self.reader = SiteReader(lm, sae)
 
     def chunk(self, chunk: Sequence[int], encoded: Sequence[list[int]] | dict) -> Tally:
@@ -153,13 +161,17 @@ class _Run:
         return tally
 
     def _batch(self, batch: list[int], encoded: Any, tally: Tally) -> None:
-        """Encode one batch's states (texts in ascending order) and add them to `tally`."""
-        rows = self.reader.rows([list(encoded[i]) for i in batch])
+        """Encode one batch's states (texts in ascending order), each from position `skip` on,
+        and add them to `tally`."""
+        read = self.reader.rows([list(encoded[i]) for i in batch])
+        rows = [r[min(self.skip, len(r)) :] for r in read]
         device = self.lm.device
         text = torch.cat(
             [torch.full((len(r),), i, dtype=torch.long) for i, r in zip(batch, rows, strict=True)]
         )
-        pos = torch.cat([torch.arange(len(r)) for r in rows])
+        pos = torch.cat(
+            [torch.arange(len(r) - len(k), len(r)) for r, k in zip(read, rows, strict=True)]
+        )
         with torch.inference_mode():
             acts = self.sae.encode(torch.cat(rows))
             tally.add(acts, text.to(device), pos.to(device))
@@ -241,6 +253,6 @@ def _remote(
     lm: LoadedModel, sae: Dictionary, encoded: list[list[int]], o: FeaturesOptions
 ) -> Remote:
     """How a chunk runs on a Ray worker: its own model, the chunk's token ids."""
-    settings = (o.top_examples, o.context, o.batch_tokens)
+    settings = (o.top_examples, o.context, o.batch_tokens, skip_first(o, sae))
     factory = functools.partial(_worker_state, worker_load_args(lm), sae.to("cpu"), settings)
     return Remote(factory, _chunk_on_worker, lambda c: (list(c), {i: encoded[i] for i in c}))

@@ -119,11 +119,15 @@ def splices(
     scorer: Scorer,
     base: float,
     batch_tokens: int,
+    skip: int = 0,
 ) -> np.ndarray:
     """Per position, the score change when only that position's state is replaced by its
-    reconstruction."""
-    edits = [(p, recon[p] - states[p]) for p in range(ids.shape[1])]
-    return run_edits(lm, sae, ids, edits, scorer, batch_tokens) - base
+    reconstruction (NaN before position `skip`, not run there)."""
+    edits = [(p, recon[p] - states[p]) for p in range(skip, ids.shape[1])]
+    out = np.full(ids.shape[1], np.nan)
+    if edits:
+        out[skip:] = run_edits(lm, sae, ids, edits, scorer, batch_tokens) - base
+    return out
 
 
 def ablations(

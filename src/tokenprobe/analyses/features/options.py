@@ -41,6 +41,15 @@ class FeaturesOptions(PromptSettings):
         metavar="SITE",
         group="dictionary",
     )
+    skip_first: int | None = setting(
+        None,
+        "leave out the first N positions of each text (no features, no effects, no "
+        "splice): those the dictionary was not trained on (default: the dictionary's own, "
+        "train-sae's --skip-first as its cfg.json records it, else 0)",
+        minimum=0,
+        metavar="N",
+        group="dictionary",
+    )
     top: int = setting(
         8,
         "features kept per position: the most active ones, and with --target also those with "

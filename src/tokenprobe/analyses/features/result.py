@@ -195,8 +195,10 @@ class FeaturesResult(Result):
             "features kept"
         )
         error = self.positions.get("error_ratio")
-        if error is not None and len(error):
-            line += f"; mean error ratio {float(np.mean(error)):.3f}"
+        if error is not None and np.isfinite(error).any():
+            line += f"; mean error ratio {float(np.nanmean(error)):.3f}"
+        if self.meta.get("skip_first"):
+            line += f" (first {self.meta['skip_first']} position(s) left out)"
         if np.isfinite(k.ablation).any():
             i = int(np.nanargmax(np.abs(k.ablation)))
             line += (

@@ -152,6 +152,9 @@ def error_view(result: FeaturesResult) -> Heatmap:
     def tips() -> list[list[str]]:
         row = []
         for p in range(n_pos):
+            if not np.isfinite(values[0, p]):
+                row.append(f"{result.tokens[p]!r}: left out (not a position it was trained on)")
+                continue
             text = f"{result.tokens[p]!r}: error ratio {values[0, p]:.3f}"
             for name in ("l0", "kl", "splice_effect"):
                 if name in pos:
@@ -166,12 +169,14 @@ def error_view(result: FeaturesResult) -> Heatmap:
         cols=_cols(result),
         cmap="Oranges",
         vmin=0.0,
-        vmax=max(1.0, float(np.nanmax(values)) if values.size else 1.0),
+        vmax=max(1.0, float(np.nanmax(values)) if np.isfinite(values).any() else 1.0),
         title=_title(result, "reconstruction error per position"),
         colorbar="|state - reconstruction| / |state|",
         xlabel="token",
         ylabel="",
-        cell_text=np.vectorize(lambda v: f"{v:.2f}", otypes=[object])(values),
+        cell_text=np.vectorize(lambda v: f"{v:.2f}" if np.isfinite(v) else "", otypes=[object])(
+            values
+        ),
         annotate=annotate,
         cell_fontsize=6.0,
         tips=tips,
