@@ -254,6 +254,11 @@ class PromptSettings(Settings):
         None, "system message for --chat (default: the template's own)", group="input"
     )
 
+    @property
+    def prompting(self) -> dict[str, Any]:
+        """--chat and --system as `text.prepare` takes them."""
+        return {"chat": self.chat, "system": self.system}
+
 
 @dataclass(frozen=True)
 class TargetLangSettings(Settings):

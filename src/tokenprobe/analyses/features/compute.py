@@ -47,35 +47,25 @@ def features(
     sae = dictionary if dictionary is not None else _load(o, offline, lm)
     check_fits(adapter, sae)
     sae = sae.to(lm.device)
-    given = (
-        prompt
-        if isinstance(prompt, PreparedInput)
-        else prepare(lm, prompt, chat=o.chat, system=o.system)
-    )
+    given = prompt if isinstance(prompt, PreparedInput) else prepare(lm, prompt, **o.prompting)
     ids = torch.tensor([given.input_ids], device=lm.device)
     scorer = _scorer(lm, o)
     x_in, x_out, grad, logits = _record(lm, sae, ids, scorer)
     skip = skip_first(o, sae, ids.shape[1])
-    with torch.no_grad():
-        acts = sae.encode(x_in)
-        recon = sae.decode(acts, x_in)
-        acts[:skip] = 0  # positions the dictionary was not trained on: left as they are
-        recon[:skip] = x_out[:skip]
+    acts, recon = _encoded(sae, x_in, x_out, skip)
     attribution = None
     if grad is not None:  # d score / d activation = the decoder row . d score / d state
         attribution = acts * ((grad / sae.input_scale) @ sae.w_dec.T)
     kept = _keep(acts, attribution, o.top)
     kl, spliced = splice_kl(lm, sae, ids, recon, logits, scorer)
     per_position = {"l0": (acts > 0).sum(-1).double().cpu().numpy(), **_errors(x_out, recon)}
-    per_position["kl"] = kl
-    ablation, base = None, None
+    per_position["kl"], ablation, base = kl, None, None
     if scorer is not None:
         base, per_position["splice_effect"], ablation = _effects(
             lm, sae, ids, (acts, kept, x_in, x_out, recon), scorer, o, skip
         )
     for name in ("l0", "error_ratio", "splice_effect"):  # not read at the skipped positions
-        if name in per_position:
-            per_position[name][:skip] = np.nan
+        per_position.get(name, np.empty(0))[:skip] = np.nan
     meta = {
         "analysis": "sparse features",
         **provenance(lm, o).meta(),
@@ -130,6 +120,19 @@ def _effects(
     if o.ablate:
         ablation = ablations(lm, sae, ids, (acts, kept, inputs), scorer, base, o.batch_tokens)
     return base, splice, ablation
+
+
+def _encoded(
+    sae: Dictionary, x_in: torch.Tensor, x_out: torch.Tensor, skip: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latents and the reconstruction; the first `skip` positions (not trained on) have
+    no latents and keep their own state as the reconstruction."""
+    with torch.no_grad():
+        acts = sae.encode(x_in)
+        recon = sae.decode(acts, x_in)
+        acts[:skip] = 0
+        recon[:skip] = x_out[:skip]
+    return acts, recon
 
 
 def skip_first(o: FeaturesOptions, sae: Dictionary, n: int | None = None) -> int:

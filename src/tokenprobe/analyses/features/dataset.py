@@ -68,7 +68,7 @@ def feature_contexts(
         raise TokenprobeError("every text is empty after tokenization: check the data set")
     skip = skip_first(o, sae)
     kept = {"top_examples": o.top_examples, "context": o.context, "chunk_texts": o.chunk_texts}
-    kept["skip_first"] = skip
+    kept |= {"skip_first": skip}
     store = open_checkpoint(checkpoint, PARTIAL, _shared(lm, sae, encoded, kept), resume)
     chunks = [used[i : i + o.chunk_texts] for i in range(0, len(used), o.chunk_texts)]
     run = _Run(lm, sae.to(lm.device), o.top_examples, o.context, o.batch_tokens, skip)
@@ -88,9 +88,7 @@ def feature_contexts(
             executor=executor,
             remote=remote,
         )
-    tally = Tally.empty(sae.d_sae, o.top_examples, o.context)
-    for k in sorted(parts):
-        tally.merge(Tally.from_arrays(parts[k]))
+    tally = _merged(parts, sae.d_sae, o)
     stats, contexts = build_tables(tally, encoded, lm.tokenizer)
     counts = {"texts": len(texts), "texts_used": len(used), "texts_cut": cut}
     meta = _meta(lm, sae, data, tally, counts, {**kept, "batch_tokens": o.batch_tokens})
@@ -99,6 +97,14 @@ def feature_contexts(
     if store is not None:
         store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
     return result
+
+
+def _merged(parts: dict[Any, Any], d_sae: int, o: FeaturesOptions) -> Tally:
+    """The chunks' tallies merged in chunk order (the same whatever order they finished in)."""
+    tally = Tally.empty(d_sae, o.top_examples, o.context)
+    for k in sorted(parts):
+        tally.merge(Tally.from_arrays(parts[k]))
+    return tally
 
 
 ROWS = (
