@@ -58,5 +58,6 @@ SPEC = Analysis(
     options=OPTIONS,
     cli=command,
     demo=demo,
+    seq2seq=True,
     demo_help="flip rates (200 sample texts)",
 )

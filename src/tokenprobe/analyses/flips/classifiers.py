@@ -33,6 +33,7 @@ from ...runner import (
     takes,
 )
 from ...text import render, token_texts
+from . import seq2seq
 from .verbalisers import check_template, verbaliser_ids
 from .words import TextInput, tokenize_words
 
@@ -181,6 +182,8 @@ class PromptedClassifier(Classifier):
     The template holds `{text}` (and optionally `{labels}`); with `chat` it is the user turn of
     the chat template. Each verbaliser counts by its first token. The part of the prompt before
     the text is run once and its key/value cache reused for every input (`reuse_prefix`).
+    An encoder-decoder reads the filled template as its source, and the verbalisers are scored
+    at its decoder's first prediction after the start (and forced) tokens (`seq2seq`).
     """
 
     def __init__(
@@ -214,13 +217,18 @@ class PromptedClassifier(Classifier):
         tok = lm.tokenizer
         marker = "\x00TEXT\x00"
         filled = template.replace("{labels}", ", ".join(self.labels)).replace("{text}", marker)
+        self._cache = None
+        if lm.is_seq2seq:  # the filled template is the source; the decoder gives the answer
+            self.rendered = filled.replace(marker, "{text}")
+            seq2seq.setup(self, lm, tuple(filled.split(marker)))  # type: ignore[arg-type]
+            return
+        self.decoder_ids: list[int] = []
         rendered = render(tok, filled, chat=chat)
         prefix_text, suffix_text = rendered.split(marker)
         self.prefix_ids = list(tok(prefix_text, add_special_tokens=not chat)["input_ids"])
         self.suffix_ids = list(tok(suffix_text, add_special_tokens=False)["input_ids"])
         self.rendered = rendered
         self.verbaliser_ids = verbaliser_ids(tok, self.labels, self.verbalisers)
-        self._cache = None
         if not self.prefix_ids:  # a template that starts with the text: no prefix to cache
             self.reuse_prefix = False
 
@@ -271,6 +279,8 @@ class PromptedClassifier(Classifier):
         return out
 
     def _checking(self) -> CheckedBatching:
+        if self.lm.is_seq2seq:
+            return seq2seq.checking(self)
         paths = {"cache": self._after_prefix_cache} if self.reuse_prefix else {}
         paths.update(left=self._left_padded, right=self._right_padded)
         return CheckedBatching(
@@ -352,6 +362,7 @@ class PromptedClassifier(Classifier):
             "prompt": self.rendered,
             "prefix_tokens": len(self.prefix_ids),
             "prefix_cache_reused": self.prefix_cache_reused,
+            **({"decoder_ids": self.decoder_ids} if self.lm.is_seq2seq else {}),
         }
 
     @property
