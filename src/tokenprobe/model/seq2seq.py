@@ -328,3 +328,40 @@ def _check_head(adapter: Seq2SeqAdapter, probe: _Probe, name: str) -> None:
             f") does not rebuild the model's own logits from its last decoder block (largest "
             f"error {error:.3g}, tolerance {limit:.2g}): its decoder layers cannot be decoded"
         )
+
+
+# ----------------------------------------------------------------------------- cross-attention
+
+# the names each family gives a decoder block's cross-attention module: T5, mT5, UMT5, LongT5,
+# Switch (`layer.1.EncDecAttention`), the BART-like ones and FSMT (`encoder_attn`), NLLB-MoE
+# (`cross_attention`), T5Gemma (`cross_attn`)
+CROSS_NAMES = ("encdecattention", "encoder_attn", "cross_attention", "cross_attn", "crossattention")
+
+
+def cross_attention(block: nn.Module) -> tuple[str, nn.Module] | None:
+    """The cross-attention module of one decoder block: the outermost child whose own name is
+    one of `CROSS_NAMES` and that holds parameters (not its norm or dropout); None if none."""
+    found = [
+        (path, module)
+        for path, module in block.named_modules()
+        if path
+        and path.rpartition(".")[2].lower() in CROSS_NAMES
+        and any(True for _ in module.parameters())
+    ]
+    return min(found, key=lambda pm: pm[0].count("."), default=None)
+
+
+def cross_attentions(adapter: Seq2SeqAdapter) -> list[tuple[str, nn.Module]]:
+    """Each decoder block's cross-attention module with its path from the model; one line
+    when a block has none (its output is what the trace's `cross` rows restore)."""
+    out = []
+    for b, block in enumerate(adapter.decoder.blocks):
+        found = cross_attention(block)
+        if found is None:
+            children = ", ".join(n for n, _ in block.named_children())
+            raise TokenprobeError(
+                f"cannot find the cross-attention of decoder block {b} ({type(block).__name__}: "
+                f"{children}): no child named {' or '.join(CROSS_NAMES)}"
+            )
+        out.append((f"{adapter.decoder.blocks_path}.{b}.{found[0]}", found[1]))
+    return out

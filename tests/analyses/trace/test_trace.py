@@ -999,7 +999,7 @@ NOISED = dict(corrupt="noise", subject="Australia", target=TARGET)
         (
             "components",
             ["resid", "ffn"],
-            "^components must be one of resid, attn, mlp, head, head-k, head-v, not 'ffn'$",
+            "^components must be one of resid, attn, mlp, head, head-k, head-v, cross, not 'ffn'$",
         ),
         ("components", [], "^components is empty"),
         ("chat", 1, "^chat must be True or False, not 1$"),
@@ -1042,7 +1042,9 @@ def test_the_signature_shows_every_setting_with_its_default():
     params = inspect.signature(causal_trace).parameters
     for f in dataclasses.fields(TraceOptions):
         assert params[f.name].default == f.default, f.name
-    assert params["samples"].default == 10 and params["components"].default == ("resid",)
+    assert params["samples"].default == 10 and params["components"].default is None
+    # none given: resid (an encoder-decoder: its encoder's and decoder's resid, and cross)
+    assert TraceOptions(target="x", subject="y").traced == ["resid"]
     assert {"options", "checkpoint", "resume", "progress"} <= set(params)
     spec = tokenprobe.analyses.trace.SPEC
     assert spec.default("batch_tokens") == 2048

@@ -13,48 +13,56 @@ from ...runner import progress_disabled, token_budget_batches
 from .estimate import first_order
 from .heads import is_head
 from .options import TraceOptions
+from .seq2seq_tracer import Seq2SeqTracer
 from .store import CellStore
 from .tracer import Cell, Tracer, window_of
+
+AnyTracer = Tracer | Seq2SeqTracer
 
 # each component's cells (the sites each restores) and the (row, column) each fills
 Plans = dict[str, tuple[list[Cell], list[tuple[int, int]]]]
 
 
 def plan_cells(
-    tracer: Tracer, component: str, window: int, positions: str = "each"
+    tracer: AnyTracer, component: str, window: int, positions: str = "each"
 ) -> tuple[list[Cell], list[tuple[int, int]]]:
-    """Every cell of a component that has a site, with the (site, position) pairs it restores
-    and the (row, column) it fills: a column per position, or one ("all") for every position."""
-    sites = tracer.sites[component]
+    """Every cell of a component (an encoder-decoder's grid) that has a site, with the (site,
+    position) pairs it restores and the (row, column) it fills: a column per position, or one
+    ("all") for every position."""
+    sites: list = tracer.sites[component]
+    n_pos = tracer.n_columns(component)
     cells, where = [], []
     for row, site in enumerate(sites):
         if site is None:
             continue
         idx = [tracer.index[(component, k)] for k in window_of(sites, row, window)]
         if positions == "all":
-            cells.append([(i, p) for i in idx for p in range(tracer.n_pos)])
+            cells.append([(i, p) for i in idx for p in range(n_pos)])
             where.append((row, 0))
             continue
-        for p in range(tracer.n_pos):
+        for p in range(n_pos):
             cells.append([(i, p) for i in idx])
             where.append((row, p))
     return cells, where
 
 
 def trace_grids(
-    tracer: Tracer,
+    tracer: AnyTracer,
     o: TraceOptions,
     progress: bool | None,
     store: CellStore | None = None,
+    grids: list[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-    """Each component's grid of exact scores (or estimates when only those are asked for), and
-    the estimates beside exact ones with `method="both"`. With a `store`, its finished patched
-    runs are taken and each new batch is written to it."""
-    plans = {c: plan_cells(tracer, c, o.window, o.positions) for c in o.traced}
-    columns = 1 if o.positions == "all" else tracer.n_pos
+    """Each component's grid (`grids`, default the components traced) of exact scores (or
+    estimates when only those are asked for), and the estimates beside exact ones with
+    `method="both"`. With a `store`, its finished patched runs are taken and each new batch is
+    written to it."""
+    plans = {c: plan_cells(tracer, c, o.window, o.positions) for c in grids or o.traced}
+    columns = {c: 1 if o.positions == "all" else tracer.n_columns(c) for c in plans}
     try:
         estimates = None
         if o.method in ("estimate", "both"):
+            assert isinstance(tracer, Tracer)
             estimates = _estimates(tracer, plans, columns)
         if o.method == "estimate":
             return _shaped(tracer, estimates or {}), None
@@ -68,7 +76,7 @@ def trace_grids(
         raise
 
 
-def _shaped(tracer: Tracer, grids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _shaped(tracer: AnyTracer, grids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A head component's (blocks x heads, columns) grid as (blocks, heads, columns)."""
     n = tracer.adapter.n_blocks
     return {
@@ -76,12 +84,12 @@ def _shaped(tracer: Tracer, grids: dict[str, np.ndarray]) -> dict[str, np.ndarra
     }
 
 
-def _grids(tracer: Tracer, plans: Plans, columns: int) -> dict[str, np.ndarray]:
+def _grids(tracer: AnyTracer, plans: Plans, columns: dict[str, int]) -> dict[str, np.ndarray]:
     """A (rows, columns) grid of NaN per component, for its cells' values."""
-    return {c: np.full((len(tracer.sites[c]), columns), np.nan) for c in plans}
+    return {c: np.full((len(tracer.sites[c]), columns[c]), np.nan) for c in plans}
 
 
-def _estimates(tracer: Tracer, plans: Plans, columns: int) -> dict[str, np.ndarray]:
+def _estimates(tracer: Tracer, plans: Plans, columns: dict[str, int]) -> dict[str, np.ndarray]:
     """Attribution patching's estimate of every cell, from one forward and backward pass: the
     sum of the first-order terms of the (site, position) pairs it restores."""
     deltas = first_order(tracer)
@@ -94,9 +102,9 @@ def _estimates(tracer: Tracer, plans: Plans, columns: int) -> dict[str, np.ndarr
 
 
 def _exact(
-    tracer: Tracer,
+    tracer: AnyTracer,
     plans: Plans,
-    columns: int,
+    columns: dict[str, int],
     batch_tokens: int,
     progress: bool | None,
     store: CellStore | None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,15 +24,14 @@ from ...provenance import provenance
 from ...text import PreparedInput, token_texts
 from ..settings import with_options
 from .cells import trace_grids
+from .checks import check_finite, warn_if_close, warn_if_implausible
 from .heads import heads_meta, is_head
 from .inputs import TraceInputs, trace_inputs
 from .options import TraceOptions
 from .result import TraceResult
-from .store import open_store
+from .seq2seq_compute import trace_seq2seq
+from .store import kept_settings, open_store
 from .tracer import Tracer
-
-IMPLAUSIBLE = 1e-3  # warn when the target's clean probability is below this ...
-TOP = 10  # ... and it is not among the clean run's top this many tokens
 
 
 @with_options(TraceOptions)
@@ -56,9 +54,14 @@ def causal_trace(
     foil is given). `method`: exact, estimate (attribution patching) or both. With
     `checkpoint`, each finished batch of patched runs is written there as the run goes;
     `resume=True` takes them from an interrupted run instead of computing them again (the
-    estimate, one forward and backward pass, is computed again).
+    estimate, one forward and backward pass, is computed again). An encoder-decoder: `prompt`
+    is the source, the target is scored at the last decoder position, and the encoder's and
+    decoder's residual streams and the cross-attention outputs are restored (`seq2seq_compute`).
     """
     o = options
+    if lm.is_seq2seq:
+        return trace_seq2seq(lm, prompt, o, checkpoint, resume, progress)
+    _refuse_for_causal(o)
     if o.corruption == "prompt" and o.noise_changed:
         warn(
             f"`{'`, `'.join(o.noise_changed)}` only apply to noise corruption and are ignored "
@@ -70,9 +73,9 @@ def causal_trace(
     noise_t, noise_std = _draw_noise(lm, given.span, o) if noised else (None, None)
     problem = given.problem(o.scored_by, o.direction, noise_t)
     tracer = Tracer(lm, problem, o.traced)
-    _check_finite(tracer, noised)
-    _warn_if_implausible(tracer, o.target or "")
-    store = open_store(lm, problem, _kept(o), checkpoint, resume)
+    check_finite(tracer, noised)
+    warn_if_implausible(tracer, o.target or "")
+    store = open_store(lm, problem, kept_settings(o), checkpoint, resume)
     scores, estimates = trace_grids(tracer, o, progress, store)
     result = TraceResult(
         tokens=list(given.clean.tokens),
@@ -89,20 +92,19 @@ def causal_trace(
     return result
 
 
-def _kept(o: TraceOptions) -> dict[str, Any]:
-    """The settings that decide a checkpoint's numbers (the noise ones as the run uses them)."""
-    noised = o.corruption == "noise"
-    return {
-        "components": o.traced,
-        "window": o.window,
-        "seed": o.seed if noised else None,
-        "samples": o.samples if noised else 1,
-        "noise": o.noise if noised else None,
-        "corrupt": o.corruption,
-        "method": o.method,
-        # (absent when each: the checkpoints of traces before the setting existed still resume)
-        **({"positions": o.positions} if o.positions != "each" else {}),
-    }
+def _refuse_for_causal(o: TraceOptions) -> None:
+    """The settings that exist only for encoder-decoder models, one line each."""
+    given = [k for k in ("target_lang", "decoder_text") if getattr(o, k) is not None]
+    if given:
+        raise TokenprobeError(
+            f"`{'` and `'.join(given)}` apply only to encoder-decoder models; this model is "
+            "decoder-only: drop them"
+        )
+    if "cross" in o.traced:
+        raise TokenprobeError(
+            "`components` cross is an encoder-decoder's cross-attention; this model is "
+            "decoder-only: trace resid, attn, mlp or head"
+        )
 
 
 def _meta(
@@ -176,51 +178,10 @@ def _draw_noise(
     return scaled, std
 
 
-def _check_finite(tracer: Tracer, noised: bool) -> None:
-    """One line when the clean or corrupted run's score overflowed (a huge `noise`, a 16-bit
-    model), rather than NaN cells."""
-    if np.isfinite([tracer.clean_score, *tracer.corrupted_scores]).all():
-        return
-    run = "clean" if not np.isfinite(tracer.clean_score) else "corrupted"
-    fix = (
-        " with this `noise`: give a smaller `noise`"
-        if run == "corrupted" and noised
-        else f" in {str(tracer.lm.dtype).removeprefix('torch.')}: load it in float32 (`dtype`)"
-    )
-    raise TokenprobeError(f"the {run} run's score is not finite: the model's numbers overflow{fix}")
-
-
-def _warn_if_close(clean: float, corrupted: Sequence[float]) -> None:
-    """The normalised scores divide by clean - corrupted: say so when that difference is within
-    5% of the scores or within the noise samples' own spread."""
-    mean = float(np.mean(corrupted))
-    gap, spread = abs(clean - mean), float(np.std(corrupted))
-    if gap < 0.05 * max(abs(clean), abs(mean)) or (len(corrupted) > 1 and gap < spread):
-        warn(
-            f"the clean and corrupted scores are close ({clean:.4g} against {mean:.4g}): the "
-            "normalised values divide by their difference and are unreliable; corrupt more "
-            "(a larger `noise`) or score another `target`"
-        )
-
-
-def _warn_if_implausible(tracer: Tracer, target: str) -> None:
-    """A target the clean run all but rules out is most often a tokenization slip (no leading
-    space) or a chat model given a bare prompt, and its trace says little: say so before the work."""
-    probability, rank = tracer.target_standing
-    if probability < IMPLAUSIBLE and rank > TOP:
-        warn(
-            f"the target {target!r} is implausible in the clean run (probability {probability:.2g}, "
-            f"rank {rank}): the trace follows an answer the model does not give; check `target` "
-            "(a leading space, as in ' Paris'?) or `chat` (an instruction-tuned model may need "
-            "its chat template)",
-            stacklevel=4,  # the caller of `causal_trace` (through `takes`)
-        )
-
-
 def _run_meta(tracer: Tracer, components: Sequence[str]) -> dict:
     """The clean and corrupted scores, where each row's state was read, and how the exact
     cells' lower blocks and earlier positions ran."""
-    _warn_if_close(tracer.clean_score, tracer.corrupted_scores)
+    warn_if_close(tracer.clean_score, tracer.corrupted_scores)
     n = tracer.adapter.n_blocks
     return {
         "clean_score": tracer.clean_score,

@@ -9,11 +9,18 @@ from dataclasses import dataclass, fields
 
 from ...errors import TokenprobeError
 from ..base import Option, finite_float, prompt_inputs
-from ..settings import PromptSettings, Settings, setting
+from ..settings import DecoderTextSettings, PromptSettings, Settings, setting
 
 # residual stream, attention output, MLP output; one query head's output (before the output
-# projection), one key or value head (the output of the separate key or value projection)
-COMPONENTS = ("resid", "attn", "mlp", "head", "head-k", "head-v")
+# projection), one key or value head (the output of the separate key or value projection);
+# cross: an encoder-decoder's cross-attention output in each decoder block
+COMPONENTS = ("resid", "attn", "mlp", "head", "head-k", "head-v", "cross")
+CAUSAL_ONLY = ("attn", "mlp", "head", "head-k", "head-v")  # not traced in an encoder-decoder
+# an encoder-decoder's grids, in the order traced and shown; the table's `stack` and
+# `component` of each
+GRIDS = ("encoder", "decoder", "cross")
+STACKS = {"encoder": "encoder", "decoder": "decoder", "cross": "cross-attention"}
+COMPONENT_OF = {"encoder": "resid", "decoder": "resid", "cross": "cross"}
 HEAD_COMPONENTS = ("head", "head-k", "head-v")
 POSITIONS = ("each", "all")  # a cell per position, or every position of a site at once
 CORRUPTIONS = ("prompt", "noise")
@@ -33,10 +40,11 @@ def positive_float(text: str) -> float:
 
 
 @dataclass(frozen=True)
-class TraceOptions(PromptSettings):
+class TraceOptions(PromptSettings, DecoderTextSettings):
     """What `causal_trace` corrupts, restores and scores (chat and system: see
-    `PromptSettings`). `corruption`, `scored_by` and `traced` are the settings whose defaults
-    depend on others, resolved."""
+    `PromptSettings`; an encoder-decoder's target_lang and decoder_text: see
+    `DecoderTextSettings`). `corruption`, `scored_by` and `traced` are the settings whose
+    defaults depend on others, resolved."""
 
     target: str | None = setting(
         None, "the next token to score, e.g. ' Paris' (required)", metavar="TEXT", group="input"
@@ -81,12 +89,14 @@ class TraceOptions(PromptSettings):
         group="corruption",
     )
     seed: int = setting(0, "seed of the noise (default {default})", group="corruption")
-    components: tuple[str, ...] | list[str] = setting(
-        ("resid",),
+    components: tuple[str, ...] | list[str] | None = setting(
+        None,
         "what to restore: resid (residual stream: embeddings and each block's output), attn "
         "(each block's attention output), mlp (each block's MLP output), head (each query "
         "head's output before the output projection), head-k / head-v (each key / value head: "
-        "the separate key / value projection's output); several allowed (default resid)",
+        "the separate key / value projection's output), cross (encoder-decoder models: each "
+        "decoder block's cross-attention output); several allowed (default resid; "
+        "encoder-decoder models: resid, the encoder's and the decoder's, and cross)",
         flag="--component",
         nargs="+",
         action="extend",
@@ -149,9 +159,9 @@ class TraceOptions(PromptSettings):
 
     @property
     def traced(self) -> list[str]:
-        """The components asked for, each once, in their order."""
-        given = self.components
-        return list(dict.fromkeys([given] if isinstance(given, str) else given or ()))
+        """The components asked for, each once, in their order (resid when none is given)."""
+        given = ["resid"] if self.components is None else self.components
+        return list(dict.fromkeys([given] if isinstance(given, str) else given))
 
     @property
     def noise_changed(self) -> list[str]:

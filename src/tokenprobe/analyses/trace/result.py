@@ -11,7 +11,7 @@ import pandas as pd
 
 from ...heatmap import Heatmap
 from ...results import FIGURE_FORMATS, Result
-from .options import COMPONENTS, TraceFigure
+from .options import COMPONENT_OF, COMPONENTS, GRIDS, STACKS, TraceFigure
 from .views import trace_view
 
 
@@ -46,6 +46,18 @@ class TraceResult(Result):
     @property
     def n_positions(self) -> int:
         return len(self.tokens)
+
+    @property
+    def seq2seq(self) -> bool:
+        """An encoder-decoder's trace: grids encoder, decoder and cross (see `seq2seq_sites`)."""
+        return bool(self.meta.get("seq2seq"))
+
+    def tokens_of(self, component: str) -> list[str]:
+        """The tokens of a grid's columns: an encoder-decoder's decoder and cross grids are
+        over the decoder's tokens; the rest over the prompt's (the source's)."""
+        if self.seq2seq and component != "encoder":
+            return [str(t) for t in self.meta.get("decoder_tokens", [])]
+        return self.tokens
 
     def normalised(self, values: np.ndarray) -> np.ndarray:
         """0 = the corrupted run's score, 1 = the clean run's (NaN when the two are equal)."""
@@ -85,17 +97,20 @@ class TraceResult(Result):
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (component, layer, head, position); head is empty (NA) for resid, attn
-        and mlp, position for positions "all" (every position restored at once)."""
+        and mlp, position for positions "all" (every position restored at once). An
+        encoder-decoder's rows also name their `stack`: encoder, decoder or cross-attention
+        (component resid, resid, cross), positions the source's or the decoder's."""
         parts = []
-        tokens = np.asarray(self.tokens, dtype=object)
         for c in self.components:
+            tokens = np.asarray(self.tokens_of(c), dtype=object)
             grid = self.scores[c]
             g3 = grid if grid.ndim == 3 else grid[:, None, :]
             layers, heads, cols = g3.shape
             n = layers * heads * cols
             pos = np.tile(np.arange(cols), layers * heads)
             data: dict[str, Any] = {
-                "component": c,
+                **({"stack": STACKS[c]} if self.seq2seq else {}),
+                "component": COMPONENT_OF[c] if self.seq2seq else c,
                 "layer": np.repeat(np.arange(layers), heads * cols),
                 "head": pd.array(
                     np.tile(np.repeat(np.arange(heads), cols), layers)
@@ -117,6 +132,9 @@ class TraceResult(Result):
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, meta: dict[str, Any]) -> TraceResult:
+        if "stack" in frame.columns:  # an encoder-decoder's: the grid is named by its stack
+            grid_of = {stack: g for g, stack in STACKS.items()}
+            frame = frame.assign(component=[grid_of[str(s)] for s in frame["stack"]])
         components = list(dict.fromkeys(str(c) for c in frame["component"]))
         scores: dict[str, np.ndarray] = {}
         estimates: dict[str, np.ndarray] | None = {} if "estimate" in frame.columns else None
@@ -137,6 +155,8 @@ class TraceResult(Result):
                 estimates[c] = part["estimate"].to_numpy(dtype=np.float64).reshape(shape)
             if not every:
                 tokens = [str(t) for t in part["token"][: shape[-1]]]
+        if meta.get("seq2seq"):
+            tokens = [str(t) for t in meta.get("source_tokens", [])]
         return cls(
             tokens=tokens,
             token_ids=list(meta.get("token_ids", [])),
@@ -149,7 +169,9 @@ class TraceResult(Result):
     @classmethod
     def files(cls, formats: Iterable[str] = ("png",)) -> list[str]:
         """The table, meta.json and a figure per component that can be traced."""
-        figures = [f"trace_{c}.{fmt}" for c in COMPONENTS for fmt in formats]
+        figures = [
+            f"trace_{c}.{fmt}" for c in dict.fromkeys((*COMPONENTS, *GRIDS)) for fmt in formats
+        ]
         return ["trace.parquet", "meta.json", *figures]
 
     @classmethod

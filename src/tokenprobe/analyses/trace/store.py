@@ -13,6 +13,7 @@ import numpy as np
 from ...checkpoint import Checkpoint, digest, model_settings, npz_writer
 from ...model import LoadedModel
 from ...runner import open_checkpoint
+from .options import TraceOptions
 from .tracer import Comparison
 
 PARTIAL = "trace.partial"  # in the output folder (the result's kind, as `check_out` expects)
@@ -87,3 +88,19 @@ def open_store(
     if store is None:
         return None
     return CellStore(store, options["components"], int(options["samples"]))
+
+
+def kept_settings(o: TraceOptions) -> dict[str, Any]:
+    """The settings that decide a checkpoint's numbers (the noise ones as the run uses them)."""
+    noised = o.corruption == "noise"
+    return {
+        "components": o.traced,
+        "window": o.window,
+        "seed": o.seed if noised else None,
+        "samples": o.samples if noised else 1,
+        "noise": o.noise if noised else None,
+        "corrupt": o.corruption,
+        "method": o.method,
+        # (absent when each: the checkpoints of traces before the setting existed still resume)
+        **({"positions": o.positions} if o.positions != "each" else {}),
+    }

@@ -123,6 +123,10 @@ class Tracer(Shortcuts):
         self.past_why: str | None = None  # why batches recompute the earlier positions
         self.skip_why: str | None = None  # why batches recompute the lower blocks
 
+    def n_columns(self, component: str) -> int:
+        """Positions of a component's grid: the prompt's."""
+        return self.n_pos
+
     # ------------------------------------------------------------------ forward passes
     def forward(
         self,

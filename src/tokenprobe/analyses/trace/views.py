@@ -24,6 +24,9 @@ CMAPS = {
     "head": "Oranges",
     "head-k": "Blues",
     "head-v": "YlOrBr",
+    "cross": "Reds",  # an encoder-decoder's grids
+    "encoder": "Purples",
+    "decoder": "BuPu",
 }
 NAMES = {
     "resid": "the residual stream",
@@ -32,6 +35,15 @@ NAMES = {
     "head": "each attention head's output",
     "head-k": "each key head",
     "head-v": "each value head",
+    "cross": "each decoder block's cross-attention output",
+    "encoder": "the encoder's residual stream",
+    "decoder": "the decoder's residual stream",
+}
+YLABELS = {
+    "resid": "layer (0 = embeddings)",
+    "encoder": "encoder layer (0 = embeddings)",
+    "decoder": "decoder layer (0 = embeddings)",
+    "cross": "decoder block",
 }
 MAX_ANNOTATED_POSITIONS = 24
 MAX_LABELLED_ROWS = 64  # past this many (block, head) rows, only each block's first is labelled
@@ -60,7 +72,7 @@ def grid_2d(result: TraceResult, component: str, values: np.ndarray) -> Grid:
             values.reshape(blocks * heads, n_pos), rows, [], "", "block.head", list(range(n_pos))
         )
     rows = [str(k) for k in range(values.shape[0])]
-    ylabel = "layer (0 = embeddings)" if component == "resid" else "block"
+    ylabel = YLABELS.get(component, "block")
     if every:
         return Grid(
             values, rows, ["all positions"], "every position restored at once", ylabel, [None]
@@ -108,11 +120,12 @@ def trace_view(result: TraceResult, component: str, figure: TraceFigure) -> Heat
     finite = values[np.isfinite(values)]
     lo = float(min([*ends, *(finite.min(keepdims=True) if finite.size else [])]))
     hi = float(max([*ends, *(finite.max(keepdims=True) if finite.size else [])]))
-    marked = meta.get("marked")
+    # an encoder-decoder marks the source positions of the encoder grid only
+    marked = meta.get("marked") if component == "encoder" or not result.seq2seq else None
     frame = (int(marked[0]), int(marked[1])) if marked and not grid.cols else None
     cols = grid.cols or [
         display_token(t, 10) + ("*" if frame and frame[0] <= i < frame[1] else "")
-        for i, t in enumerate(result.tokens)
+        for i, t in enumerate(result.tokens_of(component))
     ]
     annotate = n_cols <= MAX_ANNOTATED_POSITIONS if annotate is None else annotate
     label = metric_label(meta)
@@ -135,9 +148,7 @@ def trace_view(result: TraceResult, component: str, figure: TraceFigure) -> Heat
         or f"Causal trace: {verb} {NAMES[component]}{every}"
         f"{f' (window {window})' if window > 1 else ''}{' — ' + model_name if model_name else ''}",
         colorbar=colorbar,
-        xlabel=grid.xlabel
-        or "input token (* = "
-        + ("subject)" if meta.get("corruption") == "noise" else "corrupted)"),
+        xlabel=grid.xlabel or _xlabel(result, component),
         ylabel=grid.ylabel,
         origin="lower",
         cell_text=np.vectorize(lambda v: "" if not np.isfinite(v) else f"{v:.2f}", otypes=[object])(
@@ -155,6 +166,15 @@ def trace_view(result: TraceResult, component: str, figure: TraceFigure) -> Heat
     )
 
 
+def _xlabel(result: TraceResult, component: str) -> str:
+    """The token axis: the input's (an encoder-decoder's source, or its decoder's), the marked
+    ones named."""
+    if result.seq2seq and component != "encoder":
+        return "decoder token (the target is scored after the last)"
+    star = "subject)" if result.meta.get("corruption") == "noise" else "corrupted)"
+    return ("source token (* = " if result.seq2seq else "input token (* = ") + star
+
+
 def _about(result: TraceResult) -> list[str]:
     m = result.meta
     if m.get("corruption") == "noise":
@@ -163,6 +183,7 @@ def _about(result: TraceResult) -> list[str]:
         how = f"corrupted prompt: {m.get('corrupted', '')}"
     lines = [
         f"prompt: {m.get('prompt', '')}",
+        *([f"decoder input: {''.join(m.get('decoder_tokens') or [])}"] if result.seq2seq else []),
         how,
         f"{metric_label(m)}: clean {result.clean_score:.4g}, corrupted {result.corrupted_score:.4g} "
         f"({m.get('direction')}, {m.get('method')})",
@@ -185,13 +206,14 @@ def _tips(res: TraceResult, component: str) -> list[list[str]]:
     )
     label = metric_label(res.meta)
     headed = res.scores[component].ndim == 3
+    tokens = res.tokens_of(component)
     tips = []
     for r in range(grid.values.shape[0]):
         line = []
         for q in range(grid.values.shape[1]):
             p = grid.positions[q]
             where = (
-                f"position {p}: {display_token(res.tokens[p], 24)}"
+                f"position {p}: {display_token(tokens[p], 24)}"
                 if p is not None
                 else "every position"
             )
@@ -215,4 +237,8 @@ def _row_name(component: str, grid: Grid, r: int, q: int, headed: bool) -> str:
     if headed:
         block, head = grid.rows[r].split(".")
         return f"{component} {head} of block {block}"
-    return f"layer {r}" if component == "resid" else f"{component} of block {r}"
+    if component in ("resid", "encoder", "decoder"):
+        return f"{'' if component == 'resid' else component + ' '}layer {r}"
+    if component == "cross":
+        return f"cross-attention of decoder block {r}"
+    return f"{component} of block {r}"
