@@ -175,11 +175,15 @@ def _option(f: Field[Any], hint: Any, role: str) -> Option:
     return replace(about, param=f.name, role=role, default=default, type=argtype)
 
 
-def with_options(cls: type[Settings]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+def with_options(
+    cls: type[Settings], analysis: str | None = None
+) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Decorate a library function whose `options` parameter is a `cls`: callers may give
     `options=cls(...)`, the settings as keyword arguments, or both (keywords win); the
     function gets one checked `cls`. Its signature shows every setting with its default.
-    The wrapper is one more frame: a warning's `stacklevel` counts it."""
+    The wrapper is one more frame: a warning's `stacklevel` counts it. `analysis`: the
+    registry name whose `seq2seq` declaration gates a function that is not a registered run
+    (`lens_rows` runs the lens); by default the registration that runs this function."""
 
     def wrap(func: Callable[..., R]) -> Callable[..., R]:
         own = inspect.signature(func)
@@ -195,7 +199,7 @@ def with_options(cls: type[Settings]) -> Callable[[Callable[..., R]], Callable[.
         @functools.wraps(func)
         def call(*args: Any, options: Any = None, **kwargs: Any) -> R:
             mine = {k: kwargs.pop(k) for k in list(kwargs) if k in own.parameters}
-            _refuse_seq2seq(call, args[0] if args else mine.get(first or ""))
+            _refuse_seq2seq(call, args[0] if args else mine.get(first or ""), analysis)
             return func(*args, options=cls.build(options, kwargs), **mine)
 
         hints = _hints(cls)
@@ -225,14 +229,15 @@ def with_options(cls: type[Settings]) -> Callable[[Callable[..., R]], Callable[.
     return wrap
 
 
-def _refuse_seq2seq(call: Callable[..., Any], model: Any) -> None:
+def _refuse_seq2seq(call: Callable[..., Any], model: Any, analysis: str | None = None) -> None:
     """The gate every analysis passes: an encoder-decoder model (the model, or a classifier's
     `.lm`) given to an analysis whose registration does not declare `seq2seq=True` is one
     line, naming the analysis and those that take one."""
     lm = getattr(model, "lm", model)
     if getattr(lm, "is_seq2seq", False) is not True:
         return
-    spec = next((a for a in ANALYSES.values() if a.run is call), None)
+    spec = ANALYSES.get(analysis) if analysis else None
+    spec = spec or next((a for a in ANALYSES.values() if a.run is call), None)
     if spec is not None and spec.seq2seq:
         return
     supported = [a.name for a in ANALYSES.values() if a.seq2seq]

@@ -6,66 +6,40 @@ chunks sized by a memory budget, so a (layers x positions x vocabulary) array ne
 The last row is the model's own logits (its last hidden state is already normed: norming it
 again would be wrong). Before any inner row is decoded, the adapter's head must rebuild those
 logits from the last block's output (`Adapter.check_head`), else the lens stops with an error.
+An encoder-decoder's lens is its decoder's (`seq2seq.Seq2SeqLens`).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ...errors import TokenprobeError, text_list
 from ...model import LoadedModel
-from ...model.adapter import weight_of
-from ...provenance import provenance
-from ...runner import map_batches, pad_batch, pad_id_of, progress_disabled, token_budget_batches
-from ...text import PreparedInput, prepare, token_texts
+from ...runner import map_batches, progress_disabled, token_budget_batches
+from ...text import PreparedInput, Seq2SeqInput, prepare, token_texts
 from ...tuned.lens import TunedLens, check_lens
 from ..settings import with_options
-from .check import check_output_row, check_rows
-from .decoders import Decoder, LogitDecoder, tuned_decoder
+from .decoders import Decoder, tuned_decoder
 from .options import LensOptions
 from .result import LensResult
-from .stats import Scratch, _Stats, cat_stats, stats_in_chunks
+from .run import DEFAULT_MEMORY_MB, CausalLens
+from .seq2seq import Seq2SeqLens, check_options, prepare_source, target_side_ids
 
-# logits decoded at once (MB) when not given; on an H100, 2048 brought the lens to 1.07-1.19x the
-# time of decoding every layer at once (512: 1.66x) in a seventh of that one's memory
-DEFAULT_MEMORY_MB = {"cpu": 512, "cuda": 2048}
-
-
-def _at(decoder: Decoder, layer: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`decoder` at one layer (None: a shared decoder, every layer)."""
-    return lambda x: decoder.decode(x, layer)
-
-
-def _layer_stats(
-    decoder: Decoder,
-    states: list[torch.Tensor],
-    chunk: int,
-    top_k: int,
-    ids: tuple[torch.Tensor, torch.Tensor],
-    scratch: Scratch,
-) -> _Stats:
-    """Statistics of layers 0..L-1 (each (n, width)), layer-major: decoded together when the
-    decoder is the same for every layer, else layer by layer."""
-    if decoder.shared:
-        rows = torch.cat(states)
-        return stats_in_chunks(_at(decoder, None), rows, chunk, top_k, ids, scratch)
-    return cat_stats(
-        [
-            stats_in_chunks(_at(decoder, i), h, chunk, top_k, ids, scratch)
-            for i, h in enumerate(states)
-        ]
-    )
+__all__ = ["DEFAULT_MEMORY_MB", "logit_lens"]
 
 
 def _first_token(lm: LoadedModel, text: str, what: str, param: str, does: str) -> int:
     """The id of `text`'s first token; a warning when it has several (`does`: what the lens
     does with that first token)."""
-    enc = lm.tokenizer.encode(text, add_special_tokens=False)
+    enc = (
+        target_side_ids(lm, text)
+        if lm.is_seq2seq
+        else lm.tokenizer.encode(text, add_special_tokens=False)
+    )
     if not enc:
         raise TokenprobeError(f"the {what} {text!r} (`{param}`) gives no token")
     if len(enc) > 1:
@@ -115,7 +89,7 @@ def _foil_id(
 @with_options(LensOptions)
 def logit_lens(
     lm: LoadedModel,
-    prompts: str | PreparedInput | Sequence[str | PreparedInput],
+    prompts: str | PreparedInput | Seq2SeqInput | Sequence[str | PreparedInput | Seq2SeqInput],
     *,
     options: LensOptions,
     progress: bool | None = None,
@@ -131,30 +105,54 @@ def logit_lens(
     tuned-lens package folder, or a `TunedLens`) decodes every inner layer. `decoder` turns
     each layer's states into logits (default: the model's own final norm and unembedding, the
     logit lens proper; a tuned lens is another decoder).
+
+    An encoder-decoder model: each prompt is the source its encoder reads; the decoder reads
+    its start token, the token forced after it (`target_lang`) and `decoder_text`, and every
+    decoder layer at every decoder position is decoded through the decoder's head (the rows
+    and positions are the decoder's; encoder layers predict no next token and are left out).
+    It takes no tuned `lens`, `chat` or `dummy` (one line says so).
     """
     o = options
-    single = isinstance(prompts, (str, PreparedInput))
-    items: list[str | PreparedInput] = (
-        [prompts] if isinstance(prompts, (str, PreparedInput)) else list(prompts)
-    )
+    single = isinstance(prompts, (str, PreparedInput, Seq2SeqInput))
+    items: list[Any] = [prompts] if single else list(prompts)  # type: ignore[arg-type]
     if not items:
         raise TokenprobeError("no prompts given")
+    check_options(lm, o)
     targets = text_list(o.targets, "targets") or []
-    inputs = [p if isinstance(p, PreparedInput) else _prepare(lm, p, o) for p in items]
+    inputs = [_input(lm, p, o) for p in items]
     about = None
     if o.lens is not None:
         decoder, about = tuned_decoder(lm, o.lens, decoder)
         if isinstance(o.lens, TunedLens):  # a folder's lens was checked as it was read
             check_lens(o.lens, lm, "`lens` (in memory)")
     tids = _target_ids(lm, targets)
-    fid = _foil_id(lm, o.foil, targets, tids)
-    run = _Lens(lm, inputs, tids, fid, o.top_k, o.memory_mb, decoder)
+    ids = (tids, _foil_id(lm, o.foil, targets, tids))
+    run: CausalLens | Seq2SeqLens = (
+        Seq2SeqLens(lm, inputs, ids, o.top_k, o.memory_mb, decoder)
+        if lm.is_seq2seq
+        else CausalLens(lm, inputs, ids, o.top_k, o.memory_mb, decoder)
+    )
     out = _decode_all(run, inputs, targets, o, progress)
     for r in out:
         r.meta["output_check"] = run.check
         if about is not None:
             r.meta["analysis"], r.meta["lens"] = "tuned lens", about
     return out[0] if single else out
+
+
+def _input(lm: LoadedModel, given: Any, o: LensOptions) -> Any:
+    """A prompt as the lens reads it (an encoder-decoder's: the source, and the decoder ids);
+    an input prepared already for the model's kind passes as it is."""
+    kind = Seq2SeqInput if lm.is_seq2seq else PreparedInput
+    if isinstance(given, kind):
+        return given
+    if isinstance(given, (PreparedInput, Seq2SeqInput)):
+        ours = "an encoder-decoder" if lm.is_seq2seq else "a causal LM"
+        raise TokenprobeError(
+            f"a {type(given).__name__} is not an input of {ours} ({lm.name}): give the prompt "
+            f"as text, or a {kind.__name__}"
+        )
+    return prepare_source(lm, given, o) if lm.is_seq2seq else _prepare(lm, given, o)
 
 
 def _prepare(lm: LoadedModel, prompt: str, o: LensOptions) -> PreparedInput:
@@ -172,8 +170,8 @@ def _prepare(lm: LoadedModel, prompt: str, o: LensOptions) -> PreparedInput:
 
 
 def _decode_all(
-    run: _Lens,
-    inputs: list[PreparedInput],
+    run: CausalLens | Seq2SeqLens,
+    inputs: list[Any],
     targets: list[str],
     o: LensOptions,
     progress: bool | None,
@@ -181,7 +179,7 @@ def _decode_all(
     """Every input's result, in token-budget batches; the progress bar is forced on/off, or by
     default shown on a terminal when there is more than one batch."""
     out: list[LensResult | None] = [None] * len(inputs)
-    lengths = [len(x) for x in inputs]
+    lengths = [run.length(x) for x in inputs]
     disable = progress_disabled(progress, len(token_budget_batches(lengths, o.batch_tokens)))
     kept = {"top_k": run.top_k, "batch_tokens": o.batch_tokens}
     with tqdm(total=len(inputs), desc="logit lens", unit="prompt", disable=disable) as bar:
@@ -190,138 +188,3 @@ def _decode_all(
                 out[i] = run.result(inputs[i], st, list(targets), o.foil, kept)
             bar.update(len(sub))
     return [r for r in out if r is not None]
-
-
-class _Lens:
-    """One lens run over prepared inputs: a batch in, per-input statistics out."""
-
-    def __init__(
-        self,
-        lm: LoadedModel,
-        inputs: list[PreparedInput],
-        tids: list[int],
-        fid: int | None,
-        top_k: int,
-        memory_mb: float | None,
-        decoder: Decoder | None,
-    ) -> None:
-        self.lm, self.inputs, self.tids, self.fid = lm, inputs, tids, fid
-        self.adapter = lm.require_adapter()
-        self.decoder = decoder if decoder is not None else LogitDecoder(self.adapter)
-        vocab = int(weight_of(self.adapter.unembed).shape[0])
-        self.top_k = min(top_k, vocab)
-        device = lm.device
-        if memory_mb is None:
-            memory_mb = DEFAULT_MEMORY_MB["cuda" if device.type == "cuda" else "cpu"]
-        self.target_t = torch.tensor(tids, dtype=torch.long, device=device)
-        pair = [tids[0], fid] if fid is not None else []
-        self.ids = (self.target_t, torch.tensor(pair, dtype=torch.long, device=device))
-        # float32 logits plus ~3 temporaries of the same size per decoded row
-        self.chunk = max(1, int(memory_mb * 2**20) // (vocab * 4 * 4))
-        self.pad = pad_id_of(lm.tokenizer)
-        self.check = "not run"
-        self.target_texts = token_texts(lm.tokenizer, tids)
-        self.layer_labels = [str(i) for i in range(self.adapter.n_blocks)] + ["output"]
-
-    def run(self, batch: list[int]) -> list[_Stats]:
-        """Statistics (rows, positions) of each input of the batch: layers 0..L-1, then the
-        model's own logits."""
-        lm, n_blocks = self.lm, self.adapter.n_blocks
-        ids, mask = pad_batch([self.inputs[i].input_ids for i in batch], self.pad, lm.device)
-        with torch.inference_mode():
-            with self.adapter.record() as hidden:  # input of block 0, then each block's output
-                fwd = lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-            if len(hidden) != n_blocks + 1:
-                raise TokenprobeError(
-                    f"{type(lm.model).__name__} ran its blocks {len(hidden) - 1} times for {n_blocks} blocks "
-                    "in one forward pass; cannot tell which state is which layer's"
-                )
-            valid = mask.bool()
-            n = int(valid.sum())
-            if self.check == "not run":  # before any inner row is decoded by the adapter's head
-                rows, positions = check_rows(valid, self.chunk)
-                self.check = check_output_row(
-                    lm, hidden[n_blocks][rows, positions], fwd.logits[rows, positions]
-                )
-            states = [hidden[layer][valid] for layer in range(n_blocks)]
-            scratch = Scratch()  # the chunks' work buffers, reused by every chunk of the batch
-            inner = _layer_stats(self.decoder, states, self.chunk, self.top_k, self.ids, scratch)
-            outer = stats_in_chunks(
-                lambda x: x, fwd.logits[valid], self.chunk, self.top_k, self.ids, scratch
-            )
-        return self._split(batch, inner, outer, n)
-
-    def _split(self, batch: list[int], inner: _Stats, outer: _Stats, n: int) -> list[_Stats]:
-        """Back per input: (rows, positions) of each statistic."""
-        n_blocks = self.adapter.n_blocks
-        fields = {  # (rows, n, ...) of each statistic, moved off the device once
-            f: torch.cat(
-                [
-                    getattr(inner, f).reshape(n_blocks, n, *getattr(inner, f).shape[1:]),
-                    getattr(outer, f)[None],
-                ]
-            ).cpu()
-            for f in _Stats.__dataclass_fields__
-        }
-        results = []
-        offset = 0
-        for length in (len(self.inputs[i].input_ids) for i in batch):
-            per = {}
-            for f, whole in fields.items():
-                per[f] = whole[:, offset : offset + length]
-            results.append(_Stats(**per))
-            offset += length
-        return results
-
-    def result(
-        self, inp: PreparedInput, st: _Stats, targets: list[str], foil: str | None, options: dict
-    ) -> LensResult:
-        tids, fid = self.tids, self.fid
-        top_ids = st.top_ids.numpy().astype(np.int64)
-        uniq, inverse = np.unique(top_ids, return_inverse=True)
-        texts = np.asarray(token_texts(self.lm.tokenizer, uniq.tolist()), dtype=object)
-        return LensResult(
-            tokens=list(inp.tokens),
-            token_ids=list(inp.input_ids),
-            layer_labels=self.layer_labels,
-            entropy=st.entropy.numpy().astype(np.float32),
-            top_ids=top_ids,
-            top_tokens=texts[inverse.reshape(top_ids.shape)],
-            top_probs=st.top_probs.numpy().astype(np.float32),
-            targets=targets,
-            target_ids=tids,
-            target_probs=st.target_probs.numpy().astype(np.float32) if tids else None,
-            target_ranks=st.target_ranks.numpy().astype(np.int64) if tids else None,
-            foil=foil if fid is not None else None,
-            logit_diff=st.logit_diff[..., 0].numpy().astype(np.float32)
-            if fid is not None
-            else None,
-            marked=inp.marked,
-            meta={
-                "analysis": "logit lens",
-                **provenance(
-                    self.lm, {**inp.options, **options}
-                ).meta(),  # after the output check: the head it found
-                "prompt": inp.prompt,
-                "text": inp.text,
-                "token_ids": list(inp.input_ids),
-                "targets": targets,
-                "target_ids": tids,
-                "target_tokens": self.target_texts,
-                "foil": foil if fid is not None else None,
-                "foil_id": fid,
-                "foil_token": token_texts(self.lm.tokenizer, [fid])[0] if fid is not None else None,
-                "marked": list(inp.marked) if inp.marked else None,
-                "rows": "layer 0 = embeddings, layer i = block i output (final norm + unembedding), "
-                "'output' = the model's logits"
-                + (
-                    f"; the blocks carry {self.adapter.streams} streams, decoded merged as the "
-                    "model merges its last block's"
-                    if self.adapter.streams > 1
-                    else ""
-                ),
-                "softcap": self.adapter.softcap,
-                "logit_multiplier": self.adapter.logit_multiplier,
-                "output_check": None,
-            },
-        )

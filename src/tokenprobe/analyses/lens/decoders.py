@@ -14,6 +14,7 @@ import torch
 
 from ...errors import TokenprobeError
 from ...model import Adapter, LoadedModel
+from ...model.seq2seq import Seq2SeqAdapter
 
 
 class Decoder(Protocol):
@@ -27,11 +28,12 @@ class Decoder(Protocol):
 
 
 class LogitDecoder:
-    """The model's own head: final norm, projection, unembedding and soft-cap, for every layer."""
+    """The model's own head: final norm, projection, unembedding and soft-cap, for every layer
+    (an encoder-decoder's: its decoder's final norm, output scale, head, bias and soft-cap)."""
 
     shared = True
 
-    def __init__(self, adapter: Adapter) -> None:
+    def __init__(self, adapter: Adapter | Seq2SeqAdapter) -> None:
         self.adapter = adapter
 
     def decode(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:

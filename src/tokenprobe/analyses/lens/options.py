@@ -10,7 +10,7 @@ from ...errors import TokenprobeError
 from ...heatmap import parse_range
 from ...text import DEFAULT_MARKER
 from ..base import Option, positive_int, prompt_inputs, ray_options, rows_options
-from ..settings import PromptSettings, Settings, setting
+from ..settings import DecoderTextSettings, PromptSettings, Settings, setting
 
 MAX_TOP_K = 100  # each kept token is three columns of the table, per cell
 COLOURS = ("entropy", "diff")  # what the cells' colour shows
@@ -18,8 +18,9 @@ ROWS_GROUP = "a data file of prompts (one result row each)"
 
 
 @dataclass(frozen=True)
-class LensOptions(PromptSettings):
-    """What `logit_lens` decodes and keeps (chat and system: see `PromptSettings`)."""
+class LensOptions(PromptSettings, DecoderTextSettings):
+    """What `logit_lens` decodes and keeps (chat and system: see `PromptSettings`; an
+    encoder-decoder's `target_lang` and `decoder_text`: see `DecoderTextSettings`)."""
 
     dummy: int = setting(
         0, "insert N dummy marker tokens (default {default})", minimum=0, metavar="N", group="input"
@@ -154,6 +155,8 @@ OPTIONS = [
         "lens",
         "top_k",
         "memory_mb",
+        "target_lang",
+        "decoder_text",
     ),
     *LensFigure.options("zoom", "frame"),
     Option(

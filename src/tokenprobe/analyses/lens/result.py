@@ -19,7 +19,8 @@ class LensResult(Result):
     """Per (layer, position): entropy, top-k tokens and probabilities, target probability/rank.
 
     Rows are layers 0..L: layer 0 is the embedding output, layer i the output of block i, and
-    the last row ("output") is the model's own logits.
+    the last row ("output") is the model's own logits. `side` "decoder": an encoder-decoder's
+    lens, whose positions and layers are its decoder's (the table's `side` column says so).
     """
 
     kind: ClassVar[str] = "lens"
@@ -39,6 +40,7 @@ class LensResult(Result):
     logit_diff: np.ndarray | None = None  # (rows, positions) logit(targets[0]) - logit(foil)
     marked: tuple[int, int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    side: str | None = None  # "decoder": an encoder-decoder's decoder positions
 
     @property
     def n_rows(self) -> int:
@@ -69,6 +71,8 @@ class LensResult(Result):
             "token_id": np.asarray(self.token_ids, dtype=np.int64)[pos],
             "entropy": self.entropy.reshape(-1),
         }
+        if self.side is not None:
+            data["side"] = np.full(rows * positions, self.side, dtype=object)
         for j in range(self.top_k):
             data[f"top{j + 1}"] = self.top_tokens[:, :, j].reshape(-1)
             data[f"top{j + 1}_prob"] = self.top_probs[:, :, j].reshape(-1)
@@ -119,6 +123,7 @@ class LensResult(Result):
             else None,
             marked=tuple(marked) if marked else None,
             meta=meta,
+            side=str(first_row["side"].iloc[0]) if "side" in frame.columns else None,
         )
 
     def views(self, figure: LensFigure | None = None, **settings: Any) -> list[tuple[str, Heatmap]]:
@@ -155,7 +160,8 @@ class LensResult(Result):
 
     def summary(self) -> str:
         last = self.n_positions - 1
+        where = f"{self.side} positions" if self.side else "positions"
         return (
-            f"lens of {str(self.meta.get('prompt', ''))[:50]!r}: {self.n_positions} positions x {self.n_rows} rows; "
+            f"lens of {str(self.meta.get('prompt', ''))[:50]!r}: {self.n_positions} {where} x {self.n_rows} rows; "
             f"output top-1 at the last position {self.top1[-1, last]!r} (p={self.top_probs[-1, last, 0]:.3f})"
         )

@@ -16,6 +16,7 @@ from ..settings import with_options
 from .compute import _foil_id, _target_ids, logit_lens
 from .options import LensOptions
 from .result import LensResult
+from .seq2seq import check_options, prepare_source
 
 DEFAULT_CHUNK_ROWS = 16  # rows per checkpointed chunk (and per Ray task)
 
@@ -57,10 +58,21 @@ def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) ->
     that is one token already takes the place of a marker the tokenizer lacks, so that the
     check adds no token (the run adds it, and says so)."""
     o = LensOptions.build(None, {k: v for k, v in options.items() if k != "decoder"})
+    check_options(lm, o)
+    if lm.is_seq2seq:
+        prepare_source(lm, row["prompt"], o)
+    else:
+        _check_prompt(lm, row["prompt"], o)
+    targets = _row_targets(text_list(o.targets, "targets") or [], row.get("target"))
+    _foil_id(lm, o.foil, targets, _target_ids(lm, targets))
+
+
+def _check_prompt(lm: LoadedModel, prompt: str, o: LensOptions) -> None:
+    """A causal LM's prompt rendered, tokenised and its dummies placed, as `logit_lens` will."""
     marker = one_token_text(lm.tokenizer, o.dummy_token) if o.dummy else o.dummy_token
     prepare(
         lm,
-        row["prompt"],
+        prompt,
         chat=o.chat,
         system=o.system,
         dummy=o.dummy,
@@ -68,11 +80,9 @@ def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) ->
         dummy_after=o.dummy_after,
         dummy_before=o.dummy_before,
     )
-    targets = _row_targets(text_list(o.targets, "targets") or [], row.get("target"))
-    _foil_id(lm, o.foil, targets, _target_ids(lm, targets))
 
 
-@with_options(LensOptions)
+@with_options(LensOptions, analysis="lens")
 def lens_rows(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -92,7 +102,8 @@ def lens_rows(
     and the first `figures` rows' figures. `row_targets[i]` is tracked in row i besides
     `targets`, in the columns `target`, `target_prob` and `target_rank`. `options` (and
     `decoder`) are `logit_lens`'s; with `checkpoint` each finished chunk is kept there (`resume` goes on),
-    with `executor` (`executors.RayExecutor`) the chunks run on its workers."""
+    with `executor` (`executors.RayExecutor`) the chunks run on its workers. An
+    encoder-decoder's rows are sources, each row a `logit_lens` of its decoder."""
     if decoder is not None and executor is not None:
         raise TokenprobeError("a lens `decoder` runs here only: leave out `executor`")
     settings = options.values() | ({"decoder": decoder} if decoder is not None else {})

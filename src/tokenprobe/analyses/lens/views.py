@@ -84,6 +84,7 @@ def _colouring(result: LensResult, colour: str, cmap: str | None, title: str | N
     model = (result.meta.get("model") or {}).get("name", "")
     by = f" — {model}" if model else ""
     which = "tuned lens" if result.meta.get("lens") else "logit lens"
+    which += f", {result.side} layers" if result.side else ""
     if colour == "entropy":
         heading = title or f"Entropy of token predictions ({which}){by}"
         return _Colouring(result.entropy, cmap or "RdYlBu_r", "Entropy (nats)", heading, False)
@@ -149,9 +150,11 @@ def _heatmap(
         shown = (f0 - start, f1 - start) if f0 < f1 else None
     labels = np.vectorize(lambda t: display_token(str(t), label_chars), otypes=[object])
     about = [
-        f"prompt: {result.meta.get('prompt', '')}",
+        f"{'source' if result.side else 'prompt'}: {result.meta.get('prompt', '')}",
         f"targets: {', '.join(result.targets) or 'none'}",
     ]
+    if result.side:
+        about.append("positions: the decoder's; rows: its layers (encoder layers left out)")
     if result.logit_diff is not None:
         about.append(f"foil: {result.foil!r}, logit difference: {_diff_name(result)}")
     return Heatmap(
@@ -163,8 +166,8 @@ def _heatmap(
         vmax=limits[1],
         title=paint.title,
         colorbar=paint.colorbar,
-        xlabel="input token",
-        ylabel="layer",
+        xlabel=f"{result.side} token" if result.side else "input token",
+        ylabel=f"{result.side} layer" if result.side else "layer",
         origin="lower",
         cell_text=labels(result.top1[:, start:end]),
         annotate=annotate,

@@ -32,9 +32,15 @@ SPEC = Analysis(
     "--window tokens before it (or after it with --direction future); over a data set, the mean over the "
     "texts that have the k-th marker, with the count behind each cell. A marker the tokenizer lacks is "
     "added as one token (untrained embedding); a marker of several tokens (--no-add-marker) is "
-    "represented by its last token. Writes similarity.parquet, similarity.png and meta.json.",
+    "represented by its last token. Writes similarity.parquet, similarity.png and meta.json. "
+    "An encoder-decoder model (T5, BART, Marian, ...): --text is the source; the decoder reads "
+    "its start token, the --target-lang token and --decoder-text; the marker is compared within "
+    "one stream, the encoder's states of the source or the decoder's states of its input "
+    "(--side, default: the side the marker is in; the table's side column says which). It runs "
+    "here only, not with --ray.",
     options=OPTIONS,
     cli=command,
     demo=demo,
     demo_help="past similarity (raw and centred)",
+    seq2seq=True,
 )

@@ -33,10 +33,11 @@ from ...text import ensure_marker, token_texts
 from ..settings import with_options
 from .cosines import Cosines, Texts
 from .layout import _chunks, _texts_of_part
-from .markers import find_marker, insert_markers
+from .markers import anchors_of, insert_markers
 from .options import SimilarityOptions
 from .remote import remote_sums
 from .result import SimilarityResult
+from .seq2seq import Seq2SeqCosines, check_options, encode_pairs, layers_text
 
 PARTIAL = "similarity.partial"  # the checkpoint folder inside --out
 SUFFIX = ".npz"  # a checkpoint part: the chunk's float64 sums, counts and text indices
@@ -65,26 +66,13 @@ def _encode(lm: LoadedModel, items: list[str], single: bool, o: SimilarityOption
     items = [insert_markers(lm, t, marker, every=insert_every, after=insert_after) for t in items]
     encoded = [list(tok(t, add_special_tokens=True)["input_ids"]) for t in items]
     limit = lm.context_length
-    anchors: list[int | None] = []
     for i, ids in enumerate(encoded):
-        hits = find_marker(ids, pattern)
         if limit is not None and len(ids) > limit:
             raise TokenprobeError(
-                f"text {i + 1} is {len(ids)} tokens, longer than the model's context of {limit}: shorten it"
+                f"text {i + 1} is {len(ids)} tokens, longer than the model's context of {limit}: "
+                "shorten it"
             )
-        if len(hits) < occurrence:
-            if single:
-                where = (
-                    "insert markers with `insert_every` or `insert_after`"
-                    if not hits
-                    else "lower `occurrence`"
-                )
-                raise TokenprobeError(
-                    f"the text has {len(hits)} {marker!r} marker(s), fewer than `occurrence` {occurrence}: {where}"
-                )
-            anchors.append(None)
-        else:
-            anchors.append(hits[occurrence - 1])
+    anchors = anchors_of(encoded, pattern, occurrence, single, marker)
     return Texts(items, encoded, anchors, pattern, single)
 
 
@@ -186,15 +174,21 @@ def past_similarity(
     With `checkpoint`, the sums over each finished chunk of `chunk_texts` texts are written
     there; `resume=True` skips the texts already summed. With an `executor`
     (`tokenprobe.executors.RayExecutor`), the chunks are summed on its workers.
+
+    An encoder-decoder model: each text is a source; the marker is compared within the
+    encoder's states of the source or the decoder's states of its input (start token, forced
+    `target_lang` token, `decoder_text`): `side`, by default the side the marker is in.
     """
     o = options
     single = isinstance(texts, str)
     items = [texts] if isinstance(texts, str) else list(texts)
     _check(items, single)
-    run = _encode(lm, items, single, o)
+    check_options(lm, o, executor)
+    run = encode_pairs(lm, items, single, o) if lm.is_seq2seq else _encode(lm, items, single, o)
     lacking = _check_anchors(run, o.marker, o.occurrence, o.direction)
-    cosines = Cosines(lm, run, o.window, o.direction, o.centre, o.centre_skip_first)
-    kept = _kept(o, run.pattern)
+    kind = Seq2SeqCosines if lm.is_seq2seq else Cosines
+    cosines = kind(lm, run, o.window, o.direction, o.centre, o.centre_skip_first)
+    kept = _kept(o, run)
     store = None
     if checkpoint is not None:
         # batching changes speed, not the numbers
@@ -218,11 +212,13 @@ def past_similarity(
     return result
 
 
-def _kept(o: SimilarityOptions, pattern: list[int]) -> dict[str, Any]:
-    """The settings meta.json records (and, less `batch_tokens`, a checkpoint must share)."""
+def _kept(o: SimilarityOptions, run: Texts) -> dict[str, Any]:
+    """The settings meta.json records (and, less `batch_tokens`, a checkpoint must share); an
+    encoder-decoder's side and decoder input besides."""
+    pair = {"side": run.side, "target_lang": o.target_lang, "decoder_text": o.decoder_text}
     return {
         "marker": o.marker,
-        "marker_token_ids": pattern,
+        "marker_token_ids": run.pattern,
         "add_marker": o.add_marker,
         "occurrence": o.occurrence,
         "window": o.window,
@@ -232,6 +228,7 @@ def _kept(o: SimilarityOptions, pattern: list[int]) -> dict[str, Any]:
         "insert_every": o.insert_every,
         "insert_after": o.insert_after,
         "batch_tokens": o.batch_tokens,
+        **(pair if run.side is not None else {}),
     }
 
 
@@ -277,6 +274,18 @@ def _result(
             "text": run.items[0] if run.single else None,
             "token_ids": run.encoded[0] if run.single else None,
             "anchor_position": run.anchors[0] if run.single else None,
-            "layers": "layer 0 = embeddings, layer i = output of block i (the last one before the final norm)",
+            "layers": layers_text(run.side)
+            if run.side
+            else "layer 0 = embeddings, layer i = output of block i (the last one before the final norm)",
+            **_pair_meta(run),
         },
+        side=run.side,
     )
+
+
+def _pair_meta(run: Texts) -> dict[str, Any]:
+    """An encoder-decoder's one text: its source and decoder ids (`token_ids` are the compared
+    side's)."""
+    if run.pairs is None or not run.single:
+        return {}
+    return {"source_ids": run.pairs[0][0], "decoder_ids": run.pairs[0][1]}

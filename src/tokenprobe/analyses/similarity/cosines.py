@@ -25,6 +25,9 @@ class Texts:
     anchors: list[int | None]
     pattern: list[int]  # the marker's token ids; the anchor is its last token
     single: bool
+    side: str | None = None  # an encoder-decoder's compared stream: "source" or "decoder"
+    # an encoder-decoder's (source ids, decoder ids) of each text; `encoded` is `side`'s
+    pairs: list[tuple[list[int], list[int]]] | None = None
 
     @property
     def used(self) -> list[int]:
@@ -52,28 +55,39 @@ class Cosines:
         self.batching: str | None = None  # how batches ran, once the first padded one is checked
         self.alone = False  # one text per forward: a padded batch was not exact on this model
 
-    def _states(self, seqs: list[list[int]]) -> torch.Tensor:
-        """(layers, B, T, D) of right-padded sequences: block 0's input, each block's output."""
+    def _states(self, batch: list[int]) -> torch.Tensor:
+        """(layers, B, T, D) of these texts, right-padded: block 0's input, each block's
+        output."""
+        seqs = [self.texts.encoded[i] for i in batch]
         ids, mask = pad_batch(seqs, self.pad, self.lm.device)
         with torch.inference_mode(), self.adapter.record() as hidden:
             self.lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
         return torch.stack(hidden)
 
-    def _rows(self, seqs: list[list[int]]) -> list[torch.Tensor]:
-        """Each sequence's (layers, n, D) states; the first padded batch of a run is checked:
+    def _size(self, i: int) -> tuple[int, ...]:
+        """Text `i`'s lengths: a batch of several sizes is padded."""
+        return (len(self.texts.encoded[i]),)
+
+    def _alone(self, batch: list[int]) -> list[torch.Tensor]:
+        return [self._states([i])[:, 0, : len(self.texts.encoded[i])] for i in batch]
+
+    def _rows(self, batch: list[int]) -> list[torch.Tensor]:
+        """Each text's (layers, n, D) states; the first padded batch of a run is checked:
         a few of its padded texts run alone must give the same states, else every text runs
         alone (a window shorter than the text, as Doge's, is not
         padding-invariant in transformers itself), said once and in meta.json."""
         if self.alone:
-            return [self._states([s])[:, 0] for s in seqs]
-        states = self._states(seqs)
-        rows = [states[:, b, : len(s)] for b, s in enumerate(seqs)]
-        if self.batching is None and len({len(s) for s in seqs}) > 1:
+            return self._alone(batch)
+        lengths = [len(self.texts.encoded[i]) for i in batch]
+        states = self._states(batch)
+        rows = [states[:, b, :n] for b, n in enumerate(lengths)]
+        sizes = [self._size(i) for i in batch]
+        if self.batching is None and len(set(sizes)) > 1:
             # up to 4 padded texts of lengths spread over the batch (not only the most padded:
             # Doge's dynamic mask changed a middle one and left the shortest alone)
-            order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))[:-1]
+            order = sorted(range(len(batch)), key=lambda k: sizes[k])[:-1]
             probes = sorted({order[round(q * (len(order) - 1))] for q in (0, 1 / 3, 2 / 3, 1)})
-            err = max(relative_error(rows[b], self._states([seqs[b]])[:, 0]) for b in probes)
+            err = max(relative_error(rows[b], self._alone([batch[b]])[0]) for b in probes)
             if err <= float_tolerance(self.lm.dtype):
                 self.batching = "padded batches (checked against one text alone)"
             else:
@@ -86,12 +100,12 @@ class Cosines:
                     f"past similarity: {type(self.lm.model).__name__} {self.batching} on this model; "
                     "each text runs alone (the same numbers, slower)"
                 )
-                return [self._states([s])[:, 0] for s in seqs]
+                return self._alone(batch)
         return rows
 
     def __call__(self, batch: list[int]) -> list[tuple[torch.Tensor, int]]:
         encoded, window = self.texts.encoded, self.window
-        states = self._rows([encoded[i] for i in batch])
+        states = self._rows(batch)
         rows = []
         for b, i in enumerate(batch):
             n = len(encoded[i])

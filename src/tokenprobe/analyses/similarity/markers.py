@@ -44,3 +44,33 @@ def find_marker(ids: list[int], pattern: list[int]) -> list[int]:
         else:
             i += 1
     return hits
+
+
+def anchors_of(
+    encoded: list[list[int]],
+    pattern: list[int],
+    occurrence: int,
+    single: bool,
+    marker: str,
+    where: str = "the text",
+) -> list[int | None]:
+    """Each text's `occurrence`-th marker (its last token; None: the text has fewer, which
+    one text alone may not: one line saying what to do)."""
+    anchors: list[int | None] = []
+    for ids in encoded:
+        hits = find_marker(ids, pattern)
+        if len(hits) >= occurrence:
+            anchors.append(hits[occurrence - 1])
+            continue
+        if single:
+            fix = (
+                "insert markers with `insert_every` or `insert_after`"
+                if not hits
+                else "lower `occurrence`"
+            )
+            raise TokenprobeError(
+                f"{where} has {len(hits)} {marker!r} marker(s), fewer than `occurrence` "
+                f"{occurrence}: {fix}"
+            )
+        anchors.append(None)
+    return anchors

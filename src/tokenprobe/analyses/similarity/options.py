@@ -9,14 +9,16 @@ from dataclasses import dataclass
 from ...errors import TokenprobeError
 from ...text import DEFAULT_MARKER
 from ..base import Option, ray_options
-from ..settings import Settings, setting
+from ..settings import DecoderTextSettings, Settings, setting
 
 DIRECTIONS = ("past", "future")  # the tokens compared: before the marker, or after it
+SIDES = ("auto", "source", "decoder")  # an encoder-decoder's stream the marker is compared in
 
 
 @dataclass(frozen=True)
-class SimilarityOptions(Settings):
-    """What `past_similarity` compares: which marker, which of its occurrences, how far."""
+class SimilarityOptions(DecoderTextSettings):
+    """What `past_similarity` compares: which marker, which of its occurrences, how far (an
+    encoder-decoder's `side`, `target_lang` and `decoder_text`: see `DecoderTextSettings`)."""
 
     marker: str = setting(DEFAULT_MARKER, "the marker token (default {default})", group="input")
     add_marker: bool = setting(
@@ -74,6 +76,14 @@ class SimilarityOptions(Settings):
         invert=True,
         group="similarity",
     )
+    side: str = setting(
+        "auto",
+        "encoder-decoder models: compare the marker with the encoder's states of the source "
+        "(--text) or the decoder's states of --decoder-text (default auto: the side the marker "
+        "is in)",
+        choices=SIDES,
+        group="encoder-decoder",
+    )
     # library only (the command line's --batch-tokens fills `batch_tokens`; a chunk is also
     # one Ray task)
     batch_tokens: int = setting(4096, cli=False, minimum=1)  # padded tokens per forward pass
@@ -118,7 +128,17 @@ OPTIONS = [
         group="input",
         default="text",
     ),
-    *SimilarityOptions.options(),
+    *SimilarityOptions.options(
+        "marker",
+        "add_marker",
+        "insert_every",
+        "insert_after",
+        "occurrence",
+        "window",
+        "direction",
+        "centre",
+        "centre_skip_first",
+    ),
     Option(
         "resume",  # named: a message about `resume` shows --resume
         "continue an interrupted --data run in --out (its finished texts are kept there)",
@@ -127,4 +147,5 @@ OPTIONS = [
         group="similarity",
     ),
     *ray_options(),
+    *SimilarityOptions.options("side", "target_lang", "decoder_text"),
 ]

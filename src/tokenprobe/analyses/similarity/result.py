@@ -19,7 +19,8 @@ class SimilarityResult(Result):
     """Cosine similarity of a marker's hidden state with the tokens before (or after) it.
 
     `cosine[layer, d-1]` is the mean over texts at distance d; NaN where no text reaches that
-    far (padded). `count[d-1]` is the number of texts behind each distance.
+    far (padded). `count[d-1]` is the number of texts behind each distance. `side`: an
+    encoder-decoder's compared stream, "source" (encoder) or "decoder" (the table's `side`).
     """
 
     kind: ClassVar[str] = "similarity"
@@ -33,6 +34,7 @@ class SimilarityResult(Result):
     direction: str = "past"
     centre: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    side: str | None = None  # an encoder-decoder's stream: "source" or "decoder"
 
     @property
     def window(self) -> int:
@@ -43,8 +45,10 @@ class SimilarityResult(Result):
         layers, window = self.cosine.shape
         layer = np.repeat(np.arange(layers), window)
         dist = np.tile(np.arange(1, window + 1), layers)
+        side = {"side": np.full(layers * window, self.side, dtype=object)} if self.side else {}
         return pd.DataFrame(
             {
+                **side,
                 "layer": layer,
                 "layer_label": np.asarray(self.layer_labels, dtype=object)[layer],
                 "distance": dist,
@@ -74,6 +78,7 @@ class SimilarityResult(Result):
             direction=opts.get("direction", "past"),
             centre=bool(opts.get("centre", False)),
             meta=meta,
+            side=str(first["side"].iloc[0]) if "side" in frame.columns else None,
         )
 
     def views(
@@ -86,7 +91,8 @@ class SimilarityResult(Result):
     def summary(self) -> str:
         texts = self.meta.get("texts_used", 1)
         kind = "centred " if self.centre else ""
+        stack = {"source": "encoder ", "decoder": "decoder "}.get(self.side or "", "")
         return (
-            f"{kind}{self.direction} similarity of {self.marker} #{self.occurrence}: {len(self.layer_labels)} layers x "
+            f"{kind}{self.direction} similarity of {self.marker} #{self.occurrence}: {len(self.layer_labels)} {stack}layers x "
             f"{self.window} distances over {texts} text(s)"
         )

@@ -37,6 +37,13 @@ def similarity_view(result: SimilarityResult, figure: SimilarityFigure) -> Heatm
     texts = result.meta.get("texts_used")
     tags = "Padded, centred" if result.centre else "Padded"
     over = f" — mean over {texts} texts" if texts and texts > 1 else ""
+    stack = {"source": "Encoder", "decoder": "Decoder"}.get(result.side or "")
+    about = [
+        f"texts: {result.meta.get('texts_used', 1)}",
+        f"text: {result.meta.get('text') or result.meta.get('data', '')}",
+    ]
+    if stack:
+        about.append(f"compared within the {stack.lower()}'s states ({result.side} side)")
     return Heatmap(
         values=result.cosine,
         rows=list(result.layer_labels),
@@ -44,17 +51,15 @@ def similarity_view(result: SimilarityResult, figure: SimilarityFigure) -> Heatm
         cmap=figure.cmap,
         vmin=-top,
         vmax=top,
-        title=title or f"{name} • {where.capitalize()} Cosine-Sim ({tags}){over}",
+        title=title
+        or f"{name} • {where.capitalize()} Cosine-Sim ({tags}{', ' + stack.lower() if stack else ''}){over}",
         colorbar="cosine similarity",
         xlabel=xlabel,
-        ylabel="Layer",
+        ylabel=f"{stack} layer" if stack else "Layer",
         origin="lower",
         bad="white",
         tips=lambda: _tips(result),
-        about=[
-            f"texts: {result.meta.get('texts_used', 1)}",
-            f"text: {result.meta.get('text') or result.meta.get('data', '')}",
-        ],
+        about=about,
         size=(fig_w, max(4.0, 0.24 * n_layers + 2.4)),
         col_offset=1.0,  # distance 1 at x = 1
         xtick_rotation=90.0 if any(t is not None for t in result.tokens) else 0.0,
