@@ -119,6 +119,7 @@ class Kind:
     flags: tuple[str, ...] = ()
     classifier: bool = False
     lens: str = ""  # a tuned lens for lens-eval (causal LMs)
+    sae: str = ""  # a SAELens folder for features (causal LMs)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,8 @@ def files(tmp_path_factory) -> dict[str, Any]:
     for name, lm in (("causal-folder", None), ("gguf", gguf_lm), ("hub-offline", None)):
         lm = lm or tokenprobe.load(kinds[name].library, device="cpu")
         kinds[name].lens = str(random_lens(lm, root / f"lens-{name}"))
+        kinds[name].sae = str(random_sae(lm, root / f"sae-{name}"))
+    kinds["builtin"].sae = "builtin"
     tokenizers = {
         "wordpiece": lambda: zoo.wordpiece_tokenizer(root, CORPUS),
         "roberta": lambda: zoo.roberta_tokenizer(bpe),
@@ -164,6 +167,27 @@ def files(tmp_path_factory) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(HF_HOME=str(hf_home))
     return {"root": root, "kinds": kinds, "env": env, "tp_cache": tp_cache}
+
+
+def random_sae(lm: Any, folder: Path) -> Path:
+    """A random TopK autoencoder of the residual stream after block 1 (SAELens hook
+    `blocks.0.hook_resid_post`), saved as a SAELens folder as train-sae writes one."""
+    from tokenprobe.sae import Dictionary, SaeSite
+    from tokenprobe.sae.saving import save_saelens
+
+    width, latents = lm.require_adapter().width, 48
+    g = torch.Generator().manual_seed(0)
+    dictionary = Dictionary(
+        w_enc=torch.randn(width, latents, generator=g) / width**0.5,
+        b_enc=-0.2 * torch.rand(latents, generator=g),
+        w_dec=torch.nn.functional.normalize(torch.randn(latents, width, generator=g), dim=1),
+        b_dec=0.1 * torch.randn(width, generator=g),
+        activation="topk",
+        site=SaeSite("resid", 1),
+        k=6,
+    )
+    save_saelens(dictionary, folder)
+    return folder
 
 
 # ------------------------------------------------------------------------------ the commands
@@ -254,6 +278,29 @@ COMMANDS: dict[str, Command] = {
             lm, k.lens, str(f["root"] / "train.txt"), tokens=64, seq_len=16
         ),
     ),
+    "features": Command(
+        lambda f, k: ["features", "--sae", k.sae, "--prompt", PROMPT, "--target", " dog"],
+        lambda lm, f, k: tokenprobe.features(lm, PROMPT, sae=k.sae, target=" dog"),
+    ),
+    "train-sae": Command(
+        lambda f, k: (
+            ["train-sae", "--data", str(f["root"] / "train.txt"), "--layer", "1"]
+            + ["--latents", "32", "--k", "4", "--tokens", "512", "--seq-len", "16"]
+            + ["--batch", "8", "--eval-tokens", "64"]
+        ),
+        lambda lm, f, k: tokenprobe.train_sae(
+            lm,
+            str(f["root"] / "train.txt"),
+            layer=1,
+            latents=32,
+            k=4,
+            tokens=512,
+            seq_len=16,
+            batch_size=8,
+            eval_tokens=64,
+            progress=False,
+        ),  # fmt: skip
+    ),
     "flips": Command(
         lambda f, k: (
             ["flips", "--data", str(f["root"] / "flips.csv"), "--buckets", "2"]
@@ -276,7 +323,7 @@ COMMANDS: dict[str, Command] = {
     ),
 }
 CAUSAL_ONLY = ["lens", "trace", "attribute", "similarity", "tune-lens", "lens-eval"]
-CAUSAL_ONLY += ["trace heads", "logit-attribution", "attention"]
+CAUSAL_ONLY += ["trace heads", "logit-attribution", "attention", "features", "train-sae"]
 CAUSAL_KINDS = ["causal-folder", "gguf", "hub-offline"]
 CLASSIFIER_KINDS = ["bert-classifier", "roberta-classifier", "llama-classifier"]
 
@@ -290,7 +337,7 @@ FAST += [("lens", "gguf"), ("similarity", "gguf")]
 FAST += [("lens", "hub-offline"), ("flips", "hub-offline")]
 FAST += [("flips", k) for k in CLASSIFIER_KINDS]
 RUNS = FAST + [(c, k) for k in CAUSAL_KINDS for c in [*CAUSAL_ONLY, "flips"] if (c, k) not in FAST]
-RUNS += [("lens", "builtin"), ("flips --ray", "roberta-classifier")]
+RUNS += [("lens", "builtin"), ("features", "builtin"), ("flips --ray", "roberta-classifier")]
 # a classifier given to each command that needs a causal LM, the tokenizer families in turn
 REFUSALS = [(c, CLASSIFIER_KINDS[i % len(CLASSIFIER_KINDS)]) for i, c in enumerate(CAUSAL_ONLY)]
 FAST_REFUSALS = [("lens", "bert-classifier"), ("lens-eval", "llama-classifier")]
