@@ -1,9 +1,10 @@
 """The command line matrix: every command, run through the installed `tokenprobe` executable in
 a subprocess, on every kind of model it accepts (the built-in model, a causal-LM folder, a
-.gguf file, a cached hub id with --offline, and for flips sequence classifiers of each
-tokenizer family), exits 0 and writes the tables the library gives in-process for the same
-inputs on the same files. A classifier given to a command that needs a causal LM is one line
-and exit status 2.
+.gguf file, a cached hub id with --offline, T5 and Marian folders for the commands whose
+registration takes an encoder-decoder, and for flips sequence classifiers of each tokenizer
+family), exits 0 and writes the tables the library gives in-process for the same inputs on the
+same files. A classifier given to a command that needs a causal LM, or an encoder-decoder to
+one that does not take it, is one line and exit status 2.
 
 The runs start together in a few parallel subprocesses (each spends seconds importing torch and
 transformers, which is most of the matrix's time); each test waits for its own run, so that a
@@ -33,6 +34,7 @@ from conftest import CHATML, CORPUS, make_tokenizer
 
 import tokenprobe
 from tokenprobe import PromptedClassifier, SequenceClassifier, TunedLens, save_lens
+from tokenprobe.analyses import ANALYSES
 
 TOKENPROBE = Path(sys.executable).with_name("tokenprobe")
 HUB_ID = "tokenprobe-test/tiny-gpt2"
@@ -120,6 +122,7 @@ class Kind:
     classifier: bool = False
     lens: str = ""  # a tuned lens for lens-eval (causal LMs)
     sae: str = ""  # a SAELens folder for features (causal LMs)
+    seq2seq: bool = False  # an encoder-decoder: SEQ2SEQ_COMMANDS
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +158,9 @@ def files(tmp_path_factory) -> dict[str, Any]:
         "roberta": lambda: zoo.roberta_tokenizer(bpe),
         "bpe": lambda: copy.deepcopy(bpe),
     }
+    for arch in SEQ2SEQ_KINDS:  # encoder-decoders: the commands that take one, and refusals
+        path = str(save(zoo.make_seq2seq(arch, bpe), root / f"{arch}-seq2seq"))
+        kinds[f"{arch}-seq2seq"] = Kind(path, path, {}, seq2seq=True)
     for arch in ("bert", "roberta", "llama"):  # WordPiece, byte-level BPE RoBERTa, a decoder
         lm = zoo.make_classifier(arch, tokenizers[zoo.CLASSIFIERS[arch][1]]())
         path = str(save(lm, root / f"{arch}-classifier"))
@@ -322,6 +328,34 @@ COMMANDS: dict[str, Command] = {
         task="sequence-classification",
     ),
 }
+# an encoder-decoder's runs: the source, then the decoder's start token and DECODER_TEXT
+DECODER_TEXT = "The quick brown"
+SEQ2SEQ_COMMANDS: dict[str, Command] = {
+    "lens": Command(
+        lambda f, k: (
+            ["lens", "--prompt", PROMPT, "--decoder-text", DECODER_TEXT]
+            + ["--target", " fox", "--top-k", "3"]
+        ),
+        lambda lm, f, k: tokenprobe.logit_lens(
+            lm, PROMPT, decoder_text=DECODER_TEXT, targets=[" fox"], top_k=3
+        ),
+    ),
+    "trace": Command(
+        lambda f, k: (
+            ["trace", "--prompt", PROMPT, "--decoder-text", DECODER_TEXT]
+            + ["--target", " fox", "--subject", "quick brown", "--samples", "2"]
+        ),
+        lambda lm, f, k: tokenprobe.causal_trace(
+            lm, PROMPT, decoder_text=DECODER_TEXT, target=" fox", subject="quick brown", samples=2
+        ),
+    ),
+    "similarity": COMMANDS["similarity"],
+    "flips": COMMANDS["flips"],
+}
+SEQ2SEQ_KINDS = ("t5", "marian")
+# the commands whose registration declares they take an encoder-decoder, and the rest
+TAKE_SEQ2SEQ = [a.command for a in ANALYSES.values() if a.seq2seq]
+REFUSE_SEQ2SEQ = [a.command for a in ANALYSES.values() if not a.seq2seq]
 CAUSAL_ONLY = ["lens", "trace", "attribute", "similarity", "tune-lens", "lens-eval"]
 CAUSAL_ONLY += ["trace heads", "logit-attribution", "attention", "features", "train-sae"]
 CAUSAL_KINDS = ["causal-folder", "gguf", "hub-offline"]
@@ -341,6 +375,10 @@ RUNS += [("lens", "builtin"), ("features", "builtin"), ("flips --ray", "roberta-
 # a classifier given to each command that needs a causal LM, the tokenizer families in turn
 REFUSALS = [(c, CLASSIFIER_KINDS[i % len(CLASSIFIER_KINDS)]) for i, c in enumerate(CAUSAL_ONLY)]
 FAST_REFUSALS = [("lens", "bert-classifier"), ("lens-eval", "llama-classifier")]
+SEQ2SEQ_RUNS = [(c, f"{a}-seq2seq") for a in SEQ2SEQ_KINDS for c in TAKE_SEQ2SEQ]
+SEQ2SEQ_REFUSALS = [(c, f"{SEQ2SEQ_KINDS[0]}-seq2seq") for c in REFUSE_SEQ2SEQ]
+RUNS += SEQ2SEQ_RUNS
+FAST += [(c, k) for c, k in SEQ2SEQ_RUNS if k.startswith(SEQ2SEQ_KINDS[0])]
 
 
 def case_id(case: tuple[str, str]) -> str:
@@ -355,6 +393,8 @@ def cases(runs: list[tuple[str, str]], fast: list[tuple[str, str]]) -> list[Any]
 def command_of(case: tuple[str, str], files: dict[str, Any]) -> Command:
     """flips runs a classifier as one (SequenceClassifier), a causal LM as a prompted one."""
     command, kind_name = case
+    if files["kinds"][kind_name].seq2seq and command in SEQ2SEQ_COMMANDS:
+        return SEQ2SEQ_COMMANDS[command]
     if command == "flips" and files["kinds"][kind_name].classifier:
         return COMMANDS["flips on a classifier"]
     return COMMANDS[command]
@@ -364,7 +404,7 @@ def argv_of(case: tuple[str, str], files: dict[str, Any]) -> tuple[list[str], di
     kind = files["kinds"][case[1]]
     runner = command_of(case, files)
     lens_kind = files["kinds"]["causal-folder"]  # lens-eval of a classifier: a lens that exists
-    args = runner.argv(files, lens_kind if kind.classifier else kind)
+    args = runner.argv(files, lens_kind if kind.classifier or kind.seq2seq else kind)
     out = files["root"] / "out" / case_id(case).replace(" ", "_").replace("/", "_")
     argv = [*args, "--model", kind.model, "--device", "cpu", "--out", str(out), *kind.flags]
     env = {**files["env"], **kind.env}
@@ -422,6 +462,7 @@ def assert_tables_equal(out: Path, expected: Any) -> None:
 
 @pytest.mark.filterwarnings("ignore:the clean and corrupted scores are close")  # tiny models
 @pytest.mark.filterwarnings("ignore:marker '_PAUSE_' was not in the tokenizer")
+@pytest.mark.filterwarnings("ignore:the target ' fox' is implausible")  # random encoder-decoders
 @pytest.mark.parametrize("case", cases(RUNS, FAST))
 def test_the_command_on_the_model_kind_equals_the_library(case, files, launched, monkeypatch):
     if "--ray" in case[0]:
@@ -444,3 +485,21 @@ def test_a_classifier_given_to_a_causal_lm_command_is_one_line(case, files, laun
     kind = files["kinds"][case[1]]
     assert f"{kind.model} is a sequence classifier (" in lines[0]
     assert "not a causal language model" in lines[0] and "tokenprobe flips" in lines[0]
+
+
+def test_every_command_that_takes_an_encoder_decoder_has_a_run_here():
+    missing = [c for c in TAKE_SEQ2SEQ if c not in SEQ2SEQ_COMMANDS]
+    assert not missing, f"add {missing} to SEQ2SEQ_COMMANDS: their registrations take seq2seq"
+
+
+@pytest.mark.parametrize("case", cases(SEQ2SEQ_REFUSALS, SEQ2SEQ_REFUSALS[:1]))
+def test_an_encoder_decoder_given_to_a_command_that_does_not_take_one_is_one_line(
+    case, files, launched
+):
+    proc = launched[case].result()
+    lines = [x for x in proc.stderr.strip().splitlines() if "memory:" not in x]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("tokenprobe: error: "), proc.stderr[-3000:]
+    kind = files["kinds"][case[1]]
+    assert f"{kind.model} is an encoder-decoder model (" in lines[0]
+    assert "does not support encoder-decoder models yet" in lines[0]
