@@ -164,7 +164,7 @@ def randomised(lens: TunedLens, seed: int = 0) -> TunedLens:
 TIERS = {
     "matrix": ("test_conformance.py", "test_cli_matrix.py", "test_sweep_adapter.py",
                "test_sweep_padding.py", "test_sweep_gradients.py",
-               "test_attention_zoo.py", "test_trace_heads_matrix.py",
+               "test_attention_zoo.py", "test_attention_seq2seq_zoo.py", "test_trace_heads_matrix.py",
                "test_logit_attribution_zoo.py", "test_features_zoo.py",
                "test_features_data_zoo.py", "test_train_sae_zoo.py",
                "test_seq2seq.py", "test_lens_seq2seq_zoo.py", "test_trace_seq2seq_zoo.py",

@@ -351,6 +351,12 @@ SEQ2SEQ_COMMANDS: dict[str, Command] = {
     ),
     "similarity": COMMANDS["similarity"],
     "flips": COMMANDS["flips"],
+    "attention": Command(  # cross-attention: decoder positions x source tokens
+        lambda f, k: (
+            ["attention", "--prompt", PROMPT, "--decoder-text", DECODER_TEXT] + ["--to", " fox"]
+        ),
+        lambda lm, f, k: tokenprobe.attention(lm, PROMPT, decoder_text=DECODER_TEXT, to=" fox"),
+    ),
 }
 SEQ2SEQ_KINDS = ("t5", "marian")
 # the commands whose registration declares they take an encoder-decoder, and the rest

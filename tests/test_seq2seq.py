@@ -174,8 +174,8 @@ def test_a_saved_folder_loads_and_the_command_refuses_it(arch, tokenizer, tmp_pa
         return
     command = Path(sys.executable).with_name("tokenprobe")
     done = subprocess.run(
-        [str(command), "attention", "--model", str(tmp_path / arch), "--prompt", "hi"]
-        + ["--out", str(tmp_path / "out")],
+        [str(command), "logit-attribution", "--model", str(tmp_path / arch), "--prompt", "hi"]
+        + ["--target", " x", "--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -183,7 +183,7 @@ def test_a_saved_folder_loads_and_the_command_refuses_it(arch, tokenizer, tmp_pa
     lines = [line for line in done.stderr.splitlines() if "memory:" not in line]  # an info line
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith("tokenprobe: error: ")
-    assert f"the attention analysis {REFUSED} (those that do: {supported()})" in lines[0]
+    assert f"the logit_attribution analysis {REFUSED} (those that do: {supported()})" in lines[0]
     assert (
         f"{tmp_path / arch} is an encoder-decoder model ({type(made.model).__name__})" in lines[0]
     )
@@ -202,6 +202,6 @@ def test_an_analysis_that_does_not_declare_seq2seq_refuses_one_in_the_library(to
     lm = _MODELS.get("t5") or zoo.make_seq2seq("t5", tokenizer)
     refused = [a for a in ANALYSES.values() if not a.seq2seq]
     assert refused, "every analysis takes an encoder-decoder: nothing left to refuse"
-    spec = next(a for a in refused if a.name == "attention")
-    with pytest.raises(TokenprobeError, match=f"the attention analysis {REFUSED}"):
+    spec = next(a for a in refused if a.name == "logit_attribution")
+    with pytest.raises(TokenprobeError, match=f"the logit_attribution analysis {REFUSED}"):
         spec.run(lm, "hi")

@@ -170,12 +170,15 @@ def _recorder(
 
 
 @contextmanager
-def recording(lm: LoadedModel, keep: Keep | None = None) -> Iterator[Recording]:
+def recording(
+    lm: LoadedModel, keep: Keep | None = None, owners: dict[int, int] | None = None
+) -> Iterator[Recording]:
     """While inside, every forward of `lm` fills the yielded `Recording`: block ->
     `keep(block, weights)` (default: the weights (heads, queries, keys) of batch row 0,
-    float32 on CPU). The model's outputs are those it computes without recording."""
+    float32 on CPU). The model's outputs are those it computes without recording. `owners`
+    (id(module) -> block) picks the attention modules recorded (default: every block's)."""
     store = Recording()
-    owners = _owners(lm)
+    owners = _owners(lm) if owners is None else owners
     chosen: Keep = keep or _on_cpu
     with _LOCK:
         saved = []

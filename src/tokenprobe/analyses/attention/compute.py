@@ -21,6 +21,8 @@ from . import capture
 from .check import compare, eager_weights
 from .options import AttentionOptions
 from .result import AttentionResult, Pattern
+from .seq2seq import check_options
+from .seq2seq_run import attention_seq2seq
 
 CHECK_ROWS = 256  # the last query rows of the first attention layer compared with eager
 
@@ -39,8 +41,11 @@ class Plan:
 def attention(lm: LoadedModel, prompt: str, *, options: AttentionOptions) -> AttentionResult:
     """The attention weights of `prompt` in every attention layer and head (or those asked
     for), and with `options.to` the attention from `options.from_position` to that text's
-    tokens per layer x head. `options` (or its settings as keyword arguments): see
-    `AttentionOptions`."""
+    tokens per layer x head; on an encoder-decoder, the `stack` asked for (see `seq2seq`).
+    `options` (or its settings as keyword arguments): see `AttentionOptions`."""
+    check_options(lm, options)
+    if lm.is_seq2seq:
+        return attention_seq2seq(lm, prompt, options)
     heads_of = capture.attention_layers(lm)
     _check_choice(options, heads_of)
     inp = prepare(lm, prompt, chat=options.chat, system=options.system)

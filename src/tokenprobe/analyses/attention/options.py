@@ -7,17 +7,30 @@ from dataclasses import dataclass
 
 from ...errors import TokenprobeError
 from ..base import prompt_inputs
-from ..settings import PromptSettings, setting
+from ..settings import DecoderTextSettings, PromptSettings, setting
+
+STACKS = ("cross", "encoder", "decoder")  # an encoder-decoder's kinds of attention
 
 # every layer and head is kept while layers x heads x the prompt's lower triangle fits this
 MAX_CELLS = 4_000_000
 
 
 @dataclass(frozen=True)
-class AttentionOptions(PromptSettings):
+class AttentionOptions(PromptSettings, DecoderTextSettings):
     """Which layer and head to show (default: every one kept), the `to` text whose key
     tokens' attention from query `from_position` is tabled per layer x head, and how many
-    weights are kept at most (chat and system: see `PromptSettings`)."""
+    weights are kept at most (chat and system: see `PromptSettings`); an encoder-decoder's
+    `stack`, `target_lang` and `decoder_text` (see `DecoderTextSettings`)."""
+
+    stack: str | None = setting(
+        None,
+        "encoder-decoder models: which attention to show: cross (decoder positions attending "
+        "to source tokens; the default), encoder (source x source) or decoder (the decoder's "
+        "causal self-attention over its start token, forced token and --decoder-text)",
+        choices=STACKS,
+        metavar="KIND",
+        group="encoder-decoder",
+    )
 
     layer: int | None = setting(
         None,
@@ -71,4 +84,5 @@ OPTIONS = [
     *prompt_inputs(several=False),
     *AttentionOptions.options("chat", "system"),
     *AttentionOptions.options("layer", "head", "to", "from_position", "max_cells"),
+    *AttentionOptions.options("stack", "target_lang", "decoder_text"),
 ]

@@ -1,5 +1,6 @@
 """attention's result: the kept weights as a long table (layer, head, query, key, weight; key
-<= query), the layer x head `to` table beside it, and the tokens in meta.json."""
+<= query where the attention is causal; an encoder-decoder's rows also name their `stack`), the
+layer x head `to` table beside it, and the tokens in meta.json."""
 
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ class Pattern:
     weight: np.ndarray
 
     @classmethod
-    def from_dense(cls, patterns: dict[int, torch.Tensor], heads: list[int] | None) -> Pattern:
-        """Each block's (heads, queries, keys) weights, lower triangle; `heads`: the head
-        numbers of the rows kept (None: all, in order)."""
+    def from_dense(
+        cls, patterns: dict[int, torch.Tensor], heads: list[int] | None, causal: bool = True
+    ) -> Pattern:
+        """Each block's (heads, queries, keys) weights, the lower triangle where `causal`, else
+        every cell; `heads`: the head numbers of the rows kept (None: all, in order)."""
         parts = []
         for layer, w in sorted(patterns.items()):
-            h, n, _ = w.shape
-            q, k = torch.tril_indices(n, n)
+            h, n, m = w.shape
+            q, k = torch.tril_indices(n, n) if causal else _every(n, m)
             numbers = np.asarray(heads if heads is not None else range(h), dtype=np.int32)
             values = w[:, q, k].numpy()
             t = q.numel()
@@ -51,11 +54,12 @@ class Pattern:
         return cls(*_joined(parts))
 
     @classmethod
-    def from_rows(cls, rows: dict[int, torch.Tensor], query: int) -> Pattern:
-        """Only query `query`'s row (heads, keys) of each block, keys up to the query."""
+    def from_rows(cls, rows: dict[int, torch.Tensor], query: int, causal: bool = True) -> Pattern:
+        """Only query `query`'s row (heads, keys) of each block, keys up to the query where
+        `causal`, else every key."""
         parts = []
         for layer, r in sorted(rows.items()):
-            h, t = r.shape[0], query + 1
+            h, t = r.shape[0], query + 1 if causal else r.shape[1]
             parts.append(
                 (
                     np.full(h * t, layer, np.int32),
@@ -67,9 +71,10 @@ class Pattern:
             )
         return cls(*_joined(parts))
 
-    def dense(self, layer: int, head: int, n: int) -> np.ndarray:
-        """(n, n) weights of one head, NaN where nothing is kept (above the diagonal)."""
-        out = np.full((n, n), np.nan, dtype=np.float32)
+    def dense(self, layer: int, head: int, n: int, keys: int | None = None) -> np.ndarray:
+        """(n, keys) weights of one head (keys default n), NaN where nothing is kept (above
+        the diagonal of a causal pattern)."""
+        out = np.full((n, n if keys is None else keys), np.nan, dtype=np.float32)
         sel = (self.layer == layer) & (self.head == head)
         out[self.query[sel], self.key[sel]] = self.weight[sel]
         return out
@@ -81,6 +86,11 @@ class Pattern:
         """Whether the whole pattern (every query) of this block is kept."""
         sel = self.layer == layer
         return bool(sel.any()) and int(np.unique(self.query[sel]).size) == n
+
+
+def _every(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of every cell of an (n, m) grid, row by row."""
+    return torch.arange(n).repeat_interleave(m), torch.arange(m).repeat(n)
 
 
 def _joined(parts: list[Any]) -> list[np.ndarray]:
@@ -103,12 +113,19 @@ class AttentionResult(Result):
     pattern: Pattern
     to_table: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    stack: str | None = None  # an encoder-decoder's: encoder, decoder or cross
+    key_tokens: list[str] | None = None  # the keys' tokens, where not `tokens`
+
+    @property
+    def keys(self) -> list[str]:
+        """The tokens of the key positions."""
+        return self.tokens if self.key_tokens is None else self.key_tokens
 
     def to_frame(self) -> pd.DataFrame:
         p = self.pattern
-        return pd.DataFrame(
-            {"layer": p.layer, "head": p.head, "query": p.query, "key": p.key, "weight": p.weight}
-        )
+        columns = {"layer": p.layer, "head": p.head, "query": p.query, "key": p.key}
+        stack = {"stack": np.full(len(p.layer), self.stack)} if self.stack else {}
+        return pd.DataFrame({**stack, **columns, "weight": p.weight})
 
     def to_frame_to(self) -> pd.DataFrame:
         assert self.to_table is not None
@@ -138,12 +155,15 @@ class AttentionResult(Result):
             )
         layer, head, query, key = (c.astype(np.int32) for c in columns[:-1])
         pattern = Pattern(layer, head, query, key, weights)
+        keys = meta.get("key_tokens")
         return cls(
             tokens=[str(t) for t in meta["tokens"]],
             layers=[int(b) for b in meta["attention_layers"]],
             heads=int(meta.get("heads", 0)),
             pattern=pattern,
             meta=meta,
+            stack=meta.get("stack"),
+            key_tokens=None if keys is None else [str(t) for t in keys],
         )
 
     @classmethod
@@ -177,6 +197,12 @@ class AttentionResult(Result):
     def summary(self) -> str:
         n = len(self.tokens)
         out = f"attention: {len(self.layers)} attention layer(s) x {self.heads} heads, {n} tokens"
+        if self.stack is not None:
+            what = {"encoder": "encoder self-attention", "decoder": "decoder self-attention"}
+            out = (
+                f"attention ({what.get(self.stack, 'cross-attention')}): {len(self.layers)} "
+                f"layer(s) x {self.heads} heads, {n} queries x {len(self.keys)} keys"
+            )
         if self.to_table is not None:
             layer, head = np.unravel_index(int(np.argmax(self.to_table)), self.to_table.shape)
             out += (

@@ -27,30 +27,35 @@ REPORT_DPI = 80
 
 
 def pooled(weights: np.ndarray, most: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
-    """`weights` (n, n) shrunk to at most `most` pixels a side, each the largest weight of its
+    """`weights` (n, m) shrunk to at most `most` pixels a side, each the largest weight of its
     block (NaN only where the whole block is), and the block size."""
-    n = weights.shape[0]
-    step = max(1, math.ceil(n / most))
+    n, k = weights.shape
+    step = max(1, math.ceil(max(n, k) / most))
     if step == 1:
         return weights, 1
-    m = math.ceil(n / step)
-    padded = np.full((m * step, m * step), np.nan, dtype=np.float32)
-    padded[:n, :n] = weights
-    blocks = padded.reshape(m, step, m, step)
+    rows, cols = math.ceil(n / step), math.ceil(k / step)
+    padded = np.full((rows * step, cols * step), np.nan, dtype=np.float32)
+    padded[:n, :k] = weights
+    blocks = padded.reshape(rows, step, cols, step)
     empty = np.isnan(blocks).all(axis=(1, 3))
     out = np.nanmax(np.where(np.isnan(blocks), -np.inf, blocks), axis=(1, 3))
     out[empty] = np.nan
     return out.astype(np.float32), step
 
 
-def _ticks(ax: Any, tokens: list[str], step: int, size: float, labels: bool) -> None:
-    """Token labels on both axes for short prompts; numbered positions otherwise."""
-    n = len(tokens)
+def _ticks(
+    ax: Any, tokens: list[str], step: int, size: float, labels: bool, keys: list[str] | None = None
+) -> None:
+    """Token labels on both axes for short prompts (`keys` across where they are not the
+    queries' tokens); numbered positions otherwise."""
+    across = tokens if keys is None else keys
+    n = max(len(tokens), len(across))
     if labels and n <= MAX_TICK_TOKENS and step == 1:
-        names = [display_token(t, 10) for t in tokens]
         font = max(3.0, min(8.0, 600 / max(n, 1)))
-        ax.set_xticks(range(n), names, rotation=90, fontsize=font)
-        ax.set_yticks(range(n), names, fontsize=font)
+        ax.set_xticks(
+            range(len(across)), [display_token(t, 10) for t in across], rotation=90, fontsize=font
+        )
+        ax.set_yticks(range(len(tokens)), [display_token(t, 10) for t in tokens], fontsize=font)
         return
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -86,10 +91,13 @@ class ImageView:
 class HeadView(ImageView):
     """One head's pattern: queries down, keys across, colour = weight."""
 
-    weights: np.ndarray  # (n, n), NaN above the diagonal
+    weights: np.ndarray  # (queries, keys), NaN above the diagonal of a causal pattern
     tokens: list[str]
     title: str
     about: list[str]
+    keys: list[str] | None = None  # the keys' tokens where they are not `tokens`
+    xlabel: str = "key (attended to)"
+    ylabel: str = "query (attending)"
 
     def figure(self) -> Any:
         import matplotlib
@@ -98,13 +106,13 @@ class HeadView(ImageView):
         import matplotlib.pyplot as plt
 
         image, step = pooled(self.weights)
-        side = 7.0 if len(self.tokens) <= 60 else 9.0
+        side = 7.0 if max(self.weights.shape) <= 60 else 9.0
         fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
         cmap = matplotlib.colormaps[CMAP].with_extremes(bad="#eeeeee")
         shown = ax.imshow(image, cmap=cmap, vmin=0.0, vmax=_top(image), interpolation="nearest")
-        _ticks(ax, self.tokens, step, 7.0, labels=True)
-        ax.set_xlabel("key (attended to)")
-        ax.set_ylabel("query (attending)")
+        _ticks(ax, self.tokens, step, 7.0, labels=True, keys=self.keys)
+        ax.set_xlabel(self.xlabel)
+        ax.set_ylabel(self.ylabel)
         ax.set_title(self.title, fontsize=10)
         bar = fig.colorbar(shown, ax=ax, fraction=0.04, pad=0.01)
         bar.set_label("attention weight" + (f" (max of {step}x{step} blocks)" if step > 1 else ""))
@@ -115,10 +123,11 @@ class HeadView(ImageView):
 class LayerView(ImageView):
     """Every kept head of one layer as small multiples, one colour scale (0 to the largest)."""
 
-    weights: list[tuple[int, np.ndarray]]  # (head, (n, n))
+    weights: list[tuple[int, np.ndarray]]  # (head, (queries, keys))
     tokens: list[str]
     title: str
     about: list[str]
+    keys: list[str] | None = None  # the keys' tokens where they are not `tokens`
 
     def figure(self) -> Any:
         import matplotlib
@@ -137,11 +146,11 @@ class LayerView(ImageView):
         images = [(h, *pooled(w, 256)) for h, w in self.weights]
         top = max(_top(image) for _, image, _ in images)
         shown = None
-        labels = len(self.tokens) <= MAX_GRID_TOKENS
+        labels = max(len(self.tokens), len(self.keys or ())) <= MAX_GRID_TOKENS
         for ax, (head, image, step) in zip(axes.flat, images, strict=False):
             shown = ax.imshow(image, cmap=cmap, vmin=0.0, vmax=top, interpolation="nearest")
             ax.set_title(f"head {head}", fontsize=8)
-            _ticks(ax, self.tokens, step, 5.0, labels=labels)
+            _ticks(ax, self.tokens, step, 5.0, labels=labels, keys=self.keys)
         for ax in list(axes.flat)[k:]:
             ax.axis("off")
         fig.suptitle(self.title, fontsize=10)
@@ -163,6 +172,11 @@ def views(result: AttentionResult) -> list[tuple[str, Any]]:
     prompt = str(meta.get("prompt", ""))  # the report adds the model's name itself
     shown = prompt if len(prompt) <= 200 else prompt[:200] + "..."
     about = [f"prompt: {shown}", f"kept: {meta.get('stored', '')}", f"{n} tokens"]
+    keys = result.key_tokens
+    m = len(result.keys)
+    what, axes = _stack_words(result.stack)
+    if result.stack is not None:
+        about[-1] = f"{what}: {n} queries x {m} keys"
     kept = [b for b in result.layers if result.pattern.full(b, n)]
     out: list[tuple[str, Any]] = []
     layer = options.get("layer")
@@ -172,15 +186,25 @@ def views(result: AttentionResult) -> list[tuple[str, Any]]:
         head = options.get("head")
         if head in heads or len(heads) == 1:
             head = head if head in heads else heads[0]
-            title = f"attention of layer {layer} head {head}{f' ({model})' if model else ''}"
-            dense = result.pattern.dense(layer, head, n)
-            out.append(("attention_head", HeadView(dense, tokens, title, about)))
-        grid = [(h, result.pattern.dense(layer, h, n)) for h in heads]
-        title = f"attention of every head of layer {layer}{f' ({model})' if model else ''}"
-        out.append(("attention_layer", LayerView(grid, tokens, title, about)))
+            title = f"{what} of layer {layer} head {head}{f' ({model})' if model else ''}"
+            dense = result.pattern.dense(layer, head, n, m)
+            out.append(("attention_head", HeadView(dense, tokens, title, about, keys, *axes)))
+        grid = [(h, result.pattern.dense(layer, h, n, m)) for h in heads]
+        title = f"{what} of every head of layer {layer}{f' ({model})' if model else ''}"
+        out.append(("attention_layer", LayerView(grid, tokens, title, about, keys)))
     if result.to_table is not None:
         out.append(("attention_to", _to_view(result, model)))
     return out
+
+
+def _stack_words(stack: str | None) -> tuple[str, tuple[str, str]]:
+    """The figures' name for an encoder-decoder's `stack` and their (x, y) axis labels."""
+    if stack == "cross":
+        return "cross-attention", ("source token (key)", "decoder position (query)")
+    if stack in ("encoder", "decoder"):
+        side = "source" if stack == "encoder" else "decoder"
+        return f"{stack} self-attention", (f"{side} token (key)", f"{side} token (query)")
+    return "attention", ("key (attended to)", "query (attending)")
 
 
 def _to_view(result: AttentionResult, model: str) -> Heatmap:
@@ -190,8 +214,10 @@ def _to_view(result: AttentionResult, model: str) -> Heatmap:
     values = result.to_table.astype(np.float64)
     query, keys = int(meta["from"]), list(meta["to_keys"])
     to = (meta.get("options") or {}).get("to")
-    shown = "".join(result.tokens[k] for k in keys)
+    shown = "".join(result.keys[k] for k in keys)
     n_layers, n_heads = values.shape
+    what, _ = _stack_words(result.stack)
+    side = {"encoder": "source ", None: ""}.get(result.stack, "decoder ")
     return Heatmap(
         values=values,
         rows=[str(b) for b in result.layers],
@@ -199,7 +225,7 @@ def _to_view(result: AttentionResult, model: str) -> Heatmap:
         cmap="magma_r",
         vmin=0.0,
         vmax=_top(values),
-        title=f"attention from position {query} ({display_token(result.tokens[query], 12)}) to "
+        title=f"{what} from {side}position {query} ({display_token(result.tokens[query], 12)}) to "
         f"{to!r}{f' ({model})' if model else ''}",
         colorbar="attention weight (summed over the text's tokens)",
         xlabel="head",
