@@ -91,6 +91,7 @@ bench: $(STAMP)
 	-$(BIN)/python bench/features.py
 	-$(BIN)/python bench/attention.py
 	-$(BIN)/python bench/train_sae.py --peer-python none
+	-$(BIN)/python bench/seq2seq.py
 	$(BIN)/python bench/table.py $(BENCH_JSON)
 
 # Peers (nnsight, TransformerLens) live in their own virtualenv, never in the runtime one;
@@ -137,6 +138,7 @@ bench-peers: $(STAMP) $(BENCH_VENV)/.installed $(INSEQ_VENV)/.installed $(SAE_VE
 	-$(BIN)/python bench/features.py
 	-$(BIN)/python bench/attention.py
 	-$(BIN)/python bench/train_sae.py --peer-python $(SAE_VENV)/bin/python
+	-$(INSEQ_VENV)/bin/python bench/seq2seq.py
 	$(BIN)/python bench/table.py $(BENCH_JSON)
 
 clean:

@@ -351,6 +351,15 @@ SEQ2SEQ_COMMANDS: dict[str, Command] = {
     ),
     "similarity": COMMANDS["similarity"],
     "flips": COMMANDS["flips"],
+    "attribute": Command(  # the source's tokens and the target's prefix
+        lambda f, k: (
+            ["attribute", "--prompt", PROMPT, "--target", "The quick brown fox"]
+            + ["--span", "quick brown"]
+        ),
+        lambda lm, f, k: tokenprobe.attribute(
+            lm, PROMPT, target="The quick brown fox", features=["quick brown"]
+        ),
+    ),
     "attention": Command(  # cross-attention: decoder positions x source tokens
         lambda f, k: (
             ["attention", "--prompt", PROMPT, "--decoder-text", DECODER_TEXT] + ["--to", " fox"]

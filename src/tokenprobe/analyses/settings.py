@@ -183,7 +183,9 @@ def with_options(
     function gets one checked `cls`. Its signature shows every setting with its default.
     The wrapper is one more frame: a warning's `stacklevel` counts it. `analysis`: the
     registry name whose `seq2seq` declaration gates a function that is not a registered run
-    (`lens_rows` runs the lens); by default the registration that runs this function."""
+    (`lens_rows` runs the lens), or a name that no registration has ("attribute --data"),
+    which refuses an encoder-decoder under that name; by default the registration that runs
+    this function."""
 
     def wrap(func: Callable[..., R]) -> Callable[..., R]:
         own = inspect.signature(func)
@@ -241,7 +243,7 @@ def _refuse_seq2seq(call: Callable[..., Any], model: Any, analysis: str | None =
     if spec is not None and spec.seq2seq:
         return
     supported = [a.name for a in ANALYSES.values() if a.seq2seq]
-    name = spec.name if spec is not None else call.__name__
+    name = spec.name if spec is not None else analysis or call.__name__
     raise refusal(getattr(lm, "name", "the model"), type(lm.model).__name__, name, supported)
 
 

@@ -1,6 +1,6 @@
 """Attribution: which input features (prompt tokens or spans) drive each output token, by
 ablation, Shapley values, occlusion or gradients (saliency, input x gradient, integrated
-gradients)."""
+gradients); on an encoder-decoder, source tokens and earlier decoder inputs (`seq2seq.py`)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,10 @@ SPEC = Analysis(
     "model's greedy continuation (--generate N). Methods: ablation and occlusion give f(x) - f(x without "
     "the feature); shapley averages marginal contributions over sampled permutations (antithetic pairs; "
     "exact enumeration when --samples >= features!); saliency, input_x_gradient and integrated_gradients "
-    "act on the prompt's embedding-layer output and are summed over a feature's tokens. Writes "
-    "attribute.parquet, attribute.png and meta.json.",
+    "act on the prompt's embedding-layer output and are summed over a feature's tokens. On an "
+    "encoder-decoder the prompt is the source and each target token is attributed to every source "
+    "token and every earlier decoder input (start and --target-lang tokens included; the table's "
+    "side column says which). Writes attribute.parquet, attribute.png and meta.json.",
     options=OPTIONS,
     cli=command,
     demo=demo,
@@ -57,4 +59,5 @@ SPEC = Analysis(
     gradients=lambda args: getattr(args, "method", "") in GRADIENT_METHODS,
     oom_advice="lower --samples (shapley)",
     demo_help="attribution (a few-shot arithmetic prompt)",
+    seq2seq=True,
 )

@@ -32,6 +32,8 @@ from .methods import METHODS, MethodOutput
 from .options import AttributionOptions
 from .problem import PARTIAL, Problem, ScoreStore
 from .result import AttributionResult
+from .seq2seq import Seq2SeqProblem, prepare_seq2seq_attribution
+from .seq2seq_run import SEQ2SEQ_METHODS, seq2seq_result, store_settings
 
 IG_GAP_WARN = 0.1  # warn when |completeness gap| > this fraction of |f(x) - f(baseline)|
 METHOD_OPTIONS = ("samples", "seed", "window", "stride", "steps", "ig_baseline")
@@ -76,6 +78,9 @@ def attribute(
     features = text_list(o.features, "features")
     target_spans = text_list(o.target_spans, "target_spans")
     _warn_if_16_bit(lm)
+    if lm.is_seq2seq or o.target_lang is not None:
+        run = (checkpoint, resume, progress, _after_batch)
+        return _attribute_seq2seq(lm, prompt, o, features, target_spans, run)
     inp = prepare_attribution(
         lm,
         prompt,
@@ -103,6 +108,56 @@ def attribute(
         _warn_if_not_converged(extra, inp.row_texts, o.steps, o.ig_baseline)
     result = _result(lm, inp, pb, kept, full, (attr, stderr, extra), o.generate is not None)
     if pb.store is not None:  # removed now, or by result.save() inside kept_until_saved()
+        pb.store.checkpoint.finish(result)
+    return result
+
+
+def _attribute_seq2seq(
+    lm: LoadedModel,
+    source: str,
+    o: AttributionOptions,
+    features: list[str] | None,
+    target_spans: list[str] | None,
+    run: tuple[str | Path | None, bool, bool | None, Callable[[], None] | None],
+) -> AttributionResult:
+    """`attribute` on an encoder-decoder: the source is `prompt`, the target is attributed to
+    both sides (see `seq2seq.py`)."""
+    checkpoint, resume, progress, after_batch = run
+    if not lm.is_seq2seq:
+        raise TokenprobeError(
+            "`target_lang` is for encoder-decoder models: leave it out for a decoder-only one"
+        )
+    if o.chat:
+        raise TokenprobeError("an encoder-decoder has no chat template: leave out `chat`")
+    inp = prepare_seq2seq_attribution(
+        lm,
+        source,
+        target=o.target,
+        generate=o.generate,
+        target_lang=o.target_lang,
+        features=features,
+        target_spans=target_spans,
+    )
+    pb = Seq2SeqProblem.of_input(
+        lm,
+        inp,
+        score=o.score,
+        foil_id=_foil_id(lm, o.foil, inp.target_text),
+        baseline=o.baseline,
+        batch_tokens=o.batch_tokens,
+        after_batch=after_batch,
+    )
+    kept = {**_kept(o, features, target_spans), "target_lang": o.target_lang}
+    skip = ("batch_tokens", "chat", "system", "spans", "target_spans")
+    settings = store_settings(model_settings(lm), inp)
+    settings.update({k: v for k, v in kept.items() if k not in skip})
+    store = open_checkpoint(checkpoint, PARTIAL, settings, resume)
+    pb.store = None if store is None else ScoreStore(store)
+    full, output = _run(pb, kept, progress, SEQ2SEQ_METHODS)
+    if o.method == "integrated_gradients":
+        _warn_if_not_converged(output[2], inp.row_texts, o.steps, o.ig_baseline)
+    result = seq2seq_result(lm, inp, pb, kept, full, output, o.generate is not None)
+    if pb.store is not None:
         pb.store.checkpoint.finish(result)
     return result
 
@@ -190,18 +245,21 @@ def _open_store(
 
 
 def _run(
-    pb: Problem, options: dict[str, Any], progress: bool | None
+    pb: Problem,
+    options: dict[str, Any],
+    progress: bool | None,
+    methods: dict[str, Callable[..., MethodOutput]] = METHODS,
 ) -> tuple[np.ndarray, MethodOutput]:
     """The unperturbed scores, then the method's output; bad options discard the checkpoint."""
     method = options["method"]
     unit = "step" if method in GRADIENT_METHODS else "input"
     try:
         with torch.inference_mode():
-            full = pb.score_prompts([pb.prompt_ids])[0].numpy()
+            full = pb.score_prompts([pb.perturbed([], None)])[0].numpy()
         bar = tqdm(desc=f"attribution ({method})", unit=unit, disable=progress_disabled(progress))
         with bar:
             pb.bar = bar
-            out = METHODS[method](pb, **{k: options[k] for k in METHOD_OPTIONS})
+            out = methods[method](pb, **{k: options[k] for k in METHOD_OPTIONS})
     except TokenprobeError:
         # bad options (`steps` 0, a tokenizer without the baseline token) can never finish:
         # keeping their checkpoint would only make the corrected command ask for `resume`

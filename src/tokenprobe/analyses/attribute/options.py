@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ...errors import TokenprobeError
 from ..base import Option, prompt_inputs, ray_options, rows_options
-from ..settings import PromptSettings, Settings, setting
+from ..settings import PromptSettings, Settings, TargetLangSettings, setting
 from .gradients import IG_BASELINES
 from .methods import DEFAULT_METHOD, METHODS
 from .problem import BASELINES, DEFAULT_BASELINE, SCORES
@@ -21,7 +21,7 @@ def _listing(names: Iterable[str], default: str) -> str:
 
 
 @dataclass(frozen=True)
-class AttributionOptions(PromptSettings):
+class AttributionOptions(PromptSettings, TargetLangSettings):
     """What `attribute` attributes and how (chat and system: see `PromptSettings`). The
     target is `target` or `generate` N tokens of the model's own (`attribute_rows` may take
     each row's target instead)."""
@@ -153,6 +153,7 @@ OPTIONS = [
         "ig_baseline",
         "score",
         "foil",
+        "target_lang",
     ),
     # not a setting (`attribute`'s own parameter); named, so that a message about `resume`
     # shows --resume on the command line

@@ -39,8 +39,12 @@ class AttributionResult(Result):
         n_rows, n_feat = self.scores.shape
         row = np.repeat(np.arange(n_rows), n_feat)
         feat = np.tile(np.arange(n_feat), n_rows)
+        # an encoder-decoder's features are on the source or the target side
+        sides = [f["side"] for f in self.features if "side" in f]
+        side = {"side": np.asarray(sides, dtype=object)[feat]} if sides else {}
         return pd.DataFrame(
             {
+                **side,
                 "feature": feat,
                 "feature_text": np.asarray([f["text"] for f in self.features], dtype=object)[feat],
                 "feature_start": np.asarray([f["start"] for f in self.features], dtype=np.int64)[
@@ -69,12 +73,13 @@ class AttributionResult(Result):
         positions = meta.get("feature_positions") or [[] for _ in range(n_feat)]
         return cls(
             features=[
-                {"text": str(t), "start": int(s), "end": int(e), "positions": list(p)}
-                for t, s, e, p in zip(
+                {"text": str(t), "start": int(s), "end": int(e), "positions": list(p)} | side
+                for t, s, e, p, side in zip(
                     first["feature_text"],
                     first["feature_start"],
                     first["feature_end"],
                     positions,
+                    _sides(first),
                     strict=True,
                 )
             ],
@@ -86,6 +91,11 @@ class AttributionResult(Result):
             method=str(first["method"].iloc[0]),
             meta=meta,
         )
+
+    @property
+    def source_features(self) -> int:
+        """How many features are on the source side (all of them for a decoder-only model)."""
+        return sum(f.get("side", "source") == "source" for f in self.features)
 
     def views(
         self, figure: AttributionFigure | None = None, **settings: Any
@@ -112,3 +122,10 @@ class AttributionResult(Result):
             "feature_positions": [f["positions"] for f in self.features],
             "row_positions": self.row_positions,
         }
+
+
+def _sides(first: pd.DataFrame) -> list[dict[str, str]]:
+    """Each feature's {"side": ...} where the table has sides (an encoder-decoder's), else {}."""
+    if "side" not in first.columns:
+        return [{} for _ in range(len(first))]
+    return [{"side": str(s)} for s in first["side"]]

@@ -56,7 +56,7 @@ def _check_row(lm: LoadedModel, row: dict[str, Any], options: dict[str, Any]) ->
         _foil_id(lm, o.foil, inp.target_text)
 
 
-@with_options(AttributionOptions)
+@with_options(AttributionOptions, analysis="attribute --data")
 def attribute_rows(
     lm: LoadedModel,
     prompts: Sequence[str],

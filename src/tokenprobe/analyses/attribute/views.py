@@ -39,8 +39,12 @@ def attribution_view(result: AttributionResult, figure: AttributionFigure) -> He
     foil = options.get("foil")
     if foil is not None:  # contrastive: say what the score is contrasted with
         method += f", vs foil {display_token(foil, 18)}"
+    # an encoder-decoder: source tokens, then the target prefix outlined as a second block
+    n_source = result.source_features
+    block = (n_source, n_feat) if n_source < n_feat else None
     return Heatmap(
         values=scores,
+        frame=block,
         rows=[display_token(r, 18, show_spaces=not row_spans) for r in result.rows],
         cols=[display_token(f["text"], 18, show_spaces=not spans) for f in result.features],
         cmap=figure.cmap,
@@ -48,7 +52,7 @@ def attribution_view(result: AttributionResult, figure: AttributionFigure) -> He
         vmax=top,
         title=title or f"Token Attribution ({method}){' — ' + model_name if model_name else ''}",
         colorbar="Token Attribution" if foil is None else "Token Attribution (target - foil)",
-        xlabel="input feature",
+        xlabel="input feature" if block is None else "source tokens | target prefix (outlined)",
         ylabel="target token" if all(len(p) <= 1 for p in result.row_positions) else "target span",
         origin="upper",  # first target row on top
         cell_text=np.vectorize(lambda v: f"{v:.4f}", otypes=[object])(scores),
@@ -56,7 +60,7 @@ def attribution_view(result: AttributionResult, figure: AttributionFigure) -> He
         cell_fontsize=7,
         tips=lambda: _tips(result),
         about=[
-            f"prompt: {result.meta.get('prompt', '')[:300]}",
+            f"{'source' if block else 'prompt'}: {result.meta.get('prompt', '')[:300]}",
             f"target: {result.meta.get('target', '')}",
         ],
         size=(fig_w, fig_h),
@@ -79,7 +83,8 @@ def _tips(res: AttributionResult) -> list[list[str]]:
     feats = [f["text"] for f in res.features]
     return [
         [
-            f"feature: {display_token(feats[c], 40, show_spaces=False)} "
+            f"{res.features[c].get('side', 'feature')}: "
+            f"{display_token(feats[c], 40, show_spaces=False)} "
             f"(chars {res.features[c]['start']}-{res.features[c]['end']})"
             f"\ntarget: {display_token(res.rows[r], 24)}\nattribution {res.scores[r, c]:.4f}"
             + (f" ± {res.stderr[r, c]:.4f}" if res.stderr is not None else "")
