@@ -432,6 +432,10 @@ def test_readme_lists_every_architecture_of_the_matrix():
     expected = set(zoo.CAUSAL) | {f"{a} (sequence classifier)" for a in zoo.CLASSIFIERS}
     assert expected <= rows, sorted(expected - rows)
     assert "**fails**" not in table
+    table = readme.split("<!-- seq2seq-models:start -->")[1].split("<!-- seq2seq-models:end -->")[0]
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")}
+    assert set(zoo.SEQ2SEQ) <= rows, sorted(set(zoo.SEQ2SEQ) - rows)
+    assert "**fails**" not in table and "| — |" not in table
 
 
 @pytest.mark.parametrize("arch", ["roberta", "bert", "gpt2"])
