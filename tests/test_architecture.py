@@ -19,7 +19,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = [
     {"errors", "stats", "files", "registry"},
     {"model", "text", "data", "checkpoint", "journal", "provenance"},
-    {"runner", "executors", "heatmap", "results", "rowset", "tuned", "sae"},
+    {"runner", "prefix", "executors", "heatmap", "results", "rowset", "tuned", "sae"},
     {"analyses.base", "loading"},
     {"analyses.*"},  # each analysis's folder; never another analysis's
     {"analyses", "report"},

@@ -22,6 +22,7 @@ from ...errors import TokenprobeError
 from ...executors import worker_load_args
 from ...model import LoadedModel
 from ...model.kvcache import cache_of, with_cache
+from ...prefix import CONTINUED, last_positions
 from ...runner import (
     CheckedBatching,
     PathUnavailable,
@@ -33,9 +34,12 @@ from ...runner import (
     takes,
 )
 from ...text import render, token_texts
-from . import seq2seq
+from . import continued, seq2seq
 from .verbalisers import check_template, verbaliser_ids
 from .words import TextInput, tokenize_words
+
+Ids = Sequence[list[int]]  # token-id sequences
+Bases = Sequence[int] | None  # each sequence's unperturbed copy, by index
 
 DEFAULT_TEMPLATE = (
     "Classify the emotion expressed in the text as one of: {labels}.\n\nText: {text}\nEmotion:"
@@ -57,13 +61,19 @@ class Classifier:
         """Tokens the model runs over for a text of `n_text_tokens` (template included)."""
         return n_text_tokens
 
-    def scores(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
-        """(texts, labels) float32 scores; the prediction is their argmax."""
+    def scores(self, texts: Ids, batch_tokens: int, bases: Bases = None) -> np.ndarray:
+        """(texts, labels) float32 scores, the prediction their argmax; `bases` (optional)
+        the index of each text's unperturbed copy, which perturbed copies may continue from."""
         raise NotImplementedError
 
-    def predict(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
+    def predict(self, texts: Ids, batch_tokens: int, bases: Bases = None) -> np.ndarray:
         """The index of each text's predicted label."""
-        return self.scores(texts, batch_tokens).argmax(-1)
+        return self.scores(texts, batch_tokens, bases).argmax(-1)
+
+    def prefix_note(self) -> str | None:
+        """How the perturbed copies' earlier positions ran in the last call (None: not
+        recorded), for meta.json."""
+        return self._prefix_note
 
     def describe(self) -> dict[str, Any]:
         """What the classifier is, for meta.json and the checkpoint's settings."""
@@ -71,15 +81,26 @@ class Classifier:
 
     _init: dict[str, Any]  # the constructor's arguments besides the model
     _batching: CheckedBatching | None = None  # how batches run: checked on a run's first
+    _prefix_why: str | None = None  # why this run's copies do not continue from a cache
+    _prefix_note: str | None = None  # how the last call's copies' earlier positions ran
 
     def begin_run(self) -> None:
         """Start a run: its first batch is checked against one input alone again."""
         self._batching = None
+        self._prefix_why = self._prefix_note = None
 
     def batching_note(self) -> str | None:
         """Which way this run's batches went through the model and why (None before the
         first batch), for meta.json."""
-        return None if self._batching is None else self._batching.note
+        notes = (
+            [] if self._batching is None or self._batching.note is None else [self._batching.note]
+        )
+        if self._prefix_note == CONTINUED:
+            notes.append(
+                "right-padded batches with a key/value cache: the unperturbed texts, and each "
+                "perturbed copy continued from its text's cache (see earlier_positions)"
+            )
+        return " / ".join(notes) or None
 
     def _checking(self) -> CheckedBatching:
         """The batching of the classifier's current run (a new one checks its first batch)."""
@@ -145,8 +166,8 @@ class SequenceClassifier(Classifier):
             )
         self.pad_id = int(config.pad_token_id)
 
-    def scores(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
-        """(texts, labels) logits of the classification head, float32."""
+    def scores(self, texts: Ids, batch_tokens: int, bases: Bases = None) -> np.ndarray:
+        """(texts, labels) logits of the classification head, float32 (every text whole)."""
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
 
         def run(batch: list[int]) -> np.ndarray:
@@ -185,6 +206,8 @@ class PromptedClassifier(Classifier):
     An encoder-decoder reads the filled template as its source, and the verbalisers are scored
     at its decoder's first prediction after the start (and forced) tokens (`seq2seq`).
     """
+
+    continue_copies = True  # False: every perturbed copy runs whole (benchmarks, checks)
 
     def __init__(
         self,
@@ -250,7 +273,7 @@ class PromptedClassifier(Classifier):
             self._cache = cache
         return self._cache
 
-    def scores(self, texts: Sequence[list[int]], batch_tokens: int) -> np.ndarray:
+    def scores(self, texts: Ids, batch_tokens: int, bases: Bases = None) -> np.ndarray:
         """(texts, labels) next-token logits of the verbalisers' first tokens, float32.
 
         With the prefix cache, each text follows a copy of the cached prefix directly and the
@@ -260,23 +283,30 @@ class PromptedClassifier(Classifier):
         (exact where every text keeps its own slots' distances), else right-padded. The first
         batch of a run checks its path against one input alone (a continuation from the cache
         against the whole prompt run at once) and falls back where they differ
-        (`runner.CheckedBatching`).
+        (`runner.CheckedBatching`). With `bases`, the unperturbed texts run keeping their
+        caches and each perturbed copy runs only from its first changed position on
+        (`tokenprobe.prefix`), where that is checked and saves work.
         """
-        lm = self.lm
-        verb = torch.tensor(self.verbaliser_ids, device=lm.device)
         seqs = [list(t) + self.suffix_ids for t in texts]
         out = np.empty((len(seqs), len(self.labels)), dtype=np.float32)
-
-        def run(batch: list[int]) -> np.ndarray:
-            logits = self._batched([seqs[i] for i in batch])
-            if self._batching is not None and self._batching.path not in (None, "cache"):
-                self._cache = None  # not used this run: let it go
-            return logits[:, verb].float().cpu().numpy()
-
-        lengths = [len(self.prefix_ids) + len(s) for s in seqs]
-        for batch, logits in map_batches(lengths, batch_tokens, run):
-            out[batch] = logits
+        todo = list(range(len(seqs)))
+        if bases is not None and self.continue_copies and not self.lm.is_seq2seq:
+            todo = continued.scores(self, seqs, bases, batch_tokens, out)
+        lengths = [len(self.prefix_ids) + len(seqs[i]) for i in todo]
+        for batch, logits in map_batches(
+            lengths, batch_tokens, lambda b: self._scored([seqs[todo[j]] for j in b])
+        ):
+            out[[todo[j] for j in batch]] = logits
         return out
+
+    def _scored(self, seqs: list[list[int]]) -> np.ndarray:
+        """(B, labels) verbaliser logits of one batch of texts (each with the suffix), by the
+        run's checked path."""
+        logits = self._batched(seqs)
+        if self._batching is not None and self._batching.path not in (None, "cache"):
+            self._cache = None  # not used this run: let it go
+        verb = torch.tensor(self.verbaliser_ids, device=logits.device)
+        return logits[:, verb].float().cpu().numpy()
 
     def _checking(self) -> CheckedBatching:
         if self.lm.is_seq2seq:
@@ -321,7 +351,7 @@ class PromptedClassifier(Classifier):
         """The whole prompts, right-padded, with the model's own positions."""
         lm = self.lm
         ids, mask = pad_batch([self.prefix_ids + s for s in seqs], self.pad_id, lm.device)
-        return _at_last_tokens(lm.model, ids, mask, attention_mask=mask, use_cache=False)
+        return last_positions(lm.model, ids, mask, 1, use_cache=False)[0][:, 0]
 
     def _after_prefix_cache(self, seqs: list[list[int]]) -> torch.Tensor:
         """The texts right-padded after a copy of the prefix's cache, repeated for the batch."""
@@ -336,14 +366,8 @@ class PromptedClassifier(Classifier):
             extra["position_ids"] = torch.arange(p, p + width, device=lm.device).expand(
                 len(seqs), -1
             )
-        return _at_last_tokens(
-            lm.model,
-            ids,
-            mask,
-            attention_mask=torch.cat([ones, mask], 1),
-            **extra,
-            **with_cache(lm.model, cache),
-        )
+        full, cached = torch.cat([ones, mask], 1), with_cache(lm.model, cache)
+        return last_positions(lm.model, ids, full, 1, **extra, **cached)[0][:, 0]
 
     def _alone(self, seq: list[int]) -> torch.Tensor:
         """(V,) logits at the last token of one whole prompt run alone, unpadded."""
@@ -371,16 +395,3 @@ class PromptedClassifier(Classifier):
         `reuse_prefix`, and checked against the whole prompt on the run's first batch)?"""
         checked = None if self._batching is None else self._batching.path
         return self.reuse_prefix if checked is None else checked == "cache"
-
-
-def _at_last_tokens(
-    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, **kwargs: Any
-) -> torch.Tensor:
-    """(B, V) logits at each right-padded row's last token: only the last columns from the
-    shortest row's last token on are unembedded."""
-    width = ids.shape[1]
-    last = mask.sum(dim=1) - 1
-    k = width - int(last.min())
-    logits = model(input_ids=ids, **kwargs, **keep_last(model, k)).logits[:, -k:]
-    rows = torch.arange(ids.shape[0], device=ids.device)
-    return logits[rows, last - (width - k)]

@@ -137,6 +137,7 @@ def flip_rates(
     kept |= {"group": o.group, "batch_tokens": o.batch_tokens}
     result = _result(classifier, occurrences, gold, len(inputs), len(empty), kept)
     result.meta["batching"] = _batching_note(parts)
+    result.meta["earlier_positions"] = _batching_note(parts, "earlier_positions")
     if store is not None:
         store.finish(result)  # removed now, or by result.save() inside kept_until_saved()
     return result
@@ -224,10 +225,11 @@ def _result(
     )
 
 
-def _batching_note(parts: Sequence[pd.DataFrame]) -> str:
+def _batching_note(parts: Sequence[pd.DataFrame], key: str = "batching") -> str:
     """How the run's batches went through the model (each chunk says, in its frame's attrs,
-    whichever process ran it and whether this run or an interrupted one), for meta.json."""
-    notes = list(dict.fromkeys(p.attrs["batching"] for p in parts if p.attrs.get("batching")))
+    whichever process ran it and whether this run or an interrupted one), for meta.json; with
+    `key` "earlier_positions", how the perturbed copies' earlier positions ran."""
+    notes = list(dict.fromkeys(p.attrs[key] for p in parts if p.attrs.get(key)))
     return (
         " / ".join(notes) if notes else "not recorded (every chunk came from an older checkpoint)"
     )
@@ -251,17 +253,24 @@ def _run_chunk(
     """Predictions for the chunk's texts and every perturbed copy, in one batched call."""
     ids_list: list[list[int]] = []
     owners: list[tuple[int, int]] = []  # (text, word) ; word -1 = the unperturbed text
+    bases: list[int] = []  # the index of each copy's unperturbed text in ids_list
     for i in chunk:
         inp = inputs[i]
         if not inp.ids or not inp.words:
             continue
+        base = len(ids_list)
         ids_list.append(inp.ids)
         owners.append((i, -1))
         for w in range(len(inp.words)):
             ids_list.append(perturb(inp, w, perturbation, replacement))
             owners.append((i, w))
+        bases.extend([base] * (len(inp.words) + 1))
     labels = classifier.labels
-    preds = classifier.predict(ids_list, batch_tokens) if ids_list else np.empty(0, dtype=np.int64)
+    preds = (
+        classifier.predict(ids_list, batch_tokens, bases)
+        if ids_list
+        else np.empty(0, dtype=np.int64)
+    )
     original = {i: int(p) for (i, w), p in zip(owners, preds, strict=True) if w == -1}
     rows = []
     for (i, w), p in zip(owners, preds, strict=True):
@@ -285,6 +294,9 @@ def _run_chunk(
     note = classifier.batching_note()
     if note is not None:  # which way the batches ran, kept with the chunk (and its checkpoint)
         frame.attrs["batching"] = note
+    earlier = classifier.prefix_note()
+    if earlier is not None:  # how the copies' earlier positions ran
+        frame.attrs["earlier_positions"] = earlier
     return frame
 
 
