@@ -205,8 +205,12 @@ def test_a_cache_that_breaks_a_batch_is_not_reused(bpe):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = tokenprobe.flip_rates(clf, TEXTS, batch_tokens=4096)
-    said = [w for w in caught if issubclass(w.category, TokenprobeWarning)]
-    assert len(said) == 1 and "prefix's cache: fails" in str(said[0].message)
+    said = [str(w.message) for w in caught if issubclass(w.category, TokenprobeWarning)]
+    cache = [m for m in said if "prefix's cache: fails" in m]
+    assert len(cache) == 1, said  # said once; the copies' continuation says its own fallback
+    assert len(said) <= 2 and all(
+        "prefix's cache" in m or "earlier positions" in m for m in said
+    ), said
     assert res.meta["classifier"]["prefix_cache_reused"] is False
     assert "prefix's cache: fails" in res.meta["batching"]
 
