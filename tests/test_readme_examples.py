@@ -481,8 +481,10 @@ class Runner:
     """Runs examples in a workspace, each after the earlier examples it reads from, a few at a
     time; `result` waits for one."""
 
-    def __init__(self, tier: str, root: Path, env: dict[str, str], workers: int) -> None:
-        self.tier, self.root, self.env = tier, root, env
+    def __init__(
+        self, tier: str, root: Path, env: dict[str, str], workers: int, skips: dict[str, str]
+    ) -> None:
+        self.tier, self.root, self.env, self.skips = tier, root, env, skips
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.futures: dict[Example, Future] = {}
         self.lock = threading.RLock()
@@ -491,10 +493,16 @@ class Runner:
         with self.lock:
             if example not in self.futures:
                 index = EXAMPLES.index(example)
-                before = [e for e in EXAMPLES[:index] if depends_on(example, e)]
+                before = [
+                    e for e in EXAMPLES[:index] if depends_on(example, e) and not self.skipped(e)
+                ]
                 waits = [self.submit(e) for e in before]  # earlier in the queue: no deadlock
                 self.futures[example] = self.pool.submit(self._run, example, waits)
             return self.futures[example]
+
+    def skipped(self, example: Example) -> bool:
+        """Whether this tier leaves `example` out (then it runs for no later example either)."""
+        return any(word in self.skips for word in example.argv)
 
     def result(self, example: Example) -> Run:
         return self.submit(example).result()
@@ -570,9 +578,10 @@ def fast_runs(request, tmp_path_factory):
     corpus = [*CORPUS, *readme_strings(), *TEXTS, texts["cot"], *texts["samples"].splitlines()]
     corpus += [*QUESTIONS.question, *QUESTIONS.answer]
     tiny_models(root, corpus)
-    runner = Runner("fast", root, environment(), workers=2)
+    env = {**environment(), "OMP_NUM_THREADS": "1"}  # two runs side by side, one core each
+    runner = Runner("fast", root, env, workers=2, skips=FAST_SKIPS)
     for example in selected(request, "test_example_runs_on_a_tiny_model"):
-        if not any(flag in example.argv for flag in FAST_SKIPS):
+        if not runner.skipped(example):
             runner.submit(example)  # all at once, so that two run side by side
     yield runner
     runner.close()
@@ -585,9 +594,12 @@ def slow_runs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("readme-slow")
     write_inputs(root)
     sae_folders(root, "smollm2", 576, 30)
-    runner = Runner("slow", root, environment(), workers=1)  # one SmolLM2 run at a time
+    # two SmolLM2 runs side by side, one thread each: each run spends seconds importing and
+    # loading on one core, and two threads in each of two runs would contend for the 2 cores
+    env = {**environment(), "OMP_NUM_THREADS": "1"}
+    runner = Runner("slow", root, env, workers=2, skips=SLOW_SKIPS)
     for example in selected(request, "test_example_is_plausible_on_the_builtin_model"):
-        if not any(word in SLOW_SKIPS for word in example.argv):
+        if not runner.skipped(example):
             runner.submit(example)
     yield runner
     runner.close()
@@ -1048,8 +1060,8 @@ def check_report(run: Run, args: Any, *_: Any) -> None:
     assert "warning" not in run.stderr, run.describe()
     folder = PurePosixPath(args.folder.rstrip("/"))
     results = [e for e in EXAMPLES if e.command != "report" and folder in out_of(e.argv).parents]
-    if run.root.name.startswith("readme-slow"):  # the examples the slow tier leaves out
-        results = [e for e in results if not any(w in SLOW_SKIPS for w in e.argv)]
+    skips = SLOW_SKIPS if run.root.name.startswith("readme-slow") else FAST_SKIPS
+    results = [e for e in results if not any(w in skips for w in e.argv)]  # the tier's left-outs
     earlier = [e for e in results if EXAMPLES.index(e) < EXAMPLES.index(run.example)]
     assert f"report of {len(earlier)} result(s)" in run.stdout, (len(earlier), run.stdout)
 
