@@ -466,6 +466,7 @@ class Run:
     out: Path
     root: Path  # the workspace (the working directory)
     after: list[str]
+    skips: dict[str, str]  # the words whose examples this run's tier leaves out
 
     def describe(self) -> str:
         subs = "".join(f"\n  substituted: {n}" for n in self.notes)
@@ -534,6 +535,7 @@ class Runner:
             out,
             self.root,
             [f"{r.example.id} (exit {r.returncode})" for r in after],
+            self.skips,
         )
 
     def close(self) -> None:
@@ -1060,8 +1062,7 @@ def check_report(run: Run, args: Any, *_: Any) -> None:
     assert "warning" not in run.stderr, run.describe()
     folder = PurePosixPath(args.folder.rstrip("/"))
     results = [e for e in EXAMPLES if e.command != "report" and folder in out_of(e.argv).parents]
-    skips = SLOW_SKIPS if run.root.name.startswith("readme-slow") else FAST_SKIPS
-    results = [e for e in results if not any(w in skips for w in e.argv)]  # the tier's left-outs
+    results = [e for e in results if not any(w in run.skips for w in e.argv)]  # tier's left-outs
     earlier = [e for e in results if EXAMPLES.index(e) < EXAMPLES.index(run.example)]
     assert f"report of {len(earlier)} result(s)" in run.stdout, (len(earlier), run.stdout)
 

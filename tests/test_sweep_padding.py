@@ -51,17 +51,9 @@ def _causal(arch: str, tokenizer, **overrides):
         zoo.SWEEP[arch] = (factory, what)
 
 
-# Falcon-H1 smaller than its defaults (a 1024-wide state space with 256-token chunks takes
-# seconds a forward on a CPU); MiniMax with a linear-attention layer first, whose cache has
-# fewer linear states than layers (batch_repeat_interleave raised IndexError).
+# MiniMax with a linear-attention layer first, whose cache has fewer linear states than layers
+# (batch_repeat_interleave raised IndexError). (Falcon-H1's test size is tests/zoo.py's own.)
 SMALL = {
-    "falcon_h1": {
-        "mamba_d_ssm": 32,
-        "mamba_n_heads": 4,
-        "mamba_d_head": 8,
-        "mamba_d_state": 8,
-        "mamba_chunk_size": 8,
-    },
     "minimax": {"layer_types": ["linear_attention", "full_attention"]},
 }
 

@@ -342,12 +342,13 @@ SWEEP: dict[str, tuple[Callable[[int], Any], str]] = {
             lm_head_multiplier=0.5,
             embedding_multiplier=2.0,
             # the state-space mixer at test size (its defaults, 128 heads x 256 states in chunks
-            # of 256, took 13 s a forward on the CPU's reference path); chunks of 16 so that the
-            # longer inputs cross a chunk boundary
-            mamba_n_heads=8,
-            mamba_d_ssm=64,
-            mamba_d_state=16,
-            mamba_chunk_size=16,
+            # of 256, took 13 s a forward of 8 x 20 tokens on the CPU's reference path); chunks
+            # of 8, so that every prompt of the tests crosses a chunk boundary
+            mamba_n_heads=4,
+            mamba_d_head=8,
+            mamba_d_ssm=32,
+            mamba_d_state=8,
+            mamba_chunk_size=8,
         ),
         "hybrid attention / state space, logit and embedding multipliers",
     ),
