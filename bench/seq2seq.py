@@ -14,9 +14,10 @@ On Marian, transformers 5.25's forward with `decoder_inputs_embeds` (what inseq 
 its forward with `decoder_input_ids` past the first decoder position (probabilities differ by
 up to ~20% on the tiny model here): inseq then attributes another function than the model's,
 and only the first target token agrees; we hook the embedding output and keep the ids' forward.
-(2) Speed: generate-then-attribute 8 sentences with integrated gradients, through tokenprobe
-(one `attribute(generate=N)` per sentence) and inseq (one `attribute` call for all 8, batched),
-with the ratio and the floor: one bare batched forward + backward over the same interpolations.
+(2) Speed: generate-then-attribute 8 sentences with integrated gradients, each tool's one call
+for all 8: tokenprobe's `attribute_rows(generate=N)` (`attribute --data`: the sentences
+generated together, then attributed one at a time) and inseq's `attribute` (batched), with
+the ratio and the floor: one bare batched forward + backward over the same interpolations.
 """
 
 from __future__ import annotations
@@ -149,22 +150,15 @@ def speed(lm: tokenprobe.LoadedModel, inseq: object, args: argparse.Namespace) -
     """Generate-then-attribute the 8 sentences with IG: tokenprobe, inseq, the floor."""
     sentences = SENTENCES[: args.sentences]
 
-    def ours() -> list[tokenprobe.AttributionResult]:
-        return [
-            tokenprobe.attribute(
-                lm,
-                s,
-                generate=args.tokens,
-                method="integrated_gradients",
-                steps=args.steps,
-                score="prob",
-                progress=False,
-            )  # fmt: skip
-            for s in sentences
-        ]
+    def ours() -> tokenprobe.RowSet:
+        return tokenprobe.attribute_rows(
+            lm, sentences, generate=args.tokens, method="integrated_gradients",
+            steps=args.steps, score="prob", progress=False,
+        )  # fmt: skip
 
     t_ours, mem_ours = timed(ours, args.repeats, lm.device)
-    made = [r.meta["decoder_ids"][:-1] for r in ours()]
+    done = ours()
+    made = [done.result(i).meta["decoder_ids"][:-1] for i in range(len(sentences))]
     t_floor = floor(lm, sentences, made, args.steps)
     line = f"{lm.name}: {len(sentences)} sentences x {args.tokens} tokens, IG {args.steps} steps"
     print(f"{line}: tokenprobe {t_ours:.2f}s ({t_ours / t_floor:.1f}x the floor {t_floor:.3f}s)")

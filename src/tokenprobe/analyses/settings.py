@@ -183,9 +183,8 @@ def with_options(
     function gets one checked `cls`. Its signature shows every setting with its default.
     The wrapper is one more frame: a warning's `stacklevel` counts it. `analysis`: the
     registry name whose `seq2seq` declaration gates a function that is not a registered run
-    (`lens_rows` runs the lens), or a name that no registration has ("attribute --data"),
-    which refuses an encoder-decoder under that name; by default the registration that runs
-    this function."""
+    (`lens_rows` runs the lens), or a name that no registration has, which refuses an
+    encoder-decoder under that name; by default the registration that runs this function."""
 
     def wrap(func: Callable[..., R]) -> Callable[..., R]:
         own = inspect.signature(func)

@@ -229,10 +229,93 @@ def test_an_interrupted_run_resumes(lm, tmp_path, method, kwargs):
     assert not (tmp_path / "attribute.partial").exists()
 
 
+SOURCES = ["A quick brown fox.", "The cat sat on the mat by the door.", "Hello there, friend."]
+
+
+@pytest.mark.parametrize("lm", FAST, indirect=True)
+def test_a_data_file_of_sources_equals_one_source_at_a_time(lm):
+    """attribute_rows generates a chunk's targets in one padded `generate` (checked against
+    one source alone): every row's target and attributions equal `attribute` alone."""
+    from tokenprobe.analyses.attribute import rows
+
+    rows._GENERATION.pop(lm.model, None)
+    settings = dict(method="saliency", generate=4, progress=False)
+    table = rows.attribute_rows(lm, SOURCES, **settings)
+    assert table.meta["generation"] == rows.TOGETHER
+    for i, source in enumerate(SOURCES):
+        alone = tokenprobe.attribute(lm, source, **settings)
+        row = table.result(i)
+        assert row.meta["decoder_ids"] == alone.meta["decoder_ids"]
+        assert [x["side"] for x in row.features] == [x["side"] for x in alone.features]
+        np.testing.assert_allclose(row.scores, alone.scores, atol=1e-6, rtol=1e-5)
+    given = rows.attribute_rows(lm, SOURCES[:2], [TARGET, " hi"], method="ablation")
+    assert "generation" not in given.meta
+    alone = run(lm, method="ablation", source=SOURCES[0])
+    assert given.result(0).meta["decoder_ids"] == alone.meta["decoder_ids"]
+    np.testing.assert_allclose(given.result(0).scores, alone.scores, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("lm", ["t5"], indirect=True)
-def test_a_data_file_of_sources_is_refused_in_one_line(lm):
-    """attribute --data runs one decoder-only prompt at a time: not yet an encoder-decoder."""
+def test_generation_that_differs_padded_falls_back_to_one_source_alone(lm, monkeypatch):
+    """Where padded generation writes another output than the source alone, each source is
+    generated alone (the same targets as `attribute`), said once and in meta.json."""
+    from tokenprobe.analyses.attribute import rows
+
+    real = rows.generate_together
+
+    def padded_differs(lm_, sources, prefix, n):
+        made = real(lm_, sources, prefix, n)
+        return [[*m[:-1], m[-1] + 1] for m in made] if len(sources) > 1 else made
+
+    monkeypatch.setattr(rows, "generate_together", padded_differs)
+    rows._GENERATION.pop(lm.model, None)
+    with pytest.warns(tokenprobe.TokenprobeWarning, match="every source is generated alone"):
+        table = rows.attribute_rows(lm, SOURCES, generate=3, method="saliency")
+    assert table.meta["generation"].startswith("one source alone: generated with")
+    for i, source in enumerate(SOURCES):
+        alone = tokenprobe.attribute(lm, source, generate=3, method="saliency")
+        assert table.result(i).meta["decoder_ids"] == alone.meta["decoder_ids"]
+    rows._GENERATION.pop(lm.model, None)
+
+
+@pytest.mark.parametrize("lm", ["t5"], indirect=True)
+def test_a_bad_row_of_sources_is_one_line_naming_it(lm, tokenizer):
     from tokenprobe.analyses.attribute.rows import attribute_rows
 
-    with pytest.raises(TokenprobeError, match=r"the attribute --data analysis does not support"):
-        attribute_rows(lm, ["A quick brown fox."], ["It is"])
+    with pytest.raises(
+        TokenprobeError, match=r"all 2 rows: an encoder-decoder has no chat template"
+    ):
+        attribute_rows(lm, ["A fox.", "B"], generate=2, chat=True)
+    with pytest.raises(TokenprobeError, match=r"row 1: the prompt is empty"):
+        attribute_rows(lm, ["A fox.", " "], generate=2)
+    causal = zoo.make_causal("llama", tokenizer)
+    with pytest.raises(TokenprobeError, match="target_lang is for encoder-decoder models"):
+        attribute_rows(causal, ["hi"], generate=2, target_lang="de_DE")
+
+
+def test_the_installed_command_on_a_data_file_of_sources(tokenizer, tmp_path):
+    """`attribute --data FILE --generate N` on a saved Marian folder equals the library."""
+    from tokenprobe.analyses.attribute.rows import attribute_rows
+
+    made = _MODELS.get("marian") or zoo.make_seq2seq("marian", tokenizer)
+    made.model.save_pretrained(tmp_path / "marian")
+    made.tokenizer.save_pretrained(tmp_path / "marian")
+    data = tmp_path / "sources.txt"
+    data.write_text("\n".join(SOURCES) + "\n")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("tokenprobe")), "attribute", "--model"]
+        + [str(tmp_path / "marian"), "--data", str(data), "--generate", "3"]
+        + ["--method", "saliency", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_parquet(out / "attribute.parquet")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["data_rows"] == 3 and meta["seq2seq"] and "generation" in meta
+    want = attribute_rows(made, SOURCES, generate=3, method="saliency").to_frame()
+    assert sorted(frame["row"].unique()) == [0, 1, 2]
+    np.testing.assert_allclose(frame["score"], want["score"], atol=1e-5, rtol=1e-4)
+    assert set(frame["side"]) == {"source", "target"}

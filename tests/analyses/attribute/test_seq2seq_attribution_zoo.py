@@ -1,7 +1,7 @@
 """Encoder-decoder attribution on every family of `zoo.SEQ2SEQ` (the matrix tier): ablation
 against one forward of the model's own per cell, saliency and input x gradient against
-autograd of the model's own log-probability, padded batches against one input at a time, and
-integrated gradients' completeness where the tiny random model's path is smooth enough."""
+autograd of the model's own log-probability, padded batches against one input at a time, sources
+generated together against one alone, and integrated gradients' completeness where the tiny random model's path is smooth enough."""
 
 from __future__ import annotations
 
@@ -54,6 +54,30 @@ def test_batches_equal_one_input_at_a_time(lm):
         batched, alone = run(lm, **settings), run(lm, **settings, batch_tokens=1)
         scale = max(1.0, float(np.abs(alone.scores).max()))
         np.testing.assert_allclose(batched.scores, alone.scores, atol=2e-5 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("lm", ARCHS, indirect=True)
+def test_sources_generated_together_equal_one_alone(lm):
+    """A data file's sources are generated in one padded `generate` per chunk: on every
+    family, each row's generated target and attributions equal `attribute` of it alone (and
+    the run-time check against one source alone passed)."""
+    from tokenprobe.analyses.attribute import rows
+
+    sources = ["A quick brown fox.", "The cat sat on the mat by the door, then left.", "Hi."]
+    rows._GENERATION.pop(lm.model, None)
+    settings = dict(method="saliency", generate=3, progress=False)
+    try:
+        alone = [tokenprobe.attribute(lm, source, **settings) for source in sources]
+    except tokenprobe.TokenprobeError as exc:  # the tiny T5Gemma writes its end token at once
+        assert "generated no tokens" in str(exc)
+        with pytest.raises(tokenprobe.TokenprobeError, match="generated no tokens"):
+            rows.attribute_rows(lm, sources, **settings)
+        return
+    table = rows.attribute_rows(lm, sources, **settings)
+    assert table.meta["generation"] == rows.TOGETHER
+    for i, one in enumerate(alone):
+        assert table.result(i).meta["decoder_ids"] == one.meta["decoder_ids"]
+        np.testing.assert_allclose(table.result(i).scores, one.scores, atol=1e-5, rtol=1e-4)
 
 
 # paths from the unk embeddings on which these tiny random models' log-probabilities jump by

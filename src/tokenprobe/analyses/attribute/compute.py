@@ -60,6 +60,7 @@ def attribute(
     resume: bool = False,
     progress: bool | None = None,
     _after_batch: Callable[[], None] | None = None,
+    _generated: list[int] | None = None,
 ) -> AttributionResult:
     """Attribution of each target row's score to each input feature.
 
@@ -71,7 +72,9 @@ def attribute(
     contrastive: log p(row) - log p(foil) at the row's first target position (p(row) - p(foil)
     with `score="prob"`), as inseq's contrastive attribution. With `checkpoint`, scored inputs
     (and finished integration steps) are written there as the run goes; `resume=True` takes
-    them from an interrupted run instead of computing them again.
+    them from an interrupted run instead of computing them again. `_generated`: an
+    encoder-decoder's generated output already made (`attribute_rows` generates a chunk's
+    sources together).
     """
     o = options
     _check(prompt, o.target, o.generate)
@@ -80,7 +83,7 @@ def attribute(
     _warn_if_16_bit(lm)
     if lm.is_seq2seq or o.target_lang is not None:
         run = (checkpoint, resume, progress, _after_batch)
-        return _attribute_seq2seq(lm, prompt, o, features, target_spans, run)
+        return _attribute_seq2seq(lm, prompt, o, features, target_spans, run, _generated)
     inp = prepare_attribution(
         lm,
         prompt,
@@ -119,6 +122,7 @@ def _attribute_seq2seq(
     features: list[str] | None,
     target_spans: list[str] | None,
     run: tuple[str | Path | None, bool, bool | None, Callable[[], None] | None],
+    generated: list[int] | None = None,
 ) -> AttributionResult:
     """`attribute` on an encoder-decoder: the source is `prompt`, the target is attributed to
     both sides (see `seq2seq.py`)."""
@@ -137,6 +141,7 @@ def _attribute_seq2seq(
         target_lang=o.target_lang,
         features=features,
         target_spans=target_spans,
+        generated=generated,
     )
     pb = Seq2SeqProblem.of_input(
         lm,

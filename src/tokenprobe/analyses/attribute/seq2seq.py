@@ -68,12 +68,16 @@ def prepare_seq2seq_attribution(
     target_lang: str | None,
     features: Sequence[str] | None,
     target_spans: Sequence[str] | None,
+    generated: list[int] | None = None,
 ) -> Seq2SeqAttributionInput:
     """Tokenize the source, build the decoder ids (the given target, else `generate` tokens of
-    the model's greedy output), find the features and group the target tokens into rows."""
+    the model's greedy output, or its output `generated` already: `generate_together`'s),
+    find the features and group the target tokens into rows."""
     inp = prepare_seq2seq(lm, source, target=target, target_lang=target_lang)
     decoder = list(inp.decoder_ids)
-    if target is None:
+    if target is None and generated is not None:
+        decoder += new_tokens(lm, generated, decoder)
+    elif target is None:
         assert generate is not None
         decoder += _generate(lm, inp.input_ids, decoder, generate)
     tok, n, f = lm.tokenizer, len(inp.input_ids), inp.forced
@@ -173,26 +177,48 @@ def _span_features(
 def _generate(lm: LoadedModel, source: list[int], prefix: list[int], n: int) -> list[int]:
     """The model's greedy output of `n` target tokens after its start and forced tokens (as
     its `generate` writes them), without trailing end tokens."""
-    ids = torch.tensor([source], device=lm.device)
+    return new_tokens(lm, generate_together(lm, [source], prefix, n)[0], prefix)
+
+
+def generate_together(
+    lm: LoadedModel, sources: list[list[int]], prefix: list[int], n: int
+) -> list[list[int]]:
+    """Each source's greedy output (start and forced tokens first), the sources right-padded
+    into one `generate` with their attention mask, each output cut after its first end token
+    (where a lone source's generation stops; a batch goes on writing padding)."""
+    pad = getattr(lm.model.config, "pad_token_id", None)
+    pad = int(pad) if isinstance(pad, int) else int(lm.tokenizer.pad_token_id or 0)
+    batch = pad_batch(sources, [prefix] * len(sources), pad, lm.device)
     forced = {"forced_bos_token_id": prefix[1]} if len(prefix) > 1 else {}
-    tok = lm.tokenizer
     with torch.no_grad():
         out = cast("GenerationMixin", lm.model).generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
             max_new_tokens=n + len(prefix) - 1,
             do_sample=False,
             num_beams=1,
             decoder_start_token_id=prefix[0],
             **forced,
         )
-    made = [int(i) for i in out[0]]
+    ends = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    ends = set(ends if isinstance(ends, list) else [] if ends is None else [ends])
+    made = []
+    for row in out.tolist():
+        cut = next((i for i in range(len(prefix), len(row)) if row[i] in ends), len(row) - 1)
+        made.append([int(t) for t in row[: cut + 1]])
+    return made
+
+
+def new_tokens(lm: LoadedModel, made: list[int], prefix: list[int]) -> list[int]:
+    """The target tokens of one generated output (`generate_together`'s): after the start and
+    forced tokens, without trailing end tokens; refused where there are none."""
     if made[: len(prefix)] != prefix:
         raise TokenprobeError(
             f"{lm.name}'s generate began with {made[: len(prefix)]}, not its start and forced "
             f"tokens {prefix}: give a `target` instead"
         )
     new = made[len(prefix) :]
+    tok = lm.tokenizer
     stops = {tok.eos_token_id, tok.pad_token_id} - {None}
     while new and new[-1] in stops:
         new.pop()
