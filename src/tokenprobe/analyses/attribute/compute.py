@@ -67,14 +67,12 @@ def attribute(
     `options` (or its settings as keyword arguments: see `AttributionOptions`): `features`
     are substrings of the (rendered) prompt, one feature each; without them every prompt
     token is a feature. The target is `target` (scored by teacher forcing) or the model's
-    greedy continuation of `generate` tokens. `target_spans` group target tokens into rows (a
-    row's score is the sum of its tokens' log-probabilities). With a `foil`, a row's score is
-    contrastive: log p(row) - log p(foil) at the row's first target position (p(row) - p(foil)
-    with `score="prob"`), as inseq's contrastive attribution. With `checkpoint`, scored inputs
-    (and finished integration steps) are written there as the run goes; `resume=True` takes
-    them from an interrupted run instead of computing them again. `_generated`: an
-    encoder-decoder's generated output already made (`attribute_rows` generates a chunk's
-    sources together).
+    greedy continuation of `generate` tokens (an encoder-decoder's made already: `_generated`,
+    as `attribute_rows` generates them together). `target_spans` group target tokens into
+    rows (scored by their summed log-probabilities). With a `foil`, a row's score is log
+    p(row) - log p(foil) at its first target position, as inseq's. With `checkpoint`, scores
+    and finished integration steps are written there as the run goes; `resume=True` takes
+    them from an interrupted run instead of computing them again.
     """
     o = options
     _check(prompt, o.target, o.generate)
@@ -82,8 +80,8 @@ def attribute(
     target_spans = text_list(o.target_spans, "target_spans")
     _warn_if_16_bit(lm)
     if lm.is_seq2seq or o.target_lang is not None:
-        run = (checkpoint, resume, progress, _after_batch)
-        return _attribute_seq2seq(lm, prompt, o, features, target_spans, run, _generated)
+        run = (checkpoint, resume, progress, _after_batch, _generated)
+        return _attribute_seq2seq(lm, prompt, o, features, target_spans, run)
     inp = prepare_attribution(
         lm,
         prompt,
@@ -121,12 +119,11 @@ def _attribute_seq2seq(
     o: AttributionOptions,
     features: list[str] | None,
     target_spans: list[str] | None,
-    run: tuple[str | Path | None, bool, bool | None, Callable[[], None] | None],
-    generated: list[int] | None = None,
+    run: tuple[str | Path | None, bool, bool | None, Callable[[], None] | None, list[int] | None],
 ) -> AttributionResult:
     """`attribute` on an encoder-decoder: the source is `prompt`, the target is attributed to
     both sides (see `seq2seq.py`)."""
-    checkpoint, resume, progress, after_batch = run
+    checkpoint, resume, progress, after_batch, generated = run
     if not lm.is_seq2seq:
         raise TokenprobeError(
             "`target_lang` is for encoder-decoder models: leave it out for a decoder-only one"
