@@ -168,7 +168,8 @@ TIERS = {
                "test_logit_attribution_zoo.py", "test_features_zoo.py",
                "test_features_data_zoo.py", "test_train_sae_zoo.py",
                "test_seq2seq.py", "test_lens_seq2seq_zoo.py", "test_trace_seq2seq_zoo.py",
-               "test_similarity_seq2seq_zoo.py", "test_flips_seq2seq_zoo.py", "test_seq2seq_attribution_zoo.py", "test_flips_prefix_zoo.py"),  # every architecture
+               "test_similarity_seq2seq_zoo.py", "test_flips_seq2seq_zoo.py", "test_seq2seq_attribution_zoo.py", "test_flips_prefix_zoo.py",
+               "test_attribution_prefix_zoo.py"),  # every architecture
     "interrupt": ("test_interrupt.py", "test_trace_resume.py", "test_checkpoint_rules.py"),
     "ray": ("test_ray.py",),  # a local Ray cluster started in the tests
     "readme": ("test_readme_examples.py",),  # every README example as written

@@ -181,7 +181,8 @@ class Prefix:
 
         def run(batch: list[int]) -> tuple[torch.Tensor, Any]:
             cache = self._fresh() if shared is None else _expand(shared, len(batch))
-            return self._forward([self.bases[i] for i in batch], [start] * len(batch), cache)
+            rows = [self.bases[i] for i in batch]
+            return self._forward(rows, [start] * len(batch), cache, kept=True)
 
         for batch, (logits, cache) in map_batches(lengths, self.max_tokens, run):
             longest = max(len(self.bases[i]) for i in batch)
@@ -292,23 +293,37 @@ class Prefix:
         return False
 
     def _forward(
-        self, seqs: list[list[int]], starts: list[int], cache: Any
+        self, seqs: list[list[int]], starts: list[int], cache: Any, kept: bool = False
     ) -> tuple[torch.Tensor, Any]:
         """(B, keep, V) logits and the grown cache of one forward of each row's positions from
-        `starts[r]` on (right-padded) after `cache` (right-aligned), at the row's own positions."""
+        `starts[r]` on after `cache` (right-aligned), at the row's own positions. A cache to be
+        `kept` (the bases') is grown right-padded, every row's positions in order; otherwise,
+        where the forward takes position ids, the rows are left-padded (the padding masked
+        between the cache and them), so that every row ends in the last column and only the
+        last `keep` columns are unembedded."""
         width = max(starts)
         conts = [s[p:] for s, p in zip(seqs, starts, strict=True)]
-        ids, mask = pad_batch(conts, self.pad_id, self.device, side="right")
+        left = not kept and takes(self.model, "position_ids") and not _windowed(self.model)
+        ids, mask = pad_batch(conts, self.pad_id, self.device, side="left" if left else "right")
         lead = torch.zeros((len(seqs), width), dtype=mask.dtype, device=self.device)
         for r, p in enumerate(starts):
             lead[r, width - p :] = 1
         kwargs = with_cache(self.model, cache)
         if takes(self.model, "position_ids"):
-            first = torch.tensor(starts, device=self.device)[:, None]
-            kwargs["position_ids"] = first + torch.arange(ids.shape[1], device=self.device)
+            pads = ids.shape[1] - mask.sum(dim=1, keepdim=True) if left else 0
+            first = torch.tensor(starts, device=self.device)[:, None] - pads
+            kwargs["position_ids"] = (first + torch.arange(ids.shape[1], device=self.device)).clamp(
+                0
+            )
         self.forwards += 1
         self.run_tokens += sum(len(c) for c in conts)
-        return last_positions(self.model, ids, torch.cat([lead, mask], 1), self.keep, **kwargs)
+        mask = torch.cat([lead, mask], 1)
+        if not left:
+            return last_positions(self.model, ids, mask, self.keep, **kwargs)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, **kwargs, **keep_last(self.model, self.keep)
+        )
+        return out.logits[:, -self.keep :], cache_of(out)
 
     def _alone(self, seq: list[int]) -> torch.Tensor:
         """(keep, V) logits of a sequence's last positions by a full forward alone, unpadded,
@@ -318,6 +333,21 @@ class Prefix:
         self.run_tokens += len(seq)
         kept = keep_last(self.model, self.keep)
         return self.model(input_ids=ids, use_cache=False, **kept).logits[0, -self.keep :]
+
+
+def _windowed(model: torch.nn.Module) -> bool:
+    """Does some attention layer see only a window of the latest positions (sliding, local or
+    chunked attention)? Its window counts columns, so padding inside a row would move it."""
+    config = model.config
+    for c in filter(None, [config, getattr(config, "text_config", None)]):
+        for key in ("sliding_window", "attention_chunk_size", "window_size", "local_window"):
+            if getattr(c, key, None):
+                return True
+        for key in ("layer_types", "attention_layers"):
+            kinds = " ".join(str(t) for t in getattr(c, key, None) or ())
+            if any(w in kinds for w in ("sliding", "chunked", "local")):
+                return True
+    return False
 
 
 class _NotKeyValue(Exception):

@@ -92,15 +92,15 @@ def attribute(
         chat=o.chat,
         system=o.system,
     )
-    foil_id = _foil_id(lm, o.foil, inp.target_text)
     pb = Problem.of(
         lm,
         inp,
         score=o.score,
-        foil_id=foil_id,
+        foil_id=_foil_id(lm, o.foil, inp.target_text),
         baseline=o.baseline,
         batch_tokens=o.batch_tokens,
         after_batch=_after_batch,
+        reuse_prefix=o.reuse_prefix,
     )
     kept = _kept(o, features, target_spans)
     pb.store = _open_store(lm, inp, kept, checkpoint, resume)
@@ -332,6 +332,7 @@ def _result(
             "method_details": extra,
             "forward_passes": pb.forward_passes,
             "batching": _batching_note(pb),
+            "earlier_positions": pb.earlier_positions,
             "definition": DEFINITION if options["foil"] is None else CONTRASTIVE,
             "foil_id": pb.foil_id,
         },

@@ -98,6 +98,15 @@ class AttributionOptions(PromptSettings, TargetLangSettings):
         metavar="TEXT",
         group="method",
     )
+    reuse_prefix: bool = setting(
+        True,
+        "ablation, occlusion, shapley: run every perturbed prompt whole instead of continuing "
+        "it from the unperturbed prompt's key/value cache (slower; the same scores)",
+        flag="--no-prefix-cache",
+        action="store_true",
+        invert=True,
+        group="method",
+    )
     # a library-only setting has no `Option`, so its limit is checked in `check` (the
     # command line's --batch-tokens is range-checked as it is read)
     batch_tokens: int = setting(4096, cli=False)
@@ -154,6 +163,7 @@ OPTIONS = [
         "score",
         "foil",
         "target_lang",
+        "reuse_prefix",
     ),
     # not a setting (`attribute`'s own parameter); named, so that a message about `resume`
     # shows --resume on the command line

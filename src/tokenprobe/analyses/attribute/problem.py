@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ import torch
 
 from ...checkpoint import Checkpoint, npz_writer
 from ...errors import TokenprobeError
+from ...prefix import Prefix, continue_copies
 from ...runner import (
     CheckedBatching,
     PathUnavailable,
@@ -171,6 +172,8 @@ class Problem(Perturbation):
     store: ScoreStore | None = None  # where finished scores go, so an interrupted run resumes
     after_batch: Callable[[], None] | None = None  # test hook: called after each model batch
     batching: CheckedBatching | None = None  # how batches run, checked on the run's first
+    reuse_prefix: bool = True  # continue perturbed prompts from the unperturbed one's cache?
+    prefix: Prefix | None = None  # the unperturbed sequence's run and cache, once made
 
     @classmethod
     def of(cls, lm: LoadedModel, inp: AttributionInput, **options: Any) -> Problem:
@@ -215,10 +218,7 @@ class Problem(Perturbation):
                 todo.append(i)
         self.grow_bar(len(prompts), len(prompts) - len(todo))
         seqs = [self.sequence(prompts[i]) for i in todo]
-        lengths = [len(s) for s in seqs]
-        for batch, scores in map_batches(
-            lengths, self.batch_tokens, lambda b: self._score(seqs, b)
-        ):
+        for batch, scores in self._batches(seqs):
             for j, i in enumerate(batch):
                 out[todo[i]] = scores[j]
             if self.store is not None:
@@ -226,6 +226,48 @@ class Problem(Perturbation):
                     self.store.add(keys[todo[i]], scores[j])
             self.batch_done(len(batch))
         return out
+
+    def _batches(self, seqs: list[list[int]]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Scores of token-budget batches of prompt + target sequences: continued from the
+        unperturbed sequence's key/value cache from each one's first change on, where
+        `tokenprobe.prefix` finds that checked and cheaper; else each run whole."""
+        if len(seqs) < 2 or not self.reuse_prefix or self.lm.is_seq2seq:
+            lengths = [len(s) for s in seqs]
+            yield from map_batches(lengths, self.batch_tokens, lambda b: self._score(seqs, b))
+            return
+        if self.prefix is None:
+            self.prefix = Prefix(
+                self.lm.model,
+                [self.sequence(self.prompt_ids)],
+                keep=len(self.target_ids) + 1,
+                pad_id=self.pad_id,
+                dtype=self.lm.dtype,
+                what=f"attribution on {type(self.lm.model).__name__}",
+                max_tokens=self.batch_tokens,
+            )
+        before = self.prefix.forwards
+
+        def read(logits: torch.Tensor) -> torch.Tensor:
+            return self.row_scores(self.token_logprobs(logits[:, :-1])).double().cpu()
+
+        whole = [0] * len(seqs)
+        for batch, scores in continue_copies(
+            self.prefix, seqs, whole, self.batch_tokens, lambda b: self._score(seqs, b), read
+        ):
+            self.forward_passes += self.prefix.forwards - before
+            before = self.prefix.forwards
+            yield batch, scores
+
+    @property
+    def earlier_positions(self) -> str:
+        """How the perturbed prompts' positions before their first change ran, for meta.json."""
+        if self.prefix is not None:
+            return self.prefix.note
+        if not self.reuse_prefix:
+            return (
+                "recomputed: the prefix cache is turned off (reuse_prefix=False, --no-prefix-cache)"
+            )
+        return "recomputed: no batch of perturbed prompts ran"
 
     @property
     def pad_id(self) -> int:
