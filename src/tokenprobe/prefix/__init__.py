@@ -7,8 +7,9 @@ positions are exactly the base's. So the bases run once, in batches, keeping a k
 P positions, at positions P, P+1, ... (a deletion simply continues with what follows it: no
 position after the change is taken from the base, so nothing shifts). Where the forward takes
 position ids, copies of different prefix lengths share a batch (each cache right-aligned,
-left-padded and masked; explicit positions); otherwise a batch's copies share one prefix
-length. First changes are tiled by a cost model (a copy may run from a little before its own),
+left-padded and masked; explicit positions; the continuations left-padded after it where no
+layer attends through a window, so that only the kept positions are unembedded); otherwise a
+batch's copies share one prefix length. First changes are tiled by a cost model (a copy may run from a little before its own),
 batches cut by width, and copies run whole where the model says continuing saves no work.
 
 Checked on the model in hand, as the trace's shortcut is: a base's batched run against its run
