@@ -229,6 +229,30 @@ def test_an_interrupted_run_resumes(lm, tmp_path, method, kwargs):
     assert not (tmp_path / "attribute.partial").exists()
 
 
+@pytest.mark.parametrize("lm", FAST, indirect=True)
+def test_the_early_targets_take_their_gradients_from_the_first_half_alone(lm, monkeypatch):
+    """The targets read in the decoder's first half are scored by a run of that half alone
+    (their backwards skip the later positions): the same attributions as the whole run, and
+    where that run differs (a decoder that is not causal), the whole run's, said in meta.json."""
+    from tokenprobe.analyses.attribute import seq2seq_gradients as grads
+
+    settings = dict(method="integrated_gradients", steps=4, target=" and then the cat sat")
+    res = run(lm, **settings)
+    assert res.meta["method_details"]["decoder_first_half"] == grads.EARLY_USED
+    monkeypatch.setattr(grads, "EARLY_MIN", 10**6)
+    whole = run(lm, **settings)
+    assert whole.meta["method_details"]["decoder_first_half"] == "no gradient batch ran"
+    # float rounding of the shorter run (bit-equal on BART and Marian), which the tiny random
+    # T5's steep path amplifies to 1e-5 of its largest attribution
+    top = float(np.abs(whole.scores).max())
+    np.testing.assert_allclose(res.scores, whole.scores, atol=1e-4 * top, rtol=1e-4)
+    monkeypatch.setattr(grads, "EARLY_MIN", 4)
+    monkeypatch.setattr(grads, "float_tolerance", lambda dtype: -1.0)  # every state "differs"
+    differs = run(lm, **settings)
+    assert differs.meta["method_details"]["decoder_first_half"].startswith("not used: the deco")
+    np.testing.assert_allclose(differs.scores, whole.scores, atol=1e-6, rtol=1e-4)
+
+
 SOURCES = ["A quick brown fox.", "The cat sat on the mat by the door.", "Hello there, friend."]
 
 

@@ -241,6 +241,7 @@ class Seq2SeqProblem(Problem):
 
     n_source: int = 0
     forced: int = 1
+    early_note: str = "no gradient batch ran"  # how the gradient methods ran the first half
 
     @classmethod
     def of_input(

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ...errors import TokenprobeError
-from ...runner import map_batches, run_with_backoff
+from ...runner import float_tolerance, is_oom, map_batches, relative_error, run_with_backoff
 from .gradients import _gauss_legendre, _per_row_grads
 from .seq2seq import Seq2SeqProblem
 
@@ -148,7 +148,7 @@ def seq2seq_gradients(
     extra: dict[str, Any] = {}
     if method == "integrated_gradients":
         extra = _completeness(pb, sides, per_token, steps, ig_baseline)
-    return attr, None, extra
+    return attr, None, {**extra, "decoder_first_half": pb.early_note}
 
 
 def _integrate(
@@ -210,26 +210,89 @@ def token_logprob_columns(
     """m columns (S,) of target log-probabilities with `src` (S, n, D) and `dec` (S, L, D) as
     what the sides embed (then the foil's m columns), keeping the graph. Each target position
     is unembedded on its own (the seq2seq adapter rebuilds the model's logits), so a row's
-    backward passes through its own unembedding only."""
+    backward passes through its own unembedding only; the targets read in the first half of
+    the decoder come from a second run of the decoder on that half alone (`_early_half`), so
+    that their backwards skip the decoder positions after it."""
     lm, S = pb.lm, src.shape[0]
     adapter = lm.require_seq2seq()
     with (
         adapter.record(last_only=True) as streams,
         embedded(lm.model, {"encoder": src, "decoder": dec}),
     ):
-        lm.model(
+        out = lm.model(
             input_ids=sides.source[None].expand(S, -1),
             decoder_input_ids=sides.decoder[None].expand(S, -1),
             use_cache=False,
         )
     hidden = streams.decoder[-1]
+    reads = [pb.forced + j - 1 for j in range(len(pb.target_ids))]
+    early = _early_half(pb, sides, out, dec, hidden, reads)
     cols, foils = [], []
     for j, t in enumerate(pb.target_ids):
-        logp = torch.log_softmax(adapter.logits(hidden[:, pb.forced + j - 1]), dim=-1)
+        at = reads[j]
+        state = early[:, at] if early is not None and at < early.shape[1] else hidden[:, at]
+        logp = torch.log_softmax(adapter.logits(state), dim=-1)
         cols.append(logp[:, t])
         if pb.foil_id is not None:
             foils.append(logp[:, pb.foil_id])
     return cols + foils
+
+
+EARLY_MIN = 4  # decoder positions read, at the least, before the first half runs on its own
+
+
+def _early_half(
+    pb: Seq2SeqProblem,
+    sides: _Sides,
+    out: Any,
+    dec: torch.Tensor,
+    hidden: torch.Tensor,
+    reads: list[int],
+) -> torch.Tensor | None:
+    """The decoder's last states over the first half of the read positions, run again on
+    that half alone after the same encoder output (a causal decoder's states there are the
+    same), keeping the graph; None where there are too few positions, the model gives no
+    encoder output to reuse, or the states differ from the whole run's (checked on every
+    batch: then the whole run's are used from here on, and meta.json says why)."""
+    cut = max(reads[: len(reads) // 2], default=-1) + 1
+    encoded = getattr(out, "encoder_last_hidden_state", None)
+    if len(set(reads)) < EARLY_MIN or encoded is None or pb.early_note.startswith("not used"):
+        return None
+    from transformers.modeling_outputs import BaseModelOutput
+
+    lm, S = pb.lm, dec.shape[0]
+    adapter = lm.require_seq2seq()
+    try:
+        with (
+            adapter.record(last_only=True) as streams,
+            embedded(lm.model, {"decoder": dec[:, :cut]}),
+        ):
+            lm.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+                decoder_input_ids=sides.decoder[None, :cut].expand(S, -1),
+                use_cache=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - a model that cannot take its encoder output back
+        if is_oom(exc):
+            raise
+        pb.early_note = f"not used: the decoder's run after the encoder output raised {exc!r:.200}"
+        return None
+    early = streams.decoder[-1]
+    err = relative_error(early.detach(), hidden[:, :cut].detach())
+    if err > float_tolerance(early.dtype):
+        pb.early_note = (
+            f"not used: the decoder's first {cut} positions run alone differ from the whole "
+            f"run by {err:.1e} (relative error)"
+        )
+        return None
+    pb.early_note = EARLY_USED
+    return early
+
+
+EARLY_USED = (
+    "the targets read in the decoder's first half take their gradients from a run of that "
+    "half alone (checked against the whole run on every batch)"
+)
 
 
 def _completeness(
