@@ -272,6 +272,8 @@ def test_a_data_file_of_sources_equals_one_source_at_a_time(lm):
         assert row.meta["decoder_ids"] == alone.meta["decoder_ids"]
         assert [x["side"] for x in row.features] == [x["side"] for x in alone.features]
         np.testing.assert_allclose(row.scores, alone.scores, atol=1e-6, rtol=1e-5)
+    one = rows.attribute_rows(lm, SOURCES[:1], **settings)
+    assert one.meta["generation"] == "one source alone (nothing to generate together)"
     given = rows.attribute_rows(lm, SOURCES[:2], [TARGET, " hi"], method="ablation")
     assert "generation" not in given.meta
     alone = run(lm, method="ablation", source=SOURCES[0])

@@ -72,9 +72,10 @@ def _generated(
         with at_rows([j]):
             sources[j] = prepare_seq2seq(lm, rows[j]["prompt"], target_lang=o.target_lang).input_ids
     how = _GENERATION.get(lm.model)
-    if how is not None and how != TOGETHER or len(todo) == 1:
+    if len(todo) == 1 or (how is not None and how != TOGETHER):
         made = {j: generate_together(lm, [sources[j]], prefix, o.generate)[0] for j in todo}
-        return made, how or "one source alone (nothing to generate together)"
+        single = len(todo) == 1 and how in (None, TOGETHER)
+        return made, "one source alone (nothing to generate together)" if single else how
     together = generate_together(lm, [sources[j] for j in todo], prefix, o.generate)
     made = dict(zip(todo, together, strict=True))
     if how is None:
