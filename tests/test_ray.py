@@ -304,3 +304,32 @@ def test_a_cluster_without_authentication_is_warned_about(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with pytest.warns(tokenprobe.TokenprobeWarning, match="accepts work from anyone"):
         _require_token()
+
+
+def test_a_cluster_address_is_sent_the_token_at_hand(tmp_path, monkeypatch):
+    """`ray start --head` then `export RAY_ADDRESS` (the README's recipe): a client sends the
+    cluster's token only under RAY_AUTH_MODE=token, which is set where a token is at hand and
+    the user did not choose a mode (checked by hand against a real head node: refused with
+    InvalidAuthToken without it, connected with it)."""
+    from types import SimpleNamespace
+
+    from tokenprobe import executors
+
+    seen: list[str | None] = []
+    fake = SimpleNamespace(
+        is_initialized=lambda: False,
+        init=lambda **_: seen.append(os.environ.get("RAY_AUTH_MODE")),
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(executors, "_check_reachable", lambda address: None)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    RayExecutor()._ray()  # no token anywhere: left to Ray
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("secret")
+    RayExecutor()._ray()  # ~/.ray/auth_token, as `ray start --head` writes it
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    RayExecutor()._ray()  # the user's own choice stands
+    assert seen == [None, "token", "disabled"]

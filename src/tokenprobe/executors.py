@@ -21,6 +21,7 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CaughtWarning, TokenprobeError, caught_warnings, warn_again
@@ -79,6 +80,8 @@ class RayExecutor:
             _check_reachable(address)
             if address is None:
                 _require_token()
+            else:
+                _send_token()
             try:
                 ray.init(
                     address=address,
@@ -167,6 +170,18 @@ def _require_token() -> None:
             f"RAY_AUTH_MODE={mode}: the local Ray cluster accepts work from anyone who can reach "
             "this machine's ports; unset it (Ray then starts the cluster with a token)"
         )
+
+
+def _send_token() -> None:
+    """A cluster from `ray start --head` (Ray 2.59 and later) refuses a client without its
+    token, and a client that connects by address sends the token only under
+    RAY_AUTH_MODE=token: where RAY_AUTH_MODE is unset and a token is at hand (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), it is set, so `export RAY_ADDRESS` connects."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
