@@ -71,17 +71,17 @@ class RayExecutor:
     in_flight: int = 2  # chunks queued per worker, so none waits for the driver
 
     def _ray(self) -> Any:
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address is not None:
+            _send_token()  # before Ray is imported: it reads RAY_AUTH_MODE then
         try:
             import ray
         except ImportError as exc:
             raise TokenprobeError(f"`ray` needs Ray installed: {INSTALL}") from exc
         if not ray.is_initialized():
-            address = self.address or os.environ.get("RAY_ADDRESS") or None
             _check_reachable(address)
             if address is None:
                 _require_token()
-            else:
-                _send_token()
             try:
                 ray.init(
                     address=address,
