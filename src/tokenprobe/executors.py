@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,14 +73,15 @@ class RayExecutor:
 
     def _ray(self) -> Any:
         address = self.address or os.environ.get("RAY_ADDRESS") or None
-        if address is not None:
+        loaded = sys.modules.get("ray")
+        if address is not None and not (loaded is not None and loaded.is_initialized()):
+            _check_reachable(address)
             _send_token()  # before Ray is imported: it reads RAY_AUTH_MODE then
         try:
             import ray
         except ImportError as exc:
             raise TokenprobeError(f"`ray` needs Ray installed: {INSTALL}") from exc
         if not ray.is_initialized():
-            _check_reachable(address)
             if address is None:
                 _require_token()
             try:
