@@ -250,9 +250,9 @@ class Problem(Perturbation):
         def read(logits: torch.Tensor) -> torch.Tensor:
             return self.row_scores(self.token_logprobs(logits[:, :-1])).double().cpu()
 
-        whole = [0] * len(seqs)
+        bases = [0] * len(seqs)  # every sequence continues from the one unperturbed run
         for batch, scores in continue_copies(
-            self.prefix, seqs, whole, self.batch_tokens, lambda b: self._score(seqs, b), read
+            self.prefix, seqs, bases, self.batch_tokens, lambda b: self._score(seqs, b), read
         ):
             self.forward_passes += self.prefix.forwards - before
             before = self.prefix.forwards
