@@ -177,11 +177,11 @@ def main() -> int:
     methods: list[tuple[str, Callable[[], object] | None]] = [
         ("bare forward", bare_forward(lm, batch)),
         ("matmuls (floor)", matmuls(lm, batch, args.memory_mb)),
-        ("by hand", by_hand(lm, batch)),
         ("tokenprobe", ours(lm, batch, memory_mb=args.memory_mb)),
         ("nnsight", nnsight_lens(lm, batch)),
         ("transformer_lens", transformer_lens(lm, batch)),
-    ]
+        ("by hand", by_hand(lm, batch)),
+    ]  # tokenprobe right after its floor; the 12 GB ones after it (they slowed what ran next)
     results: dict[str, tuple[float, float]] = {}
     for name, fn in methods:
         if fn is None:
