@@ -32,6 +32,7 @@ class Tally:
     pos: np.ndarray
     window: np.ndarray
     tokens: int = 0
+    ordered: bool = False  # are the heaps in the total order (the result of `_keep_best`)?
 
     @classmethod
     def empty(cls, d_sae: int, top: int, context: int) -> Tally:
@@ -85,6 +86,11 @@ class Tally:
         self._keep_best(other)
 
     def _keep_best(self, other: Tally) -> None:
+        if other.top == self.top and bool((self.text == EMPTY_TEXT).all()) and other.ordered:
+            # an empty heap takes an ordered one as it is (a run's first chunk)
+            self.act, self.text, self.pos = other.act, other.text, other.pos
+            self.window, self.ordered = other.window, True
+            return
         act = np.concatenate([self.act, other.act], axis=1)
         text = np.concatenate([self.text, other.text], axis=1)
         pos = np.concatenate([self.pos, other.pos], axis=1)
@@ -94,6 +100,7 @@ class Tally:
         self.text = np.take_along_axis(text, order, 1)
         self.pos = np.take_along_axis(pos, order, 1)
         self.window = np.take_along_axis(window, order[..., None], 1)
+        self.ordered = True
 
     def arrays(self) -> dict[str, np.ndarray]:
         """For a checkpoint part (`npz_writer`)."""
