@@ -51,6 +51,11 @@ def test_ablation_is_one_forward_per_cell(lm):
     # a decoder input at or after a row's own position cannot change it
     for j in range(m):
         assert np.all(res.scores[j, n + f + j :] == 0)
+    # no prefix cache on an encoder-decoder: meta.json says each perturbed input ran whole
+    assert res.meta["earlier_positions"].startswith("recomputed: every decoder position")
+    off = run(lm, method="ablation", reuse_prefix=False)
+    assert "turned off" in off.meta["earlier_positions"]
+    np.testing.assert_array_equal(off.scores, res.scores)
 
 
 @pytest.mark.parametrize("lm", FAST, indirect=True)

@@ -148,6 +148,7 @@ def _attribute_seq2seq(
         baseline=o.baseline,
         batch_tokens=o.batch_tokens,
         after_batch=after_batch,
+        reuse_prefix=o.reuse_prefix,  # unused (inputs run whole); meta.json says it was off
     )
     kept = {**_kept(o, features, target_spans), "target_lang": o.target_lang}
     skip = ("batch_tokens", "chat", "system", "spans", "target_spans")

@@ -287,6 +287,15 @@ class Seq2SeqProblem(Problem):
         return list(prompt)
 
     @property
+    def earlier_positions(self) -> str:
+        """How perturbed inputs ran, for meta.json: whole, whatever `reuse_prefix` says."""
+        off = " (the prefix cache is also turned off)" if not self.reuse_prefix else ""
+        return (
+            "recomputed: every decoder position reads the whole source, so an encoder-decoder's "
+            f"perturbed inputs each run whole{off}"
+        )
+
+    @property
     def model_pad(self) -> int:
         """The id the model pads with (FSMT finds padding by it)."""
         pad = getattr(self.lm.model.config, "pad_token_id", None)

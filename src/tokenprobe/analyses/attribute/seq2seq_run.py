@@ -100,6 +100,7 @@ def seq2seq_result(
             "method_details": extra,
             "forward_passes": pb.forward_passes,
             "batching": BATCHING,
+            "earlier_positions": pb.earlier_positions,
             "definition": SEQ2SEQ_DEFINITION
             if options["foil"] is None
             else SEQ2SEQ_DEFINITION.replace(
