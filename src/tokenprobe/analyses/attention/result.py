@@ -34,24 +34,27 @@ class Pattern:
         cls, patterns: dict[int, torch.Tensor], heads: list[int] | None, causal: bool = True
     ) -> Pattern:
         """Each block's (heads, queries, keys) weights, the lower triangle where `causal`, else
-        every cell; `heads`: the head numbers of the rows kept (None: all, in order)."""
-        parts = []
-        for layer, w in sorted(patterns.items()):
-            h, n, m = w.shape
-            q, k = torch.tril_indices(n, n) if causal else _every(n, m)
+        every cell; `heads`: the head numbers of the rows kept (None: all, in order). The
+        columns are written once into arrays of their final length (a 1,024-token prompt's
+        every layer and head is tens of millions of rows: no per-layer parts to join)."""
+        blocks = sorted(patterns.items())
+        cells = {w.shape[1:]: _cells(*w.shape[1:], causal) for _, w in blocks}
+        total = sum(w.shape[0] * cells[w.shape[1:]][0].size for _, w in blocks)
+        out = cls(*(np.empty(total, k) for k in (np.int32,) * 4 + (np.float32,)))
+        at = 0
+        for layer, w in blocks:
+            h = w.shape[0]
+            q, k, flat = cells[w.shape[1:]]
+            t = q.size
             numbers = np.asarray(heads if heads is not None else range(h), dtype=np.int32)
-            values = w[:, q, k].numpy()
-            t = q.numel()
-            parts.append(
-                (
-                    np.full(h * t, layer, np.int32),
-                    np.repeat(numbers, t),
-                    np.tile(q.numpy().astype(np.int32), h),
-                    np.tile(k.numpy().astype(np.int32), h),
-                    values.reshape(-1).astype(np.float32),
-                )
-            )
-        return cls(*_joined(parts))
+            for i in range(h):
+                rows = slice(at + i * t, at + (i + 1) * t)
+                out.head[rows], out.query[rows], out.key[rows] = numbers[i], q, k
+            out.layer[at : at + h * t] = layer
+            values = torch.from_numpy(out.weight[at : at + h * t]).view(h, t)
+            torch.index_select(w.reshape(h, -1).float(), 1, flat, out=values)
+            at += h * t
+        return out
 
     @classmethod
     def from_rows(cls, rows: dict[int, torch.Tensor], query: int, causal: bool = True) -> Pattern:
@@ -88,9 +91,14 @@ class Pattern:
         return bool(sel.any()) and int(np.unique(self.query[sel]).size) == n
 
 
-def _every(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices of every cell of an (n, m) grid, row by row."""
-    return torch.arange(n).repeat_interleave(m), torch.arange(m).repeat(n)
+def _cells(n: int, m: int, causal: bool) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Query and key (int32) of each kept cell of an (n, m) pattern, row by row (the lower
+    triangle where `causal`, else every cell), and each cell's flat index q * m + k."""
+    if causal:
+        q, k = torch.tril_indices(n, n)
+    else:
+        q, k = torch.arange(n).repeat_interleave(m), torch.arange(m).repeat(n)
+    return q.numpy().astype(np.int32), k.numpy().astype(np.int32), q * m + k
 
 
 def _joined(parts: list[Any]) -> list[np.ndarray]:
