@@ -38,7 +38,7 @@ class Pattern:
         columns are written once into arrays of their final length (a 1,024-token prompt's
         every layer and head is tens of millions of rows: no per-layer parts to join)."""
         blocks = sorted(patterns.items())
-        cells = {w.shape[1:]: _cells(*w.shape[1:], causal) for _, w in blocks}
+        cells = {w.shape[1:]: _cells(w.shape[1], w.shape[2], causal) for _, w in blocks}
         total = sum(w.shape[0] * cells[w.shape[1:]][0].size for _, w in blocks)
         out = cls(*(np.empty(total, k) for k in (np.int32,) * 4 + (np.float32,)))
         at = 0

@@ -110,7 +110,11 @@ class Tally:
     @classmethod
     def from_arrays(cls, part: dict[str, np.ndarray]) -> Tally:
         names = ("count", "total", "peak", "act", "text", "pos", "window")
-        return cls(**{n: np.asarray(part[n]) for n in names}, tokens=int(part["tokens"]))
+        a = {n: np.asarray(part[n]) for n in names}
+        return cls(
+            a["count"], a["total"], a["peak"], a["act"], a["text"], a["pos"], a["window"],
+            tokens=int(part["tokens"]),
+        )  # fmt: skip
 
 
 def _candidates(acts: torch.Tensor, k: int) -> torch.Tensor:
