@@ -2,12 +2,13 @@
 float32, at a fraction of the cost of the unembedding that made them.
 
 The logits of a chunk are read a few times, with no log-softmax materialised: one top-k (its
-first value is the row's maximum; on a CPU taken from the blocks with the largest maxima), one
-shifted copy y = x - max (clamped at -80), one exponential e = exp(y), one product; entropy = log(sum e) -
-sum(e * y) / sum(e), a sum of two non-negative terms (no cancellation). Ranks count `logits >
-target logit`. On a CPU the rows go 64 at a time, so every pass after the first reads from the
-cache; the temporaries live in a `Scratch` reused block after block (a fresh large tensor each
-time costs its page faults, as much as the arithmetic).
+first value is the row's maximum; on a CPU taken from the blocks with the largest maxima),
+one shifted copy y = x - max (clamped at -80), one exponential e = exp(y), one product;
+entropy = log(sum e) - sum(e * y) / sum(e), a sum of two non-negative terms (no
+cancellation). Ranks count `logits > target logit`. On a CPU the rows go 64 at a time, so
+every pass after the first reads from the cache; the temporaries live in a `Scratch` reused
+block after block (a fresh large tensor each time costs its page faults, as much as the
+arithmetic).
 """
 
 from __future__ import annotations
